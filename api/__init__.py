@@ -1,0 +1,47 @@
+"""The Dorado API: an OpenAI-compatible fine-tuning API under /v1 plus the dashboard."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request
+
+from core.settings import Settings, load_settings
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
+    """App factory: no network clients are created at import time."""
+    from api import auth, context, errors
+    from api.routes import dashboard, files, jobs, models
+
+    settings = settings or load_settings()
+    app = Flask(__name__, template_folder=str(WEB_DIR / "templates"),
+                static_folder=str(WEB_DIR / "static"), static_url_path="/static")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
+        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    if config:
+        app.config.update(config)
+
+    @app.before_request
+    def _request_id():
+        g.request_id = request.headers.get("X-Request-Id") or f"req_{secrets.token_hex(12)}"
+
+    @app.after_request
+    def _request_id_header(response):
+        response.headers["x-request-id"] = g.get("request_id", "")
+        return response
+
+    context.init_app(app, settings)
+    auth.init_app(app)
+    errors.init_app(app)
+    for bp in (files.bp, jobs.bp, models.bp, dashboard.bp):
+        app.register_blueprint(bp)
+    return app

@@ -1,0 +1,58 @@
+"""Per-app and per-request plumbing: settings, object store, database session, caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session
+
+from core.db import new_session
+from core.models import ApiKey
+from core.settings import Settings
+from core.storage import ObjectStore, open_store
+
+
+@dataclass
+class Dorado:
+    settings: Settings
+    store: ObjectStore
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["dorado"] = Dorado(settings=settings, store=open_store(settings))
+
+    @app.after_request
+    def _commit(response):
+        session: Session | None = g.pop("db", None)
+        if session is not None:
+            try:
+                if response.status_code < 400:
+                    session.commit()
+                else:
+                    session.rollback()
+            finally:
+                session.close()
+        return response
+
+    @app.teardown_request
+    def _close(_exc):
+        session: Session | None = g.pop("db", None)
+        if session is not None:
+            session.rollback()
+            session.close()
+
+
+def dorado() -> Dorado:
+    return current_app.extensions["dorado"]
+
+
+def db() -> Session:
+    """The request's session; committed once after a successful response."""
+    if "db" not in g:
+        g.db = new_session(dorado().settings.database_url)
+    return g.db
+
+
+def caller() -> ApiKey:
+    return g.api_key

@@ -1,0 +1,58 @@
+"""``/v1/files``: upload (validated line by line), list, retrieve, content."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, Response, g, request, stream_with_context
+
+from api.context import db, dorado
+from api.pagination import after_arg, limit_arg
+from api.serializers import file_object, page
+from core import files
+from core.errors import InvalidRequest
+
+bp = Blueprint("files", __name__, url_prefix="/v1/files")
+
+
+@bp.post("")
+def create_file():
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidRequest("Missing 'file': send the JSONL file as multipart form field "
+                             "'file'", param="file")
+    purpose = request.form.get("purpose")
+    if not purpose:
+        raise InvalidRequest("Missing 'purpose' (use 'fine-tune')", param="purpose")
+    stream = upload.stream
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    row = files.create_file(db(), dorado().store, g.org_id, filename=upload.filename or "",
+                            purpose=purpose, content=stream, size=size)
+    return file_object(row)
+
+
+@bp.get("")
+def list_files():
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'", param="order")
+    rows, has_more = files.list_files(db(), g.org_id, purpose=request.args.get("purpose"),
+                                      limit=limit_arg(10000, maximum=10000), after=after_arg(),
+                                      order=order)
+    return page([file_object(r) for r in rows], has_more, ids=True)
+
+
+@bp.get("/<file_id>")
+def retrieve_file(file_id: str):
+    return file_object(files.get_file(db(), g.org_id, file_id))
+
+
+@bp.get("/<file_id>/content")
+def file_content(file_id: str):
+    row = files.get_file(db(), g.org_id, file_id)
+    chunks = dorado().store.iter_chunks(row.storage_key)
+    return Response(stream_with_context(chunks), mimetype="application/octet-stream",
+                    headers={"Content-Length": str(row.bytes),
+                             "Content-Disposition": f'attachment; filename="{row.filename}"'})

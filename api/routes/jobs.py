@@ -1,0 +1,102 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events, adapter download."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, g, request, stream_with_context
+
+from api.context import db, dorado
+from api.errors import pydantic_error
+from api.pagination import after_arg, limit_arg
+from api.schemas import JobCreateRequest
+from api.serializers import event_object, job_object, page
+from core import jobs
+from core.errors import InvalidRequest
+from core.queue import publish_job
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object "
+                             "(Content-Type: application/json)")
+    return body
+
+
+@bp.post("")
+def create_job():
+    from pydantic import ValidationError
+
+    try:
+        req = JobCreateRequest.model_validate(_json_body())
+    except ValidationError as exc:
+        return pydantic_error(exc)
+    if req.method and req.method.type != "supervised":
+        raise InvalidRequest(f"method.type '{req.method.type}' is not supported yet; use "
+                             "'supervised'", param="method.type", code="unsupported_method")
+    new = jobs.NewJob(
+        model=req.model, training_file=req.training_file, validation_file=req.validation_file,
+        hyperparameters=req.resolved_hyperparameters(), adapter=req.adapter, seed=req.seed,
+        suffix=req.suffix, metadata=req.metadata,
+    )
+    session = db()
+    job = jobs.create_job(session, g.org_id, new)
+    # Publish only after commit: a worker must never see a message for a job it cannot read.
+    session.commit()
+    try:
+        publish_job(dorado().settings, job.id)
+        jobs.mark_published(session, job.id)
+        session.commit()
+    except Exception:
+        # The job is safely queued in the database; the scheduler will publish it.
+        log.exception("could not publish job %s now; the scheduler will retry", job.id)
+        session.rollback()
+    return job_object(job)
+
+
+@bp.get("")
+def list_jobs():
+    metadata = {key[len("metadata["):-1]: value for key, value in request.args.items()
+                if key.startswith("metadata[") and key.endswith("]")}
+    rows, has_more = jobs.list_jobs(db(), g.org_id, limit=limit_arg(20), after=after_arg(),
+                                    metadata=metadata or None)
+    return page([job_object(j) for j in rows], has_more)
+
+
+@bp.get("/<job_id>")
+def retrieve_job(job_id: str):
+    return job_object(jobs.get_job(db(), g.org_id, job_id))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str):
+    return job_object(jobs.cancel_job(db(), g.org_id, job_id))
+
+
+@bp.get("/<job_id>/events")
+def list_events(job_id: str):
+    job = jobs.get_job(db(), g.org_id, job_id)
+    rows, has_more = jobs.list_events(db(), job, limit=limit_arg(20), after=after_arg())
+    return page([event_object(e) for e in rows], has_more)
+
+
+@bp.get("/<job_id>/adapter")
+def download_adapter(job_id: str):
+    """The trained adapter as ``.tar.gz`` (adapter_config.json + adapter_model.safetensors)."""
+    job = jobs.get_job(db(), g.org_id, job_id)
+    if job.status != "succeeded" or not job.adapter_key:
+        raise InvalidRequest(f"Job {job.id} has no adapter to download yet (status "
+                             f"'{job.status}')", param="fine_tuning_job_id",
+                             code="adapter_not_ready")
+    store = dorado().store
+    size = store.size(job.adapter_key)
+    filename = f"{job.id}-adapter.tar.gz"
+    return Response(stream_with_context(store.iter_chunks(job.adapter_key)),
+                    mimetype="application/gzip",
+                    headers={"Content-Length": str(size),
+                             "Content-Disposition": f'attachment; filename="{filename}"'})

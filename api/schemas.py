@@ -1,0 +1,65 @@
+"""Request bodies (pydantic). Field rules follow OpenAI's documented limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.hyperparams import AdapterConfig, Hyperparameters
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobCreateRequest(BaseModel):
+    """``POST /v1/fine_tuning/jobs``. Unknown fields are rejected, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    seed: int | None = Field(None, ge=0, le=2_147_483_647)
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 16:
+            raise ValueError("at most 16 key-value pairs")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise ValueError(f"key '{key[:20]}...' is longer than 64 characters")
+            if len(item) > 512:
+                raise ValueError(f"value of '{key}' is longer than 512 characters")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: str | None) -> str | None:
+        if value is not None and not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("may contain only letters, digits, '-' and '_'")
+        return value
+
+    def resolved_hyperparameters(self) -> Hyperparameters:
+        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()

@@ -1,0 +1,81 @@
+"""ORM rows -> OpenAI wire objects (unix-second timestamps, OpenAI field names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.models import File, Job, JobEvent, Model
+from core.timeutil import to_unix
+
+
+def file_object(row: File) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": to_unix(row.created_at),
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": row.status,
+        "status_details": row.status_details,
+        "expires_at": None,
+        # Extra fields (the SDK keeps them in model_extra): what validation found.
+        "example_count": row.example_count,
+        "statistics": row.stats,
+    }
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": to_unix(job.created_at),
+        "finished_at": to_unix(job.finished_at),
+        "model": job.model,
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": job.organization_id,
+        "status": job.status,
+        "error": job.error,
+        "hyperparameters": job.hyperparameters,
+        "method": job.method,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "result_files": job.result_files or [],
+        "trained_tokens": job.trained_tokens,
+        "seed": job.seed,
+        "suffix": job.suffix,
+        "metadata": job.user_metadata,
+        "estimated_finish": to_unix(job.estimated_finish) if job.status == "running" else None,
+        "integrations": [],
+        # Dorado extras.
+        "adapter": job.adapter,
+    }
+
+
+def event_object(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "object": "fine_tuning.job.event",
+        "created_at": to_unix(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
+
+
+def model_object(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": to_unix(model.created_at),
+        "owned_by": model.owned_by,
+    }
+
+
+def page(data: list[dict[str, Any]], has_more: bool, *, ids: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
+    if ids:
+        body["first_id"] = data[0]["id"] if data else None
+        body["last_id"] = data[-1]["id"] if data else None
+    return body

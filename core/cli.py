@@ -1,0 +1,130 @@
+"""``dorado``: set up and run the platform (API, worker, scheduler) on one machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import click
+
+from core.bootstrap import prepare_database
+from core.logconfig import configure_logging
+from core.settings import load_settings
+
+log = logging.getLogger("dorado")
+
+
+def _bin(name: str) -> str:
+    """An executable installed next to this Python (the venv), else from PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else (shutil.which(name) or name)
+
+
+def api_command(host: str, port: int, workers: int = 2) -> list[str]:
+    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", str(workers),
+            "--threads", "4", "--timeout", "300", "--access-logfile", "-",
+            "api.wsgi:app"]
+
+
+def worker_command(concurrency: int = 1) -> list[str]:
+    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
+            "-Q", "dorado.jobs", "-n", f"dorado-{os.getpid()}@%h"]
+
+
+@click.group()
+def main() -> None:
+    """Dorado: a self-hosted LoRA/DoRA fine-tuning platform."""
+    configure_logging()
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema, register built-in models, ensure an API key."""
+    settings = load_settings()
+    key = prepare_database(settings)
+    _announce_key(key)
+
+
+def _announce_key(key: str | None) -> None:
+    if key:
+        click.secho("\nA new API key was generated. It is shown only this once:", bold=True)
+        click.secho(f"    {key}\n", fg="green", bold=True)
+        click.echo("Use it as 'Authorization: Bearer <key>' (or OPENAI_API_KEY with the openai "
+                   "SDK). Set DORADO_BOOTSTRAP_API_KEY to choose your own.\n")
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages)."""
+    from core.scheduler import run_forever
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_forever(load_settings(), stop)
+
+
+@main.command()
+@click.option("--skip-models", is_flag=True, help="Do not build the built-in base models now.")
+def run(skip_models: bool) -> None:
+    """Set up what is missing and start API, worker and scheduler; Ctrl-C stops them all."""
+    settings = load_settings()
+    key = prepare_database(settings)
+    if not skip_models:
+        _prepare_models()
+    procs: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ, DORADO_HOME=str(settings.home))
+    procs["api"] = subprocess.Popen(api_command(settings.host, settings.port), env=env)
+    procs["worker"] = subprocess.Popen(worker_command(), env=env)
+    procs["scheduler"] = subprocess.Popen([sys.executable, "-m", "core.cli", "scheduler"],
+                                          env=env)
+    _announce_key(key)
+    click.echo(f"Dorado API on http://{settings.host}:{settings.port}/v1  "
+               f"(data in {settings.home}); Ctrl-C stops everything.")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set():
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    log.error("%s exited with code %s; stopping the platform", name,
+                              proc.returncode)
+                    stopping.set()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _stop_all(procs)
+
+
+def _prepare_models() -> None:
+    worker_cli = _bin("dorado-worker")
+    if shutil.which(worker_cli) is None and not os.path.exists(worker_cli):
+        log.warning("the worker extra is not installed here; built-in models will be built "
+                    "by the first worker that needs them")
+        return
+    subprocess.run([worker_cli, "prepare-models"], check=True)
+
+
+def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", name, grace)
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

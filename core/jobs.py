@@ -1,0 +1,290 @@
+"""Fine-tuning job services. They take a Session and never commit: the caller's unit of work
+(one request, one task step) commits once.
+
+Every status change is a conditional UPDATE from an expected state, and a worker's writes are
+fenced by the job's ``attempt``: a duplicate message or a worker whose lease was taken away
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core import catalog, ids
+from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
+from core.files import get_file
+from core.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.models import Job, JobEvent, Model, Organization
+from core.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATUSES = ("validating_files", "queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MAX_SEED = 2_147_483_647
+
+
+@dataclass(frozen=True)
+class NewJob:
+    model: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: Hyperparameters
+    adapter: AdapterConfig
+    seed: int | None
+    suffix: str | None
+    metadata: dict[str, str] | None
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
+              type: str = "message", data: dict[str, Any] | None = None) -> JobEvent:
+    event = JobEvent(id=ids.event_id(), job_id=job_id, created_at=utcnow(), level=level,
+                     type=type, message=message, data=data)
+    session.add(event)
+    return event
+
+
+def _usable_file(session: Session, org_id: str, file_id: str, param: str):
+    try:
+        row = get_file(session, org_id, file_id, param=param)
+    except NotFound as exc:
+        raise NotFound(f"Invalid file ID: {file_id}. No such file.", param=param,
+                       code="file_not_found") from exc
+    if row.purpose != "fine-tune":
+        raise InvalidFile(f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'",
+                          param=param)
+    if row.status != "processed":
+        raise InvalidFile(f"File {file_id} is not ready (status '{row.status}')", param=param)
+    return row
+
+
+def create_job(session: Session, org_id: str, new: NewJob) -> Job:
+    """Validate a job request against the catalogue and the caller's files; insert it queued."""
+    catalog.get_base_model(session, new.model)
+    training = _usable_file(session, org_id, new.training_file, "training_file")
+    if new.validation_file:
+        _usable_file(session, org_id, new.validation_file, "validation_file")
+    hyper = resolve(new.hyperparameters, training.example_count or 0)
+    seed = new.seed if new.seed is not None else int.from_bytes(ids.random_token(8).encode(),
+                                                                "big") % MAX_SEED
+    now = utcnow()
+    job = Job(
+        id=ids.job_id(), organization_id=org_id, model=new.model, status="queued",
+        training_file=training.id, validation_file=new.validation_file,
+        hyperparameters=hyper, adapter=new.adapter.model_dump(),
+        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        seed=seed, suffix=new.suffix or None, user_metadata=new.metadata or None,
+        result_files=[], created_at=now, attempt=0,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, f"Validating training file: {training.id}")
+    # Files are validated line by line at upload, so they are known good here.
+    add_event(session, job.id, "Files validated, moving job to queued state")
+    return job
+
+
+def get_job(session: Session, org_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.organization_id != org_id:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
+              metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    """A page of jobs, newest first."""
+    stmt = select(Job).where(Job.organization_id == org_id)
+    if after:
+        cursor = session.get(Job, after)
+        if cursor is None or cursor.organization_id != org_id:
+            raise InvalidRequest(f"No such fine-tuning job: {after}", param="after")
+        stmt = stmt.where(
+            (Job.created_at < cursor.created_at)
+            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id))
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
+    if not metadata:
+        rows = list(session.scalars(stmt.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+    # Metadata filters are rare and small; filter in Python to stay portable across dialects.
+    matched: list[Job] = []
+    for job in session.scalars(stmt).yield_per(500):
+        meta = job.user_metadata or {}
+        if all(meta.get(k) == v for k, v in metadata.items()):
+            matched.append(job)
+            if len(matched) > limit:
+                break
+    return matched[:limit], len(matched) > limit
+
+
+def list_events(session: Session, job: Job, *, limit: int,
+                after: str | None) -> tuple[list[JobEvent], bool]:
+    """A page of a job's events, newest first."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after:
+        cursor = session.scalar(select(JobEvent).where(JobEvent.id == after,
+                                                       JobEvent.job_id == job.id))
+        if cursor is None:
+            raise InvalidRequest(f"No such event: {after}", param="after")
+        stmt = stmt.where(JobEvent.seq < cursor.seq)
+    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def mark_published(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+
+
+def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
+    job = get_job(session, org_id, job_id)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(ACTIVE_STATUSES + ("paused",)))
+        .values(status="cancelled", finished_at=utcnow(), estimated_finish=None,
+                lease_expires_at=None)
+    )
+    if result.rowcount == 0:
+        session.refresh(job)
+        raise Conflict(f"Job {job.id} has already {job.status}; only a job that is queued, "
+                       "running or paused can be cancelled", param="fine_tuning_job_id",
+                       code="job_not_cancellable")
+    add_event(session, job.id, "Fine-tuning job cancelled")
+    session.refresh(job)
+    return job
+
+
+# --- worker side -------------------------------------------------------------------------
+
+def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) -> int | None:
+    """Move a queued job to running for this worker; returns its new attempt, or None if the
+    job was not queued (duplicate delivery, cancelled, already done)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", attempt=Job.attempt + 1, worker=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=now, estimated_finish=None)
+    )
+    if result.rowcount != 1:
+        return None
+    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    add_event(session, job_id, "Fine-tuning job started")
+    return attempt
+
+
+def _fence(job_id: str, attempt: int):
+    return (Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+
+
+def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: int,
+                estimated_finish: datetime | None = None) -> bool:
+    """Extend the lease; False means the job is no longer ours (cancelled or taken over)."""
+    values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
+    if estimated_finish is not None:
+        values["estimated_finish"] = estimated_finish
+    result = session.execute(update(Job).where(*_fence(job_id, attempt)).values(**values))
+    return result.rowcount == 1
+
+
+def still_ours(session: Session, job_id: str, attempt: int) -> bool:
+    row = session.execute(select(Job.status, Job.attempt).where(Job.id == job_id)).one_or_none()
+    return row is not None and row.status == "running" and row.attempt == attempt
+
+
+def record_event(session: Session, job_id: str, attempt: int, message: str, *,
+                 level: str = "info", type: str = "message",
+                 data: dict[str, Any] | None = None) -> bool:
+    """Add a worker event only while the worker still owns the job."""
+    if not still_ours(session, job_id, attempt):
+        return False
+    add_event(session, job_id, message, level=level, type=type, data=data)
+    return True
+
+
+def fine_tuned_model_name(session: Session, job: Job) -> str:
+    """``ft:{base}:{org}:{suffix}:{8 chars}`` as OpenAI names them (empty suffix -> ``::``)."""
+    org = session.get(Organization, job.organization_id)
+    org_slug = re.sub(r"[^a-z0-9-]+", "-", (org.name if org else job.organization_id).lower())
+    return f"ft:{job.model}:{org_slug.strip('-') or 'org'}:{job.suffix or ''}:{job.id[-8:]}"
+
+
+def succeed_job(session: Session, job_id: str, attempt: int, *, trained_tokens: int,
+                adapter_key: str, result_files: list[str]) -> str | None:
+    """Mark the job succeeded; returns its fine-tuned model name, or None if fenced off."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    name = fine_tuned_model_name(session, job)
+    result = session.execute(
+        update(Job).where(*_fence(job_id, attempt)).values(
+            status="succeeded", fine_tuned_model=name, trained_tokens=trained_tokens,
+            adapter_key=adapter_key, result_files=result_files, finished_at=utcnow(),
+            estimated_finish=None, lease_expires_at=None,
+        )
+    )
+    if result.rowcount != 1:
+        return None
+    session.add(Model(id=name, kind="fine-tuned", owned_by=job.organization_id,
+                      organization_id=job.organization_id, job_id=job.id,
+                      source=adapter_key, created_at=utcnow()))
+    add_event(session, job_id, f"New fine-tuned model created: {name}")
+    add_event(session, job_id, "The job has successfully completed")
+    return name
+
+
+def fail_job(session: Session, job_id: str, attempt: int, *, code: str, message: str,
+             param: str | None = None) -> bool:
+    result = session.execute(
+        update(Job).where(*_fence(job_id, attempt)).values(
+            status="failed", error={"code": code, "message": message, "param": param},
+            finished_at=utcnow(), estimated_finish=None, lease_expires_at=None,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, f"Fine-tuning job failed: {message}", level="error")
+    return True
+
+
+# --- sweeper -----------------------------------------------------------------------------
+
+def requeue_expired_leases(session: Session) -> list[str]:
+    """Running jobs whose worker stopped renewing its lease go back to the queue."""
+    now = utcnow()
+    expired = list(session.scalars(
+        select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)
+    ))
+    requeued = []
+    for job_id in expired:
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "running",
+                              Job.lease_expires_at < now)
+            .values(status="queued", worker=None, lease_expires_at=None, published_at=None,
+                    estimated_finish=None)
+        )
+        if result.rowcount == 1:
+            add_event(session, job_id, "The worker running this job stopped responding; "
+                      "the job was re-queued", level="warn")
+            requeued.append(job_id)
+    return requeued
+
+
+def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[str]:
+    """Queued jobs never published, or published long ago and still not picked up."""
+    cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
+    return list(session.scalars(
+        select(Job.id).where(
+            Job.status == "queued",
+            (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+        ).order_by(Job.created_at)
+    ))

@@ -1,0 +1,13 @@
+"""Process-wide logging set-up, called by entry points only (never at import)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def configure_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("DORADO_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )

@@ -1,0 +1,65 @@
+"""Celery client side: configuration shared with the worker, and publishing by task name.
+
+The API never imports the worker: it sends ``dorado.run_job`` by name. Messages are only a
+nudge; the database holds the truth, and the sweeper re-publishes what a broker lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "dorado.run_job"
+JOBS_QUEUE = "dorado.jobs"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for both publisher and worker."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Training tasks are long: take one at a time and ack only when done, so a task whose
+        # worker is stopped gracefully goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": JOBS_QUEUE,
+        "task_routes": {RUN_JOB_TASK: {"queue": JOBS_QUEUE}},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.uses_filesystem_broker:
+        folder = settings.broker_folder
+        queue_dir, control_dir = folder / "queue", folder / "control"
+        for path in (queue_dir, control_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            # Must be absolute: the default "./control" breaks control between processes.
+            "control_folder": str(control_dir),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    return config
+
+
+@lru_cache(maxsize=4)
+def _client(settings: Settings) -> Celery:
+    app = Celery("dorado-client")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def publish_job(settings: Settings, job_id: str) -> None:
+    """Send the job to the workers. Call only after the job row is committed."""
+    _client(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE)
+    log.info("published job %s", job_id)

@@ -1,0 +1,49 @@
+"""The periodic scheduler: re-queues jobs whose worker vanished and re-publishes queued jobs
+whose message a broker lost. Every step is an idempotent conditional update, so running two
+schedulers at once does no harm."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core import jobs
+from core.db import session_scope
+from core.queue import publish_job
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 10.0
+
+
+def sweep(settings: Settings) -> dict[str, list[str]]:
+    """One pass. Returns what it re-queued and re-published."""
+    with session_scope(settings.database_url) as session:
+        requeued = jobs.requeue_expired_leases(session)
+    with session_scope(settings.database_url) as session:
+        to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
+    published = []
+    for job_id in to_publish:
+        try:
+            publish_job(settings, job_id)
+        except Exception:  # broker down: the next sweep tries again
+            log.exception("could not publish job %s", job_id)
+            continue
+        with session_scope(settings.database_url) as session:
+            jobs.mark_published(session, job_id)
+        published.append(job_id)
+    if requeued or published:
+        log.info("sweep: re-queued %s, published %s", requeued, published)
+    return {"requeued": requeued, "published": published}
+
+
+def run_forever(settings: Settings, stop: threading.Event,
+                interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+    log.info("scheduler started (every %.0f s)", interval)
+    while not stop.is_set():
+        try:
+            sweep(settings)
+        except Exception:  # database briefly down: keep going
+            log.exception("sweep failed")
+        stop.wait(interval)

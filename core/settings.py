@@ -1,0 +1,69 @@
+"""Runtime settings, read once from ``DORADO_*`` environment variables.
+
+With nothing set, everything lives under ``DORADO_HOME`` (default ``./.dorado``): a SQLite
+database, a local-directory object store and a filesystem Celery transport, so one machine
+runs the whole platform with no servers. Setting the URLs switches to Postgres, Redis and S3
+without any other code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    broker_url: str
+    storage_url: str
+    s3_endpoint_url: str | None
+    s3_region: str
+    host: str
+    port: int
+    bootstrap_api_key: str | None
+    model_cache_dir: Path
+    lease_seconds: int
+    republish_after_seconds: int
+    max_upload_bytes: int
+    secret_key: str | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the server-less filesystem transport (embedded default only)."""
+        return self.home / "broker"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+
+def load_settings() -> Settings:
+    """Build Settings from the environment; paths are made absolute."""
+    home = Path(_env("DORADO_HOME", ".dorado")).expanduser().resolve()
+    return Settings(
+        home=home,
+        database_url=_env("DORADO_DATABASE_URL", f"sqlite:///{home / 'dorado.db'}"),
+        broker_url=_env("DORADO_BROKER_URL", "filesystem://"),
+        storage_url=_env("DORADO_STORAGE_URL", f"file://{home / 'objects'}"),
+        s3_endpoint_url=_env("DORADO_S3_ENDPOINT_URL"),
+        s3_region=_env("DORADO_S3_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
+        host=_env("DORADO_HOST", "127.0.0.1"),
+        port=int(_env("DORADO_PORT", "8000")),
+        bootstrap_api_key=_env("DORADO_BOOTSTRAP_API_KEY"),
+        model_cache_dir=Path(
+            _env("DORADO_MODEL_CACHE", str(home / "cache" / "models"))
+        ).expanduser().resolve(),
+        lease_seconds=int(_env("DORADO_LEASE_SECONDS", "120")),
+        republish_after_seconds=int(_env("DORADO_REPUBLISH_AFTER_SECONDS", "60")),
+        max_upload_bytes=int(_env("DORADO_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
+        secret_key=_env("DORADO_SECRET_KEY"),
+    )

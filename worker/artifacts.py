@@ -1,0 +1,47 @@
+"""What a finished job leaves in the object store: the adapter and the metrics CSV."""
+
+from __future__ import annotations
+
+import csv
+import tarfile
+from pathlib import Path
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METRICS_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
+
+
+def adapter_key(job_id: str) -> str:
+    return f"jobs/{job_id}/adapter.tar.gz"
+
+
+def adapter_file_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/adapter/{name}"
+
+
+def pack_adapter(adapter_dir: Path, dest: Path) -> Path:
+    """A .tar.gz with the PEFT files at its top level (extract, then from_pretrained)."""
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"adapter is missing {', '.join(missing)}")
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(adapter_dir.iterdir()):
+            if path.is_file():
+                tar.add(path, arcname=path.name)
+    return dest
+
+
+def write_metrics_csv(rows: list[dict], dest: Path) -> Path:
+    with open(dest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS}
+            )
+    return dest

@@ -1,0 +1,35 @@
+"""``dorado-worker``: worker-side maintenance commands (they need the [worker] extra)."""
+
+from __future__ import annotations
+
+import click
+
+from core.catalog import BUILTIN_MODELS
+from core.logconfig import configure_logging
+from core.settings import load_settings
+from core.storage import open_store
+
+
+@click.group()
+def main() -> None:
+    """Worker-side commands."""
+    configure_logging()
+
+
+@main.command("prepare-models")
+@click.option("--name", "names", multiple=True, help="Only these built-in models.")
+def prepare_models(names: tuple[str, ...]) -> None:
+    """Build the built-in base models into the model store and the local cache (once)."""
+    from worker.model_store import ensure_model
+
+    settings = load_settings()
+    store = open_store(settings)
+    for builtin in BUILTIN_MODELS:
+        if names and builtin.name not in names:
+            continue
+        path = ensure_model(settings, store, builtin.name)
+        click.echo(f"{builtin.name}: ready in {path}")
+
+
+if __name__ == "__main__":
+    main()
