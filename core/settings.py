@@ -9,7 +9,7 @@ without any other code path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -34,7 +34,6 @@ class Settings:
     republish_after_seconds: int
     max_upload_bytes: int
     secret_key: str | None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def broker_folder(self) -> Path:
