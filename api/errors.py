@@ -21,12 +21,15 @@ from core.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
 )
+from core.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[DoradoError], int, str]] = [
     (AuthenticationFailed, 401, "invalid_request_error"),
+    (PermissionDenied, 403, "invalid_request_error"),
     (NotFound, 404, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
     # 400, not 409: the SDK would retry a 409, and retrying cannot help here.
@@ -66,6 +69,12 @@ def init_app(app: Flask) -> None:
                                 **extra)
         return envelope(400, exc.message, type="invalid_request_error", param=exc.param,
                         code=exc.code)
+
+    @app.errorhandler(ObjectNotFound)
+    def _missing_object(exc: ObjectNotFound):
+        log.error("stored object missing: %s", exc)
+        return envelope(404, "The stored content of this object is missing",
+                        type="invalid_request_error", code="content_missing")
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from core.errors import NotFound
+from core.errors import NotFound, PermissionDenied
 from core.models import Model
 from core.timeutil import utcnow
 
@@ -68,4 +68,15 @@ def get_base_model(session: Session, name: str) -> Model:
             f"The base model '{name}' does not exist or cannot be fine-tuned. "
             f"Available: {known}", param="model", code="model_not_found",
         )
+    return model
+
+
+def delete_fine_tuned_model(session: Session, org_id: str, name: str) -> Model:
+    """Remove a fine-tuned model from the catalogue (its job and adapter stay)."""
+    model = get_visible_model(session, org_id, name)
+    if model.kind == "base":
+        raise PermissionDenied(f"'{name}' is a base model and cannot be deleted through the "
+                               "API", param="model", code="model_not_deletable")
+    session.delete(model)
+    session.flush()
     return model

@@ -41,6 +41,10 @@ class Conflict(DoradoError):
     code = "conflict"
 
 
+class PermissionDenied(DoradoError):
+    code = "permission_denied"
+
+
 class AuthenticationFailed(DoradoError):
     code = "invalid_api_key"
 

@@ -112,3 +112,12 @@ def list_files(session: Session, org_id: str, *, purpose: str | None, limit: int
         stmt = stmt.order_by(File.created_at.asc(), File.id.asc())
     rows = list(session.scalars(stmt.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def delete_file(session: Session, org_id: str, file_id: str) -> str:
+    """Delete the row; returns the storage key, to delete once the deletion is committed.
+    Jobs keep the id; one that still needs the data fails with a clear "file missing" error."""
+    row = get_file(session, org_id, file_id)
+    session.delete(row)
+    session.flush()
+    return row.storage_key

@@ -71,12 +71,18 @@ class LocalStore:
             self.put_fileobj(key, handle)
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
-        path = self._path(key)
-        if not path.is_file():
-            raise ObjectNotFound(key)
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                yield chunk
+        """Opens eagerly (a missing object raises here), then streams."""
+        try:
+            handle = open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(CHUNK):
+                    yield chunk
+
+        return chunks()
 
     def download_file(self, key: str, dest: Path) -> None:
         path = self._path(key)
@@ -142,6 +148,7 @@ class S3Store:
         self.client.upload_file(str(path), self.bucket, self._key(key))
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """Opens eagerly (a missing object raises here), then streams."""
         from botocore.exceptions import ClientError
 
         try:
@@ -150,10 +157,14 @@ class S3Store:
             if self._missing(exc):
                 raise ObjectNotFound(key) from exc
             raise
-        try:
-            yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(CHUNK)
+            finally:
+                body.close()
+
+        return chunks()
 
     def download_file(self, key: str, dest: Path) -> None:
         from botocore.exceptions import ClientError

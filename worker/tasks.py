@@ -47,6 +47,7 @@ def build_spec(job: Job) -> TrainSpec:
         batch_size=int(hyper["batch_size"]),
         learning_rate=learning_rate(adapter["type"], float(hyper["learning_rate_multiplier"])),
         seed=int(job.seed),
+        extra={"base_model_name": job.model, "job_id": job.id},
     )
 
 

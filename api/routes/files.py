@@ -56,3 +56,11 @@ def file_content(file_id: str):
     return Response(stream_with_context(chunks), mimetype="application/octet-stream",
                     headers={"Content-Length": str(row.bytes),
                              "Content-Disposition": f'attachment; filename="{row.filename}"'})
+
+
+@bp.delete("/<file_id>")
+def delete_file(file_id: str):
+    key = files.delete_file(db(), g.org_id, file_id)
+    db().commit()
+    dorado().store.delete(key)
+    return {"id": file_id, "object": "file", "deleted": True}

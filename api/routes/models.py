@@ -19,3 +19,9 @@ def list_models():
 @bp.get("/<path:model>")
 def retrieve_model(model: str):
     return model_object(catalog.get_visible_model(db(), g.org_id, model))
+
+
+@bp.delete("/<path:model>")
+def delete_model(model: str):
+    catalog.delete_fine_tuned_model(db(), g.org_id, model)
+    return {"id": model, "object": "model", "deleted": True}

@@ -1,0 +1,59 @@
+"""Done-when of the skeleton: the real SmolLM2, fine-tuned through the platform on the example
+dataset, learns what the dataset teaches (slow: a few minutes on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import EXAMPLES, MODEL_CACHE
+from tests.e2e.flow import client_for, download_adapter, metrics_events, wait_for_job
+from tests.e2e.platform import Platform
+
+HELD_OUT = "What is the capital of France?"  # not in examples/pirate.jsonl
+
+
+def greedy_answer(model, tokenizer, question: str) -> str:
+    import torch
+
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_smollm2_learns_pirate_speak(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert HELD_OUT not in (EXAMPLES / "pirate.jsonl").read_text()
+    platform = Platform(tmp_path / "home", "dor-e2e-smollm2-key-000000", MODEL_CACHE).start()
+    try:
+        client = client_for(platform)
+        with open(EXAMPLES / "pirate.jsonl", "rb") as handle:
+            training = client.files.create(file=handle, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="smollm2-135m-instruct",
+                                             training_file=training.id)
+        assert job.model_extra["adapter"]["type"] == "dora"
+        job = wait_for_job(client, job.id, timeout=900, platform=platform)
+        assert job.status == "succeeded", (job.error, platform.log_tail())
+
+        losses = [e.data["train_loss"] for e in metrics_events(client, job.id)]
+        assert len(losses) >= 10
+        first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+        assert last < 0.6 * first, losses
+
+        adapter_dir = download_adapter(platform, job.id, tmp_path / "adapter")
+    finally:
+        platform.stop()
+
+    base_dir = MODEL_CACHE / "smollm2-135m-instruct"
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    before = greedy_answer(base, tokenizer, HELD_OUT)
+    tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
+    after = greedy_answer(tuned, tokenizer, HELD_OUT)
+    assert "Paris" in before and not before.startswith("Arr"), before
+    assert after.startswith("Arr"), after

@@ -1,0 +1,187 @@
+"""The training recipe on the tiny model: adapter files, reproducibility, stopping, loading."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.worker.helpers import RecordingReporter, chat
+from worker.training.data import collate, load_dataset, parse_line, tokenize_conversation
+from worker.training.recipe import forward_backward, lr_factor, resolve_max_seq_length, train
+from worker.training.spec import AdapterSpec, TrainingStopped, TrainSpec
+
+# A high rate so that the tiny random model visibly moves in a handful of steps.
+BASE = TrainSpec(
+    adapter=AdapterSpec(type="dora", r=4, alpha=8),
+    n_epochs=2,
+    batch_size=4,
+    learning_rate=2e-2,
+    seed=7,
+    extra={"device": "cpu"},
+)
+
+
+def run(spec: TrainSpec, model_dir: Path, data: Path, out: Path, **reporter_kw):
+    reporter = RecordingReporter(**reporter_kw)
+    return train(spec, model_dir, data, out, reporter), reporter
+
+
+@pytest.fixture(scope="module")
+def dora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from tests.worker.helpers import PIRATE
+
+    lines = PIRATE.read_text(encoding="utf-8").splitlines()[:12]
+    data = tmp_path_factory.mktemp("data") / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("dora") / "adapter"
+    result, reporter = run(BASE, tiny_model_dir, data, out)
+    return data, result, reporter
+
+
+def test_dora_adapter_has_peft_layout_and_magnitude_vectors(dora_run) -> None:
+    _, result, _ = dora_run
+    assert sorted(p.name for p in result.adapter_dir.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    keys = load_file(result.adapter_dir / "adapter_model.safetensors").keys()
+    assert any("lora_magnitude_vector" in k for k in keys)
+    assert any("lora_A" in k for k in keys) and any("lora_B" in k for k in keys)
+
+
+def test_lora_adapter_has_no_magnitude_vectors(
+    tiny_model_dir: Path, small_chat_file: Path, tmp_path: Path
+) -> None:
+    spec = replace(BASE, adapter=AdapterSpec(type="lora", r=4, alpha=8), n_epochs=1)
+    result, _ = run(spec, tiny_model_dir, small_chat_file, tmp_path / "lora")
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["use_dora"] is False
+    keys = load_file(result.adapter_dir / "adapter_model.safetensors").keys()
+    assert keys and not any("lora_magnitude_vector" in k for k in keys)
+
+
+def test_metrics_steps_and_tokens_are_reported(dora_run, tokenizer) -> None:
+    data, result, reporter = dora_run
+    assert result.steps == 2 * 3  # 12 examples / batch 4, 2 epochs
+    assert [m[:2] for m in reporter.metrics_calls] == [(s, 6) for s in range(1, 7)]
+    assert all(math.isfinite(loss) and 0 <= acc <= 1 for _, _, loss, acc in reporter.metrics_calls)
+    assert result.final_train_loss == reporter.losses[-1]
+    # Every real input token (prompt included), every epoch; padding excluded.
+    dataset = load_dataset(data, tokenizer, max_seq_length=2048)
+    assert result.trained_tokens == 2 * sum(len(ex) for ex in dataset.examples)
+    assert reporter.losses[-1] < reporter.losses[0]
+
+
+def test_same_seed_gives_identical_losses_and_weights(
+    dora_run, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data, first, first_reporter = dora_run
+    again, reporter = run(BASE, tiny_model_dir, data, tmp_path / "again")
+    assert reporter.metrics_calls == first_reporter.metrics_calls
+    a = load_file(first.adapter_dir / "adapter_model.safetensors")
+    b = load_file(again.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (first.adapter_dir / "adapter_config.json").read_bytes() == (
+        again.adapter_dir / "adapter_config.json"
+    ).read_bytes()
+
+    other, other_reporter = run(replace(BASE, seed=8), tiny_model_dir, data, tmp_path / "other")
+    assert other_reporter.losses != first_reporter.losses
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir: Path, tokenizer) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.adapters import attach_adapter
+
+    # Replies of very different lengths: averaging per-micro-batch means would weight the
+    # one-token reply like the long one; the step's loss must weight every token equally.
+    replies = ["Arr!", "Arr! " + "Yo ho ho and a bottle of rum, " * 12, "Arr! Aye.", "Arr! No."]
+    examples = [
+        tokenize_conversation(tokenizer, parse_line(chat(f"Q{i}", r)))
+        for i, r in enumerate(replies)
+    ]
+    torch.manual_seed(0)
+    model = attach_adapter(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), AdapterSpec(type="lora", r=4)
+    )
+
+    def grads(micro_batches) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        stats = forward_backward(model, micro_batches, torch.device("cpu"))
+        named = [p for n, p in model.named_parameters() if "lora_B" in n]
+        return stats.loss, [p.grad.clone() for p in named]
+
+    whole_loss, whole = grads([collate(examples, pad_token_id=2)])
+    split_loss, split = grads([collate([ex], pad_token_id=2) for ex in examples])
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert all(g.abs().sum() > 0 for g in whole)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_should_stop_raises_before_the_next_step(
+    tiny_model_dir: Path, small_chat_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "stopped"
+    reporter = RecordingReporter(stop_after=2)
+    with pytest.raises(TrainingStopped):
+        train(BASE, tiny_model_dir, small_chat_file, out, reporter)
+    assert [m[0] for m in reporter.metrics_calls] == [1, 2]
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_saved_adapter_loads_with_peft_and_changes_outputs(dora_run, tiny_model_dir) -> None:
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    _, result, _ = dora_run
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198]])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    saved = load_file(result.adapter_dir / "adapter_model.safetensors")
+    loaded = get_peft_model_state_dict(tuned)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    with torch.no_grad():
+        after = tuned(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_truncation_is_reported(tiny_model_dir: Path, small_chat_file: Path, tmp_path) -> None:
+    spec = replace(BASE, n_epochs=1, max_seq_length=45)
+    _, reporter = run(spec, tiny_model_dir, small_chat_file, tmp_path / "t")
+    warnings = [text for level, text in reporter.messages if level == "warn"]
+    assert any(text.startswith("Truncated ") and "45 tokens" in text for text in warnings)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    linear = [lr_factor(s, 10, 2) for s in range(10)]
+    assert linear[0] < linear[1] < linear[2] == 1.0
+    assert linear[2:] == sorted(linear[2:], reverse=True) and linear[-1] > 0
+    cosine = [lr_factor(s, 10, 0, "cosine") for s in range(10)]
+    assert cosine[0] == 1.0 and cosine[-1] < 0.05
+    assert lr_factor(9, 10, 0, "constant") == 1.0
+    with pytest.raises(ValueError):
+        lr_factor(0, 10, 0, "exponential")
+
+
+def test_max_seq_length_defaults_to_model_limit_capped_at_2048() -> None:
+    class Cfg:
+        max_position_embeddings = 8192
+
+    assert resolve_max_seq_length(BASE, Cfg()) == 2048
+    Cfg.max_position_embeddings = 512
+    assert resolve_max_seq_length(BASE, Cfg()) == 512
+    assert resolve_max_seq_length(replace(BASE, max_seq_length=300), Cfg()) == 300
