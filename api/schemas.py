@@ -37,6 +37,15 @@ class JobCreateRequest(BaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    # Dorado extras (the SDK sends them with extra_body).
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    max_seq_length: int | None = Field(None, ge=16, le=131072)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1, le=100)
+
+    def options(self) -> dict[str, Any]:
+        keys = ("learning_rate", "max_seq_length", "checkpoint_every_n_steps", "keep_checkpoints")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @field_validator("metadata")
     @classmethod

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import File, Job, JobEvent, Model
+from sqlalchemy.orm import Session
+
+from core.checkpoints import checkpoint_model_name
+from core.models import Checkpoint, File, Job, JobEvent, Model
 from core.timeutil import to_unix
 
 
@@ -49,6 +52,8 @@ def job_object(job: Job) -> dict[str, Any]:
         "integrations": [],
         # Dorado extras.
         "adapter": job.adapter,
+        "pause_requested": job.pause_requested,
+        "options": job.options or {},
     }
 
 
@@ -61,6 +66,23 @@ def event_object(event: JobEvent) -> dict[str, Any]:
         "message": event.message,
         "type": event.type,
         "data": event.data,
+    }
+
+
+def checkpoint_object(session: Session, job: Job, row: Checkpoint) -> dict[str, Any]:
+    metrics = dict(row.metrics or {})
+    return {
+        "id": row.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": to_unix(row.created_at),
+        "fine_tuned_model_checkpoint": checkpoint_model_name(session, job, row.step_number),
+        "fine_tuning_job_id": job.id,
+        "step_number": row.step_number,
+        "metrics": {"step": float(row.step_number), **{k: v for k, v in metrics.items()
+                                                        if k != "step"}},
+        # Dorado extras.
+        "epoch": row.epoch,
+        "reason": row.reason,
     }
 
 

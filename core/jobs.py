@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from core import catalog, ids
@@ -41,6 +41,7 @@ class NewJob:
     seed: int | None
     suffix: str | None
     metadata: dict[str, str] | None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
@@ -81,7 +82,8 @@ def create_job(session: Session, org_id: str, new: NewJob) -> Job:
         hyperparameters=hyper, adapter=new.adapter.model_dump(),
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
         seed=seed, suffix=new.suffix or None, user_metadata=new.metadata or None,
-        result_files=[], created_at=now, attempt=0,
+        result_files=[], created_at=now, attempt=0, options=dict(new.options),
+        pause_requested=False,
     )
     session.add(job)
     session.flush()
@@ -140,6 +142,37 @@ def list_events(session: Session, job: Job, *, limit: int,
     return rows[:limit], len(rows) > limit
 
 
+def pause_job(session: Session, org_id: str, job_id: str) -> Job:
+    """Queued jobs pause at once; running ones at their next step, after a checkpoint."""
+    job = get_job(session, org_id, job_id)
+    if session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
+                       .values(status="paused")).rowcount == 1:
+        add_event(session, job.id, "Fine-tuning job paused")
+    elif session.execute(update(Job).where(Job.id == job.id, Job.status == "running",
+                                           Job.pause_requested.is_(False))
+                         .values(pause_requested=True)).rowcount == 1:
+        add_event(session, job.id, "Pause requested: the job will save a checkpoint and pause "
+                  "at its next step")
+    elif not (job.status == "running" and job.pause_requested):
+        raise Conflict(f"Job {job.id} is {job.status}; only a queued or running job can be "
+                       "paused", param="fine_tuning_job_id", code="job_not_pausable")
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, org_id: str, job_id: str) -> Job:
+    """A paused job goes back to the queue and continues from its last checkpoint."""
+    job = get_job(session, org_id, job_id)
+    result = session.execute(update(Job).where(Job.id == job.id, Job.status == "paused")
+                             .values(status="queued", published_at=None))
+    if result.rowcount != 1:
+        raise Conflict(f"Job {job.id} is {job.status}; only a paused job can be resumed",
+                       param="fine_tuning_job_id", code="job_not_resumable")
+    add_event(session, job.id, "Fine-tuning job resumed, moving job to queued state")
+    session.refresh(job)
+    return job
+
+
 def mark_published(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
 
@@ -173,7 +206,8 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
         .where(Job.id == job_id, Job.status == "queued")
         .values(status="running", attempt=Job.attempt + 1, worker=worker,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                started_at=now, estimated_finish=None)
+                started_at=func.coalesce(Job.started_at, now), estimated_finish=None,
+                pause_requested=False)
     )
     if result.rowcount != 1:
         return None
@@ -197,8 +231,29 @@ def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: int,
 
 
 def still_ours(session: Session, job_id: str, attempt: int) -> bool:
-    row = session.execute(select(Job.status, Job.attempt).where(Job.id == job_id)).one_or_none()
-    return row is not None and row.status == "running" and row.attempt == attempt
+    return job_control(session, job_id, attempt) != "stop"
+
+
+def job_control(session: Session, job_id: str, attempt: int) -> str:
+    """What the worker holding ``attempt`` should do: "run", "pause" or "stop"."""
+    row = session.execute(select(Job.status, Job.attempt, Job.pause_requested)
+                          .where(Job.id == job_id)).one_or_none()
+    if row is None or row.status != "running" or row.attempt != attempt:
+        return "stop"
+    return "pause" if row.pause_requested else "run"
+
+
+def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
+    """The worker saved a checkpoint for a requested pause and lets the job go."""
+    result = session.execute(
+        update(Job).where(*_fence(job_id, attempt)).values(
+            status="paused", pause_requested=False, worker=None, lease_expires_at=None,
+            estimated_finish=None)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, f"Fine-tuning job paused at step {step}")
+    return True
 
 
 def record_event(session: Session, job_id: str, attempt: int, message: str, *,
@@ -269,12 +324,16 @@ def requeue_expired_leases(session: Session) -> list[str]:
         result = session.execute(
             update(Job).where(Job.id == job_id, Job.status == "running",
                               Job.lease_expires_at < now)
-            .values(status="queued", worker=None, lease_expires_at=None, published_at=None,
-                    estimated_finish=None)
+            # A pause the lost worker never carried out is honoured now.
+            .values(status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
+                    pause_requested=False, worker=None, lease_expires_at=None,
+                    published_at=None, estimated_finish=None)
         )
         if result.rowcount == 1:
-            add_event(session, job_id, "The worker running this job stopped responding; "
-                      "the job was re-queued", level="warn")
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            add_event(session, job_id, "The worker running this job stopped responding; the "
+                      f"job was {'paused' if status == 'paused' else 're-queued'} and will "
+                      "continue from its last checkpoint", level="warn")
             requeued.append(job_id)
     return requeued
 

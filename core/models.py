@@ -110,6 +110,10 @@ class Job(Base):
     # Delivery and fencing: ``attempt`` grows on every claim, so a stale worker's writes
     # (guarded by ``attempt = :mine``) cannot land after its lease was taken away.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # A pause is a request: the worker checkpoints at its next step, then sets ``paused``.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Dorado's extras: max_seq_length, learning_rate, checkpoint_every_n_steps, keep_checkpoints.
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
     worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -128,3 +132,20 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(16), default="message")
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class Checkpoint(Base):
+    """A saved training state of a job (adapter + optimizer/scheduler/RNG/data position)."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_step", "job_id", "step_number"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step_number: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(16))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    storage_prefix: Mapped[str] = mapped_column(String(512))
+    adapter_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

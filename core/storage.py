@@ -234,3 +234,11 @@ def download_dir(store: ObjectStore, prefix: str, dest: Path) -> int:
     for key in keys:
         store.download_file(key, dest / key[len(prefix) + 1:])
     return len(keys)
+
+
+def delete_prefix(store: ObjectStore, prefix: str) -> int:
+    """Delete every object under ``prefix/``; returns how many."""
+    keys = store.list_keys(prefix)
+    for key in keys:
+        store.delete(key)
+    return len(keys)

@@ -30,10 +30,13 @@ def pack_adapter(adapter_dir: Path, dest: Path) -> Path:
     if missing:
         raise FileNotFoundError(f"adapter is missing {', '.join(missing)}")
     with tarfile.open(dest, "w:gz") as tar:
-        for path in sorted(adapter_dir.iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=path.name)
+        for name in ADAPTER_FILES:
+            tar.add(adapter_dir / name, arcname=name)
     return dest
+
+
+def checkpoint_adapter_key(prefix: str) -> str:
+    return f"{prefix}/adapter.tar.gz"
 
 
 def write_metrics_csv(rows: list[dict], dest: Path) -> Path:

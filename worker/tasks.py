@@ -7,20 +7,22 @@ import logging
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from core import jobs
+from core import checkpoints, jobs
 from core.db import session_scope
 from core.files import create_system_file
+from core.hyperparams import learning_rate
 from core.models import File, Job
 from core.queue import RUN_JOB_TASK
-from core.settings import load_settings
-from core.storage import ObjectNotFound, open_store
+from core.settings import Settings, load_settings
+from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
 from worker import artifacts
 from worker.celery_app import app
 from worker.model_store import ModelUnavailable, ensure_model
-from worker.reporting import JobReporter
-from worker.training.spec import AdapterSpec, TrainingStopped, TrainSpec
+from worker.reporting import JobReporter, load_history
+from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,25 @@ def worker_name() -> str:
 
 
 def build_spec(job: Job) -> TrainSpec:
-    from core.hyperparams import learning_rate
-
+    """The frozen training spec of a job row (hyperparameters already resolved)."""
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
     hyper = job.hyperparameters
+    options = job.options or {}
+    lr = options.get("learning_rate") or learning_rate(
+        adapter["type"], float(hyper["learning_rate_multiplier"]))
     return TrainSpec(
         adapter=AdapterSpec(
-            type=adapter["type"],
-            r=int(adapter["r"]),
-            alpha=int(adapter["alpha"]),
+            type=adapter["type"], r=int(adapter["r"]), alpha=int(adapter["alpha"]),
             dropout=float(adapter["dropout"]),
             target_modules=modules if isinstance(modules, str) else tuple(modules),
         ),
         n_epochs=int(hyper["n_epochs"]),
         batch_size=int(hyper["batch_size"]),
-        learning_rate=learning_rate(adapter["type"], float(hyper["learning_rate_multiplier"])),
+        learning_rate=float(lr),
         seed=int(job.seed),
+        max_seq_length=options.get("max_seq_length"),
+        checkpoint_every_n_steps=options.get("checkpoint_every_n_steps"),
         extra={"base_model_name": job.model, "job_id": job.id},
     )
 
@@ -54,18 +58,48 @@ def build_spec(job: Job) -> TrainSpec:
 def classify(exc: BaseException) -> tuple[str, str, str | None]:
     """(code, human message, param) for a failed run."""
     if isinstance(exc, ObjectNotFound):
-        return "file_missing", f"A stored file is missing: {exc}", "training_file"
+        return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
     if isinstance(exc, ModelUnavailable):
         return "model_unavailable", str(exc), "model"
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-        return (
-            "out_of_memory",
-            "The worker ran out of memory; try a smaller batch_size or max_seq_length",
-            "hyperparameters.batch_size",
-        )
+        return ("out_of_memory", "The worker ran out of memory; try a smaller batch_size or "
+                "max_seq_length", "hyperparameters.batch_size")
+    if isinstance(exc, FloatingPointError):
+        return ("training_diverged", f"Training diverged ({exc}); try a lower "
+                "learning_rate_multiplier", "hyperparameters.learning_rate_multiplier")
+    if isinstance(exc, ValueError) and "target module" in str(exc).lower():
+        return "invalid_adapter", f"Invalid adapter settings: {exc}", "adapter.target_modules"
     if isinstance(exc, ValueError):
         return "invalid_training_data", f"Training data problem: {exc}", "training_file"
     return "internal_error", f"Training failed on the worker: {type(exc).__name__}: {exc}", None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What the task read from the database, so that it holds no connection while training."""
+
+    spec: TrainSpec
+    model: str
+    organization_id: str
+    training_key: str
+    validation_key: str | None
+    resume_prefix: str | None
+
+
+def _load(settings: Settings, job_id: str) -> Claimed:
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        training = session.get(File, job.training_file)
+        if training is None:
+            raise ObjectNotFound(job.training_file)
+        validation = session.get(File, job.validation_file) if job.validation_file else None
+        if job.validation_file and validation is None:
+            raise ObjectNotFound(job.validation_file)
+        latest = checkpoints.latest_checkpoint(session, job_id)
+        return Claimed(spec=build_spec(job), model=job.model,
+                       organization_id=job.organization_id, training_key=training.storage_key,
+                       validation_key=validation.storage_key if validation else None,
+                       resume_prefix=latest.storage_prefix if latest else None)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -77,12 +111,17 @@ def run_job(job_id: str) -> None:
         log.info("job %s: not claimable (already taken, cancelled or finished)", job_id)
         return
     log.info("job %s: claimed (attempt %s)", job_id, attempt)
-    reporter = JobReporter(settings, job_id, attempt)
+    store = open_store(settings)
+    reporter = JobReporter(settings, store, job_id, attempt)
     reporter.start()
     try:
-        _train(settings, job_id, attempt, reporter)
+        _train(settings, store, job_id, attempt, reporter)
     except TrainingStopped:
         log.info("job %s: stopped (cancelled or re-assigned)", job_id)
+    except TrainingPaused as paused:
+        with session_scope(settings.database_url) as session:
+            jobs.mark_paused(session, job_id, attempt, getattr(paused, "step", 0))
+        log.info("job %s: paused", job_id)
     except Exception as exc:
         log.exception("job %s: failed", job_id)
         code, message, param = classify(exc)
@@ -92,23 +131,29 @@ def run_job(job_id: str) -> None:
         reporter.close()
 
 
-def _train(settings, job_id: str, attempt: int, reporter: JobReporter) -> None:
+def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
+           reporter: JobReporter) -> None:
     from worker.training.recipe import train
 
-    store = open_store(settings)
-    with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
-        training = session.get(File, job.training_file)
-        spec = build_spec(job)
-        model_name, org_id, training_key = job.model, job.organization_id, training.storage_key
+    claimed = _load(settings, job_id)
     with tempfile.TemporaryDirectory(prefix=f"dorado-{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
         data_path = tmp / "train.jsonl"
-        store.download_file(training_key, data_path)
-        base_dir = ensure_model(settings, store, model_name)
+        store.download_file(claimed.training_key, data_path)
+        valid_path = None
+        if claimed.validation_key:
+            valid_path = tmp / "valid.jsonl"
+            store.download_file(claimed.validation_key, valid_path)
+        resume_dir = None
+        if claimed.resume_prefix:
+            resume_dir = tmp / "resume"
+            download_dir(store, claimed.resume_prefix, resume_dir)
+            reporter.metrics_rows = load_history(resume_dir)
+        base_dir = ensure_model(settings, store, claimed.model)
         if reporter.should_stop():
             raise TrainingStopped()
-        result = train(spec, base_dir, data_path, tmp / "adapter", reporter)
+        result = train(claimed.spec, base_dir, data_path, tmp / "adapter", reporter,
+                       validation_file=valid_path, resume_from=resume_dir)
         if reporter.should_stop():
             raise TrainingStopped()
         key = artifacts.adapter_key(job_id)
@@ -119,22 +164,12 @@ def _train(settings, job_id: str, attempt: int, reporter: JobReporter) -> None:
         with session_scope(settings.database_url) as session:
             if not jobs.still_ours(session, job_id, attempt):
                 raise TrainingStopped()
-            results = create_system_file(
-                session,
-                store,
-                org_id,
-                filename=f"{job_id}-metrics.csv",
-                purpose="fine-tune-results",
-                path=csv_path,
-            )
-            name = jobs.succeed_job(
-                session,
-                job_id,
-                attempt,
-                trained_tokens=result.trained_tokens,
-                adapter_key=key,
-                result_files=[results.id],
-            )
+            results = create_system_file(session, store, claimed.organization_id,
+                                         filename=f"{job_id}-metrics.csv",
+                                         purpose="fine-tune-results", path=csv_path)
+            name = jobs.succeed_job(session, job_id, attempt,
+                                    trained_tokens=result.trained_tokens, adapter_key=key,
+                                    result_files=[results.id])
             if name is None:
                 raise TrainingStopped()
         log.info("job %s: succeeded as %s (%s tokens)", job_id, name, result.trained_tokens)

@@ -10,8 +10,8 @@ from api.context import db, dorado
 from api.errors import pydantic_error
 from api.pagination import after_arg, limit_arg
 from api.schemas import JobCreateRequest
-from api.serializers import event_object, job_object, page
-from core import jobs
+from api.serializers import checkpoint_object, event_object, job_object, page
+from core import checkpoints, jobs
 from core.errors import InvalidRequest
 from core.queue import publish_job
 
@@ -42,21 +42,25 @@ def create_job():
     new = jobs.NewJob(
         model=req.model, training_file=req.training_file, validation_file=req.validation_file,
         hyperparameters=req.resolved_hyperparameters(), adapter=req.adapter, seed=req.seed,
-        suffix=req.suffix, metadata=req.metadata,
+        suffix=req.suffix, metadata=req.metadata, options=req.options(),
     )
+    job = jobs.create_job(db(), g.org_id, new)
+    _commit_and_publish(job.id)
+    return job_object(job)
+
+
+def _commit_and_publish(job_id: str) -> None:
+    """Publish only after commit: a worker must never see a message for a job it cannot read."""
     session = db()
-    job = jobs.create_job(session, g.org_id, new)
-    # Publish only after commit: a worker must never see a message for a job it cannot read.
     session.commit()
     try:
-        publish_job(dorado().settings, job.id)
-        jobs.mark_published(session, job.id)
+        publish_job(dorado().settings, job_id)
+        jobs.mark_published(session, job_id)
         session.commit()
     except Exception:
         # The job is safely queued in the database; the scheduler will publish it.
-        log.exception("could not publish job %s now; the scheduler will retry", job.id)
+        log.exception("could not publish job %s now; the scheduler will retry", job_id)
         session.rollback()
-    return job_object(job)
 
 
 @bp.get("")
@@ -78,6 +82,27 @@ def cancel_job(job_id: str):
     return job_object(jobs.cancel_job(db(), g.org_id, job_id))
 
 
+@bp.post("/<job_id>/pause")
+def pause_job(job_id: str):
+    return job_object(jobs.pause_job(db(), g.org_id, job_id))
+
+
+@bp.post("/<job_id>/resume")
+def resume_job(job_id: str):
+    job = jobs.resume_job(db(), g.org_id, job_id)
+    _commit_and_publish(job.id)
+    return job_object(job)
+
+
+@bp.get("/<job_id>/checkpoints")
+def list_checkpoints(job_id: str):
+    session = db()
+    job = jobs.get_job(session, g.org_id, job_id)
+    rows, has_more = checkpoints.list_checkpoints(session, job, limit=limit_arg(10),
+                                                  after=after_arg())
+    return page([checkpoint_object(session, job, c) for c in rows], has_more, ids=True)
+
+
 @bp.get("/<job_id>/events")
 def list_events(job_id: str):
     job = jobs.get_job(db(), g.org_id, job_id)
@@ -89,14 +114,19 @@ def list_events(job_id: str):
 def download_adapter(job_id: str):
     """The trained adapter as ``.tar.gz`` (adapter_config.json + adapter_model.safetensors)."""
     job = jobs.get_job(db(), g.org_id, job_id)
-    if job.status != "succeeded" or not job.adapter_key:
-        raise InvalidRequest(f"Job {job.id} has no adapter to download yet (status "
-                             f"'{job.status}')", param="fine_tuning_job_id",
-                             code="adapter_not_ready")
+    checkpoint_id = request.args.get("checkpoint")
+    if checkpoint_id:
+        ckpt = checkpoints.get_checkpoint(db(), job, checkpoint_id)
+        key, filename = ckpt.adapter_key, f"{job.id}-step-{ckpt.step_number}-adapter.tar.gz"
+    elif job.status != "succeeded" or not job.adapter_key:
+        raise InvalidRequest(f"Job {job.id} has no final adapter yet (status '{job.status}'); "
+                             "download a checkpoint with ?checkpoint=<id>",
+                             param="fine_tuning_job_id", code="adapter_not_ready")
+    else:
+        key, filename = job.adapter_key, f"{job.id}-adapter.tar.gz"
     store = dorado().store
-    size = store.size(job.adapter_key)
-    filename = f"{job.id}-adapter.tar.gz"
-    return Response(stream_with_context(store.iter_chunks(job.adapter_key)),
+    size = store.size(key)
+    return Response(stream_with_context(store.iter_chunks(key)),
                     mimetype="application/gzip",
                     headers={"Content-Length": str(size),
                              "Content-Disposition": f'attachment; filename="{filename}"'})

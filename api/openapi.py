@@ -1,0 +1,285 @@
+"""The OpenAPI 3.1 document of the API, built from pydantic models (served at
+``/v1/openapi.json`` and rendered for people at ``/docs``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas import JobCreateRequest
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(_Open):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(_Open):
+    error: ErrorBody
+
+
+class FileObject(_Open):
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"]
+    status_details: str | None
+    expires_at: int | None
+    example_count: int | None = Field(None, description="Dorado: valid examples in the file")
+    statistics: dict[str, Any] | None = Field(None, description="Dorado: validation statistics")
+
+
+class FileList(_Open):
+    object: Literal["list"]
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class Deleted(_Open):
+    id: str
+    object: str
+    deleted: bool
+
+
+class JobError(_Open):
+    code: str
+    message: str
+    param: str | None
+
+
+class Hyperparameters(_Open):
+    n_epochs: int | Literal["auto"]
+    batch_size: int | Literal["auto"]
+    learning_rate_multiplier: float | Literal["auto"]
+
+
+class JobObject(_Open):
+    id: str
+    object: Literal["fine_tuning.job"]
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed",
+                    "cancelled", "paused"]
+    error: JobError | None
+    hyperparameters: Hyperparameters
+    method: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    seed: int
+    suffix: str | None
+    metadata: dict[str, str] | None
+    estimated_finish: int | None
+    integrations: list[dict[str, Any]] | None
+    adapter: dict[str, Any] = Field(description="Dorado: the adapter trained (LoRA or DoRA)")
+
+
+class JobList(_Open):
+    object: Literal["list"]
+    data: list[JobObject]
+    has_more: bool
+
+
+class EventObject(_Open):
+    id: str
+    object: Literal["fine_tuning.job.event"]
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None
+
+
+class EventList(_Open):
+    object: Literal["list"]
+    data: list[EventObject]
+    has_more: bool
+
+
+class CheckpointMetrics(_Open):
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class CheckpointObject(_Open):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"]
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: CheckpointMetrics
+
+
+class CheckpointList(_Open):
+    object: Literal["list"]
+    data: list[CheckpointObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class ModelObject(_Open):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Open):
+    object: Literal["list"]
+    data: list[ModelObject]
+    has_more: bool
+
+
+SCHEMAS: tuple[type[BaseModel], ...] = (
+    ErrorEnvelope, FileObject, FileList, Deleted, JobObject, JobList, EventObject, EventList,
+    CheckpointObject, CheckpointList, ModelObject, ModelList, JobCreateRequest,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _op(summary: str, ok: type[BaseModel] | dict[str, Any], *, params: list | None = None,
+        body: dict | None = None, errors: tuple[int, ...] = (400, 401, 404)) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": "OK", **(_json(ok) if isinstance(ok, type) else ok)}
+    }
+    for status in errors:
+        responses[str(status)] = {"description": "Error", **_json(ErrorEnvelope)}
+    op: dict[str, Any] = {"summary": summary, "responses": responses,
+                          "parameters": params or []}
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 100}
+BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}}}
+GZIP = {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@lru_cache(maxsize=1)
+def build_openapi() -> dict[str, Any]:
+    """The whole API as an OpenAPI 3.1 document."""
+    schemas: dict[str, Any] = {}
+    for model in SCHEMAS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    job_id, file_id = _path_param("fine_tuning_job_id"), _path_param("file_id")
+    upload = {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", "purpose"],
+        "properties": {"file": {"type": "string", "format": "binary"},
+                       "purpose": {"type": "string", "enum": ["fine-tune"]}}}}}}
+    paths = {
+        "/v1/files": {
+            "post": _op("Upload a JSONL training file (validated line by line)", FileObject,
+                        body=upload, errors=(400, 401, 413)),
+            "get": _op("List files, newest first", FileList, params=[
+                _query("purpose", {"type": "string"}),
+                _query("order", {"type": "string", "enum": ["asc", "desc"]}),
+                _query("after", {"type": "string"}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
+                errors=(400, 401)),
+        },
+        "/v1/files/{file_id}": {
+            "get": _op("Retrieve a file", FileObject, params=[file_id]),
+            "delete": _op("Delete a file", Deleted, params=[file_id]),
+        },
+        "/v1/files/{file_id}/content": {
+            "get": _op("The file's raw bytes", BINARY, params=[file_id]),
+        },
+        "/v1/fine_tuning/jobs": {
+            "post": _op("Create a fine-tuning job", JobObject, body={
+                "required": True, **_json(JobCreateRequest)}),
+            "get": _op("List jobs, newest first", JobList, params=[
+                _query("after", {"type": "string"}), _query("limit", LIMIT),
+                {"name": "metadata", "in": "query", "required": False, "style": "deepObject",
+                 "explode": True, "schema": {"type": "object",
+                                             "additionalProperties": {"type": "string"}}}],
+                errors=(400, 401)),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}": {
+            "get": _op("Retrieve a job", JobObject, params=[job_id]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": {
+            "post": _op("Cancel a queued, running or paused job", JobObject, params=[job_id]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause": {
+            "post": _op("Pause a job (running jobs pause after a checkpoint)", JobObject,
+                        params=[job_id]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume": {
+            "post": _op("Resume a paused job from its last checkpoint", JobObject,
+                        params=[job_id]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events": {
+            "get": _op("A job's events, newest first", EventList, params=[
+                job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": {
+            "get": _op("A job's checkpoints, newest step first", CheckpointList, params=[
+                job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)]),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/adapter": {
+            "get": _op("Download the adapter (.tar.gz, PEFT layout); ?checkpoint=<id> for a "
+                       "checkpoint's", GZIP, params=[
+                           job_id, _query("checkpoint", {"type": "string"})]),
+        },
+        "/v1/models": {"get": _op("Base models and your fine-tuned models", ModelList,
+                                  errors=(401,))},
+        "/v1/models/{model}": {
+            "get": _op("Retrieve a model", ModelObject, params=[_path_param("model")]),
+            "delete": _op("Delete a fine-tuned model", Deleted, params=[_path_param("model")],
+                          errors=(401, 403, 404)),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Dorado API", "version": "1",
+                 "description": "OpenAI-compatible fine-tuning API (LoRA and DoRA adapters)."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+    }
