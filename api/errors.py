@@ -11,6 +11,7 @@ import logging
 
 from flask import Flask, g, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from core.errors import (
@@ -75,6 +76,18 @@ def init_app(app: Flask) -> None:
         log.error("stored object missing: %s", exc)
         return envelope(404, "The stored content of this object is missing",
                         type="invalid_request_error", code="content_missing")
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(DisconnectionError)
+    def _database_down(exc: Exception):
+        # The SDK retries 503 and honours retry-after: a database restart looks like a pause.
+        log.warning("database unavailable in request %s: %s", getattr(g, "request_id", "?"),
+                    exc)
+        response, status = envelope(503, "The service is temporarily unavailable (database "
+                                    "unreachable); retry shortly", type="server_error",
+                                    code="service_unavailable")
+        response.headers["Retry-After"] = "2"
+        return response, status
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):

@@ -146,6 +146,7 @@ class ModelObject(_Open):
     object: Literal["model"]
     created: int
     owned_by: str
+    shutdown_date: int | None = None
 
 
 class ModelList(_Open):

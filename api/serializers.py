@@ -40,7 +40,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "status": job.status,
         "error": job.error,
         "hyperparameters": job.hyperparameters,
-        "method": job.method,
+        "method": {"dpo": None, "reinforcement": None, "supervised": None, **(job.method or {})},
         "training_file": job.training_file,
         "validation_file": job.validation_file,
         "result_files": job.result_files or [],
@@ -92,6 +92,7 @@ def model_object(model: Model) -> dict[str, Any]:
         "object": "model",
         "created": to_unix(model.created_at),
         "owned_by": model.owned_by,
+        "shutdown_date": None,
     }
 
 

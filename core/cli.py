@@ -33,8 +33,10 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
 
 
 def worker_command(concurrency: int = 1) -> list[str]:
+    # The threads pool runs the task in the worker's own process, so a SIGTERM reaches the
+    # running job: it checkpoints and goes back to the queue (see worker.shutdown).
     return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
+            "--pool", "threads", "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
             "-Q", "dorado.jobs", "-n", f"dorado-{os.getpid()}@%h"]
 
 
@@ -90,6 +92,7 @@ def run(skip_models: bool) -> None:
                f"(data in {settings.home}); Ctrl-C stops everything.")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    interrupted = False
     try:
         while not stopping.is_set():
             for name, proc in procs.items():
@@ -99,8 +102,10 @@ def run(skip_models: bool) -> None:
                     stopping.set()
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
-    _stop_all(procs)
+        # Ctrl-C already reached every child (same process group): signalling again would
+        # turn the worker's graceful shutdown (checkpoint, re-queue) into a cold one.
+        interrupted = True
+    _stop_all(procs, already_signalled=interrupted)
 
 
 def _prepare_models() -> None:
@@ -112,10 +117,13 @@ def _prepare_models() -> None:
     subprocess.run([worker_cli, "prepare-models"], check=True)
 
 
-def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+def _stop_all(procs: dict[str, subprocess.Popen], *, already_signalled: bool = False,
+              grace: float = 60.0) -> None:
+    """Stop children gracefully (the worker checkpoints its job), then force them."""
+    if not already_signalled:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for name, proc in procs.items():
         try:

@@ -243,6 +243,20 @@ def job_control(session: Session, job_id: str, attempt: int) -> str:
     return "pause" if row.pause_requested else "run"
 
 
+def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int) -> bool:
+    """The worker is stopping: the job (checkpointed at ``step``) goes back to the queue."""
+    result = session.execute(
+        update(Job).where(*_fence(job_id, attempt)).values(
+            status="queued", worker=None, lease_expires_at=None, estimated_finish=None,
+            published_at=None)
+    )
+    if result.rowcount != 1:
+        return False
+    where = f"after a checkpoint at step {step}" if step else "before training started"
+    add_event(session, job_id, f"The worker is shutting down; the job was re-queued {where}")
+    return True
+
+
 def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker saved a checkpoint for a requested pause and lets the job go."""
     result = session.execute(

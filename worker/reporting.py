@@ -21,7 +21,7 @@ from core.db import session_scope
 from core.settings import Settings
 from core.storage import ObjectStore, delete_prefix, upload_dir
 from core.timeutil import utcnow
-from worker import artifacts
+from worker import artifacts, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,10 @@ class JobReporter:
         return self._lost.is_set() or self._poll() == "stop"
 
     def should_pause(self) -> bool:
-        return not self._lost.is_set() and self._poll() == "pause"
+        """A pause the user asked for, or the worker shutting down (checkpoint, re-queue)."""
+        if self._lost.is_set():
+            return False
+        return shutdown.in_progress() or self._poll() == "pause"
 
     # --- events --------------------------------------------------------------------------
     def message(self, text: str, level: str = "info") -> None:

@@ -18,7 +18,7 @@ from core.models import File, Job
 from core.queue import RUN_JOB_TASK
 from core.settings import Settings, load_settings
 from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
-from worker import artifacts
+from worker import artifacts, shutdown
 from worker.celery_app import app
 from worker.model_store import ModelUnavailable, ensure_model
 from worker.reporting import JobReporter, load_history
@@ -119,9 +119,14 @@ def run_job(job_id: str) -> None:
     except TrainingStopped:
         log.info("job %s: stopped (cancelled or re-assigned)", job_id)
     except TrainingPaused as paused:
+        step = getattr(paused, "step", 0)
         with session_scope(settings.database_url) as session:
-            jobs.mark_paused(session, job_id, attempt, getattr(paused, "step", 0))
-        log.info("job %s: paused", job_id)
+            if shutdown.in_progress():
+                jobs.requeue_for_shutdown(session, job_id, attempt, step)
+            else:
+                jobs.mark_paused(session, job_id, attempt, step)
+        log.info("job %s: %s at step %s", job_id,
+                 "re-queued for shutdown" if shutdown.in_progress() else "paused", step)
     except Exception as exc:
         log.exception("job %s: failed", job_id)
         code, message, param = classify(exc)
@@ -152,6 +157,8 @@ def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
         base_dir = ensure_model(settings, store, claimed.model)
         if reporter.should_stop():
             raise TrainingStopped()
+        if shutdown.in_progress():  # nothing trained yet: hand the job back as it was
+            raise TrainingPaused(step=0)
         result = train(claimed.spec, base_dir, data_path, tmp / "adapter", reporter,
                        validation_file=valid_path, resume_from=resume_dir)
         if reporter.should_stop():

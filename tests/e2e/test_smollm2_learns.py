@@ -1,15 +1,29 @@
-"""Done-when of the skeleton: the real SmolLM2, fine-tuned through the platform on the example
-dataset, learns what the dataset teaches (slow: a few minutes on a 2-core CPU)."""
+"""Done-when of the skeleton: the README's Python snippet, run verbatim, fine-tunes the real
+SmolLM2 on the example dataset through the platform, and the model learns what the dataset
+teaches (slow: a few minutes on a 2-core CPU)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import EXAMPLES, MODEL_CACHE
-from tests.e2e.flow import client_for, download_adapter, metrics_events, wait_for_job
+from tests.conftest import EXAMPLES, MODEL_CACHE, ROOT
+from tests.e2e.flow import client_for, download_adapter, metrics_events
 from tests.e2e.platform import Platform
 
 HELD_OUT = "What is the capital of France?"  # not in examples/pirate.jsonl
+
+
+def readme_snippet() -> str:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    snippet = next(b for b in blocks if "fine_tuning.jobs.create" in b)
+    assert "smollm2-135m-instruct" in snippet
+    return snippet
 
 
 def greedy_answer(model, tokenizer, question: str) -> str:
@@ -24,27 +38,29 @@ def greedy_answer(model, tokenizer, question: str) -> str:
 
 
 @pytest.mark.slow
-def test_smollm2_learns_pirate_speak(tmp_path):
+def test_readme_snippet_teaches_smollm2_pirate_speak(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert HELD_OUT not in (EXAMPLES / "pirate.jsonl").read_text()
     platform = Platform(tmp_path / "home", "dor-e2e-smollm2-key-000000", MODEL_CACHE).start()
     try:
-        client = client_for(platform)
-        with open(EXAMPLES / "pirate.jsonl", "rb") as handle:
-            training = client.files.create(file=handle, purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="smollm2-135m-instruct",
-                                             training_file=training.id)
-        assert job.model_extra["adapter"]["type"] == "dora"
-        job = wait_for_job(client, job.id, timeout=900, platform=platform)
-        assert job.status == "succeeded", (job.error, platform.log_tail())
+        env = {**os.environ, "DORADO_URL": platform.base_url,
+               "DORADO_API_KEY": platform.api_key}
+        run = subprocess.run([sys.executable, "-c", readme_snippet()], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=1200)
+        assert run.returncode == 0, run.stderr + platform.log_tail()
+        job_id, status = run.stdout.split()[:2]
+        assert status == "succeeded", run.stdout + platform.log_tail()
+        assert "The job has successfully completed" in run.stdout
 
+        client = client_for(platform)
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        assert job.model_extra["adapter"]["type"] == "dora"
         losses = [e.data["train_loss"] for e in metrics_events(client, job.id)]
         assert len(losses) >= 10
         first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
         assert last < 0.6 * first, losses
-
         adapter_dir = download_adapter(platform, job.id, tmp_path / "adapter")
     finally:
         platform.stop()
