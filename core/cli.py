@@ -83,29 +83,42 @@ def run(skip_models: bool) -> None:
         _prepare_models()
     procs: dict[str, subprocess.Popen] = {}
     env = dict(os.environ, DORADO_HOME=str(settings.home))
-    procs["api"] = subprocess.Popen(api_command(settings.host, settings.port), env=env)
-    procs["worker"] = subprocess.Popen(worker_command(), env=env)
-    procs["scheduler"] = subprocess.Popen([sys.executable, "-m", "core.cli", "scheduler"],
-                                          env=env)
+    procs["api"] = _spawn(api_command(settings.host, settings.port), env)
+    procs["worker"] = _spawn(worker_command(), env)
+    procs["scheduler"] = _spawn([sys.executable, "-m", "core.cli", "scheduler"], env)
     _announce_key(key)
     click.echo(f"Dorado API on http://{settings.host}:{settings.port}/v1  "
                f"(data in {settings.home}); Ctrl-C stops everything.")
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    interrupted = False
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.is_set():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                log.error("%s exited with code %s; stopping the platform", name,
+                          proc.returncode)
+                stopping.set()
+        stopping.wait(0.5)
+    log.info("stopping (the worker checkpoints a running job first)")
+    _stop_all(procs)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # Children live in their own session (so Ctrl-C reaches only this launcher, which then
+    # stops each child exactly once); PR_SET_PDEATHSIG stops them if the launcher is killed.
+    os.setsid()
     try:
-        while not stopping.is_set():
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping the platform", name,
-                              proc.returncode)
-                    stopping.set()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        # Ctrl-C already reached every child (same process group): signalling again would
-        # turn the worker's graceful shutdown (checkpoint, re-queue) into a cold one.
-        interrupted = True
-    _stop_all(procs, already_signalled=interrupted)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
 def _prepare_models() -> None:
@@ -117,13 +130,11 @@ def _prepare_models() -> None:
     subprocess.run([worker_cli, "prepare-models"], check=True)
 
 
-def _stop_all(procs: dict[str, subprocess.Popen], *, already_signalled: bool = False,
-              grace: float = 60.0) -> None:
+def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
     """Stop children gracefully (the worker checkpoints its job), then force them."""
-    if not already_signalled:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for name, proc in procs.items():
         try:

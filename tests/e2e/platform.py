@@ -84,5 +84,18 @@ class Platform:
             except ProcessLookupError:
                 pass
 
+    def processes(self) -> list[int]:
+        """Pids of every process started for this platform (found by its DORADO_HOME)."""
+        marker = f"DORADO_HOME={self.home}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}

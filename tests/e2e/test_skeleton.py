@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-
-import pytest
 
 from tests.conftest import EXAMPLES, MODEL_CACHE
 from tests.e2e.flow import (
@@ -70,10 +67,9 @@ def run_quickstart(platform: Platform, tmp_path) -> None:
 
 
 def assert_stops_cleanly(platform: Platform) -> None:
-    pgid = platform.proc.pid
-    platform.stop()
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)  # every process of the platform is gone
+    assert len(platform.processes()) >= 5  # launcher, API (2 workers + master), worker, ...
+    assert platform.stop() == 0
+    assert platform.processes() == []  # Ctrl-C stopped every process of the platform
 
 
 def test_quickstart_on_embedded_defaults(tmp_path):
