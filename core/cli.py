@@ -32,12 +32,12 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
             "api.wsgi:app"]
 
 
-def worker_command(concurrency: int = 1) -> list[str]:
+def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
     # The threads pool runs the task in the worker's own process, so a SIGTERM reaches the
     # running job: it checkpoints and goes back to the queue (see worker.shutdown).
     return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
             "--pool", "threads", "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
-            "-Q", "dorado.jobs", "-n", f"dorado-{os.getpid()}@%h"]
+            "-Q", "dorado.jobs", "-n", f"{name or f'dorado-{os.getpid()}'}@%h"]
 
 
 @click.group()

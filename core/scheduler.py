@@ -14,9 +14,6 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_SECONDS = 10.0
-
-
 def sweep(settings: Settings) -> dict[str, list[str]]:
     """One pass. Returns what it re-queued and re-published."""
     with session_scope(settings.database_url) as session:
@@ -38,8 +35,8 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
     return {"requeued": requeued, "published": published}
 
 
-def run_forever(settings: Settings, stop: threading.Event,
-                interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+def run_forever(settings: Settings, stop: threading.Event) -> None:
+    interval = settings.sweep_interval_seconds
     log.info("scheduler started (every %.0f s)", interval)
     while not stop.is_set():
         try:

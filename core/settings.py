@@ -32,6 +32,7 @@ class Settings:
     model_cache_dir: Path
     lease_seconds: int
     republish_after_seconds: int
+    sweep_interval_seconds: float
     max_upload_bytes: int
     secret_key: str | None
 
@@ -63,6 +64,7 @@ def load_settings() -> Settings:
         ).expanduser().resolve(),
         lease_seconds=int(_env("DORADO_LEASE_SECONDS", "120")),
         republish_after_seconds=int(_env("DORADO_REPUBLISH_AFTER_SECONDS", "60")),
+        sweep_interval_seconds=float(_env("DORADO_SWEEP_INTERVAL_SECONDS", "10")),
         max_upload_bytes=int(_env("DORADO_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
         secret_key=_env("DORADO_SECRET_KEY"),
     )

@@ -1,0 +1,87 @@
+"""The platform's parts as separate real processes, so a test can kill or restart any one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from core.cli import api_command, worker_command
+from tests.e2e.platform import ROOT, free_port
+
+BIN = Path(sys.executable).parent
+
+
+class Cluster:
+    def __init__(self, home: Path, api_key: str, model_cache: Path,
+                 extra_env: dict[str, str] | None = None):
+        self.home = home
+        self.api_key = api_key
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.env = {
+            **os.environ, "DORADO_HOME": str(home), "DORADO_BOOTSTRAP_API_KEY": api_key,
+            "DORADO_MODEL_CACHE": str(model_cache), "DORADO_PORT": str(self.port),
+            "DORADO_LEASE_SECONDS": "6", "DORADO_SWEEP_INTERVAL_SECONDS": "1",
+            "DORADO_REPUBLISH_AFTER_SECONDS": "3", **(extra_env or {}),
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+        home.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.home.parent / f"{self.home.name}-{name}.log", "ab")
+        proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def migrate(self) -> None:
+        subprocess.run([str(BIN / "dorado"), "migrate"], cwd=ROOT, env=self.env, check=True,
+                       capture_output=True)
+
+    def start_api(self, timeout: float = 60) -> None:
+        self._spawn("api", api_command("127.0.0.1", self.port, workers=1))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise TimeoutError(self.log("api"))
+
+    def start_scheduler(self) -> None:
+        self._spawn("scheduler", [sys.executable, "-m", "core.cli", "scheduler"])
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        return self._spawn(name, worker_command(name=name))
+
+    def signal(self, name: str, sig: int) -> None:
+        os.killpg(self.procs[name].pid, sig)
+
+    def wait(self, name: str, timeout: float = 60) -> int:
+        return self.procs[name].wait(timeout=timeout)
+
+    def log(self, name: str, lines: int = 60) -> str:
+        path = self.home.parent / f"{self.home.name}-{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def logs(self) -> str:
+        return "\n\n".join(f"== {name} ==\n{self.log(name)}" for name in self.procs)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import time
+
+from openai import OpenAI
+
+from tests.conftest import EXAMPLES
+
+
+def upload_pirate(client: OpenAI):
+    with open(EXAMPLES / "pirate.jsonl", "rb") as handle:
+        return client.files.create(file=handle, purpose="fine-tune")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def messages(client: OpenAI, job_id: str) -> list[str]:
+    """Every event message of a job, oldest first."""
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id,
+                                                                               limit=100)))]
+
+
+def csv_steps(client: OpenAI, file_id: str) -> list[int]:
+    rows = client.files.content(file_id).text.splitlines()[1:]
+    return [int(r.split(",")[0]) for r in rows]
