@@ -15,15 +15,16 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     """App factory: no network clients are created at import time."""
-    from api import auth, context, errors
-    from api.routes import dashboard, files, jobs, models
+    from api import auth, context, errors, idempotency, websession
+    from api.routes import dashboard, estimate, files, health, jobs, models
 
     settings = settings or load_settings()
     app = Flask(__name__, template_folder=str(WEB_DIR / "templates"),
                 static_folder=str(WEB_DIR / "static"), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
-        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        SECRET_KEY=settings.secret_key or websession.persistent_secret(settings.home),
+        **websession.session_config(),
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
@@ -39,9 +40,13 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         response.headers["x-request-id"] = g.get("request_id", "")
         return response
 
+    # First: its timer wraps every other hook, and its /healthz wins over the dashboard's.
+    health.init_app(app)
     context.init_app(app, settings)
     auth.init_app(app)
+    idempotency.init_app(app)
     errors.init_app(app)
-    for bp in (files.bp, jobs.bp, models.bp, dashboard.bp):
+    for bp in (files.bp, jobs.bp, models.bp, estimate.bp, dashboard.bp):
         app.register_blueprint(bp)
+    dashboard.init_app(app)
     return app

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from core.checkpoints import checkpoint_model_name
 from core.models import Checkpoint, File, Job, JobEvent, Model
+from core.progress import progress_fields
 from core.timeutil import to_unix
 
 
@@ -54,6 +55,8 @@ def job_object(job: Job) -> dict[str, Any]:
         "adapter": job.adapter,
         "pause_requested": job.pause_requested,
         "options": job.options or {},
+        # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
+        **progress_fields(job),
     }
 
 

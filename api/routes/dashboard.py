@@ -1,29 +1,138 @@
-"""The web dashboard (minimal for now: a landing page)."""
+"""The web dashboard (``/``), the API reference (``/docs``, ``/v1/openapi.json``).
+
+The dashboard is a page of static JavaScript that calls the same-origin ``/v1`` API with the
+session cookie (see ``api.websession``); this module only signs people in and out and serves
+the shell, with security headers on every page.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import copy
+from functools import lru_cache
+from typing import Any
 
+from flask import Blueprint, Flask, Response, redirect, render_template, request
+
+from api import websession
+from api.context import db
 from api.openapi import build_openapi
+from core.auth import authenticate
+from core.errors import AuthenticationFailed
+from core.models import Organization
 
 bp = Blueprint("dashboard", __name__)
 
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data: blob:",
+    "connect-src 'self'",
+    "font-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+))
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def init_app(app: Flask) -> None:
+    """Security headers: nosniff on everything, the page policies on non-API responses."""
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if not request.path.startswith("/v1/"):
+            for name, value in PAGE_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """``api.openapi``'s document plus the dashboard's own endpoint (the estimate)."""
+    spec = copy.deepcopy(build_openapi())
+    spec["paths"]["/v1/fine_tuning/jobs/estimate"] = {"post": {
+        "summary": "Estimate a job before creating it (same body as create): steps, "
+                   "approximate tokens (characters / 4) and time",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/JobCreateRequest"}}}},
+        "parameters": [],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": True}}}},
+            **{str(status): {"description": "Error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+               for status in (400, 401, 404)},
+        },
+    }}
+    return spec
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _sign_in_page(error: str | None = None, status: int = 200) -> Response:
+    html = render_template("login.html", csrf=websession.csrf_token(), error=error)
+    return _no_store(Response(html, status=status, mimetype="text/html"))
+
 
 @bp.get("/")
-def index():
-    return render_template("index.html")
+def index() -> Response:
+    """The dashboard when signed in, else the sign-in form."""
+    key = websession.signed_in_key(db())
+    if key is None:
+        return _sign_in_page()
+    org = db().get(Organization, key.organization_id)
+    html = render_template("index.html", csrf=websession.csrf_token(),
+                           org_name=org.name if org else key.organization_id,
+                           key_prefix=key.prefix)
+    return _no_store(Response(html, mimetype="text/html"))
+
+
+@bp.get("/login")
+def login_form() -> Response:
+    return redirect("/", code=303)
+
+
+@bp.post("/login")
+def login() -> Response:
+    """Check the API key once; the session keeps only its id."""
+    if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
+        return _sign_in_page("Your sign-in form expired (or cookies are blocked). "
+                             "Please try again.", status=403)
+    try:
+        key = authenticate(db(), (request.form.get("api_key") or "").strip())
+    except AuthenticationFailed:
+        return _sign_in_page("That API key is not valid (or was revoked).", status=401)
+    websession.sign_in(key)
+    return redirect("/", code=303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
+        return _no_store(Response("Missing or invalid CSRF token", status=403,
+                                  mimetype="text/plain"))
+    websession.sign_out()
+    return redirect("/", code=303)
 
 
 @bp.get("/v1/openapi.json")
 def openapi_json():
-    return build_openapi()
+    return openapi_document()
 
 
 @bp.get("/docs")
 def api_docs():
-    return render_template("docs.html", spec=build_openapi())
+    return render_template("docs.html", spec=openapi_document())
 
-
-@bp.get("/healthz")
-def healthz():
-    return {"status": "ok"}

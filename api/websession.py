@@ -1,0 +1,134 @@
+"""The dashboard's sign-in session: a signed, HttpOnly cookie holding only the API key's *id*.
+
+The raw key is never stored: the sign-in form checks it with ``core.auth.authenticate`` and
+the session keeps the key id, its organization and a CSRF token. Every later request loads the
+key row again, so revoking the key ends the session. Requests authenticated by the session
+must carry the CSRF token (``X-CSRF-Token`` header, or the ``csrf_token`` form field) on any
+state-changing method.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import request, session
+from sqlalchemy.orm import Session
+
+from core.errors import PermissionDenied
+from core.models import ApiKey
+
+log = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SESSION_LIFETIME = timedelta(hours=12)
+SECRET_FILE = "secret_key"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def session_config() -> dict[str, Any]:
+    """Flask config for the session cookie. ``DORADO_SESSION_COOKIE_SECURE=1`` adds the Secure
+    flag (set it whenever the dashboard is served over HTTPS; it is off for plain-http
+    localhost, where a Secure cookie would never be sent back)."""
+    return {
+        "SESSION_COOKIE_NAME": "dorado_session",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": _truthy(os.environ.get("DORADO_SESSION_COOKIE_SECURE")),
+        "PERMANENT_SESSION_LIFETIME": SESSION_LIFETIME,
+    }
+
+
+def persistent_secret(home: Path) -> str:
+    """A signing secret shared by every API process using ``home``, created once.
+
+    Without ``DORADO_SECRET_KEY`` each gunicorn worker would otherwise pick its own random
+    secret and reject the cookies the other one signed. Several machines need the variable.
+    """
+    path = home / SECRET_FILE
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        for _ in range(50):
+            try:
+                value = path.read_text().strip()
+            except FileNotFoundError:
+                value = ""
+            if value:
+                return value
+            tmp = home / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # atomic: exactly one process's secret wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            time.sleep(0.01)
+    except OSError as exc:
+        log.warning("cannot keep a session secret in %s (%s); dashboard sessions will not "
+                    "survive a restart or span API processes: set DORADO_SECRET_KEY", home, exc)
+    return secrets.token_hex(32)
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (created on first use)."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_ok(sent: str | None) -> bool:
+    expected = session.get("csrf")
+    return bool(expected and sent) and hmac.compare_digest(str(expected), str(sent))
+
+
+def sign_in(key: ApiKey) -> None:
+    """Start a fresh session for ``key`` (a new CSRF token too: no session fixation)."""
+    session.clear()
+    session.permanent = True
+    session["key_id"] = key.id
+    session["org_id"] = key.organization_id
+    session["csrf"] = secrets.token_urlsafe(32)
+
+
+def sign_out() -> None:
+    session.clear()
+
+
+def signed_in_key(db: Session) -> ApiKey | None:
+    """The session's API key if it still exists, is not revoked and belongs to its org."""
+    key_id = session.get("key_id")
+    if not key_id:
+        return None
+    row = db.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None or row.organization_id != session.get("org_id"):
+        sign_out()
+        return None
+    return row
+
+
+def authenticate_request(db: Session) -> ApiKey | None:
+    """For ``/v1`` requests without ``Authorization``: the session's key, or None.
+
+    Raises PermissionDenied (403) for a state-changing request without the CSRF token.
+    """
+    if not session.get("key_id"):
+        return None
+    if request.method not in SAFE_METHODS and not csrf_ok(request.headers.get(CSRF_HEADER)):
+        raise PermissionDenied("Missing or invalid CSRF token: the dashboard sends it as the "
+                               f"{CSRF_HEADER} header", code="csrf_failed")
+    return signed_in_key(db)

@@ -1,0 +1,95 @@
+"""Training progress and queue positions of jobs, computed in bulk for job listings.
+
+A list of jobs costs two queries whatever its length: one for the latest metrics event of
+every listed job, one for the queue position of every listed queued job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, aliased, object_session
+
+from core.models import Job, JobEvent
+
+_CACHE_KEY = "dorado.progress"
+
+
+def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``data`` of the newest metrics event of each job (jobs without one are absent)."""
+    if not job_ids:
+        return {}
+    newest = (
+        select(func.max(JobEvent.seq).label("seq"))
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.type == "metrics")
+        .group_by(JobEvent.job_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(JobEvent.job_id, JobEvent.data).join(newest, JobEvent.seq == newest.c.seq)
+    )
+    return {job_id: data for job_id, data in rows if isinstance(data, dict)}
+
+
+def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
+    """1-based position of each queued job among all queued jobs, oldest first."""
+    ids = [job.id for job in jobs if job.status == "queued"]
+    if not ids:
+        return {}
+    ahead = aliased(Job)
+    count = (
+        select(func.count())
+        .select_from(ahead)
+        .where(
+            ahead.status == "queued",
+            or_(ahead.created_at < Job.created_at,
+                and_(ahead.created_at == Job.created_at, ahead.id < Job.id)),
+        )
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    rows = session.execute(select(Job.id, count).where(Job.id.in_(ids), Job.status == "queued"))
+    return {job_id: int(n) + 1 for job_id, n in rows}
+
+
+def progress_of(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"step", "total_steps", "percent"}`` from a metrics event's data, or None."""
+    if not data:
+        return None
+    step, total = data.get("step"), data.get("total_steps")
+    if not isinstance(step, int | float) or not isinstance(total, int | float) or total <= 0:
+        return None
+    percent = round(100.0 * min(step, total) / total, 1)
+    return {"step": int(step), "total_steps": int(total), "percent": percent}
+
+
+def progress_fields(job: Job) -> dict[str, Any]:
+    """``progress`` and ``queue_position`` of a job, for its wire object.
+
+    Serializers see one job at a time, so the first call computes the fields for every job
+    loaded in the same session (a listed page is all there) and caches them in the session,
+    keyed by id and status so a status change within the request recomputes them.
+    """
+    session = object_session(job)
+    if session is None:
+        return {"progress": None, "queue_position": None}
+    cache: dict[tuple[str, str], dict[str, Any]] = session.info.setdefault(_CACHE_KEY, {})
+    key = (job.id, job.status)
+    if key not in cache:
+        # Only jobs whose columns are loaded: touching an expired one would cost a query each.
+        loaded = [obj for obj in list(session.identity_map.values())
+                  if isinstance(obj, Job) and "status" in obj.__dict__
+                  and (obj.id, obj.status) not in cache]
+        if job not in loaded:
+            loaded.append(job)
+        metrics = latest_metrics(session, [j.id for j in loaded])
+        positions = queue_positions(session, loaded)
+        for item in loaded:
+            progress = progress_of(metrics.get(item.id))
+            if item.status == "succeeded" and progress:
+                progress = {**progress, "step": progress["total_steps"], "percent": 100.0}
+            cache[(item.id, item.status)] = {"progress": progress,
+                                             "queue_position": positions.get(item.id)}
+    return dict(cache[key])

@@ -1,0 +1,46 @@
+"""Fixtures for browser tests: the whole platform as real processes, and headless Chromium
+(Debian's package, never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODEL_CACHE
+from tests.e2e.platform import Platform
+
+CHROMIUM = Path(os.environ.get("DORADO_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync",
+                 "--disable-quic"]
+WEB_API_KEY = "dor-web-module-key-0000000000"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> Iterator[Platform]:
+    """API, worker and scheduler (embedded defaults) shared by the browser tests of a module."""
+    home = tmp_path_factory.mktemp("web-platform") / "home"
+    running = Platform(home, WEB_API_KEY, MODEL_CACHE, {"DORADO_LEASE_SECONDS": "20"}).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Headless Chromium driven by Playwright. Missing Chromium is an error, not a skip:
+    `make test` installs it (apt-get install chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

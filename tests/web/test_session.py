@@ -1,0 +1,167 @@
+"""The dashboard's server side without a browser: sign-in session, CSRF, revocation, security
+headers, job progress fields and the pre-flight estimate (Flask test client, SQLite)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from api import create_app
+from api.websession import persistent_secret
+from core.bootstrap import prepare_database
+from core.db import session_scope
+from core.jobs import add_event
+from core.models import ApiKey, Job
+from core.settings import load_settings
+from core.timeutil import utcnow
+
+KEY = "dor-web-session-key-00000000"
+
+
+def examples(n: int) -> bytes:
+    return "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"Answer number {i}."}]}) + "\n"
+        for i in range(n)).encode()
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch) -> Iterator[FlaskClient]:
+    monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", KEY)
+    settings = load_settings()
+    prepare_database(settings)
+    app = create_app(settings)
+    app.config["DATABASE_URL"] = settings.database_url
+    yield app.test_client()
+
+
+def sign_in(client: FlaskClient) -> str:
+    """Sign in through the form; returns the page's CSRF token."""
+    page = client.get("/").get_data(as_text=True)
+    form_token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    resp = client.post("/login", data={"api_key": KEY, "csrf_token": form_token})
+    assert resp.status_code == 303
+    page = client.get("/").get_data(as_text=True)
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    assert token != form_token  # a fresh token after sign-in
+    return token
+
+
+def upload(client: FlaskClient, token: str, n: int = 20) -> str:
+    resp = client.post("/v1/files", data={"file": (io.BytesIO(examples(n)), "t.jsonl"),
+                                          "purpose": "fine-tune"},
+                       content_type="multipart/form-data", headers={"X-CSRF-Token": token})
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def test_session_cookie_and_headers(client: FlaskClient):
+    resp = client.get("/")
+    assert "API key" in resp.get_data(as_text=True)
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert "'unsafe-inline'" not in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Referrer-Policy"] == "same-origin"
+    sign_in(client)
+    cookie = client.get_cookie("dorado_session")
+    assert cookie.http_only and cookie.same_site == "Lax" and not cookie.secure
+    assert KEY not in cookie.value
+    for path in ("/docs", "/v1/openapi.json", "/healthz", "/static/app.js"):
+        assert client.get(path).status_code == 200, path
+    assert "/v1/fine_tuning/jobs/estimate" in client.get("/v1/openapi.json").get_json()["paths"]
+
+
+def test_wrong_key_and_missing_form_token_are_refused(client: FlaskClient):
+    page = client.get("/").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert client.post("/login", data={"api_key": "dor-wrong", "csrf_token": token}
+                       ).status_code == 401
+    assert client.post("/login", data={"api_key": KEY}).status_code == 403
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_csrf_is_required_for_state_changes(client: FlaskClient):
+    token = sign_in(client)
+    assert client.get("/v1/models").status_code == 200
+    resp = client.post("/v1/files", data={"file": (io.BytesIO(examples(12)), "t.jsonl"),
+                                          "purpose": "fine-tune"},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "csrf_failed"
+    assert client.delete("/v1/files/file-x", headers={"X-CSRF-Token": "nope"}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": "nope"}).status_code == 403
+    upload(client, token)
+    # A bearer key still works without any token (the API's own clients).
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_revoking_the_key_ends_the_session(client: FlaskClient):
+    sign_in(client)
+    with session_scope(client.application.config["DATABASE_URL"]) as session:
+        session.execute(update(ApiKey).values(revoked_at=utcnow()))
+    assert client.get("/v1/models").status_code == 401
+    assert "API key" in client.get("/").get_data(as_text=True)
+
+
+def test_progress_and_queue_position(client: FlaskClient):
+    token = sign_in(client)
+    file_id = upload(client, token)
+    body = {"model": "tiny-random-llama", "training_file": file_id}
+    ids = [client.post("/v1/fine_tuning/jobs", json=body, headers={"X-CSRF-Token": token}
+                       ).get_json()["id"] for _ in range(3)]
+    with session_scope(client.application.config["DATABASE_URL"]) as session:
+        session.execute(update(Job).where(Job.id == ids[0]).values(status="running"))
+        add_event(session, ids[0], "Step 5/20", type="metrics",
+                  data={"step": 5, "total_steps": 20, "train_loss": 1.0})
+        add_event(session, ids[0], "Step 10/20", type="metrics",
+                  data={"step": 10, "total_steps": 20, "train_loss": 0.9})
+    listed = {j["id"]: j for j in client.get("/v1/fine_tuning/jobs").get_json()["data"]}
+    assert listed[ids[0]]["progress"] == {"step": 10, "total_steps": 20, "percent": 50.0}
+    assert listed[ids[0]]["queue_position"] is None
+    assert [listed[i]["queue_position"] for i in ids[1:]] == [1, 2]
+    assert listed[ids[1]]["progress"] is None
+    one = client.get(f"/v1/fine_tuning/jobs/{ids[2]}").get_json()
+    assert one["queue_position"] == 2
+
+
+def test_estimate(client: FlaskClient):
+    token = sign_in(client)
+    file_id = upload(client, token, n=20)
+    body = {"model": "smollm2-135m-instruct", "training_file": file_id,
+            "hyperparameters": {"n_epochs": 3, "batch_size": 8},
+            "adapter": {"type": "lora", "r": 4}}
+    resp = client.post("/v1/fine_tuning/jobs/estimate", json=body,
+                       headers={"X-CSRF-Token": token})
+    est = resp.get_json()
+    assert resp.status_code == 200, est
+    assert est["example_count"] == 20
+    assert est["steps_per_epoch"] == 3 and est["total_steps"] == 9
+    assert est["hyperparameters"] == {"n_epochs": 3, "batch_size": 8,
+                                      "learning_rate_multiplier": 1.0}
+    assert est["adapter"]["type"] == "lora" and est["adapter"]["r"] == 4
+    assert est["tokens_are_estimated"] is True
+    assert est["estimated_total_tokens"] == 3 * est["estimated_tokens_per_epoch"] > 0
+    assert est["estimated_seconds"] > est["estimated_total_tokens"] / 150
+    bad = client.post("/v1/fine_tuning/jobs/estimate", json={**body, "model": "nope"},
+                      headers={"X-CSRF-Token": token})
+    assert bad.status_code == 404
+    bad = client.post("/v1/fine_tuning/jobs/estimate", json={**body, "extra": 1},
+                      headers={"X-CSRF-Token": token})
+    assert bad.status_code == 400
+    # Nothing was created.
+    assert client.get("/v1/fine_tuning/jobs").get_json()["data"] == []
+
+
+def test_persistent_secret_is_shared(tmp_path):
+    first = persistent_secret(tmp_path / "h")
+    assert first == persistent_secret(tmp_path / "h") and len(first) == 64
+    assert (tmp_path / "h" / "secret_key").stat().st_mode & 0o077 == 0
