@@ -59,6 +59,9 @@ def classify(exc: BaseException) -> tuple[str, str, str | None]:
     """(code, human message, param) for a failed run."""
     if isinstance(exc, ObjectNotFound):
         return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
+    if _is_storage_error(exc):
+        return ("storage_unavailable", "The object store kept failing after retries: "
+                f"{type(exc).__name__}: {exc}", None)
     if isinstance(exc, ModelUnavailable):
         return "model_unavailable", str(exc), "model"
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
@@ -72,6 +75,14 @@ def classify(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(exc, ValueError):
         return "invalid_training_data", f"Training data problem: {exc}", "training_file"
     return "internal_error", f"Training failed on the worker: {type(exc).__name__}: {exc}", None
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a core dependency
+        return False
+    return isinstance(exc, (BotoCoreError, ClientError))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""An S3 server that fails requests: transient failures are retried (the job succeeds),
+persistent ones fail the job with a classified error instead of crashing anything."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import pytest
+from openai import OpenAI
+
+from tests.conftest import MODEL_CACHE
+from tests.faults.cluster import Cluster
+from tests.faults.helpers import upload_pirate, wait_until
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class FlakyS3Proxy:
+    """Forwards to a real S3 server, answering 503 SlowDown to every ``fail_every``-th
+    request (or to all of them once ``broken``)."""
+
+    def __init__(self, upstream: str, fail_every: int):
+        self.upstream = urlparse(upstream)
+        self.fail_every = fail_every
+        self.broken = False
+        self.requests = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.broken or proxy.requests % proxy.fail_every == 0
+                    proxy.failed += fail
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(SLOW_DOWN)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def flaky_cluster(tmp_path, s3_server):
+    proxy = FlakyS3Proxy(s3_server["endpoint"], fail_every=3)
+    env = {"DORADO_STORAGE_URL": f"s3://{s3_server['bucket']}/flaky",
+           "DORADO_S3_ENDPOINT_URL": proxy.url,
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    cluster = Cluster(tmp_path / "home", "dor-s3-faults-key-0000000", MODEL_CACHE, env)
+    cluster.migrate()
+    cluster.start_api()
+    cluster.start_scheduler()
+    cluster.start_worker("worker")
+    yield cluster, proxy
+    cluster.stop()
+    proxy.close()
+
+
+def finished(client: OpenAI, job_id: str):
+    return wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in (
+        "succeeded", "failed", "cancelled") and j, 300, "the job to finish", interval=0.5)
+
+
+def test_transient_failures_are_retried_and_permanent_ones_classified(flaky_cluster):
+    cluster, proxy = flaky_cluster
+    client = OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
+    training = upload_pirate(client)
+    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
+                                         hyperparameters={"n_epochs": 1},
+                                         extra_body={"adapter": {"type": "lora"}})
+    done = finished(client, job.id)
+    assert done.status == "succeeded", (done.error, cluster.logs())
+    assert proxy.failed >= 3  # failures really happened, and were ridden out
+    assert client.files.content(done.result_files[0]).text.startswith("step,")
+
+    proxy.broken = True
+    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
+                                         hyperparameters={"n_epochs": 1})
+    failed = finished(client, job.id)
+    assert failed.status == "failed"
+    assert failed.error.code == "storage_unavailable", failed.error
+    assert "503" in failed.error.message and "max retries" in failed.error.message
