@@ -16,7 +16,7 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     """App factory: no network clients are created at import time."""
     from api import auth, context, errors, idempotency, websession
-    from api.routes import dashboard, estimate, files, health, jobs, models
+    from api.routes import dashboard, estimate, files, health, inference, jobs, models
 
     settings = settings or load_settings()
     app = Flask(__name__, template_folder=str(WEB_DIR / "templates"),
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     auth.init_app(app)
     idempotency.init_app(app)
     errors.init_app(app)
-    for bp in (files.bp, jobs.bp, models.bp, estimate.bp, dashboard.bp):
+    for bp in (files.bp, jobs.bp, models.bp, estimate.bp, inference.bp, dashboard.bp):
         app.register_blueprint(bp)
     dashboard.init_app(app)
     return app

@@ -42,9 +42,11 @@ class JobCreateRequest(BaseModel):
     max_seq_length: int | None = Field(None, ge=16, le=131072)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int | None = Field(None, ge=1, le=100)
+    max_run_seconds: int | None = Field(None, ge=1)
 
     def options(self) -> dict[str, Any]:
-        keys = ("learning_rate", "max_seq_length", "checkpoint_every_n_steps", "keep_checkpoints")
+        keys = ("learning_rate", "max_seq_length", "checkpoint_every_n_steps", "keep_checkpoints",
+                "max_run_seconds")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @field_validator("metadata")

@@ -1,11 +1,13 @@
-"""``dorado``: set up and run the platform (API, worker, scheduler) on one machine."""
+"""``dorado``: set up and run the platform (API, worker, scheduler, inference) on one machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +40,20 @@ def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
     return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
             "--pool", "threads", "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
             "-Q", "dorado.jobs", "-n", f"{name or f'dorado-{os.getpid()}'}@%h"]
+
+
+def inference_command(port: int) -> list[str]:
+    # One process holds the models once; threads wait on its generation lock. Loopback only:
+    # the service trusts its caller (the API has already checked who may use which model).
+    return [_bin("gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--threads", "8", "--timeout", "600", "--access-logfile", "-",
+            "worker.inference.server:create_app()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @click.group()
@@ -76,16 +92,28 @@ def scheduler() -> None:
 @main.command()
 @click.option("--skip-models", is_flag=True, help="Do not build the built-in base models now.")
 def run(skip_models: bool) -> None:
-    """Set up what is missing and start API, worker and scheduler; Ctrl-C stops them all."""
+    """Set up what is missing and start API, worker, scheduler and inference service; Ctrl-C
+    stops them all."""
     settings = load_settings()
     key = prepare_database(settings)
     if not skip_models:
         _prepare_models()
     procs: dict[str, subprocess.Popen] = {}
     env = dict(os.environ, DORADO_HOME=str(settings.home))
+    inference_port = None
+    if settings.inference_url:
+        log.info("chat completions go to the inference service at %s", settings.inference_url)
+    elif importlib.util.find_spec("transformers") is None:
+        log.warning("the worker extra is not installed here; /v1/chat/completions will answer "
+                    "503 until DORADO_INFERENCE_URL names an inference service")
+    else:
+        inference_port = settings.inference_port or _free_port()
+        env["DORADO_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
     procs["api"] = _spawn(api_command(settings.host, settings.port), env)
     procs["worker"] = _spawn(worker_command(), env)
     procs["scheduler"] = _spawn([sys.executable, "-m", "core.cli", "scheduler"], env)
+    if inference_port is not None:
+        procs["inference"] = _spawn(inference_command(inference_port), env)
     _announce_key(key)
     click.echo(f"Dorado API on http://{settings.host}:{settings.port}/v1  "
                f"(data in {settings.home}); Ctrl-C stops everything.")

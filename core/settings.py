@@ -18,6 +18,9 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+DEFAULT_INFERENCE_PORT = 8001
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -33,13 +36,26 @@ class Settings:
     lease_seconds: int
     republish_after_seconds: int
     sweep_interval_seconds: float
+    max_job_seconds: int
     max_upload_bytes: int
     secret_key: str | None
+    # The inference service (chat completions): where the API reaches it, where `dorado run`
+    # starts it (None: any free port), and how many adapters it keeps attached.
+    inference_url: str | None = None
+    inference_port: int | None = None
+    adapter_cache_size: int = 8
 
     @property
     def broker_folder(self) -> Path:
         """Folder of the server-less filesystem transport (embedded default only)."""
         return self.home / "broker"
+
+    @property
+    def inference_base_url(self) -> str:
+        """The inference service's URL as the API sees it."""
+        if self.inference_url:
+            return self.inference_url.rstrip("/")
+        return f"http://127.0.0.1:{self.inference_port or DEFAULT_INFERENCE_PORT}"
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -49,6 +65,7 @@ class Settings:
 def load_settings() -> Settings:
     """Build Settings from the environment; paths are made absolute."""
     home = Path(_env("DORADO_HOME", ".dorado")).expanduser().resolve()
+    inference_port = _env("DORADO_INFERENCE_PORT")
     return Settings(
         home=home,
         database_url=_env("DORADO_DATABASE_URL", f"sqlite:///{home / 'dorado.db'}"),
@@ -65,6 +82,10 @@ def load_settings() -> Settings:
         lease_seconds=int(_env("DORADO_LEASE_SECONDS", "120")),
         republish_after_seconds=int(_env("DORADO_REPUBLISH_AFTER_SECONDS", "60")),
         sweep_interval_seconds=float(_env("DORADO_SWEEP_INTERVAL_SECONDS", "10")),
+        max_job_seconds=int(_env("DORADO_MAX_JOB_SECONDS", "86400")),
         max_upload_bytes=int(_env("DORADO_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
         secret_key=_env("DORADO_SECRET_KEY"),
+        inference_url=_env("DORADO_INFERENCE_URL"),
+        inference_port=int(inference_port) if inference_port else None,
+        adapter_cache_size=int(_env("DORADO_ADAPTER_CACHE_SIZE", "8")),
     )

@@ -36,7 +36,8 @@ class JobReporter:
     """Implements ``worker.training.spec.Reporter`` for one claimed job."""
 
     def __init__(self, settings: Settings, store: ObjectStore, job_id: str, attempt: int,
-                 history: list[dict[str, Any]] | None = None):
+                 history: list[dict[str, Any]] | None = None,
+                 deadline: datetime | None = None):
         self.settings = settings
         self.store = store
         self.job_id = job_id
@@ -44,6 +45,9 @@ class JobReporter:
         # One row per optimizer step over the whole job (restored on resume): the metrics CSV.
         self.metrics_rows: list[dict[str, Any]] = list(history or [])
         self.checkpoints_saved = 0
+        # Wall-clock limit of the whole job (all attempts); past it the job is failed.
+        self.deadline = deadline
+        self.timed_out = False
         self._lost = threading.Event()
         self._stop_heartbeat = threading.Event()
         self._control = "run"
@@ -90,6 +94,9 @@ class JobReporter:
         return self._control
 
     def should_stop(self) -> bool:
+        if self.deadline is not None and utcnow() >= self.deadline:
+            self.timed_out = True
+            return True
         return self._lost.is_set() or self._poll() == "stop"
 
     def should_pause(self) -> bool:

@@ -8,6 +8,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from core import checkpoints, jobs
@@ -123,12 +124,22 @@ def run_job(job_id: str) -> None:
         return
     log.info("job %s: claimed (attempt %s)", job_id, attempt)
     store = open_store(settings)
-    reporter = JobReporter(settings, store, job_id, attempt)
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        limit = int((job.options or {}).get("max_run_seconds") or settings.max_job_seconds)
+        deadline = job.started_at + timedelta(seconds=limit)
+    reporter = JobReporter(settings, store, job_id, attempt, deadline=deadline)
     reporter.start()
     try:
         _train(settings, store, job_id, attempt, reporter)
     except TrainingStopped:
-        log.info("job %s: stopped (cancelled or re-assigned)", job_id)
+        if reporter.timed_out:
+            with session_scope(settings.database_url) as session:
+                jobs.fail_job(session, job_id, attempt, code="max_run_time_exceeded",
+                              message=f"The job ran longer than its limit of {limit} s",
+                              param="max_run_seconds")
+        log.info("job %s: stopped (%s)", job_id,
+                 "time limit" if reporter.timed_out else "cancelled or re-assigned")
     except TrainingPaused as paused:
         step = getattr(paused, "step", 0)
         with session_scope(settings.database_url) as session:

@@ -277,3 +277,14 @@ def test_failed_job_names_the_problem(client: OpenAI, platform: Platform):
     assert_complete(failed)
     assert failed.error.code and failed.error.message
     assert "nope" in failed.error.message
+
+
+def test_job_past_its_time_limit_fails_clearly(client: OpenAI, platform: Platform):
+    training = upload(client)
+    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
+                                         hyperparameters={"n_epochs": 50, "batch_size": 1},
+                                         extra_body={"max_run_seconds": 6})
+    failed = wait_for_job(client, job.id, timeout=120, platform=platform)
+    assert failed.status == "failed"
+    assert failed.error.code == "max_run_time_exceeded"
+    assert failed.error.param == "max_run_seconds"
