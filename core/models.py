@@ -91,7 +91,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_org_created", "organization_id", "created_at"),
-        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_status_created", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
