@@ -327,21 +327,32 @@ def fail_job(session: Session, job_id: str, attempt: int, *, code: str, message:
 
 # --- sweeper -----------------------------------------------------------------------------
 
-def requeue_expired_leases(session: Session) -> list[str]:
-    """Running jobs whose worker stopped renewing its lease go back to the queue."""
+def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
+    """Running jobs whose worker stopped renewing its lease go back to the queue (to resume
+    from their last checkpoint), up to ``max_retries`` times; then they fail."""
     now = utcnow()
     expired = list(session.scalars(
         select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)
     ))
     requeued = []
     for job_id in expired:
+        lost = (Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+        given_up = session.execute(
+            update(Job).where(*lost, Job.retries >= max_retries).values(
+                status="failed", finished_at=now, lease_expires_at=None, estimated_finish=None,
+                error={"code": "worker_lost", "param": None, "message":
+                       f"The worker running this job stopped responding {max_retries + 1} "
+                       "times; giving up"}))
+        if given_up.rowcount == 1:
+            add_event(session, job_id, "The worker running this job stopped responding again; "
+                      "the job failed", level="error")
+            continue
         result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running",
-                              Job.lease_expires_at < now)
+            update(Job).where(*lost)
             # A pause the lost worker never carried out is honoured now.
             .values(status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
-                    pause_requested=False, worker=None, lease_expires_at=None,
-                    published_at=None, estimated_finish=None)
+                    retries=Job.retries + 1, pause_requested=False, worker=None,
+                    lease_expires_at=None, published_at=None, estimated_finish=None)
         )
         if result.rowcount == 1:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
@@ -350,6 +361,23 @@ def requeue_expired_leases(session: Session) -> list[str]:
                       "continue from its last checkpoint", level="warn")
             requeued.append(job_id)
     return requeued
+
+
+def retry_after_transient_error(session: Session, job_id: str, attempt: int, *, code: str,
+                                message: str, max_retries: int) -> bool:
+    """Re-queue a job stopped by an error that may pass (it resumes from its last
+    checkpoint). False when its retries are spent: the caller fails it."""
+    result = session.execute(
+        update(Job).where(*_fence(job_id, attempt), Job.retries < max_retries).values(
+            status="queued", retries=Job.retries + 1, worker=None, lease_expires_at=None,
+            published_at=None, estimated_finish=None)
+    )
+    if result.rowcount != 1:
+        return False
+    retries = session.scalar(select(Job.retries).where(Job.id == job_id))
+    add_event(session, job_id, f"Transient error ({code}): {message}. Retrying from the last "
+              f"checkpoint (retry {retries} of {max_retries})", level="warn")
+    return True
 
 
 def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[str]:

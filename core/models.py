@@ -120,6 +120,8 @@ class Job(Base):
     # Delivery and fencing: ``attempt`` grows on every claim, so a stale worker's writes
     # (guarded by ``attempt = :mine``) cannot land after its lease was taken away.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Automatic retries spent (lost workers, transient errors); bounded by settings.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # A pause is a request: the worker checkpoints at its next step, then sets ``paused``.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Dorado's extras: max_seq_length, learning_rate, checkpoint_every_n_steps, keep_checkpoints.

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def sweep(settings: Settings) -> dict[str, list[str]]:
     """One pass. Returns what it re-queued and re-published."""
     with session_scope(settings.database_url) as session:
-        requeued = jobs.requeue_expired_leases(session)
+        requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
     published = []

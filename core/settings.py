@@ -37,6 +37,7 @@ class Settings:
     republish_after_seconds: int
     sweep_interval_seconds: float
     max_job_seconds: int
+    max_job_retries: int
     max_upload_bytes: int
     secret_key: str | None
     # The inference service (chat completions): where the API reaches it, where `dorado run`
@@ -83,6 +84,7 @@ def load_settings() -> Settings:
         republish_after_seconds=int(_env("DORADO_REPUBLISH_AFTER_SECONDS", "60")),
         sweep_interval_seconds=float(_env("DORADO_SWEEP_INTERVAL_SECONDS", "10")),
         max_job_seconds=int(_env("DORADO_MAX_JOB_SECONDS", "86400")),
+        max_job_retries=int(_env("DORADO_MAX_JOB_RETRIES", "3")),
         max_upload_bytes=int(_env("DORADO_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
         secret_key=_env("DORADO_SECRET_KEY"),
         inference_url=_env("DORADO_INFERENCE_URL"),

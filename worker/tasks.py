@@ -56,6 +56,10 @@ def build_spec(job: Job) -> TrainSpec:
     )
 
 
+# Errors that may pass by themselves: retried (bounded). User errors never are.
+TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable"})
+
+
 def classify(exc: BaseException) -> tuple[str, str, str | None]:
     """(code, human message, param) for a failed run."""
     if isinstance(exc, ObjectNotFound):
@@ -63,6 +67,8 @@ def classify(exc: BaseException) -> tuple[str, str, str | None]:
     if _is_storage_error(exc):
         return ("storage_unavailable", "The object store kept failing after retries: "
                 f"{type(exc).__name__}: {exc}", None)
+    if type(exc).__name__ in ("OperationalError", "DisconnectionError"):
+        return "database_unavailable", f"The database was unreachable: {exc}", None
     if isinstance(exc, ModelUnavailable):
         return "model_unavailable", str(exc), "model"
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
@@ -153,6 +159,10 @@ def run_job(job_id: str) -> None:
         log.exception("job %s: failed", job_id)
         code, message, param = classify(exc)
         with session_scope(settings.database_url) as session:
+            if code in TRANSIENT_CODES and jobs.retry_after_transient_error(
+                    session, job_id, attempt, code=code, message=message,
+                    max_retries=settings.max_job_retries):
+                return
             jobs.fail_job(session, job_id, attempt, code=code, message=message, param=param)
     finally:
         reporter.close()

@@ -80,7 +80,7 @@ def flaky_cluster(tmp_path, s3_server):
     env = {"DORADO_STORAGE_URL": f"s3://{s3_server['bucket']}/flaky",
            "DORADO_S3_ENDPOINT_URL": proxy.url,
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_DEFAULT_REGION": "us-east-1", "DORADO_MAX_JOB_RETRIES": "1"}
     cluster = Cluster(tmp_path / "home", "dor-s3-faults-key-0000000", MODEL_CACHE, env)
     cluster.migrate()
     cluster.start_api()
@@ -115,3 +115,5 @@ def test_transient_failures_are_retried_and_permanent_ones_classified(flaky_clus
     assert failed.status == "failed"
     assert failed.error.code == "storage_unavailable", failed.error
     assert "503" in failed.error.message and "max retries" in failed.error.message
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert sum("Retrying from the last checkpoint (retry 1 of 1)" in m for m in events) == 1
