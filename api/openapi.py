@@ -234,6 +234,9 @@ def build_openapi() -> dict[str, Any]:
                 "required": True, **_json(JobCreateRequest)}),
             "get": _op("List jobs, newest first", JobList, params=[
                 _query("after", {"type": "string"}), _query("limit", LIMIT),
+                _query("status", {"type": "string", "enum": [
+                    "validating_files", "queued", "running", "paused", "succeeded", "failed",
+                    "cancelled"]}, "Dorado extra: only jobs in this status"),
                 {"name": "metadata", "in": "query", "required": False, "style": "deepObject",
                  "explode": True, "schema": {"type": "object",
                                              "additionalProperties": {"type": "string"}}}],

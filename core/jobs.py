@@ -101,10 +101,20 @@ def get_job(session: Session, org_id: str, job_id: str) -> Job:
     return job
 
 
+JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed",
+                "cancelled")
+
+
 def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
-              metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
-    """A page of jobs, newest first."""
+              metadata: dict[str, str] | None = None,
+              status: str | None = None) -> tuple[list[Job], bool]:
+    """A page of jobs, newest first (optionally of one status: a Dorado extra)."""
     stmt = select(Job).where(Job.organization_id == org_id)
+    if status is not None:
+        if status not in JOB_STATUSES:
+            raise InvalidRequest(f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}",
+                                 param="status")
+        stmt = stmt.where(Job.status == status)
     if after:
         cursor = session.get(Job, after)
         if cursor is None or cursor.organization_id != org_id:

@@ -68,7 +68,8 @@ def list_jobs():
     metadata = {key[len("metadata["):-1]: value for key, value in request.args.items()
                 if key.startswith("metadata[") and key.endswith("]")}
     rows, has_more = jobs.list_jobs(db(), g.org_id, limit=limit_arg(20), after=after_arg(),
-                                    metadata=metadata or None)
+                                    metadata=metadata or None,
+                                    status=request.args.get("status") or None)
     return page([job_object(j) for j in rows], has_more)
 
 

@@ -153,3 +153,15 @@ def test_cancel_finished_job_is_a_clear_4xx(api: Api, file_id: str):
 def test_models_list_has_builtins(api: Api):
     ids = [m["id"] for m in api.get("/v1/models").get_json()["data"]]
     assert ids == ["smollm2-135m-instruct", "tiny-random-llama"]
+
+
+def test_job_list_status_filter(api: Api, file_id: str):
+    body = {"model": "tiny-random-llama", "training_file": file_id}
+    first = api.post("/v1/fine_tuning/jobs", body).get_json()
+    second = api.post("/v1/fine_tuning/jobs", body).get_json()
+    api.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel", {})
+    listed = api.get("/v1/fine_tuning/jobs?status=queued").get_json()["data"]
+    assert [j["id"] for j in listed] == [second["id"]]
+    cancelled = api.get("/v1/fine_tuning/jobs?status=cancelled").get_json()["data"]
+    assert [j["id"] for j in cancelled] == [first["id"]]
+    assert_envelope(api.get("/v1/fine_tuning/jobs?status=bogus"), 400, "status")
