@@ -55,6 +55,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "adapter": job.adapter,
         "pause_requested": job.pause_requested,
         "options": job.options or {},
+        "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),
     }

@@ -56,6 +56,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def validator_command(name: str | None = None) -> list[str]:
+    """A small CPU worker for the quick ``validating_files`` step (tokenizing files)."""
+    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
+            "--pool", "threads", "--concurrency", "2", "--prefetch-multiplier", "1",
+            "-Q", "dorado.validate", "-n", f"{name or f'validator-{os.getpid()}'}@%h"]
+
+
 @click.group()
 def main() -> None:
     """Dorado: a self-hosted LoRA/DoRA fine-tuning platform."""
@@ -111,6 +118,7 @@ def run(skip_models: bool) -> None:
         env["DORADO_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
     procs["api"] = _spawn(api_command(settings.host, settings.port), env)
     procs["worker"] = _spawn(worker_command(), env)
+    procs["validator"] = _spawn(validator_command(), env)
     procs["scheduler"] = _spawn([sys.executable, "-m", "core.cli", "scheduler"], env)
     if inference_port is not None:
         procs["inference"] = _spawn(inference_command(inference_port), env)

@@ -77,7 +77,7 @@ def create_job(session: Session, org_id: str, new: NewJob) -> Job:
                                                                 "big") % MAX_SEED
     now = utcnow()
     job = Job(
-        id=ids.job_id(), organization_id=org_id, model=new.model, status="queued",
+        id=ids.job_id(), organization_id=org_id, model=new.model, status="validating_files",
         training_file=training.id, validation_file=new.validation_file,
         hyperparameters=hyper, adapter=new.adapter.model_dump(),
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
@@ -89,9 +89,36 @@ def create_job(session: Session, org_id: str, new: NewJob) -> Job:
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     add_event(session, job.id, f"Validating training file: {training.id}")
-    # Files are validated line by line at upload, so they are known good here.
-    add_event(session, job.id, "Files validated, moving job to queued state")
+    if new.validation_file:
+        add_event(session, job.id, f"Validating validation file: {new.validation_file}")
     return job
+
+
+def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> bool:
+    """Files tokenized fine: the job moves to the queue. False if it left validating_files
+    (cancelled meanwhile, or a duplicate message already did this)."""
+    result = session.execute(update(Job).where(Job.id == job_id,
+                                               Job.status == "validating_files")
+                             .values(status="queued", validation=stats, published_at=None))
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, "Files validated, moving job to queued state", data=stats)
+    if stats.get("truncated_examples"):
+        add_event(session, job_id, f"{stats['truncated_examples']} example(s) are longer than "
+                  f"{stats['max_seq_length']} tokens and will be truncated", level="warn")
+    return True
+
+
+def fail_validation(session: Session, job_id: str, message: str,
+                    param: str = "training_file") -> bool:
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "validating_files").values(
+            status="failed", finished_at=utcnow(),
+            error={"code": "invalid_training_file", "message": message, "param": param}))
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, f"File validation failed: {message}", level="error")
+    return True
 
 
 def get_job(session: Session, org_id: str, job_id: str) -> Job:
@@ -390,12 +417,13 @@ def retry_after_transient_error(session: Session, job_id: str, attempt: int, *, 
     return True
 
 
-def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[str]:
-    """Queued jobs never published, or published long ago and still not picked up."""
+def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[tuple[str, str]]:
+    """(id, status) of jobs waiting for a message (queued, or validating_files) that was never
+    sent, or sent long ago and not acted on."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
-    return list(session.scalars(
-        select(Job.id).where(
-            Job.status == "queued",
+    return list(session.execute(
+        select(Job.id, Job.status).where(
+            Job.status.in_(("queued", "validating_files")),
             (Job.published_at.is_(None)) | (Job.published_at < cutoff),
         ).order_by(Job.created_at)
-    ))
+    ).tuples())

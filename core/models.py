@@ -124,6 +124,8 @@ class Job(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # A pause is a request: the worker checkpoints at its next step, then sets ``paused``.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # What validation found: examples, tokens, truncated examples (exact, model tokenizer).
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # Dorado's extras: max_seq_length, learning_rate, checkpoint_every_n_steps, keep_checkpoints.
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
     worker: Mapped[str | None] = mapped_column(String(256), nullable=True)

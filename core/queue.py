@@ -17,7 +17,11 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "dorado.run_job"
+VALIDATE_JOB_TASK = "dorado.validate_job"
 JOBS_QUEUE = "dorado.jobs"
+# Validation (tokenizing the files) is quick and must not wait behind hours of training:
+# its own queue, served by a small CPU worker (see core.cli.validator_command).
+VALIDATE_QUEUE = "dorado.validate"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -32,7 +36,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": JOBS_QUEUE,
-        "task_routes": {RUN_JOB_TASK: {"queue": JOBS_QUEUE}},
+        "task_routes": {RUN_JOB_TASK: {"queue": JOBS_QUEUE},
+                        VALIDATE_JOB_TASK: {"queue": VALIDATE_QUEUE}},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
@@ -60,6 +65,20 @@ def _client(settings: Settings) -> Celery:
 
 
 def publish_job(settings: Settings, job_id: str) -> None:
-    """Send the job to the workers. Call only after the job row is committed."""
+    """Send the job to the training workers. Call only after the job row is committed."""
     _client(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE)
     log.info("published job %s", job_id)
+
+
+def publish_validation(settings: Settings, job_id: str) -> None:
+    """Send a ``validating_files`` job to the validators. Call only after commit."""
+    _client(settings).send_task(VALIDATE_JOB_TASK, args=[job_id], queue=VALIDATE_QUEUE)
+    log.info("published validation of job %s", job_id)
+
+
+def publish_for_status(settings: Settings, job_id: str, status: str) -> None:
+    """The message a job in ``status`` waits for."""
+    if status == "validating_files":
+        publish_validation(settings, job_id)
+    else:
+        publish_job(settings, job_id)

@@ -9,7 +9,7 @@ import threading
 
 from core import jobs
 from core.db import session_scope
-from core.queue import publish_job
+from core.queue import publish_for_status
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,9 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
     published = []
-    for job_id in to_publish:
+    for job_id, status in to_publish:
         try:
-            publish_job(settings, job_id)
+            publish_for_status(settings, job_id, status)
         except Exception:  # broker down: the next sweep tries again
             log.exception("could not publish job %s", job_id)
             continue

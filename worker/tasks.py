@@ -16,7 +16,7 @@ from core.db import session_scope
 from core.files import create_system_file
 from core.hyperparams import learning_rate
 from core.models import File, Job
-from core.queue import RUN_JOB_TASK
+from core.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK
 from core.settings import Settings, load_settings
 from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
 from worker import artifacts, shutdown
@@ -118,6 +118,13 @@ def _load(settings: Settings, job_id: str) -> Claimed:
                        organization_id=job.organization_id, training_key=training.storage_key,
                        validation_key=validation.storage_key if validation else None,
                        resume_prefix=latest.storage_prefix if latest else None)
+
+
+@app.task(name=VALIDATE_JOB_TASK, ignore_result=True)
+def validate_job(job_id: str) -> None:
+    from worker.validation import validate
+
+    validate(load_settings(), job_id)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)

@@ -13,7 +13,7 @@ from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
 from core import checkpoints, jobs
 from core.errors import InvalidRequest
-from core.queue import publish_job
+from core.queue import publish_for_status
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ def create_job():
         suffix=req.suffix, metadata=req.metadata, options=req.options(),
     )
     job = jobs.create_job(db(), g.org_id, new)
-    _commit_and_publish(job.id)
+    _commit_and_publish(job.id, job.status)
     return job_object(job)
 
 
-def _commit_and_publish(job_id: str) -> None:
+def _commit_and_publish(job_id: str, status: str) -> None:
     """Publish only after commit: a worker must never see a message for a job it cannot read."""
     session = db()
     session.commit()
     try:
-        publish_job(dorado().settings, job_id)
+        publish_for_status(dorado().settings, job_id, status)
         jobs.mark_published(session, job_id)
         session.commit()
     except Exception:
@@ -91,7 +91,7 @@ def pause_job(job_id: str):
 @bp.post("/<job_id>/resume")
 def resume_job(job_id: str):
     job = jobs.resume_job(db(), g.org_id, job_id)
-    _commit_and_publish(job.id)
+    _commit_and_publish(job.id, job.status)
     return job_object(job)
 
 

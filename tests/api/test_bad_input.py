@@ -125,7 +125,7 @@ def test_job_create_resolves_auto_and_echoes_adapter(api: Api, file_id: str):
     })
     assert resp.status_code == 200, resp.get_json()
     job = resp.get_json()
-    assert job["status"] == "queued"
+    assert job["status"] == "validating_files"  # the validator tokenizes the files next
     assert job["hyperparameters"] == {"n_epochs": 8, "batch_size": 1,
                                       "learning_rate_multiplier": 1.0}
     assert job["adapter"] == {"type": "lora", "r": 8, "alpha": 32, "dropout": 0.0,
@@ -135,7 +135,6 @@ def test_job_create_resolves_auto_and_echoes_adapter(api: Api, file_id: str):
     assert [e["message"] for e in reversed(events)] == [
         f"Created fine-tuning job: {job['id']}",
         f"Validating training file: {file_id}",
-        "Files validated, moving job to queued state",
     ]
     listed = api.get("/v1/fine_tuning/jobs").get_json()
     assert [j["id"] for j in listed["data"]] == [job["id"]]
@@ -160,7 +159,7 @@ def test_job_list_status_filter(api: Api, file_id: str):
     first = api.post("/v1/fine_tuning/jobs", body).get_json()
     second = api.post("/v1/fine_tuning/jobs", body).get_json()
     api.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel", {})
-    listed = api.get("/v1/fine_tuning/jobs?status=queued").get_json()["data"]
+    listed = api.get("/v1/fine_tuning/jobs?status=validating_files").get_json()["data"]
     assert [j["id"] for j in listed] == [second["id"]]
     cancelled = api.get("/v1/fine_tuning/jobs?status=cancelled").get_json()["data"]
     assert [j["id"] for j in cancelled] == [first["id"]]

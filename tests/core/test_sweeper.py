@@ -37,6 +37,8 @@ def make_running_job(url: str, retries: int) -> str:
             metadata=None))
         job_id = job.id
     with session_scope(url) as session:
+        assert jobs.finish_validation(session, job_id, {"examples": 20})
+    with session_scope(url) as session:
         assert jobs.claim_job(session, job_id, "w", lease_seconds=60) == 1
         session.execute(update(Job).where(Job.id == job_id).values(
             retries=retries, lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -50,7 +52,7 @@ def test_expired_lease_requeues_then_gives_up(database_url):
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.retries, job.worker) == ("queued", 1, None)
-        assert jobs.jobs_to_publish(session, republish_after_seconds=60) == [job_id]
+        assert jobs.jobs_to_publish(session, republish_after_seconds=60) == [(job_id, "queued")]
         assert jobs.claim_job(session, job_id, "w2", lease_seconds=60) == 2
         session.execute(update(Job).where(Job.id == job_id).values(
             lease_expires_at=utcnow() - timedelta(seconds=1)))

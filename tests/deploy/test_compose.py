@@ -80,12 +80,12 @@ def test_schema_rejects_a_broken_file(compose: dict[str, Any], compose_schema) -
 def test_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) >= {
         "postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "worker-cpu",
-        "scheduler"}
+        "validator", "scheduler"}
 
 
 def test_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("api", "worker", "worker-cpu", "scheduler"):
+    for name in ("api", "worker", "worker-cpu", "validator", "scheduler"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
@@ -136,3 +136,9 @@ def test_service_wiring(compose: dict[str, Any]) -> None:
 def test_interpolation_reads_the_environment() -> None:
     doc = interpolate(yaml.safe_load(COMPOSE.read_text()), {"POSTGRES_PASSWORD": "s3cret"})
     assert ":s3cret@postgres" in doc["services"]["api"]["environment"]["DORADO_DATABASE_URL"]
+
+
+def test_validator_serves_the_validation_queue(compose: dict[str, Any]) -> None:
+    command = compose["services"]["validator"]["command"]
+    assert command[command.index("-Q") + 1] == "dorado.validate"
+    assert "deploy" not in compose["services"]["validator"]  # no GPU needed

@@ -125,7 +125,10 @@ def test_base_components() -> None:
     docs = render("base")
     deployments = by_kind(docs, "Deployment")
     assert set(deployments) == {"dorado-api", "dorado-scheduler", "dorado-worker-a100-80gb",
-                                "dorado-worker-l4"}
+                                "dorado-worker-l4", "dorado-validator"}
+    validator = deployments["dorado-validator"]["spec"]["template"]["spec"]["containers"][0]
+    assert validator["command"][validator["command"].index("-Q") + 1] == "dorado.validate"
+    assert "nvidia.com/gpu" not in validator["resources"].get("limits", {})
     assert deployments["dorado-scheduler"]["spec"]["replicas"] == 1
     api = deployments["dorado-api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"

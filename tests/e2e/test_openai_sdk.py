@@ -81,7 +81,7 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
     )
     assert_complete(job)
     assert job.id.startswith("ftjob-") and len(job.id) == 30
-    assert job.object == "fine_tuning.job" and job.status == "queued"
+    assert job.object == "fine_tuning.job" and job.status == "validating_files"
     assert job.fine_tuned_model is None and job.finished_at is None
     assert job.trained_tokens is None and job.estimated_finish is None
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 8
@@ -102,9 +102,13 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
         assert_complete(event)
         assert event.id.startswith("ftevent-") and event.object == "fine_tuning.job.event"
     messages = [e.message for e in reversed(events)]
-    assert messages[:4] == [
+    assert messages[:5] == [
         f"Created fine-tuning job: {job.id}", f"Validating training file: {training.id}",
+        f"Validating validation file: {validation.id}",
         "Files validated, moving job to queued state", "Fine-tuning job started"]
+    validated = next(e for e in events if e.message.startswith("Files validated"))
+    assert validated.data["examples"] == 52 and validated.data["validation_file"]["examples"] == 12
+    assert done.model_extra["validation"]["tokens"] * 2 == done.trained_tokens  # exact count
     assert messages[-2:] == [f"New fine-tuned model created: {done.fine_tuned_model}",
                              "The job has successfully completed"]
     metrics = [e for e in reversed(events) if e.type == "metrics"]

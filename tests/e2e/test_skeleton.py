@@ -32,7 +32,7 @@ def run_quickstart(platform: Platform, tmp_path) -> None:
             hyperparameters={"n_epochs": 2},
             extra_body={"adapter": {"type": kind, "r": 8, "alpha": 16}},
         )
-        assert jobs[kind].status == "queued"
+        assert jobs[kind].status == "validating_files"
         assert jobs[kind].model_extra["adapter"]["type"] == kind
 
     for kind, created in jobs.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from core.cli import api_command, worker_command
+from core.cli import api_command, validator_command, worker_command
 from tests.e2e.platform import ROOT, free_port
 
 BIN = Path(sys.executable).parent
@@ -57,6 +57,9 @@ class Cluster:
 
     def start_scheduler(self) -> None:
         self._spawn("scheduler", [sys.executable, "-m", "core.cli", "scheduler"])
+
+    def start_validator(self) -> subprocess.Popen:
+        return self._spawn("validator", validator_command(name="validator"))
 
     def start_worker(self, name: str) -> subprocess.Popen:
         return self._spawn(name, worker_command(name=name))

@@ -26,11 +26,14 @@ def test_flushed_broker_loses_no_job(tmp_path, redis_url):
                 hyperparameters={"n_epochs": epochs, "batch_size": 1},
                 extra_body={"adapter": {"type": "lora"}})
 
+        cluster.start_validator()
         cluster.start_worker("worker")
         running = create(4)
         wait_until(lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running",
                    90, "the first job to run")
         queued = [create(1) for _ in range(2)]
+        wait_until(lambda: all(client.fine_tuning.jobs.retrieve(j.id).status == "queued"
+                               for j in queued), 90, "the others to be validated and queued")
         assert redis.Redis.from_url(redis_url).dbsize() > 0  # their messages wait in Redis
         redis.Redis.from_url(redis_url).flushdb()
 

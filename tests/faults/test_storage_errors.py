@@ -85,6 +85,7 @@ def flaky_cluster(tmp_path, s3_server):
     cluster.migrate()
     cluster.start_api()
     cluster.start_scheduler()
+    cluster.start_validator()
     cluster.start_worker("worker")
     yield cluster, proxy
     cluster.stop()

@@ -23,6 +23,7 @@ def cluster(tmp_path):
     running.migrate()
     running.start_api()
     running.start_scheduler()
+    running.start_validator()
     yield running
     running.stop()
 
