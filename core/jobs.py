@@ -110,11 +110,12 @@ def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> b
 
 
 def fail_validation(session: Session, job_id: str, message: str,
-                    param: str = "training_file") -> bool:
+                    param: str | None = "training_file",
+                    code: str = "invalid_training_file") -> bool:
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.status == "validating_files").values(
             status="failed", finished_at=utcnow(),
-            error={"code": "invalid_training_file", "message": message, "param": param}))
+            error={"code": code, "message": message, "param": param}))
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"File validation failed: {message}", level="error")
@@ -398,6 +399,22 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                       "continue from its last checkpoint", level="warn")
             requeued.append(job_id)
     return requeued
+
+
+def retry_validation(session: Session, job_id: str, *, code: str, message: str,
+                     max_retries: int) -> bool:
+    """Validation hit an error that may pass: leave the job validating, to be sent again by
+    the sweeper. False when its retries are spent: the caller fails it."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "validating_files",
+                          Job.retries < max_retries)
+        .values(retries=Job.retries + 1, published_at=None))
+    if result.rowcount != 1:
+        return False
+    retries = session.scalar(select(Job.retries).where(Job.id == job_id))
+    add_event(session, job_id, f"Transient error ({code}): {message}. Retrying validation "
+              f"(retry {retries} of {max_retries})", level="warn")
+    return True
 
 
 def retry_after_transient_error(session: Session, job_id: str, attempt: int, *, code: str,

@@ -21,7 +21,8 @@ from core.settings import Settings, load_settings
 from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
 from worker import artifacts, shutdown
 from worker.celery_app import app
-from worker.model_store import ModelUnavailable, ensure_model
+from worker.failures import TRANSIENT_CODES, classify
+from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
 
@@ -54,42 +55,6 @@ def build_spec(job: Job) -> TrainSpec:
         checkpoint_every_n_steps=options.get("checkpoint_every_n_steps"),
         extra={"base_model_name": job.model, "job_id": job.id},
     )
-
-
-# Errors that may pass by themselves: retried (bounded). User errors never are.
-TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable"})
-
-
-def classify(exc: BaseException) -> tuple[str, str, str | None]:
-    """(code, human message, param) for a failed run."""
-    if isinstance(exc, ObjectNotFound):
-        return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
-    if _is_storage_error(exc):
-        return ("storage_unavailable", "The object store kept failing after retries: "
-                f"{type(exc).__name__}: {exc}", None)
-    if type(exc).__name__ in ("OperationalError", "DisconnectionError"):
-        return "database_unavailable", f"The database was unreachable: {exc}", None
-    if isinstance(exc, ModelUnavailable):
-        return "model_unavailable", str(exc), "model"
-    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-        return ("out_of_memory", "The worker ran out of memory; try a smaller batch_size or "
-                "max_seq_length", "hyperparameters.batch_size")
-    if isinstance(exc, FloatingPointError):
-        return ("training_diverged", f"Training diverged ({exc}); try a lower "
-                "learning_rate_multiplier", "hyperparameters.learning_rate_multiplier")
-    if isinstance(exc, ValueError) and "target module" in str(exc).lower():
-        return "invalid_adapter", f"Invalid adapter settings: {exc}", "adapter.target_modules"
-    if isinstance(exc, ValueError):
-        return "invalid_training_data", f"Training data problem: {exc}", "training_file"
-    return "internal_error", f"Training failed on the worker: {type(exc).__name__}: {exc}", None
-
-
-def _is_storage_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover - boto3 is a core dependency
-        return False
-    return isinstance(exc, (BotoCoreError, ClientError))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from core.models import File, Job
 from core.queue import publish_job
 from core.settings import Settings
 from core.storage import ObjectNotFound, open_store
+from worker.failures import TRANSIENT_CODES, classify
 from worker.model_store import ModelUnavailable, ensure_model
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,16 @@ def validate(settings: Settings, job_id: str) -> None:
         return
     except ModelUnavailable as exc:
         _fail(settings, job_id, str(exc), "model")
+        return
+    except Exception as exc:
+        code, message, param = classify(exc)
+        log.warning("job %s: validation error %s: %s", job_id, code, message)
+        with session_scope(settings.database_url) as session:
+            if code in TRANSIENT_CODES and jobs.retry_validation(
+                    session, job_id, code=code, message=message,
+                    max_retries=settings.max_job_retries):
+                return
+            jobs.fail_validation(session, job_id, message, param, code=code)
         return
     training = stats["training_file"]
     summary = {**training, "billable_tokens": training["tokens"] * n_epochs,

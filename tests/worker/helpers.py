@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from worker.training.spec import CheckpointInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 PIRATE = ROOT / "examples" / "pirate.jsonl"
@@ -27,17 +30,34 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @dataclass
 class RecordingReporter:
-    """A Reporter that records everything and stops once ``stop_after`` steps have run."""
+    """A Reporter that records everything.
+
+    It cancels once ``stop_after`` steps have run, and asks for a pause once ``pause_after``
+    steps have run. Checkpoints are copied to ``checkpoint_root/step-N-reason`` (when given),
+    since the engine deletes them after ``save_checkpoint`` returns.
+    """
 
     stop_after: int | None = None
+    pause_after: int | None = None
+    checkpoint_root: Path | None = None
     metrics_calls: list[tuple[int, int, float, float]] = field(default_factory=list)
+    metrics_extra: list[dict] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    checkpoint_copies: list[Path] = field(default_factory=list)
     stop_checks: int = 0
+    pause_checks: int = 0
 
     def metrics(
-        self, step: int, total_steps: int, train_loss: float, train_mean_token_accuracy: float
+        self,
+        step: int,
+        total_steps: int,
+        train_loss: float,
+        train_mean_token_accuracy: float,
+        **extra: float | None,
     ) -> None:
         self.metrics_calls.append((step, total_steps, train_loss, train_mean_token_accuracy))
+        self.metrics_extra.append({"step": step, **extra})
 
     def message(self, text: str, level: str = "info") -> None:
         self.messages.append((level, text))
@@ -46,6 +66,35 @@ class RecordingReporter:
         self.stop_checks += 1
         return self.stop_after is not None and self.stop_checks > self.stop_after
 
+    def should_pause(self) -> bool:
+        self.pause_checks += 1
+        return self.pause_after is not None and self.pause_checks > self.pause_after
+
+    def save_checkpoint(self, info: CheckpointInfo) -> None:
+        assert info.directory.is_dir()
+        self.checkpoints.append(info)
+        if self.checkpoint_root is not None:
+            dest = self.checkpoint_root / f"step-{info.step}-{info.reason}"
+            shutil.copytree(info.directory, dest)
+            self.checkpoint_copies.append(dest)
+
     @property
     def losses(self) -> list[float]:
         return [m[2] for m in self.metrics_calls]
+
+
+def make_recording_reporter() -> RecordingReporter:
+    """A picklable reporter factory for data-parallel runs."""
+    return RecordingReporter()
+
+
+@dataclass
+class PauseAfterTwo(RecordingReporter):
+    """Pauses before the third step."""
+
+    pause_after: int | None = 2
+
+
+def make_pausing_reporter() -> RecordingReporter:
+    """A picklable reporter factory whose reporter pauses after two steps."""
+    return PauseAfterTwo()

@@ -19,6 +19,7 @@ from worker.training.data import (
     plan_epoch,
     read_jsonl,
     split_micro_batches,
+    step_micro_batches,
     tokenize_conversation,
 )
 
@@ -208,8 +209,32 @@ def test_partial_last_batch_is_kept() -> None:
 def test_micro_batches_respect_example_and_token_limits() -> None:
     lengths = [10, 10, 10, 10, 10, 100, 100, 1000]
     parts = split_micro_batches(range(8), lengths, max_examples=3, max_tokens=250)
-    assert parts == [[0, 1, 2], [3, 4], [5, 6], [7]]
     assert sorted(i for p in parts for i in p) == list(range(8))
+    assert all(len(p) <= 3 for p in parts)
+    assert all(len(p) * max(lengths[i] for i in p) <= 250 for p in parts if len(p) > 1)
+    assert [7] in parts and len(parts) == 4
+
+
+def test_micro_batches_split_off_long_examples_to_cut_padding() -> None:
+    lengths = [50, 52, 55, 60, 61, 64, 70, 230]
+    # One micro-batch would compute 8 x 230 tokens, 72% of it padding.
+    parts = split_micro_batches(range(8), lengths, max_examples=8, max_tokens=8192)
+    assert parts == [[0, 1, 2, 3, 4, 5, 6], [7]]
+    # Without an overhead per micro-batch, every length gets its own; with a huge one, none.
+    assert len(split_micro_batches(range(8), lengths, 8, 8192, overhead_tokens=0)) == 8
+    assert len(split_micro_batches(range(8), lengths, 8, 8192, overhead_tokens=10**6)) == 1
+
+
+def test_steps_compute_under_ten_percent_padding_on_skewed_lengths() -> None:
+    lengths = _skewed_lengths()
+    examples = [_fake(n) for n in lengths]
+    real = padded = 0
+    for batch in plan_epoch(lengths, batch_size=8, seed=0, epoch=0):
+        for mb in step_micro_batches(examples, batch, lengths, pad_token_id=0):
+            real += mb.n_tokens
+            padded += mb.n_padded_tokens
+    assert real == sum(lengths)
+    assert 1 - real / padded < 0.10
 
 
 def test_collate_pads_right_and_counts_real_tokens() -> None:

@@ -185,3 +185,56 @@ def test_max_seq_length_defaults_to_model_limit_capped_at_2048() -> None:
     Cfg.max_position_embeddings = 512
     assert resolve_max_seq_length(BASE, Cfg()) == 512
     assert resolve_max_seq_length(replace(BASE, max_seq_length=300), Cfg()) == 300
+
+
+def test_metrics_without_validation_file_carry_no_valid_values(dora_run) -> None:
+    _, _, reporter = dora_run
+    for m in reporter.metrics_extra:
+        assert m["valid_loss"] is None and m["full_valid_loss"] is None
+        assert m["valid_mean_token_accuracy"] is None
+        assert m["full_valid_mean_token_accuracy"] is None
+        assert m["tokens_per_second"] > 0
+
+
+def test_gradient_checkpointing_trains_the_same(
+    dora_run, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data, _, first_reporter = dora_run
+    spec = replace(BASE, gradient_checkpointing=True)
+    result, reporter = run(spec, tiny_model_dir, data, tmp_path / "gc")
+    assert result.steps == 6
+    assert reporter.losses == pytest.approx(first_reporter.losses, rel=1e-5)
+
+
+def test_absolute_learning_rate_extra_overrides_the_spec_rate() -> None:
+    from worker.training.recipe import build_optimizer, effective_learning_rate
+
+    assert effective_learning_rate(BASE) == BASE.learning_rate
+    spec = replace(BASE, extra={"learning_rate": 3e-4})
+    assert effective_learning_rate(spec) == 3e-4
+    model = torch.nn.Linear(2, 2)
+    assert build_optimizer(model, spec).param_groups[0]["lr"] == 3e-4
+
+
+def test_evaluate_is_token_weighted_and_restores_train_mode(
+    tiny_model_dir: Path, tokenizer
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.recipe import evaluate
+
+    replies = ["Arr!", "Arr! " + "Yo ho ho, " * 20, "Arr! Aye.", "Nay."]
+    examples = [
+        tokenize_conversation(tokenizer, parse_line(chat(f"Q{i}", r)))
+        for i, r in enumerate(replies)
+    ]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    cpu = torch.device("cpu")
+    whole = evaluate(model, examples, 2, cpu, micro_batch_size=8)
+    one_by_one = evaluate(model, examples, 2, cpu, micro_batch_size=1)
+    assert model.training
+    assert whole.n_loss_tokens == one_by_one.n_loss_tokens == sum(
+        ex.n_predicted_tokens for ex in examples
+    )
+    assert whole.loss == pytest.approx(one_by_one.loss, rel=1e-5)
+    assert whole.accuracy == pytest.approx(one_by_one.accuracy)

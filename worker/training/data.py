@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,15 @@ class TokenizedExample:
     def n_loss_tokens(self) -> int:
         """Tokens that carry loss."""
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def n_predicted_tokens(self) -> int:
+        """Loss tokens that are predicted from a previous token (all but a trained first one).
+
+        The loss is taken on labels shifted by one against the logits, so this is the count the
+        loss is averaged over.
+        """
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
 
 @dataclass(frozen=True)
@@ -343,31 +353,67 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> Batch:
     )
 
 
+MICRO_BATCH_OVERHEAD_TOKENS = 64
+"""What one extra micro-batch is taken to cost, in padded tokens, when splitting a batch."""
+
+
 def split_micro_batches(
     indices: Sequence[int],
     lengths: Sequence[int],
     max_examples: int,
     max_tokens: int,
+    overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS,
 ) -> list[list[int]]:
     """Split one optimizer batch into micro-batches for gradient accumulation.
 
-    Examples are taken in length order; a micro-batch closes when it holds ``max_examples``
-    examples or when one more would make ``examples x longest length`` exceed ``max_tokens``
-    (a single longer example still gets a micro-batch of its own).
+    Examples are taken in length order and cut into consecutive runs. A micro-batch holds at
+    most ``max_examples`` examples and ``examples x longest length <= max_tokens`` (a single
+    longer example still gets a micro-batch of its own). Among the cuts that respect these
+    limits, the one computing the fewest tokens wins, padding included, counting each
+    micro-batch as ``overhead_tokens`` more: a long example then does not drag a batch of short
+    ones up to its length. Gradient accumulation keeps the maths the same however it is cut.
     """
+    order = sorted(indices, key=lambda j: lengths[j])
+    n = len(order)
+    if n == 0:
+        return []
+    # best[i]: cheapest cost of order[i:]; cut[i]: end of the first micro-batch in that plan.
+    best = [0.0] * (n + 1)
+    cut = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        best[i] = math.inf
+        for j in range(i + 1, min(n, i + max(1, max_examples)) + 1):
+            width = lengths[order[j - 1]]
+            if j - i > 1 and (j - i) * width > max_tokens:
+                break
+            cost = (j - i) * width + overhead_tokens + best[j]
+            if cost <= best[i]:  # ties go to the longer run: fewer micro-batches
+                best[i], cut[i] = cost, j
     micro: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in sorted(indices, key=lambda j: lengths[j]):
-        width = max(longest, lengths[i])
-        if current and (len(current) >= max_examples or (len(current) + 1) * width > max_tokens):
-            micro.append(current)
-            current, width = [], lengths[i]
-        current.append(i)
-        longest = width
-    if current:
-        micro.append(current)
+    i = 0
+    while i < n:
+        micro.append(order[i : cut[i]])
+        i = cut[i]
     return micro
+
+
+def step_micro_batches(
+    examples: Sequence[TokenizedExample],
+    indices: Sequence[int],
+    lengths: Sequence[int],
+    pad_token_id: int,
+    micro_batch_size: int = 8,
+    micro_batch_tokens: int = 8192,
+    overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS,
+) -> list[Batch]:
+    """The padded micro-batches of one optimizer step made of ``examples[i] for i in indices``.
+
+    ``lengths[i]`` is ``len(examples[i])``; see :func:`split_micro_batches` for the split.
+    """
+    parts = split_micro_batches(
+        indices, lengths, micro_batch_size, micro_batch_tokens, overhead_tokens
+    )
+    return [collate([examples[i] for i in part], pad_token_id) for part in parts]
 
 
 def iter_steps(
@@ -386,5 +432,6 @@ def iter_steps(
     """
     lengths = [len(ex) for ex in examples]
     for indices in plan_epoch(lengths, batch_size, seed, epoch):
-        parts = split_micro_batches(indices, lengths, micro_batch_size, micro_batch_tokens)
-        yield [collate([examples[i] for i in part], pad_token_id) for part in parts]
+        yield step_micro_batches(
+            examples, indices, lengths, pad_token_id, micro_batch_size, micro_batch_tokens
+        )

@@ -9,10 +9,27 @@ Optional knobs read from ``TrainSpec.extra`` (all have defaults):
 * ``lr_scheduler``: "linear" (default), "cosine" or "constant", after linear warmup.
 * ``micro_batch_size`` (8) and ``micro_batch_tokens`` (8192): gradient-accumulation split of
   each optimizer batch; they change memory use, not the maths.
+  ``micro_batch_overhead_tokens`` (64): what one more micro-batch is taken to cost when the
+  split also cuts padding (see ``worker.training.data.split_micro_batches``).
+* ``group_size_multiplier`` (16): length grouping of batches (``worker.training.data.plan_epoch``);
+  1 gives plain random batches, whose padding the micro-batch split alone then keeps low.
 * ``device``: "cpu" or "cuda" to override the automatic choice.
 * ``base_model_name``: written as ``base_model_name_or_path`` in ``adapter_config.json``
   instead of the local directory the base model was loaded from.
 * ``job_id``: put on every log line.
+* ``valid_sample_size``: examples in the sampled validation (default ``max(batch_size, 16)``).
+* ``fast_dora`` (True): compute DoRA's weight norm without materialising the weight (see
+  ``worker.training.fast_dora``); results equal PEFT's default path within float tolerance.
+* ``learning_rate``: an absolute learning rate that replaces ``TrainSpec.learning_rate``.
+
+Checkpoints (adapter + optimizer + scheduler + RNG + data position, see
+``worker.training.checkpoints``) are written at every epoch end, every
+``checkpoint_every_n_steps`` steps if set, and on pause; each is handed to
+``Reporter.save_checkpoint`` and deleted afterwards. ``resume_from`` continues such a run at the
+next step with the same data order, ending with the same adapter as an uninterrupted run.
+
+Under ``torch.distributed`` (see ``worker.training.distributed``) every rank runs this same code
+on its share of each batch (``worker.training.parallel``); rank 0 reports and saves.
 """
 
 from __future__ import annotations
@@ -21,24 +38,48 @@ import gc
 import logging
 import math
 import random
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from worker.training.adapters import attach_adapter
+from worker.training.checkpoints import (
+    TrainingState,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from worker.training.data import (
+    GROUP_SIZE_MULTIPLIER,
     IGNORE_INDEX,
+    MICRO_BATCH_OVERHEAD_TOKENS,
     Batch,
     TokenizedDataset,
-    iter_steps,
+    TokenizedExample,
+    collate,
     load_dataset,
     n_batches_per_epoch,
+    plan_epoch,
+    split_micro_batches,
+    step_micro_batches,
 )
-from worker.training.spec import Reporter, TrainingStopped, TrainResult, TrainSpec
+from worker.training.parallel import DataParallel
+from worker.training.spec import (
+    METRIC_KEYS,
+    CheckpointInfo,
+    CheckpointReason,
+    Reporter,
+    TrainingPaused,
+    TrainingStopped,
+    TrainResult,
+    TrainSpec,
+)
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -48,15 +89,26 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
 LR_SCHEDULERS = ("linear", "cosine", "constant")
+EVALS_PER_RUN = 10
+"""With ``eval_every_n_steps=None``, the sampled validation runs about this often per run."""
 
 
 @dataclass(frozen=True)
 class StepStats:
-    """Totals of one optimizer step."""
+    """Totals of one optimizer step (of this rank's share of it, under data parallelism)."""
 
     loss: float
     accuracy: float
     n_tokens: int
+    n_loss_tokens: int
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """Token-weighted loss and accuracy over a validation set."""
+
+    loss: float
+    accuracy: float
     n_loss_tokens: int
 
 
@@ -71,10 +123,17 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def select_device(preferred: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """Return the device and base-model dtype: bf16 on a CUDA GPU that supports it, else fp32."""
+def select_device(
+    preferred: str | None = None, parallel: DataParallel | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """Return the device and base-model dtype: bf16 on a CUDA GPU that supports it, else fp32.
+
+    Under data parallelism on CUDA each rank takes GPU ``rank % device_count``.
+    """
     name = preferred or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None and parallel and parallel.world_size > 1:
+        device = torch.device("cuda", parallel.rank % torch.cuda.device_count())
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return device, torch.bfloat16
     return device, torch.float32
@@ -108,6 +167,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "linea
     return max(0.0, 1.0 - progress)
 
 
+def effective_learning_rate(spec: TrainSpec) -> float:
+    """``extra["learning_rate"]`` (an absolute rate) if given, else ``spec.learning_rate``."""
+    override = spec.extra.get("learning_rate")
+    return spec.learning_rate if override is None else float(str(override))
+
+
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only.
 
@@ -123,7 +188,14 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Adam
     groups = [{"params": decay, "weight_decay": spec.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=spec.learning_rate)
+    return torch.optim.AdamW(groups, lr=effective_learning_rate(spec))
+
+
+def eval_interval(spec: TrainSpec, total_steps: int) -> int:
+    """Steps between sampled validations: ``spec.eval_every_n_steps`` or ~10 per run."""
+    if spec.eval_every_n_steps is not None:
+        return spec.eval_every_n_steps
+    return max(1, total_steps // EVALS_PER_RUN)
 
 
 def _extra_str(spec: TrainSpec, key: str) -> str | None:
@@ -131,17 +203,28 @@ def _extra_str(spec: TrainSpec, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _extra_bool(spec: TrainSpec, key: str, default: bool) -> bool:
+    value = spec.extra.get(key, default)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
 def _validate(spec: TrainSpec) -> None:
     if spec.n_epochs < 1:
         raise ValueError("n_epochs must be >= 1")
     if spec.batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if not spec.learning_rate > 0:
+    if not effective_learning_rate(spec) > 0:
         raise ValueError("learning_rate must be > 0")
     if not 0.0 <= spec.warmup_ratio < 1.0:
         raise ValueError("warmup_ratio must be in [0, 1)")
     if spec.log_every_n_steps < 1:
         raise ValueError("log_every_n_steps must be >= 1")
+    for name in ("checkpoint_every_n_steps", "eval_every_n_steps"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1")
 
 
 def _load_model(
@@ -163,43 +246,47 @@ def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def _report_dataset(dataset: TokenizedDataset, reporter: Reporter) -> None:
+def _report_dataset(dataset: TokenizedDataset, reporter: Reporter, what: str = "") -> None:
     if dataset.n_truncated:
         reporter.message(
-            f"Truncated {dataset.n_truncated} examples longer than {dataset.max_seq_length} tokens",
+            f"Truncated {dataset.n_truncated} {what}examples longer than "
+            f"{dataset.max_seq_length} tokens",
             "warn",
         )
     if dataset.n_dropped_no_loss:
         reporter.message(
-            f"Skipped {dataset.n_dropped_no_loss} examples with no trained assistant tokens "
-            "(all weights 0, or cut off by max_seq_length)",
+            f"Skipped {dataset.n_dropped_no_loss} {what}examples with no trained assistant "
+            "tokens (all weights 0, or cut off by max_seq_length)",
             "warn",
         )
-    if not dataset.examples:
-        raise ValueError("the training file has no example with trainable assistant tokens")
 
 
 def forward_backward(
     model: torch.nn.Module,
     micro_batches: Sequence[Batch],
     device: torch.device,
+    loss_tokens: int | None = None,
 ) -> StepStats:
     """Forward/backward over the micro-batches of one optimizer step; gradients accumulate.
 
-    Each micro-batch's summed token loss is divided by the whole step's count of loss tokens, so
-    the accumulated gradient is that of the token-weighted mean over the step, however the step
-    was split.
+    Each micro-batch's summed token loss is divided by the whole step's count of loss tokens
+    (``loss_tokens``, which under data parallelism counts every rank's share; by default the
+    count in ``micro_batches``), so the accumulated gradient is that of the token-weighted mean
+    over the step, however the step was split. The returned ``loss`` and ``accuracy`` use the
+    same denominator, so they sum over ranks.
     """
     # Labels are shifted by one against the logits; the count must be of the shifted labels.
-    step_loss_tokens = sum(int((mb.labels[:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
-    denom = max(step_loss_tokens, 1)
+    local = sum(int((mb.labels[:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
+    denom = max(local if loss_tokens is None else loss_tokens, 1)
     loss_sum = 0.0
     correct = 0
     for mb in micro_batches:
-        input_ids = mb.input_ids.to(device)
-        attention_mask = mb.attention_mask.to(device)
         targets = mb.labels[:, 1:].to(device)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            use_cache=False,
+        )
         # fp32 logits: a bf16 softmax over a large vocabulary loses the precision the loss needs.
         logits = out.logits[:, :-1].float()
         loss = F.cross_entropy(
@@ -218,8 +305,52 @@ def forward_backward(
         loss=loss_sum / denom,
         accuracy=correct / denom,
         n_tokens=sum(mb.n_tokens for mb in micro_batches),
-        n_loss_tokens=step_loss_tokens,
+        n_loss_tokens=local,
     )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    pad_token_id: int,
+    device: torch.device,
+    micro_batch_size: int = 8,
+    micro_batch_tokens: int = 8192,
+    parallel: DataParallel | None = None,
+) -> EvalStats:
+    """Token-weighted mean loss and next-token accuracy of ``model`` on ``examples``.
+
+    Runs in eval mode (no dropout, no RNG draw, so evaluating never changes what training does
+    next) and restores the previous mode. Under data parallelism each rank evaluates every
+    ``world_size``-th example and the sums are reduced.
+    """
+    parallel = parallel or DataParallel()
+    lengths = [len(ex) for ex in examples]
+    mine = parallel.shard(range(len(examples)), lengths)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    try:
+        for part in split_micro_batches(mine, lengths, micro_batch_size, micro_batch_tokens):
+            batch = collate([examples[i] for i in part], pad_token_id)
+            targets = batch.labels[:, 1:].to(device)
+            logits = model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            ).logits[:, :-1].float()
+            mask = targets != IGNORE_INDEX
+            sums[0] += float(
+                F.cross_entropy(logits[mask], targets[mask], reduction="sum")
+            )
+            sums[1] += int((logits.argmax(dim=-1)[mask] == targets[mask]).sum())
+            sums[2] += int(mask.sum())
+    finally:
+        model.train(was_training)
+    sums = parallel.sum_(sums.to(parallel.comm_device())).cpu()
+    n = max(int(sums[2]), 1)
+    return EvalStats(loss=float(sums[0]) / n, accuracy=float(sums[1]) / n, n_loss_tokens=n)
 
 
 def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | None) -> None:
@@ -245,38 +376,61 @@ def train(
     training_file: Path,
     output_dir: Path,
     reporter: Reporter,
+    *,
+    validation_file: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Train an adapter described by ``spec`` and save it to ``output_dir``.
 
     Args:
         spec: resolved hyperparameters; ``learning_rate`` is the final rate (the caller applies
-            any multiplier).
+            any multiplier; ``extra["learning_rate"]`` overrides it).
         base_model_dir: a local Hugging Face model directory (config, safetensors, tokenizer
             with a chat template), e.g. one written by ``worker.model_builders``.
         training_file: a local chat JSONL file (see ``worker.training.data``).
         output_dir: created if missing; receives ``adapter_config.json`` and
             ``adapter_model.safetensors`` only on success.
-        reporter: receives ``metrics`` after every ``log_every_n_steps``-th optimizer step and
-            the last one (1-based ``step``; loss and accuracy of that step), ``message`` for
-            notable events, and is asked ``should_stop`` before every optimizer step.
+        reporter: receives ``metrics`` after every ``log_every_n_steps``-th optimizer step, every
+            step where a validation ran, each epoch's last step and the run's last step
+            (1-based ``step``; loss and accuracy of that step; ``valid_*`` from a fixed sample
+            of the validation set every ``eval_every_n_steps``; ``full_valid_*`` from the whole
+            validation set at each epoch end; real tokens/s since the previous report),
+            ``message`` for notable events, ``save_checkpoint`` for each checkpoint, and is asked
+            ``should_stop`` then ``should_pause`` before every optimizer step.
+        validation_file: an optional chat JSONL file for the ``valid_*`` metrics.
+        resume_from: a local copy of a checkpoint directory of this same job; training
+            continues at the step after it.
 
     Returns:
         The adapter directory, optimizer steps run, ``trained_tokens`` (every real,
         non-padding input token of every example in every epoch, prompt included, as OpenAI
-        bills; not only the loss tokens) and the last step's loss.
+        bills; not only the loss tokens) and the last step's loss. Steps and tokens are
+        totals for the whole job, including those before a resume.
 
     Raises:
         TrainingStopped: ``reporter.should_stop()`` returned True; nothing is saved.
-        DatasetFormatError: a line of ``training_file`` is not a chat example.
+        TrainingPaused: ``reporter.should_pause()`` returned True; a checkpoint was saved.
+        DatasetFormatError: a line of a data file is not a chat example.
+        CheckpointMismatch: ``resume_from`` belongs to another run.
         ValueError: invalid hyperparameters, or no example has a trainable token.
         FloatingPointError: the loss became NaN or infinite (learning rate too high).
     """
     _validate(spec)
     lr_factor(0, 1, 0, _extra_str(spec, "lr_scheduler") or "linear")  # fail fast on a bad name
-    device, dtype = select_device(_extra_str(spec, "device"))
+    parallel = DataParallel.current()
+    device, dtype = select_device(_extra_str(spec, "device"), parallel)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     try:
-        paths = (Path(base_model_dir), Path(training_file), Path(output_dir))
-        return _run(spec, *paths, reporter, device, dtype)
+        run = _Run(spec, reporter, device, dtype, parallel)
+        run.setup(
+            Path(base_model_dir),
+            Path(training_file),
+            Path(validation_file) if validation_file else None,
+            Path(resume_from) if resume_from else None,
+        )
+        run.train()
+        return run.save(Path(output_dir))
     finally:
         # A worker process trains many jobs: release this one's memory promptly (best effort;
         # an exception's traceback keeps the frames alive until it is handled).
@@ -285,89 +439,316 @@ def train(
             torch.cuda.empty_cache()
 
 
-def _run(
-    spec: TrainSpec,
-    base_model_dir: Path,
-    training_file: Path,
-    output_dir: Path,
-    reporter: Reporter,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> TrainResult:
-    extra = spec.extra
-    job = extra.get("job_id", "-")
+class _Run:
+    """One training run's state: built by :meth:`setup`, advanced by :meth:`train`."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        reporter: Reporter,
+        device: torch.device,
+        dtype: torch.dtype,
+        parallel: DataParallel,
+    ) -> None:
+        self.spec = spec
+        self.reporter = reporter
+        self.device = device
+        self.dtype = dtype
+        self.parallel = parallel
+        self.job = spec.extra.get("job_id", "-")
+        self.micro_size = int(str(spec.extra.get("micro_batch_size", 8)))
+        self.micro_tokens = int(str(spec.extra.get("micro_batch_tokens", 8192)))
+        self.group_multiplier = int(
+            str(spec.extra.get("group_size_multiplier", GROUP_SIZE_MULTIPLIER))
+        )
+        self.micro_overhead = int(
+            str(spec.extra.get("micro_batch_overhead_tokens", MICRO_BATCH_OVERHEAD_TOKENS))
+        )
 
     # setup
-    base, tokenizer = _load_model(base_model_dir, device, dtype)
-    max_len = resolve_max_seq_length(spec, base.config)
-    dataset = load_dataset(training_file, tokenizer, max_len)
-    _report_dataset(dataset, reporter)
-    seed_everything(spec.seed)  # the adapter's random init must not depend on setup
-    model = attach_adapter(base, spec.adapter)
-    model.train()
-    optimizer = build_optimizer(model, spec)
-    steps_per_epoch = n_batches_per_epoch(len(dataset.examples), spec.batch_size)
-    total_steps = spec.n_epochs * steps_per_epoch
-    warmup_steps = math.ceil(spec.warmup_ratio * total_steps)
-    kind = _extra_str(spec, "lr_scheduler") or "linear"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, kind)
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    pad_id = _pad_token_id(tokenizer)
-    micro_size = int(str(extra.get("micro_batch_size", 8)))
-    micro_tokens = int(str(extra.get("micro_batch_tokens", 8192)))
-    reporter.message(
-        f"Training a {spec.adapter.type} adapter (r={spec.adapter.r}) on "
-        f"{len(dataset.examples)} examples: {total_steps} steps "
-        f"({spec.n_epochs} epochs x {steps_per_epoch}) on {device.type}"
-    )
-    logger.info("[job %s] %d steps on %s (%s)", job, total_steps, device, dtype)
+
+    def setup(
+        self,
+        base_model_dir: Path,
+        training_file: Path,
+        validation_file: Path | None,
+        resume_from: Path | None,
+    ) -> None:
+        spec = self.spec
+        base, tokenizer = _load_model(base_model_dir, self.device, self.dtype)
+        max_len = resolve_max_seq_length(spec, base.config)
+        dataset = load_dataset(training_file, tokenizer, max_len)
+        self._tell(lambda: _report_dataset(dataset, self.reporter))
+        if not dataset.examples:
+            raise ValueError("the training file has no example with trainable assistant tokens")
+        self.examples = dataset.examples
+        self.lengths = [len(ex) for ex in self.examples]
+        self.predicted = [ex.n_predicted_tokens for ex in self.examples]
+        self.valid: tuple[TokenizedExample, ...] = ()
+        self.valid_sample: list[TokenizedExample] = []
+        if validation_file is not None:
+            valid = load_dataset(validation_file, tokenizer, max_len)
+            self._tell(lambda: _report_dataset(valid, self.reporter, "validation "))
+            self.valid = valid.examples
+            default = max(spec.batch_size, 16)
+            size = min(len(self.valid), int(str(spec.extra.get("valid_sample_size", default))))
+            picks = random.Random(f"{spec.seed}:valid").sample(range(len(self.valid)), size)
+            self.valid_sample = [self.valid[i] for i in sorted(picks)]
+
+        if spec.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        seed_everything(spec.seed)  # the adapter's random init must not depend on setup
+        self.model = attach_adapter(base, spec.adapter)
+        if spec.adapter.type == "dora" and _extra_bool(spec, "fast_dora", True):
+            from worker.training.fast_dora import enable_fast_dora
+
+            enable_fast_dora(self.model)
+        self.model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, spec)
+        self.steps_per_epoch = n_batches_per_epoch(len(self.examples), spec.batch_size)
+        self.total_steps = spec.n_epochs * self.steps_per_epoch
+        warmup = math.ceil(spec.warmup_ratio * self.total_steps)
+        kind = _extra_str(spec, "lr_scheduler") or "linear"
+        total = self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, warmup, kind)
+        )
+        self.pad_id = _pad_token_id(tokenizer)
+        self.eval_every = eval_interval(spec, self.total_steps)
+        self.fingerprint = self._fingerprint(max_len)
+        self.state = TrainingState(
+            step=0,
+            total_steps=self.total_steps,
+            epoch=0,
+            step_in_epoch=0,
+            trained_tokens=0,
+            last_loss=None,
+            fingerprint=self.fingerprint,
+        )
+        if resume_from is not None:
+            self.state = load_training_checkpoint(
+                resume_from, self.model, self.optimizer, self.scheduler, self.fingerprint
+            )
+            self._tell(lambda: self.reporter.message(f"Resumed from step {self.state.step}"))
+        self._tell(
+            lambda: self.reporter.message(
+                f"Training a {spec.adapter.type} adapter (r={spec.adapter.r}) on "
+                f"{len(self.examples)} examples: {self.total_steps} steps "
+                f"({spec.n_epochs} epochs x {self.steps_per_epoch}) on {self.device.type}"
+                + (f" x {self.parallel.world_size}" if self.parallel.world_size > 1 else "")
+            )
+        )
+        logger.info(
+            "[job %s] %d steps on %s (%s), from step %d",
+            self.job,
+            self.total_steps,
+            self.device,
+            self.dtype,
+            self.state.step,
+        )
+
+    def _fingerprint(self, max_len: int) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "n_examples": len(self.examples),
+            "n_tokens": sum(self.lengths),
+            "n_valid_examples": len(self.valid),
+            "n_epochs": spec.n_epochs,
+            "batch_size": spec.batch_size,
+            "seed": spec.seed,
+            "learning_rate": effective_learning_rate(spec),
+            "adapter": [spec.adapter.type, spec.adapter.r, spec.adapter.alpha],
+            "max_seq_length": max_len,
+            "group_size_multiplier": self.group_multiplier,
+            "total_steps": self.total_steps,
+        }
+
+    def _tell(self, fn: Any) -> None:
+        if self.parallel.is_main:
+            fn()
 
     # train
-    step = 0
-    trained_tokens = 0
-    last_loss: float | None = None
-    for epoch in range(spec.n_epochs):
-        steps = iter_steps(
-            dataset.examples, spec.batch_size, spec.seed, epoch, pad_id, micro_size, micro_tokens
-        )
-        for micro_batches in steps:
-            if reporter.should_stop():
-                logger.info("[job %s] stop requested before step %d", job, step + 1)
-                raise TrainingStopped(f"stopped before step {step + 1} of {total_steps}")
-            optimizer.zero_grad(set_to_none=True)
-            stats = forward_backward(model, micro_batches, device)
-            if not math.isfinite(stats.loss):
-                raise FloatingPointError(
-                    f"training loss became {stats.loss} at step {step + 1}; "
-                    "try a lower learning rate"
-                )
-            if spec.max_grad_norm and spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            trained_tokens += stats.n_tokens
-            last_loss = stats.loss
-            if step % spec.log_every_n_steps == 0 or step == total_steps:
-                reporter.metrics(step, total_steps, stats.loss, stats.accuracy)
-            logger.debug(
-                "[job %s] step %d/%d loss %.4f acc %.3f tokens %d",
-                job,
-                step,
-                total_steps,
-                stats.loss,
-                stats.accuracy,
-                stats.n_tokens,
+
+    def train(self) -> None:
+        """Run the remaining optimizer steps, checkpointing and reporting on the way."""
+        spec, state = self.spec, self.state
+        window_tokens, window_time = 0, 0.0
+        for epoch in range(state.epoch, spec.n_epochs):
+            plan = plan_epoch(
+                self.lengths, spec.batch_size, spec.seed, epoch, self.group_multiplier
             )
+            start = state.step_in_epoch if epoch == state.epoch else 0
+            for index in range(start, len(plan)):
+                self._check_control()
+                began = time.perf_counter()
+                stats = self._step(plan[index])
+                window_time += time.perf_counter() - began
+                window_tokens += stats.n_tokens
+                state.step += 1
+                state.trained_tokens += stats.n_tokens
+                state.last_loss = stats.loss
+                epoch_end = index == len(plan) - 1
+                state.epoch, state.step_in_epoch = (
+                    (epoch + 1, 0) if epoch_end else (epoch, index + 1)
+                )
+                metrics = self._metrics(stats, epoch_end)
+                state.history.append(metrics)
+                if self._due_report(metrics, epoch_end):
+                    tps = window_tokens / window_time if window_time > 0 else None
+                    self._report(metrics, tps)
+                    window_tokens, window_time = 0, 0.0
+                if epoch_end:
+                    self._checkpoint("epoch_end")
+                elif spec.checkpoint_every_n_steps and (
+                    state.step % spec.checkpoint_every_n_steps == 0
+                ):
+                    self._checkpoint("interval")
+
+    def _check_control(self) -> None:
+        step = self.state.step
+        if self.parallel.agree(self.parallel.is_main and self.reporter.should_stop()):
+            logger.info("[job %s] stop requested before step %d", self.job, step + 1)
+            raise TrainingStopped(f"stopped before step {step + 1} of {self.total_steps}")
+        if self.parallel.agree(self.parallel.is_main and self.reporter.should_pause()):
+            logger.info("[job %s] pause requested after step %d", self.job, step)
+            self._checkpoint("pause")
+            raise TrainingPaused(step)
+
+    def _step(self, indices: Sequence[int]) -> StepStats:
+        """One optimizer step on the examples ``indices``; returns the whole step's stats."""
+        self.optimizer.zero_grad(set_to_none=True)
+        mine = self.parallel.shard(indices, self.lengths)
+        micro = step_micro_batches(
+            self.examples,
+            mine,
+            self.lengths,
+            self.pad_id,
+            self.micro_size,
+            self.micro_tokens,
+            self.micro_overhead,
+        )
+        loss_tokens = sum(self.predicted[i] for i in indices)
+        local = forward_backward(self.model, micro, self.device, loss_tokens)
+        self.parallel.sum_gradients(self.trainable)
+        sums = torch.tensor([local.loss, local.accuracy], dtype=torch.float64)
+        loss, accuracy = self.parallel.sum_(sums.to(self.parallel.comm_device())).tolist()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at step {self.state.step + 1}; "
+                "try a lower learning rate"
+            )
+        if self.spec.max_grad_norm and self.spec.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return StepStats(
+            loss=loss,
+            accuracy=accuracy,
+            n_tokens=sum(self.lengths[i] for i in indices),
+            n_loss_tokens=loss_tokens,
+        )
+
+    def _metrics(self, stats: StepStats, epoch_end: bool) -> dict[str, float | None]:
+        step = self.state.step
+        metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+        metrics.update(step=step, train_loss=stats.loss, train_mean_token_accuracy=stats.accuracy)
+        if not self.valid:
+            return metrics
+        if step % self.eval_every == 0 or step == self.total_steps:
+            sample = self._evaluate(self.valid_sample)
+            metrics.update(valid_loss=sample.loss, valid_mean_token_accuracy=sample.accuracy)
+        if epoch_end:
+            full = self._evaluate(self.valid)
+            metrics.update(full_valid_loss=full.loss, full_valid_mean_token_accuracy=full.accuracy)
+        return metrics
+
+    def _evaluate(self, examples: Sequence[TokenizedExample]) -> EvalStats:
+        return evaluate(
+            self.model,
+            examples,
+            self.pad_id,
+            self.device,
+            self.micro_size,
+            self.micro_tokens,
+            self.parallel,
+        )
+
+    def _due_report(self, metrics: dict[str, float | None], epoch_end: bool) -> bool:
+        step = self.state.step
+        return (
+            step % self.spec.log_every_n_steps == 0
+            or step == self.total_steps
+            or epoch_end
+            or metrics["valid_loss"] is not None
+        )
+
+    def _report(self, metrics: dict[str, float | None], tokens_per_second: float | None) -> None:
+        if not self.parallel.is_main:
+            return
+        self.reporter.metrics(
+            self.state.step,
+            self.total_steps,
+            float(metrics["train_loss"] or 0.0),
+            float(metrics["train_mean_token_accuracy"] or 0.0),
+            valid_loss=metrics["valid_loss"],
+            valid_mean_token_accuracy=metrics["valid_mean_token_accuracy"],
+            full_valid_loss=metrics["full_valid_loss"],
+            full_valid_mean_token_accuracy=metrics["full_valid_mean_token_accuracy"],
+            tokens_per_second=tokens_per_second,
+        )
+        logger.debug("[job %s] step %d/%d %s", self.job, self.state.step, self.total_steps, metrics)
+
+    def _checkpoint(self, reason: CheckpointReason) -> None:
+        """Write a checkpoint of the current state, hand it to the reporter, delete it."""
+        state = self.state
+        if self.parallel.is_main:
+            metrics = state.history[-1] if state.history else {**dict.fromkeys(METRIC_KEYS)}
+            metrics = {**metrics, "step": state.step}
+            parent = Path(tempfile.mkdtemp(prefix="dorado-ckpt-"))
+            directory = parent / f"step-{state.step:06d}"
+            try:
+                save_training_checkpoint(
+                    directory,
+                    self.model,
+                    self.optimizer,
+                    self.scheduler,
+                    state,
+                    lambda m, d: _save_adapter(m, d, _extra_str(self.spec, "base_model_name")),
+                )
+                # The step's epoch, 1-based; a pause before any step belongs to epoch 1.
+                epoch = max(1, math.ceil(state.step / self.steps_per_epoch))
+                self.reporter.save_checkpoint(
+                    CheckpointInfo(
+                        step=state.step,
+                        total_steps=self.total_steps,
+                        epoch=epoch,
+                        directory=directory,
+                        metrics=metrics,
+                        reason=reason,
+                    )
+                )
+            finally:
+                shutil.rmtree(parent, ignore_errors=True)
+            logger.info("[job %s] %s checkpoint at step %d", self.job, reason, state.step)
+        self.parallel.barrier()
 
     # save
-    _save_adapter(model, output_dir, _extra_str(spec, "base_model_name"))
-    logger.info("[job %s] saved adapter to %s after %d steps", job, output_dir, step)
-    return TrainResult(
-        adapter_dir=output_dir,
-        steps=step,
-        trained_tokens=trained_tokens,
-        final_train_loss=last_loss,
-    )
+
+    def save(self, output_dir: Path) -> TrainResult:
+        """Write the final adapter (rank 0) and return the run's totals."""
+        if self.parallel.is_main:
+            _save_adapter(self.model, output_dir, _extra_str(self.spec, "base_model_name"))
+            logger.info(
+                "[job %s] saved adapter to %s after %d steps", self.job, output_dir, self.state.step
+            )
+        self.parallel.barrier()
+        return TrainResult(
+            adapter_dir=output_dir,
+            steps=self.state.step,
+            trained_tokens=self.state.trained_tokens,
+            final_train_loss=self.state.last_loss,
+        )

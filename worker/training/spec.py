@@ -23,7 +23,12 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Resolved hyperparameters (no "auto" left) for one run."""
+    """Resolved hyperparameters (no "auto" left) for one run.
+
+    ``checkpoint_every_n_steps`` adds checkpoints between the ones written at every epoch end;
+    ``eval_every_n_steps`` is how often the sampled validation runs (``None``: about ten times
+    per run); ``gradient_checkpointing`` trades compute for activation memory.
+    """
 
     adapter: AdapterSpec
     n_epochs: int
@@ -36,11 +41,18 @@ class TrainSpec:
     max_grad_norm: float = 1.0
     log_every_n_steps: int = 1
     extra: dict[str, object] = field(default_factory=dict)
+    checkpoint_every_n_steps: int | None = None
+    eval_every_n_steps: int | None = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run produced. ``adapter_dir`` holds a PEFT adapter."""
+    """What a finished run produced. ``adapter_dir`` holds a PEFT adapter.
+
+    ``steps`` and ``trained_tokens`` are totals for the whole job, steps run before a resume
+    included.
+    """
 
     adapter_dir: Path
     steps: int
@@ -48,11 +60,56 @@ class TrainResult:
     final_train_loss: float | None
 
 
+CheckpointReason = Literal["epoch_end", "interval", "pause"]
+
+METRIC_KEYS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+"""The keys of :attr:`CheckpointInfo.metrics`."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint the engine wrote; passed to :meth:`Reporter.save_checkpoint`.
+
+    ``directory`` holds ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT layout,
+    loadable by ``PeftModel.from_pretrained``) and the training state (``training_state.json``,
+    ``training_state.pt``: optimizer, scheduler, RNG states, data position, token counters,
+    metrics so far). Passing a local copy of it as ``resume_from`` continues the run.
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    directory: Path
+    metrics: dict[str, float | None]
+    reason: CheckpointReason
+
+
 class Reporter(Protocol):
     """How the engine talks back to the platform while it trains."""
 
-    def metrics(self, step: int, total_steps: int, train_loss: float,
-                train_mean_token_accuracy: float) -> None: ...
+    def metrics(
+        self,
+        step: int,
+        total_steps: int,
+        train_loss: float,
+        train_mean_token_accuracy: float,
+        *,
+        valid_loss: float | None = None,
+        valid_mean_token_accuracy: float | None = None,
+        full_valid_loss: float | None = None,
+        full_valid_mean_token_accuracy: float | None = None,
+        tokens_per_second: float | None = None,
+    ) -> None:
+        """Metrics of 1-based optimizer ``step``; ``valid_*`` only where a validation ran."""
+        ...
 
     def message(self, text: str, level: str = "info") -> None: ...
 
@@ -60,6 +117,26 @@ class Reporter(Protocol):
         """True when the job was cancelled: the engine stops before its next step."""
         ...
 
+    def should_pause(self) -> bool:
+        """True when the job should pause: the engine checkpoints, then raises."""
+        ...
+
+    def save_checkpoint(self, info: CheckpointInfo) -> None:
+        """Persist ``info.directory``; the engine may delete it once this returns."""
+        ...
+
 
 class TrainingStopped(Exception):
-    """Raised by the engine when ``Reporter.should_stop()`` turned true."""
+    """Raised by the engine when ``Reporter.should_stop()`` turned true; nothing is saved."""
+
+
+class TrainingPaused(Exception):
+    """Raised after a pause checkpoint was handed to ``Reporter.save_checkpoint``."""
+
+    def __init__(self, step: int, message: str | None = None) -> None:
+        super().__init__(message or f"paused after step {step}")
+        self.step = step
+
+    def __reduce__(self) -> tuple[type[TrainingPaused], tuple[int, str]]:
+        # Keeps ``step`` across pickling (e.g. from a data-parallel rank to its launcher).
+        return (TrainingPaused, (self.step, str(self)))

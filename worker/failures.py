@@ -1,0 +1,42 @@
+"""Failures of a job on a worker, classified into a code, a human message and the request
+parameter to blame; transient ones are retried (bounded), user errors never."""
+
+from __future__ import annotations
+
+from core.storage import ObjectNotFound
+from worker.model_store import ModelUnavailable
+
+# Errors that may pass by themselves: retried (bounded). User errors never are.
+TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable"})
+
+
+def classify(exc: BaseException) -> tuple[str, str, str | None]:
+    """(code, human message, param) for a failed run."""
+    if isinstance(exc, ObjectNotFound):
+        return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
+    if _is_storage_error(exc):
+        return ("storage_unavailable", "The object store kept failing after retries: "
+                f"{type(exc).__name__}: {exc}", None)
+    if type(exc).__name__ in ("OperationalError", "DisconnectionError"):
+        return "database_unavailable", f"The database was unreachable: {exc}", None
+    if isinstance(exc, ModelUnavailable):
+        return "model_unavailable", str(exc), "model"
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return ("out_of_memory", "The worker ran out of memory; try a smaller batch_size or "
+                "max_seq_length", "hyperparameters.batch_size")
+    if isinstance(exc, FloatingPointError):
+        return ("training_diverged", f"Training diverged ({exc}); try a lower "
+                "learning_rate_multiplier", "hyperparameters.learning_rate_multiplier")
+    if isinstance(exc, ValueError) and "target module" in str(exc).lower():
+        return "invalid_adapter", f"Invalid adapter settings: {exc}", "adapter.target_modules"
+    if isinstance(exc, ValueError):
+        return "invalid_training_data", f"Training data problem: {exc}", "training_file"
+    return "internal_error", f"Training failed on the worker: {type(exc).__name__}: {exc}", None
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a core dependency
+        return False
+    return isinstance(exc, (BotoCoreError, ClientError))

@@ -1,0 +1,154 @@
+"""DoRA without materialising the adapted weight: PEFT's results, less work per step.
+
+PEFT's DoRA forward (``peft.tuners.lora.dora.DoraLinearLayer``) builds ``B @ A`` by pushing an
+identity matrix of size ``in x in`` through both LoRA layers, adds it to the full base weight
+``W0`` (``out x in``) and takes the row norms, on every forward pass. Only the row norms are
+needed, and they factor through small matrices::
+
+    ||W0_i + s (B A)_i||^2 = ||W0_i||^2 + 2 s <(W0 A^T)_i, B_i> + s^2 <(B (A A^T))_i, B_i>
+
+``||W0_i||`` is constant (the base weight is frozen) and is cached; ``W0 A^T`` is ``out x r`` and
+``A A^T`` is ``r x r``. This costs one ``out x in x r`` product and no ``out x in`` temporaries,
+instead of an ``in x in x r`` product, an ``out x in x r`` product and three passes over an
+``out x in`` matrix.
+
+The norm is computed in float32 (also when training in bf16), as
+``||W0_i|| * sqrt(1 + (2 s <.,.> + s^2 <.,.>) / ||W0_i||^2)``: when ``B = 0`` (a fresh adapter)
+the correction is exactly 0, so the norm is exactly PEFT's ``||W0_i||``, the magnitude equals it,
+and the adapted layer reproduces the base layer bit for bit. As in PEFT (and the paper, section
+4.3) the norm is detached: it gets no gradient.
+
+Only the training/inference forward is replaced. Merging, saving and loading still use PEFT's
+code, and the state dict is unchanged (the magnitude is the same parameter).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.dora import DoraLinearLayer
+
+
+def dora_row_norm(
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    base_norm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Row norms of ``weight + scaling * lora_b @ lora_a`` in float32, without building it.
+
+    Args:
+        weight: the base weight ``W0``, ``[out, in]``.
+        lora_a: ``A``, ``[r, in]``.
+        lora_b: ``B``, ``[out, r]``.
+        scaling: LoRA's ``alpha / r``.
+        base_norm: ``torch.linalg.norm(W0.float(), dim=1)`` if already known.
+
+    Returns:
+        A detached float32 vector of ``out`` norms.
+    """
+    with torch.no_grad():
+        w0 = weight.float()
+        a = lora_a.float()
+        b = lora_b.float()
+        if base_norm is None:
+            base_norm = torch.linalg.norm(w0, dim=1)
+        cross = ((w0 @ a.T) * b).sum(dim=1)
+        quad = ((b @ (a @ a.T)) * b).sum(dim=1)
+        base_sq = base_norm.square()
+        # A zero row of W0 gives 0/0; its norm is then just the LoRA row's.
+        safe = torch.where(base_sq > 0, base_sq, torch.ones_like(base_sq))
+        relative = (2.0 * scaling * cross + scaling * scaling * quad) / safe
+        norm = base_norm * torch.sqrt(torch.clamp(1.0 + relative, min=0.0))
+        zero_rows = base_sq == 0
+        if bool(zero_rows.any()):
+            norm = torch.where(zero_rows, scaling * torch.sqrt(quad.clamp(min=0.0)), norm)
+        return norm
+
+
+class FastDoraLinearLayer(DoraLinearLayer):
+    """A ``DoraLinearLayer`` whose forward takes the weight norm with :func:`dora_row_norm`.
+
+    Anything it does not handle (``fan_in_fan_out`` layers, quantised or non-2-D base weights)
+    falls back to PEFT's own forward.
+    """
+
+    def _base_norm(self, weight: torch.Tensor) -> torch.Tensor:
+        # Keyed on the tensor's identity and version: a merge or reload writes a new weight.
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        cached = getattr(self, "_fast_base_norm", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, torch.linalg.norm(weight.float(), dim=1))
+            self._fast_base_norm = cached
+        return cached[1]
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        *,
+        lora_A: torch.nn.Module,
+        lora_B: torch.nn.Module,
+        scaling: float,
+        base_layer: torch.nn.Module,
+        base_result: torch.Tensor | None = None,
+        adapter_name: str = "default",
+    ) -> torch.Tensor:
+        """The DoRA term to add to the base layer's output (same contract as PEFT's)."""
+        weight = getattr(base_layer, "weight", None)
+        plain = (
+            isinstance(weight, torch.nn.Parameter)
+            and weight.ndim == 2
+            and weight.dtype.is_floating_point
+            and not self.fan_in_fan_out
+            and type(base_layer) is torch.nn.Linear
+        )
+        if not plain:
+            return super().forward(
+                x,
+                lora_A=lora_A,
+                lora_B=lora_B,
+                scaling=scaling,
+                base_layer=base_layer,
+                base_result=base_result,
+                adapter_name=adapter_name,
+            )
+        norm = dora_row_norm(
+            weight, lora_A.weight, lora_B.weight, scaling, self._base_norm(weight)
+        ).to(x.dtype)
+        mag_norm_scale = (self.weight / norm).view(1, -1)
+        lora_result = lora_B(lora_A(x))
+        if base_result is not None:
+            bias = base_layer.bias
+            if bias is not None:
+                base_result = base_result - bias
+        else:
+            base_result = F.linear(x, weight.to(x.dtype))
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def enable_fast_dora(model: Any) -> int:
+    """Switch every PEFT ``DoraLinearLayer`` in ``model`` to :class:`FastDoraLinearLayer`.
+
+    The modules keep their parameters and state-dict keys; only their class changes.
+    Returns how many layers were switched.
+    """
+    n = 0
+    for module in model.modules():
+        if type(module) is DoraLinearLayer:
+            module.__class__ = FastDoraLinearLayer
+            n += 1
+    return n
+
+
+def disable_fast_dora(model: Any) -> int:
+    """Undo :func:`enable_fast_dora` (back to PEFT's default DoRA path)."""
+    n = 0
+    for module in model.modules():
+        if type(module) is FastDoraLinearLayer:
+            module.__class__ = DoraLinearLayer
+            n += 1
+    return n
