@@ -269,6 +269,17 @@ def build_openapi() -> dict[str, Any]:
                        "checkpoint's", GZIP, params=[
                            job_id, _query("checkpoint", {"type": "string"})]),
         },
+        "/v1/chat/completions": {
+            "post": _op("Chat completion from a base model or one of your ft: models "
+                        "(stream=true for server-sent events)", {"content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/event-stream": {"schema": {"type": "string"}}}},
+                        body={"required": True, "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["model", "messages"],
+                            "properties": {"model": {"type": "string"},
+                                           "messages": {"type": "array"}}}}}},
+                        errors=(400, 401, 404, 503)),
+        },
         "/v1/models": {"get": _op("Base models and your fine-tuned models", ModelList,
                                   errors=(401,))},
         "/v1/models/{model}": {

@@ -53,12 +53,20 @@ def job_object(job: Job) -> dict[str, Any]:
         "integrations": [],
         # Dorado extras.
         "adapter": job.adapter,
+        "serving": serving_engines(job.adapter),
         "pause_requested": job.pause_requested,
         "options": job.options or {},
         "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),
     }
+
+
+def serving_engines(adapter: dict[str, Any] | None) -> dict[str, bool]:
+    """Engines that load the adapter as is; vLLM and LoRAX cannot load DoRA unmerged."""
+    dora = (adapter or {}).get("type", "dora") == "dora"
+    return {"peft": True, "dorado": True, "vllm": not dora, "lorax": not dora,
+            "merged_required": dora}
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:

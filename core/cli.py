@@ -42,10 +42,10 @@ def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
             "-Q", "dorado.jobs", "-n", f"{name or f'dorado-{os.getpid()}'}@%h"]
 
 
-def inference_command(port: int) -> list[str]:
-    # One process holds the models once; threads wait on its generation lock. Loopback only:
-    # the service trusts its caller (the API has already checked who may use which model).
-    return [_bin("gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    # One process holds the models once; threads wait on its generation lock. Loopback by
+    # default: the service trusts its caller (the API has checked who may use which model).
+    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", "1",
             "--threads", "8", "--timeout", "600", "--access-logfile", "-",
             "worker.inference.server:create_app()"]
 

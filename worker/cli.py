@@ -31,5 +31,22 @@ def prepare_models(names: tuple[str, ...]) -> None:
         click.echo(f"{builtin.name}: ready in {path}")
 
 
+@main.command("serve-inference")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; expose it only to the API (the service trusts callers).")
+@click.option("--port", type=int, default=None,
+              help="Default: DORADO_INFERENCE_PORT, else 8001.")
+def serve_inference(host: str, port: int | None) -> None:
+    """Run the inference service (chat completions, merged models) in the foreground."""
+    import os
+
+    from core.cli import inference_command
+    from core.settings import DEFAULT_INFERENCE_PORT
+
+    command = inference_command(port or load_settings().inference_port
+                                or DEFAULT_INFERENCE_PORT, host)
+    os.execvp(command[0], command)
+
+
 if __name__ == "__main__":
     main()

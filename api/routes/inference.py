@@ -222,17 +222,6 @@ def merged_adapter_response(org_id: str, job_id: str) -> Response:
                                  f'attachment; filename="{job.id}-merged.tar.gz"'})
 
 
-def serving_engines(adapter: dict[str, Any] | None) -> dict[str, bool]:
-    """Which serving engines load a job's adapter as it is.
-
-    vLLM and LoRAX load plain LoRA adapters but not DoRA ones (magnitude vectors): a DoRA
-    adapter must be merged first (``/adapter?format=merged``); PEFT and Dorado load both.
-    """
-    dora = (adapter or {}).get("type", "dora") == "dora"
-    return {"peft": True, "dorado": True, "vllm": not dora, "lorax": not dora,
-            "merged_required": dora}
-
-
 def call_inference(path: str, payload: dict[str, Any], timeout: float) -> HTTPResponse:
     """POST ``payload`` to the inference service; the open response (the caller closes it)."""
     url = dorado().settings.inference_base_url + path

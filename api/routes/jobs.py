@@ -9,6 +9,7 @@ from flask import Blueprint, Response, g, request, stream_with_context
 from api.context import db, dorado
 from api.errors import pydantic_error
 from api.pagination import after_arg, limit_arg
+from api.routes.inference import merged_adapter_response
 from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
 from core import checkpoints, jobs
@@ -115,6 +116,12 @@ def list_events(job_id: str):
 def download_adapter(job_id: str):
     """The trained adapter as ``.tar.gz`` (adapter_config.json + adapter_model.safetensors)."""
     job = jobs.get_job(db(), g.org_id, job_id)
+    fmt = request.args.get("format", "peft")
+    if fmt not in ("peft", "merged"):
+        raise InvalidRequest("format must be 'peft' (the adapter) or 'merged' (merged into the "
+                             "base weights)", param="format", code="invalid_format")
+    if fmt == "merged":
+        return merged_adapter_response(g.org_id, job.id)  # the final adapter only
     checkpoint_id = request.args.get("checkpoint")
     if checkpoint_id:
         ckpt = checkpoints.get_checkpoint(db(), job, checkpoint_id)

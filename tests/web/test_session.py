@@ -120,6 +120,8 @@ def test_progress_and_queue_position(client: FlaskClient):
                        ).get_json()["id"] for _ in range(3)]
     with session_scope(client.application.config["DATABASE_URL"]) as session:
         session.execute(update(Job).where(Job.id == ids[0]).values(status="running"))
+        # No validator runs here: put the others where validation would.
+        session.execute(update(Job).where(Job.id.in_(ids[1:])).values(status="queued"))
         add_event(session, ids[0], "Step 5/20", type="metrics",
                   data={"step": 5, "total_steps": 20, "train_loss": 1.0})
         add_event(session, ids[0], "Step 10/20", type="metrics",
