@@ -22,6 +22,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def platform_env(home: Path, api_key: str, model_cache: Path, port: int,
+                 extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every process of one test platform."""
+    return {
+        **os.environ,
+        "DORADO_HOME": str(home),
+        "DORADO_PORT": str(port),
+        "DORADO_BOOTSTRAP_API_KEY": api_key,
+        "DORADO_MODEL_CACHE": str(model_cache),
+        "DORADO_LOG_LEVEL": "INFO",
+        **(extra_env or {}),
+    }
+
+
 class Platform:
     """``dorado run`` in its own process group, with its output in a log file."""
 
@@ -32,15 +46,7 @@ class Platform:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = home.parent / f"{home.name}-platform.log"
-        self.env = {
-            **os.environ,
-            "DORADO_HOME": str(home),
-            "DORADO_PORT": str(self.port),
-            "DORADO_BOOTSTRAP_API_KEY": api_key,
-            "DORADO_MODEL_CACHE": str(model_cache),
-            "DORADO_LOG_LEVEL": "INFO",
-            **(extra_env or {}),
-        }
+        self.env = platform_env(home, api_key, model_cache, self.port, extra_env)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> Platform:

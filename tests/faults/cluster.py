@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from core.cli import api_command, validator_command, worker_command
-from tests.e2e.platform import ROOT, free_port
+from tests.e2e.platform import ROOT, free_port, platform_env
 
 BIN = Path(sys.executable).parent
 
@@ -24,12 +24,10 @@ class Cluster:
         self.api_key = api_key
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.env = {
-            **os.environ, "DORADO_HOME": str(home), "DORADO_BOOTSTRAP_API_KEY": api_key,
-            "DORADO_MODEL_CACHE": str(model_cache), "DORADO_PORT": str(self.port),
+        # Short lease and sweeps: a lost worker's job is noticed within seconds.
+        self.env = platform_env(home, api_key, model_cache, self.port, {
             "DORADO_LEASE_SECONDS": "6", "DORADO_SWEEP_INTERVAL_SECONDS": "1",
-            "DORADO_REPUBLISH_AFTER_SECONDS": "3", **(extra_env or {}),
-        }
+            "DORADO_REPUBLISH_AFTER_SECONDS": "3", **(extra_env or {})})
         self.procs: dict[str, subprocess.Popen] = {}
         home.mkdir(parents=True, exist_ok=True)
 
