@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from http.client import HTTPResponse
 from typing import Any, Literal
 
-from flask import Blueprint, Response, g, request, stream_with_context
+from flask import Blueprint, Response, g, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.context import db, dorado
 from api.errors import envelope, pydantic_error
+from api.request_body import json_object
 from core import catalog, jobs
 from core import idempotency as idempotency_records
 from core.errors import InvalidRequest
@@ -149,10 +150,7 @@ def _adapter_job(org_id: str, job_id: str) -> Job:
 @bp.post("/chat/completions")
 def chat_completions():
     """OpenAI's chat completions for base models and the caller's ``ft:`` models."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object "
-                             "(Content-Type: application/json)")
+    body = json_object()
     _release_idempotency_record()
     for name in UNSUPPORTED:
         if body.get(name):

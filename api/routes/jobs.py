@@ -7,8 +7,8 @@ import logging
 from flask import Blueprint, Response, g, request, stream_with_context
 
 from api.context import db, dorado
-from api.errors import pydantic_error
 from api.pagination import after_arg, limit_arg
+from api.request_body import json_object
 from api.routes.inference import merged_adapter_response
 from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
@@ -21,22 +21,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
 
 
-def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object "
-                             "(Content-Type: application/json)")
-    return body
-
-
 @bp.post("")
 def create_job():
-    from pydantic import ValidationError
-
-    try:
-        req = JobCreateRequest.model_validate(_json_body())
-    except ValidationError as exc:
-        return pydantic_error(exc)
+    # A ValidationError becomes the 400 envelope in api.errors.
+    req = JobCreateRequest.model_validate(json_object())
     if req.method and req.method.type != "supervised":
         raise InvalidRequest(f"method.type '{req.method.type}' is not supported yet; use "
                              "'supervised'", param="method.type", code="unsupported_method")
