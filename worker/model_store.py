@@ -7,19 +7,15 @@ package and uploaded, so other workers download it instead of rebuilding it.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import shutil
-import uuid
 from pathlib import Path
 
 from core.catalog import model_prefix
 from core.settings import Settings
 from core.storage import ObjectStore, download_dir, upload_dir
+from worker.cache import COMPLETE_MARKER, fill_once
 
 log = logging.getLogger(__name__)
-
-COMPLETE_MARKER = ".complete"
 
 
 class ModelUnavailable(RuntimeError):
@@ -28,31 +24,15 @@ class ModelUnavailable(RuntimeError):
 
 def ensure_model(settings: Settings, store: ObjectStore, name: str) -> Path:
     """A local directory holding ``name`` in Hugging Face format (built/downloaded once)."""
-    cache = settings.model_cache_dir
-    dest = cache / name
-    if (dest / COMPLETE_MARKER).exists():
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{name}.lock", "w") as lock:
-        # Several worker processes on one machine share the cache: one fills it.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / COMPLETE_MARKER).exists():
-            return dest
-        tmp = cache / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            if store.exists(f"{model_prefix(name)}/{COMPLETE_MARKER}"):
-                log.info("downloading base model %s from the model store", name)
-                download_dir(store, model_prefix(name), tmp)
-            else:
-                _build_and_publish(store, name, tmp)
-            (tmp / COMPLETE_MARKER).touch()
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    def fill(tmp: Path) -> None:
+        if store.exists(f"{model_prefix(name)}/{COMPLETE_MARKER}"):
+            log.info("downloading base model %s from the model store", name)
+            download_dir(store, model_prefix(name), tmp)
+        else:
+            _build_and_publish(store, name, tmp)
+
+    return fill_once(settings.model_cache_dir, name, fill)
 
 
 def _build_and_publish(store: ObjectStore, name: str, tmp: Path) -> None:

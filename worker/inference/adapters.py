@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.storage import ObjectNotFound, ObjectStore, download_dir
+from worker.cache import fill_once
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = ".complete"
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -38,30 +35,15 @@ class AdapterRef:
 
 def ensure_adapter(store: ObjectStore, cache_dir: Path, ref: AdapterRef) -> Path:
     """A local directory holding ``ref``'s PEFT files (downloaded once, shared by processes)."""
-    dest = cache_dir / ref.name
-    if (dest / COMPLETE_MARKER).exists():
-        return dest
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{ref.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / COMPLETE_MARKER).exists():
-            return dest
-        tmp = cache_dir / f".{ref.name}.{uuid.uuid4().hex}.tmp"
+
+    def fill(tmp: Path) -> None:
         try:
-            try:
-                download_dir(store, ref.prefix, tmp)
-            except ObjectNotFound as exc:
-                raise AdapterUnavailable(f"adapter files missing under {ref.prefix}") from exc
-            missing = [n for n in REQUIRED_FILES if not (tmp / n).is_file()]
-            if missing:
-                raise AdapterUnavailable(
-                    f"adapter under {ref.prefix} lacks {', '.join(missing)}")
-            (tmp / COMPLETE_MARKER).touch()
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-            log.info("adapter %s downloaded from %s", ref.name, ref.prefix)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+            download_dir(store, ref.prefix, tmp)
+        except ObjectNotFound as exc:
+            raise AdapterUnavailable(f"adapter files missing under {ref.prefix}") from exc
+        missing = [n for n in REQUIRED_FILES if not (tmp / n).is_file()]
+        if missing:
+            raise AdapterUnavailable(f"adapter under {ref.prefix} lacks {', '.join(missing)}")
+        log.info("adapter %s downloaded from %s", ref.name, ref.prefix)
+
+    return fill_once(cache_dir, ref.name, fill)
