@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Response, g, request, stream_with_context
+from flask import Blueprint, g, request
 
 from api.context import db, dorado
+from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.serializers import file_object, page
 from core import files
@@ -52,10 +53,8 @@ def retrieve_file(file_id: str):
 @bp.get("/<file_id>/content")
 def file_content(file_id: str):
     row = files.get_file(db(), g.org_id, file_id)
-    chunks = dorado().store.iter_chunks(row.storage_key)
-    return Response(stream_with_context(chunks), mimetype="application/octet-stream",
-                    headers={"Content-Length": str(row.bytes),
-                             "Content-Disposition": f'attachment; filename="{row.filename}"'})
+    return stored_object(row.storage_key, row.filename, "application/octet-stream",
+                         size=row.bytes)
 
 
 @bp.delete("/<file_id>")

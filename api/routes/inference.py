@@ -21,6 +21,7 @@ from flask import Blueprint, Response, g, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.context import db, dorado
+from api.downloads import stored_object
 from api.errors import envelope, pydantic_error
 from api.request_body import json_object
 from core import catalog, jobs
@@ -214,10 +215,7 @@ def merged_adapter_response(org_id: str, job_id: str) -> Response:
                 key = json.loads(upstream.read())["key"]
         except (UpstreamError, InferenceUnavailable) as exc:
             return _error_response(exc)
-    return Response(stream_with_context(store.iter_chunks(key)), mimetype="application/gzip",
-                    headers={"Content-Length": str(store.size(key)),
-                             "Content-Disposition":
-                                 f'attachment; filename="{job.id}-merged.tar.gz"'})
+    return stored_object(key, f"{job.id}-merged.tar.gz", "application/gzip")
 
 
 def call_inference(path: str, payload: dict[str, Any], timeout: float) -> HTTPResponse:

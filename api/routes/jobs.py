@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, g, request, stream_with_context
+from flask import Blueprint, g, request
 
 from api.context import db, dorado
+from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.request_body import json_object
 from api.routes.inference import merged_adapter_response
@@ -120,9 +121,4 @@ def download_adapter(job_id: str):
                              param="fine_tuning_job_id", code="adapter_not_ready")
     else:
         key, filename = job.adapter_key, f"{job.id}-adapter.tar.gz"
-    store = dorado().store
-    size = store.size(key)
-    return Response(stream_with_context(store.iter_chunks(key)),
-                    mimetype="application/gzip",
-                    headers={"Content-Length": str(size),
-                             "Content-Disposition": f'attachment; filename="{filename}"'})
+    return stored_object(key, filename, "application/gzip")
