@@ -23,12 +23,12 @@ def ensure_api_key(settings: Settings) -> str | None:
     with session_scope(settings.database_url) as session:
         if settings.bootstrap_api_key:
             if auth.find_key(session, settings.bootstrap_api_key) is None:
-                org = auth.create_organization(session, DEFAULT_ORG_NAME)
+                org = auth.create_organization(session, DEFAULT_ORG_NAME, is_operator=True)
                 auth.add_key(session, org, settings.bootstrap_api_key, name="bootstrap")
             return None
         if session.scalar(select(func.count()).select_from(ApiKey)):
             return None
-        org = auth.create_organization(session, DEFAULT_ORG_NAME)
+        org = auth.create_organization(session, DEFAULT_ORG_NAME, is_operator=True)
         key = auth.generate_key()
         auth.add_key(session, org, key, name="bootstrap")
         return key

@@ -33,6 +33,15 @@ class Organization(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Operators may use /v1/admin/* and see every organization's jobs.
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Scheduling quotas; None means unlimited.
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When a job of this organization was last dispatched (fair-share tie-break).
+    last_dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Bytes of uploaded files plus trained adapters this organization may keep; None: no limit.
+    storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):
@@ -92,6 +101,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_org_created", "organization_id", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        # The dispatch query: queued jobs of one pool, best priority first, oldest first.
+        Index("ix_jobs_dispatch", "status", "pool", "priority", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -131,6 +142,28 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Scheduling: higher priority is dispatched first; ``pool`` is the worker pool it runs in.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Worker(Base):
+    """A training worker process, registered on start and kept fresh by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pool: Mapped[str] = mapped_column(String(64), index=True)
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    gpu_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    current_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A draining worker finishes its current job and claims no new one.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class JobEvent(Base):
@@ -163,6 +196,29 @@ class Checkpoint(Base):
     storage_prefix: Mapped[str] = mapped_column(String(512))
     adapter_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which object, when and with which key (written by ``core.audit``)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_org_seq", "organization_id", "seq"),
+        Index("ix_audit_events_action_seq", "action", "seq"),
+    )
+
+    # ``seq`` orders events exactly and is the pagination cursor; ``id`` is public.
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    organization_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    api_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(256))
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class IdempotencyKey(Base):
