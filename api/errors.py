@@ -23,6 +23,7 @@ from core.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
 )
 from core.storage import ObjectNotFound
 
@@ -33,6 +34,8 @@ _STATUS: list[tuple[type[DoradoError], int, str]] = [
     (PermissionDenied, 403, "invalid_request_error"),
     (NotFound, 404, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
+    # As OpenAI answers a spent quota: 429 (waiting for jobs to finish frees the quota).
+    (QuotaExceeded, 429, "insufficient_quota"),
     # 400, not 409: the SDK would retry a 409, and retrying cannot help here.
     (Conflict, 400, "invalid_request_error"),
     (InvalidRequest, 400, "invalid_request_error"),

@@ -51,3 +51,9 @@ class AuthenticationFailed(DoradoError):
 
 class PayloadTooLarge(DoradoError):
     code = "payload_too_large"
+
+
+class QuotaExceeded(DoradoError):
+    """An organization reached one of its limits (queued jobs, storage...)."""
+
+    code = "quota_exceeded"

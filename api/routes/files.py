@@ -10,7 +10,7 @@ from api.context import db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.serializers import file_object, page
-from core import files
+from core import files, storage_quota
 from core.errors import InvalidRequest
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
@@ -29,6 +29,8 @@ def create_file():
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)
+    storage_quota.check_upload(db(), g.org_id, size,
+                               max_upload_bytes=dorado().settings.max_upload_bytes)
     row = files.create_file(db(), dorado().store, g.org_id, filename=upload.filename or "",
                             purpose=purpose, content=stream, size=size)
     return file_object(row)
