@@ -43,10 +43,12 @@ class JobCreateRequest(BaseModel):
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int | None = Field(None, ge=1, le=100)
     max_run_seconds: int | None = Field(None, ge=1)
+    # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
+    pool: str | None = Field(None, min_length=1, max_length=64)
 
     def options(self) -> dict[str, Any]:
         keys = ("learning_rate", "max_seq_length", "checkpoint_every_n_steps", "keep_checkpoints",
-                "max_run_seconds")
+                "max_run_seconds", "pool")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @field_validator("metadata")

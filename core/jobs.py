@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from core import catalog, ids
+from core import catalog, ids, pools, quotas
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.files import get_file
 from core.hyperparams import AdapterConfig, Hyperparameters, resolve
@@ -66,9 +67,16 @@ def _usable_file(session: Session, org_id: str, file_id: str, param: str):
     return row
 
 
-def create_job(session: Session, org_id: str, new: NewJob) -> Job:
-    """Validate a job request against the catalogue and the caller's files; insert it queued."""
+def create_job(session: Session, org_id: str, new: NewJob,
+               declared_pools: Mapping[str, int | None] | None = None) -> Job:
+    """Validate a job request against the catalogue, the caller's files and quota; insert it.
+
+    ``options["pool"]`` (the ``pool`` extra) picks the worker pool; else core.pools decides
+    among the registered pools and ``declared_pools`` (DORADO_POOLS)."""
     catalog.get_base_model(session, new.model)
+    quotas.check_can_queue(session, org_id)
+    options = dict(new.options)
+    pool = pools.choose_pool(session, new.model, options.pop("pool", None), declared_pools)
     training = _usable_file(session, org_id, new.training_file, "training_file")
     if new.validation_file:
         _usable_file(session, org_id, new.validation_file, "validation_file")
@@ -82,8 +90,8 @@ def create_job(session: Session, org_id: str, new: NewJob) -> Job:
         hyperparameters=hyper, adapter=new.adapter.model_dump(),
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
         seed=seed, suffix=new.suffix or None, user_metadata=new.metadata or None,
-        result_files=[], created_at=now, attempt=0, options=dict(new.options),
-        pause_requested=False,
+        result_files=[], created_at=now, attempt=0, options=options,
+        pause_requested=False, priority=0, pool=pool,
     )
     session.add(job)
     session.flush()
@@ -434,12 +442,13 @@ def retry_after_transient_error(session: Session, job_id: str, attempt: int, *, 
     return True
 
 
-def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[tuple[str, str]]:
-    """(id, status) of jobs waiting for a message (queued, or validating_files) that was never
-    sent, or sent long ago and not acted on."""
+def jobs_to_publish(session: Session,
+                    republish_after_seconds: int) -> list[tuple[str, str, str | None]]:
+    """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
+    never sent, or sent long ago and not acted on."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
     return list(session.execute(
-        select(Job.id, Job.status).where(
+        select(Job.id, Job.status, Job.pool).where(
             Job.status.in_(("queued", "validating_files")),
             (Job.published_at.is_(None)) | (Job.published_at < cutoff),
         ).order_by(Job.created_at)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 JOB_STATUSES = (
     "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled",
 )
-#: Workers all consume one Celery queue today; per-GPU-type queues would add pools here.
+#: Always reported, even with no job: the pool of workers that serve ``dorado.jobs``.
 DEFAULT_POOL = "default"
 #: How many of the most recently finished jobs the duration quantiles are computed over.
 DURATION_WINDOW = 200
@@ -144,21 +144,30 @@ class JobsCollector:
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
 
+        pool = func.coalesce(Job.pool, DEFAULT_POOL)
+        by_pool: dict[str, dict] = {DEFAULT_POOL: {}}
+        for name, status, count, oldest in self.session.execute(
+                select(pool, Job.status, func.count(), func.min(Job.created_at))
+                .where(Job.status.in_(("queued", "running"))).group_by(pool, Job.status)):
+            by_pool.setdefault(name, {})[status] = (count, oldest)
         depth = GaugeMetricFamily(
             "dorado_queue_depth", "Jobs waiting for a worker (status queued), by worker pool.",
             labels=["pool"])
-        depth.add_metric([DEFAULT_POOL], counts.get("queued", 0))
-        yield depth
-
-        oldest = self.session.scalar(
-            select(func.min(Job.created_at)).where(Job.status == "queued"))
+        running = GaugeMetricFamily(
+            "dorado_pool_running_jobs", "Jobs running, by worker pool.", labels=["pool"])
         age = GaugeMetricFamily(
             "dorado_queue_oldest_age_seconds",
             "Age of the oldest queued job (0 when none), by worker pool.", labels=["pool"])
         now = self.now or datetime.now(timezone.utc)
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=timezone.utc)
-        age.add_metric([DEFAULT_POOL], max(0.0, (now - oldest).total_seconds()) if oldest else 0)
+        for name in sorted(by_pool):
+            queued, oldest = by_pool[name].get("queued", (0, None))
+            depth.add_metric([name], queued)
+            running.add_metric([name], by_pool[name].get("running", (0, None))[0])
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=timezone.utc)
+            age.add_metric([name], max(0.0, (now - oldest).total_seconds()) if oldest else 0)
+        yield depth
+        yield running
         yield age
 
         tokens = self.session.scalar(select(func.coalesce(func.sum(Job.trained_tokens), 0)))

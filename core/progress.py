@@ -1,7 +1,7 @@
 """Training progress and queue positions of jobs, computed in bulk for job listings.
 
-A list of jobs costs two queries whatever its length: one for the latest metrics event of
-every listed job, one for the queue position of every listed queued job.
+A list of jobs costs one query for the latest metrics event of every listed job whatever its
+length, plus three for the dispatch order when the list holds a queued job.
 """
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, aliased, object_session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, object_session
 
+from core import scheduling
 from core.models import Job, JobEvent
+from core.queue import DEFAULT_POOL
 
 _CACHE_KEY = "dorado.progress"
 
@@ -34,24 +36,10 @@ def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, 
 
 
 def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
-    """1-based position of each queued job among all queued jobs, oldest first."""
-    ids = [job.id for job in jobs if job.status == "queued"]
-    if not ids:
-        return {}
-    ahead = aliased(Job)
-    count = (
-        select(func.count())
-        .select_from(ahead)
-        .where(
-            ahead.status == "queued",
-            or_(ahead.created_at < Job.created_at,
-                and_(ahead.created_at == Job.created_at, ahead.id < Job.id)),
-        )
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    rows = session.execute(select(Job.id, count).where(Job.id.in_(ids), Job.status == "queued"))
-    return {job_id: int(n) + 1 for job_id, n in rows}
+    """1-based position of each queued job in its pool's dispatch order (core.scheduling):
+    what a user sees is the order workers will really follow."""
+    pools = {job.pool or DEFAULT_POOL for job in jobs if job.status == "queued"}
+    return scheduling.queue_positions(session, pools) if pools else {}
 
 
 def progress_of(data: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 RUN_JOB_TASK = "dorado.run_job"
 VALIDATE_JOB_TASK = "dorado.validate_job"
 JOBS_QUEUE = "dorado.jobs"
+DEFAULT_POOL = "default"
 # Validation (tokenizing the files) is quick and must not wait behind hours of training:
 # its own queue, served by a small CPU worker (see core.cli.validator_command).
 VALIDATE_QUEUE = "dorado.validate"
@@ -64,10 +65,19 @@ def _client(settings: Settings) -> Celery:
     return app
 
 
-def publish_job(settings: Settings, job_id: str) -> None:
-    """Send the job to the training workers. Call only after the job row is committed."""
-    _client(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE)
-    log.info("published job %s", job_id)
+def jobs_queue(pool: str | None) -> str:
+    """The queue the training workers of ``pool`` consume: ``dorado.jobs`` for the default
+    pool, ``dorado.jobs.<pool>`` for any other."""
+    return JOBS_QUEUE if pool in (None, "", DEFAULT_POOL) else f"{JOBS_QUEUE}.{pool}"
+
+
+def publish_job(settings: Settings, job_id: str, pool: str | None = None) -> None:
+    """Wake a training worker of ``pool`` for the job. Call only after the job row is committed.
+
+    The message is a wake-up: the worker claims the best eligible job of its pool (see
+    core.scheduling), which is not necessarily this one."""
+    _client(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=jobs_queue(pool))
+    log.info("published job %s to %s", job_id, jobs_queue(pool))
 
 
 def publish_validation(settings: Settings, job_id: str) -> None:
@@ -76,9 +86,10 @@ def publish_validation(settings: Settings, job_id: str) -> None:
     log.info("published validation of job %s", job_id)
 
 
-def publish_for_status(settings: Settings, job_id: str, status: str) -> None:
-    """The message a job in ``status`` waits for."""
+def publish_for_status(settings: Settings, job_id: str, status: str,
+                       pool: str | None = None) -> None:
+    """The message a job in ``status`` (assigned to ``pool``) waits for."""
     if status == "validating_files":
         publish_validation(settings, job_id)
     else:
-        publish_job(settings, job_id)
+        publish_job(settings, job_id, pool)

@@ -14,22 +14,28 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+def publish_now(settings: Settings, job_id: str, status: str, pool: str | None) -> bool:
+    """Send the message a committed job waits for and record it; False if the broker is down
+    (the next sweep sends it)."""
+    try:
+        publish_for_status(settings, job_id, status, pool)
+    except Exception as exc:  # broker down
+        log.warning("could not publish job %s (%s); the next sweep will", job_id, exc)
+        return False
+    with session_scope(settings.database_url) as session:
+        jobs.mark_published(session, job_id)
+    return True
+
+
 def sweep(settings: Settings) -> dict[str, list[str]]:
     """One pass. Returns what it re-queued and re-published."""
     with session_scope(settings.database_url) as session:
         requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
-    published = []
-    for job_id, status in to_publish:
-        try:
-            publish_for_status(settings, job_id, status)
-        except Exception:  # broker down: the next sweep tries again
-            log.exception("could not publish job %s", job_id)
-            continue
-        with session_scope(settings.database_url) as session:
-            jobs.mark_published(session, job_id)
-        published.append(job_id)
+    published = [job_id for job_id, status, pool in to_publish
+                 if publish_now(settings, job_id, status, pool)]
     if requeued or published:
         log.info("sweep: re-queued %s, published %s", requeued, published)
     return {"requeued": requeued, "published": published}

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import setup_logging, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    setup_logging,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from core.logconfig import configure_logging
 from core.queue import celery_config
 from core.settings import load_settings
-from worker import shutdown
+from worker import registry, shutdown
 
 app = Celery("dorado-worker", include=["worker.tasks"])
 app.conf.update(celery_config(load_settings()))
@@ -22,3 +28,18 @@ def _logging(**_kwargs) -> None:
 @worker_shutting_down.connect
 def _shutting_down(**_kwargs) -> None:
     shutdown.begin()
+
+
+@celeryd_after_setup.connect
+def _pool_queue(sender, instance, **_kwargs) -> None:
+    registry.setup(sender, instance)
+
+
+@worker_ready.connect
+def _register(**_kwargs) -> None:
+    registry.start(app)
+
+
+@worker_shutdown.connect
+def _stopped(**_kwargs) -> None:
+    registry.stop()

@@ -19,3 +19,8 @@ def begin() -> None:
 
 def in_progress() -> bool:
     return _SHUTTING_DOWN.is_set()
+
+
+def wait(seconds: float) -> None:
+    """Sleep, but wake at once when the worker starts shutting down."""
+    _SHUTTING_DOWN.wait(seconds)

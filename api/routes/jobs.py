@@ -34,17 +34,17 @@ def create_job():
         hyperparameters=req.resolved_hyperparameters(), adapter=req.adapter, seed=req.seed,
         suffix=req.suffix, metadata=req.metadata, options=req.options(),
     )
-    job = jobs.create_job(db(), g.org_id, new)
-    _commit_and_publish(job.id, job.status)
+    job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)
+    _commit_and_publish(job.id, job.status, job.pool)
     return job_object(job)
 
 
-def _commit_and_publish(job_id: str, status: str) -> None:
+def _commit_and_publish(job_id: str, status: str, pool: str | None) -> None:
     """Publish only after commit: a worker must never see a message for a job it cannot read."""
     session = db()
     session.commit()
     try:
-        publish_for_status(dorado().settings, job_id, status)
+        publish_for_status(dorado().settings, job_id, status, pool)
         jobs.mark_published(session, job_id)
         session.commit()
     except Exception:
@@ -81,7 +81,7 @@ def pause_job(job_id: str):
 @bp.post("/<job_id>/resume")
 def resume_job(job_id: str):
     job = jobs.resume_job(db(), g.org_id, job_id)
-    _commit_and_publish(job.id, job.status)
+    _commit_and_publish(job.id, job.status, job.pool)
     return job_object(job)
 
 

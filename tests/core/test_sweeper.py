@@ -52,7 +52,8 @@ def test_expired_lease_requeues_then_gives_up(database_url):
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.retries, job.worker) == ("queued", 1, None)
-        assert jobs.jobs_to_publish(session, republish_after_seconds=60) == [(job_id, "queued")]
+        assert jobs.jobs_to_publish(session, republish_after_seconds=60) == [
+            (job_id, "queued", "default")]
         assert jobs.claim_job(session, job_id, "w2", lease_seconds=60) == 2
         session.execute(update(Job).where(Job.id == job_id).values(
             lease_expires_at=utcnow() - timedelta(seconds=1)))

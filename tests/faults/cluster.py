@@ -31,9 +31,10 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         home.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, command: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.home.parent / f"{self.home.name}-{name}.log", "ab")
-        proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
+        proc = subprocess.Popen(command, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -59,8 +60,9 @@ class Cluster:
     def start_validator(self) -> subprocess.Popen:
         return self._spawn("validator", validator_command(name="validator"))
 
-    def start_worker(self, name: str) -> subprocess.Popen:
-        return self._spawn(name, worker_command(name=name))
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A training worker; ``env`` adds settings of its own (e.g. DORADO_WORKER_POOL)."""
+        return self._spawn(name, worker_command(name=name), env)
 
     def signal(self, name: str, sig: int) -> None:
         os.killpg(self.procs[name].pid, sig)

@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from api import create_app
 from api.websession import persistent_secret
+from core.auth import create_organization
 from core.bootstrap import prepare_database
 from core.db import session_scope
 from core.jobs import add_event
@@ -133,6 +134,19 @@ def test_progress_and_queue_position(client: FlaskClient):
     assert listed[ids[1]]["progress"] is None
     one = client.get(f"/v1/fine_tuning/jobs/{ids[2]}").get_json()
     assert one["queue_position"] == 2
+
+    # Positions follow the dispatch order (core.scheduling), not creation order: another
+    # organization with nothing running goes first, and a higher priority jumps the queue.
+    with session_scope(client.application.config["DATABASE_URL"]) as session:
+        other = create_organization(session, "other")
+        session.add(Job(id="ftjob-other-org-queued", organization_id=other.id,
+                        model="tiny-random-llama", status="queued", training_file="file-x",
+                        hyperparameters={}, adapter={}, method={}, seed=0, result_files=[],
+                        created_at=utcnow()))
+        session.execute(update(Job).where(Job.id == ids[2]).values(priority=5))
+    listed = {j["id"]: j for j in client.get("/v1/fine_tuning/jobs").get_json()["data"]}
+    assert "ftjob-other-org-queued" not in listed
+    assert [listed[i]["queue_position"] for i in ids[1:]] == [3, 1]
 
 
 def test_estimate(client: FlaskClient):
