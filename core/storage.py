@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
@@ -26,6 +28,15 @@ class ObjectNotFound(KeyError):
     pass
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing sees it (``modified`` is timezone-aware UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
 class ObjectStore(Protocol):
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
@@ -34,6 +45,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def list_keys(self, prefix: str) -> list[str]: ...
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
     def delete(self, key: str) -> None: ...
 
 
@@ -108,6 +120,22 @@ class LocalStore:
             str(p.relative_to(self.root)) for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".upload-")
         )
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object below ``prefix/`` with its size and modification time."""
+        base = self.root / _check_key(prefix.rstrip("/"))
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.name.startswith(".upload-"):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted while listing
+                continue
+            if path.is_file():
+                yield StoredObject(str(path.relative_to(self.root)), stat.st_size,
+                                   datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -203,6 +231,15 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object below ``prefix/`` with its size and last-modified time."""
+        full = self._key(prefix.rstrip("/")) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"])
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

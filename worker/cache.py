@@ -37,3 +37,17 @@ def fill_once(cache_dir: Path, name: str, fill: Callable[[Path], None]) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def invalidate(cache_dir: Path, name: str) -> None:
+    """Drop ``cache_dir/name`` (under the entry's lock) so the next ``fill_once`` refills it."""
+    dest = cache_dir / name
+    if not dest.exists():
+        return
+    with open(cache_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.exists():
+            # Renamed first: a process that already opened files keeps reading them.
+            doomed = cache_dir / f".{name}.{uuid.uuid4().hex}.old"
+            dest.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)

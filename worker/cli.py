@@ -17,18 +17,21 @@ def main() -> None:
 
 
 @main.command("prepare-models")
-@click.option("--name", "names", multiple=True, help="Only these built-in models.")
+@click.option("--name", "names", multiple=True,
+              help="Only these models: built-in ones, or ones registered with `dorado-admin "
+                   "models add` (a GGUF is converted now instead of by the first job).")
 def prepare_models(names: tuple[str, ...]) -> None:
-    """Build the built-in base models into the model store and the local cache (once)."""
-    from worker.model_store import ensure_model
+    """Build the base models into the model store and the local cache (once)."""
+    from worker.model_store import ModelUnavailable, ensure_model
 
     settings = load_settings()
     store = open_store(settings)
-    for builtin in BUILTIN_MODELS:
-        if names and builtin.name not in names:
-            continue
-        path = ensure_model(settings, store, builtin.name)
-        click.echo(f"{builtin.name}: ready in {path}")
+    for name in names or [builtin.name for builtin in BUILTIN_MODELS]:
+        try:
+            path = ensure_model(settings, store, name)
+        except ModelUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{name}: ready in {path}")
 
 
 @main.command("serve-inference")

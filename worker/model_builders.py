@@ -59,16 +59,18 @@ def _gguf_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def build_smollm2(dest: Path) -> None:
-    """Convert the packaged SmolLM2-135M-Instruct GGUF to a float32 HF model in ``dest``.
+def convert_gguf(gguf: Path, dest: Path,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Convert a GGUF model file to a float32 Hugging Face model (safetensors) in ``dest``.
 
     A model loaded from GGUF refuses ``save_pretrained``, so its de-quantised weights are copied
-    into a model built from the same config, which can be saved. Takes ~30 s on a CPU.
+    into a model built from the same config, which can be saved. Only architectures built into
+    transformers load from GGUF: no custom code is ever run.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
+    gguf = Path(gguf)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     logger.info("Converting %s to safetensors in %s", gguf, dest)
@@ -81,7 +83,15 @@ def build_smollm2(dest: Path) -> None:
     del gguf_model
     model.generation_config.eos_token_id = config.eos_token_id
     model.save_pretrained(dest)
-    _gguf_tokenizer().save_pretrained(dest)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(dest)
+
+
+def build_smollm2(dest: Path) -> None:
+    """Convert the packaged SmolLM2-135M-Instruct GGUF to a float32 HF model in ``dest``
+    (~30 s on a CPU)."""
+    convert_gguf(smollm2_gguf_path(), dest, tokenizer=_gguf_tokenizer())
 
 
 def build_tiny_random_llama(dest: Path) -> None:
