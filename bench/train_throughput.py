@@ -2,15 +2,21 @@
 
 Same model (SmolLM2-135M-Instruct, float32, CPU), same data (a generated chat set with skewed
 lengths, see ``skewed_chat.py``), same hyperparameters (batch 8, lr 1e-3 linear decay, no
-warmup, clip 1.0, r=16 alpha=32 all-linear) and token budget (one pass over the same examples),
-for LoRA and DoRA, side by side in one invocation::
+warmup, clip 1.0, r=16 alpha=32 all-linear), same token budget (one pass over the examples),
+same adapter initialisation (torch seeded right before the adapter is attached) and the same
+batches: the Trainer's sampler replays the engine's epoch plan (random batches of 8), so the
+two runs see identical optimizer steps and their losses must agree up to float rounding; what
+differs is how each computes a step (the Trainer pads every batch to its longest example; the
+engine splits it into padding-aware micro-batches and computes the output head on loss
+positions only). ``--trainer-own-order`` lets the Trainer draw its own random batches instead
+(then the losses differ by the luck of the draw, in either direction). One command::
 
-    .venv/bin/python bench/train_throughput.py            # ~10 minutes on 2 CPU cores
+    .venv/bin/python bench/train_throughput.py            # ~6 minutes on 2 quiet CPU cores
     .venv/bin/python bench/train_throughput.py --examples 32 --methods lora
 
-Prints, for each run, real (non-padding) and padded tokens/s over the training steps only, the
-padding fraction, the last step's training loss and the loss/accuracy on 16 held-out examples,
-then our/baseline ratios.
+Prints a table: real (non-padding) and padded tokens/s over the training steps only, padding,
+the last step's training loss and the loss/accuracy on 16 held-out examples; then, per method,
+the engine/Trainer ratios against the targets of issue 4.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from bench_common import TimingReporter, heldout_metrics, smollm2_dir
 from skewed_chat import make_examples, write_jsonl
 
 from worker.training.adapters import attach_adapter
-from worker.training.data import load_dataset
+from worker.training.data import load_dataset, plan_epoch, step_micro_batches
 from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, TrainSpec
 
@@ -33,64 +39,55 @@ LR = 1e-3
 BATCH = 8
 
 
-def run_ours(method, model_dir, train_file, valid_examples, pad_id, out: Path, seed: int) -> dict:
+def adapter(method: str) -> AdapterSpec:
+    return AdapterSpec(type=method, r=16, alpha=32)
+
+
+class QuietReporter(TimingReporter):
+    """Times the steps without printing the engine's messages between the table's rows."""
+
+    def message(self, text: str, level: str = "info") -> None:
+        pass
+
+
+def run_ours(method, model_dir, train_file, examples, valid_examples, pad_id, out: Path,
+             seed: int) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    spec = TrainSpec(
-        adapter=AdapterSpec(type=method, r=16, alpha=32),
-        n_epochs=1,
-        batch_size=BATCH,
-        learning_rate=LR,
-        seed=seed,
-        extra={"device": "cpu"},
-    )
-    reporter = TimingReporter()
+    spec = TrainSpec(adapter=adapter(method), n_epochs=1, batch_size=BATCH, learning_rate=LR,
+                     seed=seed, extra={"device": "cpu"})
+    reporter = QuietReporter()
     result = train(spec, model_dir, train_file, out, reporter)
-    # Padded tokens: what the engine computed, re-derived from its own batching.
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out)
     loss, acc = heldout_metrics(tuned, valid_examples, pad_id)
-    return {
-        "seconds": reporter.seconds,
-        "real": result.trained_tokens,
-        "padded": _our_padded_tokens(model_dir, train_file, seed),
-        "last_loss": reporter.losses[-1],
-        "heldout_loss": loss,
-        "heldout_acc": acc,
-    }
-
-
-def _our_padded_tokens(model_dir, train_file, seed: int) -> int:
-    from transformers import AutoTokenizer
-
-    from worker.training.data import plan_epoch, step_micro_batches
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    examples = load_dataset(train_file, tok, 2048).examples
+    # Padded tokens: what the engine computed, re-derived from its own batching.
     lengths = [len(e) for e in examples]
-    return sum(
-        mb.n_padded_tokens
-        for batch in plan_epoch(lengths, BATCH, seed, 0)
-        for mb in step_micro_batches(examples, batch, lengths, 0)
-    )
+    padded = sum(mb.n_padded_tokens for batch in plan_epoch(lengths, BATCH, seed, 0)
+                 for mb in step_micro_batches(examples, batch, lengths, pad_id))
+    return {"seconds": reporter.seconds, "real": result.trained_tokens, "padded": padded,
+            "steps": reporter.steps, "last_loss": reporter.losses[-1], "heldout_loss": loss,
+            "heldout_acc": acc}
 
 
-def run_baseline(method, model_dir, train_examples, valid_examples, pad_id, seed: int) -> dict:
+def run_baseline(method, model_dir, examples, valid_examples, pad_id, seed: int,
+                 own_order: bool = False) -> dict:
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
+        PrinterCallback,
+        ProgressCallback,
         Trainer,
         TrainerCallback,
         TrainingArguments,
     )
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(seed)
-    model = attach_adapter(
-        AutoModelForCausalLM.from_pretrained(model_dir), AdapterSpec(type=method, r=16, alpha=32)
-    )
-    rows = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in train_examples]
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(seed)  # as the engine seeds right before attaching: the same LoRA A init
+    model = attach_adapter(base, adapter(method))
+    rows = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in examples]
     pad_collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     counts = {"real": 0, "padded": 0}
 
@@ -99,6 +96,14 @@ def run_baseline(method, model_dir, train_examples, valid_examples, pad_id, seed
         counts["real"] += int(batch["attention_mask"].sum())
         counts["padded"] += int(batch["input_ids"].numel())
         return batch
+
+    # The engine's batches, in its order: all full but the last, so consecutive runs of BATCH
+    # indices from this sampler are exactly the engine's batches.
+    order = [i for b in plan_epoch([len(e) for e in examples], BATCH, seed, 0) for i in b]
+
+    class SameBatches(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return super()._get_train_sampler(*args, **kwargs) if own_order else order
 
     times: dict[str, float] = {}
     losses: list[float] = []
@@ -116,44 +121,46 @@ def run_baseline(method, model_dir, train_examples, valid_examples, pad_id, seed
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=BATCH,
-            num_train_epochs=1,
-            learning_rate=LR,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            seed=seed,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
+            output_dir=tmp, per_device_train_batch_size=BATCH, num_train_epochs=1,
+            learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
+            use_cpu=True, seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
         )
-        Trainer(
-            model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()]
-        ).train()
+        trainer = SameBatches(model=model, args=args, train_dataset=rows,
+                              data_collator=collate, callbacks=[Clock()])
+        # Its per-step log lines would land in the middle of the table.
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.train()
     loss, acc = heldout_metrics(model, valid_examples, pad_id)
-    return {
-        "seconds": times["end"] - times["start"],
-        "real": counts["real"],
-        "padded": counts["padded"],
-        "last_loss": losses[-1],
-        "heldout_loss": loss,
-        "heldout_acc": acc,
-    }
+    return {"seconds": times["end"] - times["start"], "real": counts["real"],
+            "padded": counts["padded"], "steps": len(losses), "last_loss": losses[-1],
+            "heldout_loss": loss, "heldout_acc": acc}
 
 
-def show(name: str, r: dict) -> None:
-    print(
-        f"{name:16s} {r['real'] / r['seconds']:8.1f} real tok/s {r['padded'] / r['seconds']:8.1f}"
-        f" padded tok/s  padding {1 - r['real'] / r['padded']:5.1%}  {r['seconds']:6.1f} s"
-        f"  last loss {r['last_loss']:.4f}  held-out loss {r['heldout_loss']:.4f}"
-        f" acc {r['heldout_acc']:.3f}",
-        flush=True,
-    )
+HEADER = (f"{'run':14s} {'real tok/s':>10s} {'padded tok/s':>12s} {'padding':>8s} {'steps':>5s}"
+          f" {'seconds':>8s} {'last loss':>9s} {'held-out loss':>13s} {'acc':>6s}")
+
+
+def row(name: str, r: dict) -> str:
+    return (f"{name:14s} {r['real'] / r['seconds']:10.1f} {r['padded'] / r['seconds']:12.1f}"
+            f" {1 - r['real'] / r['padded']:8.1%} {r['steps']:5d} {r['seconds']:8.1f}"
+            f" {r['last_loss']:9.4f} {r['heldout_loss']:13.4f} {r['heldout_acc']:6.3f}")
+
+
+def verdict(method: str, ours: dict, base: dict) -> str:
+    ratio = (ours["real"] / ours["seconds"]) / (base["real"] / base["seconds"])
+    vs_padded = (ours["real"] / ours["seconds"]) / (base["padded"] / base["seconds"])
+    diff = ours["heldout_loss"] - base["heldout_loss"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    return (f"{method}: real tok/s engine/trainer {ratio:.2f}x (target >= 1.5x:"
+            f" {mark(ratio >= 1.5)}); engine real / trainer padded tok/s {vs_padded:.2f}"
+            f" (target >= 0.90: {mark(vs_padded >= 0.9)});"
+            f" held-out loss engine - trainer {diff:+.4f}"
+            f" (target <= 0, within rounding: {mark(diff <= 1e-3)})")
 
 
 def main() -> None:
@@ -161,45 +168,44 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--methods", nargs="+", default=["lora", "dora"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trainer-own-order", action="store_true",
+                        help="the Trainer draws its own random batches instead of the engine's")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
     model_dir = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    results: list[tuple[str, dict, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train_file = write_jsonl(root / "train.jsonl", make_examples(args.examples, seed=1))
         valid_file = write_jsonl(root / "valid.jsonl", make_examples(16, seed=2))
-        train_examples = load_dataset(train_file, tok, 2048).examples
+        examples = load_dataset(train_file, tok, 2048).examples
         valid_examples = load_dataset(valid_file, tok, 2048).examples
-        lengths = sorted(len(e) for e in train_examples)
-        print(
-            f"{len(lengths)} examples, {lengths[0]}..{lengths[-1]} tokens "
-            f"(median {lengths[len(lengths) // 2]}), batch {BATCH}, 1 epoch, "
-            f"{torch.get_num_threads()} threads",
-            flush=True,
-        )
+        lengths = sorted(len(e) for e in examples)
+        print(f"{len(lengths)} examples, {lengths[0]}..{lengths[-1]} tokens (median "
+              f"{lengths[len(lengths) // 2]}), batch {BATCH}, 1 epoch, "
+              f"{torch.get_num_threads()} threads; Trainer batches: "
+              f"{'its own' if args.trainer_own_order else 'the engine plan'}", flush=True)
         # An untimed one-step run first: the first steps of a process pay for allocator growth
         # and kernel selection, which would otherwise land on whichever run comes first.
         warm = write_jsonl(root / "warm.jsonl", make_examples(BATCH, seed=3))
-        run_ours("lora", model_dir, warm, valid_examples[:2], pad_id, root / "warm", args.seed)
+        warm_examples = load_dataset(warm, tok, 2048).examples
+        run_ours("lora", model_dir, warm, warm_examples, valid_examples[:2], pad_id,
+                 root / "warm", args.seed)
+        print(HEADER, flush=True)
         for method in args.methods:
-            ours = run_ours(
-                method, model_dir, train_file, valid_examples, pad_id, root / method, args.seed
-            )
-            show(f"ours {method}", ours)
-            base = run_baseline(
-                method, model_dir, train_examples, valid_examples, pad_id, args.seed
-            )
-            show(f"trainer {method}", base)
-            ratio = (ours["real"] / ours["seconds"]) / (base["real"] / base["seconds"])
-            vs_padded = (ours["real"] / ours["seconds"]) / (base["padded"] / base["seconds"])
-            print(
-                f"{method}: real tok/s ours/trainer {ratio:.2f}x; ours real vs trainer padded "
-                f"tok/s {vs_padded:.2f}",
-                flush=True,
-            )
+            ours = run_ours(method, model_dir, train_file, examples, valid_examples, pad_id,
+                            root / method, args.seed)
+            print(row(f"engine {method}", ours), flush=True)
+            base = run_baseline(method, model_dir, examples, valid_examples, pad_id, args.seed,
+                                args.trainer_own_order)
+            print(row(f"trainer {method}", base), flush=True)
+            results.append((method, ours, base))
+    print()
+    for method, ours, base in results:
+        print(verdict(method, ours, base))
 
 
 if __name__ == "__main__":

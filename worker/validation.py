@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from core import jobs
 from core.db import session_scope
 from core.models import File, Job
@@ -15,7 +17,8 @@ from core.queue import publish_job
 from core.settings import Settings
 from core.storage import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
-from worker.model_store import ModelUnavailable, ensure_model
+from worker.model_files import ensure_tokenizer_files
+from worker.model_store import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def validate(settings: Settings, job_id: str) -> None:
     store = open_store(settings)
     stats: dict[str, Any] = {}
     try:
-        base_dir = ensure_model(settings, store, model)
+        base_dir = ensure_tokenizer_files(settings, store, model)  # no weights needed
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         limit = options.get("max_seq_length") or min(
             DEFAULT_MAX_SEQ_LENGTH,
@@ -96,8 +99,9 @@ def validate(settings: Settings, job_id: str) -> None:
                   if "validation_file" in stats else {})}
     with session_scope(settings.database_url) as session:
         moved = jobs.finish_validation(session, job_id, summary)
+        pool = session.scalar(select(Job.pool).where(Job.id == job_id))
     if moved:
-        publish_job(settings, job_id)
+        publish_job(settings, job_id, pool)
         with session_scope(settings.database_url) as session:
             jobs.mark_published(session, job_id)
         log.info("job %s: validated (%s examples, %s tokens)", job_id, training["examples"],

@@ -172,6 +172,23 @@ def test_cancel_stops_within_one_step_and_saves_nothing(
     assert not (tmp_path / "a").exists()
 
 
+def test_a_checkpoint_of_the_old_length_grouped_default_resumes_with_its_own_batches(
+    files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Written before the default became random batches (group_size_multiplier 16 -> 1): a
+    # job paused across the upgrade continues with the batches it started with.
+    spec = replace(SPEC, n_epochs=1, checkpoint_every_n_steps=None, eval_every_n_steps=None)
+    old = replace(spec, extra={**spec.extra, "group_size_multiplier": 16})
+    whole = train(old, tiny_model_dir, files[0], tmp_path / "whole", RecordingReporter())
+    paused = RecordingReporter(pause_after=2, checkpoint_root=tmp_path / "ckpts")
+    with pytest.raises(TrainingPaused):
+        train(old, tiny_model_dir, files[0], tmp_path / "p", paused)
+    again = train(spec, tiny_model_dir, files[0], tmp_path / "again", RecordingReporter(),
+                  resume_from=paused.checkpoint_copies[-1])
+    assert (again.steps, again.trained_tokens) == (whole.steps, whole.trained_tokens)
+    _assert_same_adapter(again.adapter_dir, whole.adapter_dir)
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(
     full_run, files, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -182,7 +182,7 @@ def test_length_grouping_keeps_padding_low_on_skewed_lengths() -> None:
         real = sum(s.n_tokens for s in stats)
         return 1 - real / sum(s.n_padded_tokens for s in stats)
 
-    grouped = plan_epoch(lengths, batch_size=8, seed=0, epoch=0)
+    grouped = plan_epoch(lengths, batch_size=8, seed=0, epoch=0, group_size_multiplier=16)
     order = list(range(len(lengths)))
     random.Random(0).shuffle(order)
     naive = [order[i : i + 8] for i in range(0, len(order), 8)]
@@ -192,6 +192,20 @@ def test_length_grouping_keeps_padding_low_on_skewed_lengths() -> None:
     # Every example exactly once, full batches except possibly the last.
     assert sorted(i for b in grouped for i in b) == list(range(len(lengths)))
     assert all(len(b) == 8 for b in grouped[:-1])
+
+
+def test_default_batches_are_random_draws_not_length_groups() -> None:
+    # Length-homogeneous batches change what a short run learns (bench/README.md); by default
+    # a batch mixes lengths like a random draw, as the Trainer's do.
+    lengths = _skewed_lengths()  # 10% long examples
+    plan = plan_epoch(lengths, batch_size=8, seed=0, epoch=0)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    mixed = [b for b in plan if {lengths[i] > 100 for i in b} == {True, False}]
+    # A random batch of 8 holds a long example with probability 1 - 0.9^8 = 57%; a grouped
+    # plan keeps the 20 long ones together in 3 batches.
+    assert len(mixed) >= 8
+    grouped = plan_epoch(lengths, batch_size=8, seed=0, epoch=0, group_size_multiplier=16)
+    assert len([b for b in grouped if {lengths[i] > 100 for i in b} == {True, False}]) <= 2
 
 
 def test_epoch_plan_is_seeded_and_varies_by_epoch() -> None:
@@ -218,8 +232,11 @@ def test_micro_batches_respect_example_and_token_limits() -> None:
 def test_micro_batches_split_off_long_examples_to_cut_padding() -> None:
     lengths = [50, 52, 55, 60, 61, 64, 70, 230]
     # One micro-batch would compute 8 x 230 tokens, 72% of it padding.
-    parts = split_micro_batches(range(8), lengths, max_examples=8, max_tokens=8192)
+    parts = split_micro_batches(range(8), lengths, max_examples=8, max_tokens=8192,
+                                overhead_tokens=64)
     assert parts == [[0, 1, 2, 3, 4, 5, 6], [7]]
+    # The default overhead (32) also splits 50..61 from 64..70: 771 tokens computed vs 784.
+    assert split_micro_batches(range(8), lengths, 8, 8192) == [[0, 1, 2, 3, 4], [5, 6], [7]]
     # Without an overhead per micro-batch, every length gets its own; with a huge one, none.
     assert len(split_micro_batches(range(8), lengths, 8, 8192, overhead_tokens=0)) == 8
     assert len(split_micro_batches(range(8), lengths, 8, 8192, overhead_tokens=10**6)) == 1

@@ -129,6 +129,48 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir: Path, token
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_head_on_loss_positions_only_gives_the_full_forwards_loss_and_gradients(
+    tiny_model_dir: Path, tokenizer
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.adapters import attach_adapter
+    from worker.training.logits import split_head
+
+    replies = ["Arr!", "Arr! " + "Yo ho ho, " * 9, "Arr! Aye, the sea be calm today."]
+    examples = [
+        tokenize_conversation(tokenizer, parse_line(chat(f"Question {i}?", r)))
+        for i, r in enumerate(replies)
+    ]
+    torch.manual_seed(0)
+    model = attach_adapter(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), AdapterSpec(type="dora", r=4)
+    )
+    # Move B off zero, so that every adapter parameter gets a gradient.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    assert split_head(model) is not None  # the tiny Llama takes the short path
+
+    def run(positions_only: bool):
+        model.zero_grad(set_to_none=True)
+        batch = collate(examples, pad_token_id=2)  # padded rows: padding must stay out
+        stats = forward_backward(model, [batch], torch.device("cpu"),
+                                 loss_positions_only=positions_only)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return stats, grads
+
+    short, short_grads = run(True)
+    full, full_grads = run(False)
+    assert short.loss == pytest.approx(full.loss, rel=1e-6)
+    assert short.accuracy == full.accuracy
+    assert short_grads.keys() == full_grads.keys() and short_grads
+    for name, grad in full_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(short_grads[name], grad, rtol=1e-4, atol=1e-7)
+
+
 def test_should_stop_raises_before_the_next_step(
     tiny_model_dir: Path, small_chat_file: Path, tmp_path: Path
 ) -> None:

@@ -9,10 +9,12 @@ Optional knobs read from ``TrainSpec.extra`` (all have defaults):
 * ``lr_scheduler``: "linear" (default), "cosine" or "constant", after linear warmup.
 * ``micro_batch_size`` (8) and ``micro_batch_tokens`` (8192): gradient-accumulation split of
   each optimizer batch; they change memory use, not the maths.
-  ``micro_batch_overhead_tokens`` (64): what one more micro-batch is taken to cost when the
+  ``micro_batch_overhead_tokens`` (32): what one more micro-batch is taken to cost when the
   split also cuts padding (see ``worker.training.data.split_micro_batches``).
-* ``group_size_multiplier`` (16): length grouping of batches (``worker.training.data.plan_epoch``);
-  1 gives plain random batches, whose padding the micro-batch split alone then keeps low.
+* ``group_size_multiplier`` (1): length grouping of batches (``worker.training.data.plan_epoch``);
+  1 gives random batches like the Trainer's, whose padding the micro-batch split keeps low;
+  more makes batches homogeneous in length (less padding, a different optimisation).
+  A resumed run keeps the value its checkpoint was written with unless it is given here.
 * ``device``: "cpu" or "cuda" to override the automatic choice.
 * ``base_model_name``: written as ``base_model_name_or_path`` in ``adapter_config.json``
   instead of the local directory the base model was loaded from.
@@ -21,6 +23,8 @@ Optional knobs read from ``TrainSpec.extra`` (all have defaults):
 * ``fast_dora`` (True): compute DoRA's weight norm without materialising the weight (see
   ``worker.training.fast_dora``); results equal PEFT's default path within float tolerance.
 * ``learning_rate``: an absolute learning rate that replaces ``TrainSpec.learning_rate``.
+* ``loss_positions_only`` (True): compute the output head only where the loss reads it (see
+  ``worker.training.logits``); same loss and gradients, less compute.
 
 Checkpoints (adapter + optimizer + scheduler + RNG + data position, see
 ``worker.training.checkpoints``) are written at every epoch end, every
@@ -53,6 +57,7 @@ from worker.training.adapters import attach_adapter
 from worker.training.checkpoints import (
     TrainingState,
     load_training_checkpoint,
+    read_training_state,
     save_training_checkpoint,
 )
 from worker.training.data import (
@@ -69,6 +74,7 @@ from worker.training.data import (
     split_micro_batches,
     step_micro_batches,
 )
+from worker.training.logits import split_head, target_logits
 from worker.training.parallel import DataParallel
 from worker.training.spec import (
     METRIC_KEYS,
@@ -266,41 +272,32 @@ def forward_backward(
     micro_batches: Sequence[Batch],
     device: torch.device,
     loss_tokens: int | None = None,
+    loss_positions_only: bool = True,
 ) -> StepStats:
     """Forward/backward over the micro-batches of one optimizer step; gradients accumulate.
 
     Each micro-batch's summed token loss is divided by the whole step's count of loss tokens
     (``loss_tokens``, which under data parallelism counts every rank's share; by default the
     count in ``micro_batches``), so the accumulated gradient is that of the token-weighted mean
-    over the step, however the step was split. The returned ``loss`` and ``accuracy`` use the
-    same denominator, so they sum over ranks.
+    over the step (every assistant token of the global batch weighs the same, as in one
+    unsplit batch), however the step was split. The returned ``loss`` and ``accuracy`` use the
+    same denominator, so they sum over ranks. ``loss_positions_only`` computes the output head
+    on the loss positions alone where the model allows it (``worker.training.logits``).
     """
     # Labels are shifted by one against the logits; the count must be of the shifted labels.
     local = sum(int((mb.labels[:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
     denom = max(local if loss_tokens is None else loss_tokens, 1)
+    split = split_head(model) if loss_positions_only else None
     loss_sum = 0.0
     correct = 0
     for mb in micro_batches:
-        targets = mb.labels[:, 1:].to(device)
-        out = model(
-            input_ids=mb.input_ids.to(device),
-            attention_mask=mb.attention_mask.to(device),
-            use_cache=False,
-        )
-        # fp32 logits: a bf16 softmax over a large vocabulary loses the precision the loss needs.
-        logits = out.logits[:, :-1].float()
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        logits, targets = target_logits(model, mb, device, split)
+        loss = F.cross_entropy(logits, targets, reduction="sum")
         (loss / denom).backward()
         with torch.no_grad():
-            mask = targets != IGNORE_INDEX
-            correct += int((logits.argmax(dim=-1)[mask] == targets[mask]).sum())
+            correct += int((logits.argmax(dim=-1) == targets).sum())
             loss_sum += float(loss)
-        del out, logits, loss
+        del logits, loss
     return StepStats(
         loss=loss_sum / denom,
         accuracy=correct / denom,
@@ -328,24 +325,17 @@ def evaluate(
     parallel = parallel or DataParallel()
     lengths = [len(ex) for ex in examples]
     mine = parallel.shard(range(len(examples)), lengths)
+    split = split_head(model)
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     try:
         for part in split_micro_batches(mine, lengths, micro_batch_size, micro_batch_tokens):
             batch = collate([examples[i] for i in part], pad_token_id)
-            targets = batch.labels[:, 1:].to(device)
-            logits = model(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                use_cache=False,
-            ).logits[:, :-1].float()
-            mask = targets != IGNORE_INDEX
-            sums[0] += float(
-                F.cross_entropy(logits[mask], targets[mask], reduction="sum")
-            )
-            sums[1] += int((logits.argmax(dim=-1)[mask] == targets[mask]).sum())
-            sums[2] += int(mask.sum())
+            logits, targets = target_logits(model, batch, device, split)
+            sums[0] += float(F.cross_entropy(logits, targets, reduction="sum"))
+            sums[1] += int((logits.argmax(dim=-1) == targets).sum())
+            sums[2] += int(targets.numel())
     finally:
         model.train(was_training)
     sums = parallel.sum_(sums.to(parallel.comm_device())).cpu()
@@ -464,6 +454,7 @@ class _Run:
         self.micro_overhead = int(
             str(spec.extra.get("micro_batch_overhead_tokens", MICRO_BATCH_OVERHEAD_TOKENS))
         )
+        self.loss_positions_only = _extra_bool(spec, "loss_positions_only", True)
 
     # setup
 
@@ -519,6 +510,10 @@ class _Run:
         )
         self.pad_id = _pad_token_id(tokenizer)
         self.eval_every = eval_interval(spec, self.total_steps)
+        if resume_from is not None and "group_size_multiplier" not in spec.extra:
+            # A checkpoint written under an older default continues with its own batches.
+            written = read_training_state(resume_from).fingerprint.get("group_size_multiplier")
+            self.group_multiplier = int(written or self.group_multiplier)
         self.fingerprint = self._fingerprint(max_len)
         self.state = TrainingState(
             step=0,
@@ -632,7 +627,9 @@ class _Run:
             self.micro_overhead,
         )
         loss_tokens = sum(self.predicted[i] for i in indices)
-        local = forward_backward(self.model, micro, self.device, loss_tokens)
+        local = forward_backward(
+            self.model, micro, self.device, loss_tokens, self.loss_positions_only
+        )
         self.parallel.sum_gradients(self.trainable)
         sums = torch.tensor([local.loss, local.accuracy], dtype=torch.float64)
         loss, accuracy = self.parallel.sum_(sums.to(self.parallel.comm_device())).tolist()
