@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from core.storage import ObjectNotFound
 from worker.model_store import ModelUnavailable
+from worker.training.spec import TrainingProcessLost
 
 # Errors that may pass by themselves: retried (bounded). User errors never are.
-TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable"})
+TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable",
+                             "training_process_lost"})
 
 
 def classify(exc: BaseException) -> tuple[str, str, str | None]:
     """(code, human message, param) for a failed run."""
+    if isinstance(exc, TrainingProcessLost):
+        return "training_process_lost", f"A training process was lost: {exc}", None
     if isinstance(exc, ObjectNotFound):
         return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
     if _is_storage_error(exc):

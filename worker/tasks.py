@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from core import checkpoints, jobs
+from core import checkpoints, jobs, scheduling
 from core.db import session_scope
 from core.files import create_system_file
 from core.hyperparams import learning_rate
 from core.models import File, Job
-from core.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK
+from core.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
 from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
-from worker import artifacts, shutdown
+from worker import artifacts, registry, shutdown
 from worker.celery_app import app
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_store import ensure_model
@@ -28,9 +28,12 @@ from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, T
 
 log = logging.getLogger(__name__)
 
+HAND_BACK_DELAY_SECONDS = 1.0
+
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The registry name (Celery node name) of a training worker, else ``host:pid``."""
+    return registry.name() or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def build_spec(job: Job) -> TrainSpec:
@@ -94,12 +97,51 @@ def validate_job(job_id: str) -> None:
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
+    """A wake-up for this worker's pool: claim the best eligible queued job (core.scheduling;
+    not necessarily ``job_id``) and train it."""
     settings = load_settings()
     with session_scope(settings.database_url) as session:
-        attempt = jobs.claim_job(session, job_id, worker_name(), settings.lease_seconds)
-    if attempt is None:
-        log.info("job %s: not claimable (already taken, cancelled or finished)", job_id)
+        dispatched = scheduling.claim_next(session, pool=registry.pool(), worker=worker_name(),
+                                           lease_seconds=settings.lease_seconds)
+    if dispatched is None:
+        if registry.draining():
+            _hand_back(settings, job_id)
+        else:
+            log.info("wake-up for job %s: nothing eligible in pool %s", job_id,
+                     registry.pool())
         return
+    registry.set_current_job(dispatched.job_id)
+    try:
+        _run_claimed(settings, dispatched.job_id, dispatched.attempt)
+    finally:
+        registry.set_current_job(None)
+        _wake_held(settings, dispatched.organization_id)
+
+
+def _hand_back(settings: Settings, job_id: str) -> None:
+    """A draining worker got a wake-up (before its consumer was cancelled): send it again
+    for another worker of the pool, so that it is not lost."""
+    shutdown.wait(HAND_BACK_DELAY_SECONDS)  # never a hot loop if this worker gets it back
+    try:
+        publish_job(settings, job_id, registry.pool())
+        log.info("draining: handed the wake-up for job %s back to %s", job_id,
+                 registry.queue())
+    except Exception:  # the sweeper re-publishes the job
+        log.exception("draining: could not hand back job %s", job_id)
+
+
+def _wake_held(settings: Settings, org_id: str) -> None:
+    """A job left running: wake a worker for the organization's job its quota held back."""
+    try:
+        with session_scope(settings.database_url) as session:
+            held = scheduling.next_held(session, org_id)
+        if held is not None:
+            publish_job(settings, held[0], held[1])
+    except Exception:  # the sweeper re-publishes it
+        log.exception("could not wake a worker for organization %s", org_id)
+
+
+def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
     log.info("job %s: claimed (attempt %s)", job_id, attempt)
     store = open_store(settings)
     with session_scope(settings.database_url) as session:
@@ -142,7 +184,8 @@ def run_job(job_id: str) -> None:
 
 def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
            reporter: JobReporter) -> None:
-    from worker.training.recipe import train
+    from core.logconfig import configure_logging
+    from worker.training.distributed import plan_parallelism, run_training
 
     claimed = _load(settings, job_id)
     with tempfile.TemporaryDirectory(prefix=f"dorado-{job_id}-") as tmp_name:
@@ -163,8 +206,12 @@ def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
             raise TrainingStopped()
         if shutdown.in_progress():  # nothing trained yet: hand the job back as it was
             raise TrainingPaused(step=0)
-        result = train(claimed.spec, base_dir, data_path, tmp / "adapter", reporter,
-                       validation_file=valid_path, resume_from=resume_dir)
+        # One process per GPU (or DORADO_WORKER_CPU_PROCESSES on CPU); rank 0 uses `reporter`.
+        plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
+        result = run_training(claimed.spec, base_dir, data_path, tmp / "adapter", reporter,
+                              plan=plan, validation_file=valid_path, resume_from=resume_dir,
+                              timeout_seconds=settings.worker_dist_timeout_seconds,
+                              log_setup=configure_logging)
         if reporter.should_stop():
             raise TrainingStopped()
         key = artifacts.adapter_key(job_id)

@@ -80,7 +80,7 @@ def test_schema_rejects_a_broken_file(compose: dict[str, Any], compose_schema) -
 def test_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) >= {
         "postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "worker-cpu",
-        "validator", "scheduler"}
+        "validator", "scheduler", "inference", "inference-cpu"}
 
 
 def test_start_order(compose: dict[str, Any]) -> None:
@@ -142,3 +142,18 @@ def test_validator_serves_the_validation_queue(compose: dict[str, Any]) -> None:
     command = compose["services"]["validator"]["command"]
     assert command[command.index("-Q") + 1] == "dorado.validate"
     assert "deploy" not in compose["services"]["validator"]  # no GPU needed
+
+
+def test_inference_service_behind_the_api(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["api"]["environment"]["DORADO_INFERENCE_URL"] == "http://inference:8001"
+    gpu, cpu = services["inference"], services["inference-cpu"]
+    for service in (gpu, cpu):
+        assert service["command"][:2] == ["dorado-worker", "serve-inference"]
+        assert service["command"][service["command"].index("--port") + 1] == "8001"
+        assert "8001" in service["healthcheck"]["test"][-1]
+        assert "ports" not in service  # it trusts its caller: reachable by the API only
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "profiles" not in gpu
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+    assert cpu["networks"]["default"]["aliases"] == ["inference"]

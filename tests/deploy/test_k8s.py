@@ -125,7 +125,7 @@ def test_base_components() -> None:
     docs = render("base")
     deployments = by_kind(docs, "Deployment")
     assert set(deployments) == {"dorado-api", "dorado-scheduler", "dorado-worker-a100-80gb",
-                                "dorado-worker-l4", "dorado-validator"}
+                                "dorado-worker-l4", "dorado-validator", "dorado-inference"}
     validator = deployments["dorado-validator"]["spec"]["template"]["spec"]["containers"][0]
     assert validator["command"][validator["command"].index("-Q") + 1] == "dorado.validate"
     assert "nvidia.com/gpu" not in validator["resources"].get("limits", {})
@@ -168,3 +168,21 @@ def test_overlays() -> None:
 def test_manifests_parse() -> None:
     for path in sorted(K8S.rglob("*.yaml")):
         assert list(yaml.safe_load_all(Path(path).read_text())), path
+
+
+def test_inference_service_reached_by_the_api_only() -> None:
+    docs = render("base")
+    config = by_kind(docs, "ConfigMap")["dorado-config"]["data"]
+    service = by_kind(docs, "Service")["dorado-inference"]
+    assert config["DORADO_INFERENCE_URL"] == (
+        f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}")
+    pod = by_kind(docs, "Deployment")["dorado-inference"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:2] == ["dorado-worker", "serve-inference"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    policy = by_kind(docs, "NetworkPolicy")["dorado-inference"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert [rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for rule in policy["ingress"]] == ["api"]

@@ -83,18 +83,26 @@ class RecordingReporter:
         return [m[2] for m in self.metrics_calls]
 
 
-def make_recording_reporter() -> RecordingReporter:
-    """A picklable reporter factory for data-parallel runs."""
-    return RecordingReporter()
-
-
 @dataclass
-class PauseAfterTwo(RecordingReporter):
-    """Pauses before the third step."""
+class RankKillingReporter(RecordingReporter):
+    """Kills rank process ``rank`` of a data-parallel run (SIGKILL) once ``after`` steps ran.
 
-    pause_after: int | None = 2
+    It lives in the launcher's process, as the worker's reporter does, so the rank processes
+    are its children.
+    """
 
+    rank: int = 1
+    after: int = 2
+    killed: int | None = None
 
-def make_pausing_reporter() -> RecordingReporter:
-    """A picklable reporter factory whose reporter pauses after two steps."""
-    return PauseAfterTwo()
+    def should_stop(self) -> bool:
+        import multiprocessing
+        import os
+        import signal
+
+        if self.killed is None and len(self.metrics_calls) >= self.after:
+            for child in multiprocessing.active_children():
+                if child.name == f"dorado-rank-{self.rank}":
+                    os.kill(child.pid, signal.SIGKILL)
+                    self.killed = child.pid
+        return super().should_stop()

@@ -1,28 +1,115 @@
 """Train one job on several devices of one worker with ``torch.distributed``.
 
-:func:`train_data_parallel` starts ``world_size`` processes, joins them into a process group
-(NCCL on CUDA, one GPU per rank; gloo on CPU) and runs :func:`worker.training.recipe.train` in
-each. The recipe sees the group (``worker.training.parallel``): every rank trains on its share of
-every batch, gradients are summed across ranks, and rank 0 alone talks to the reporter, writes
-checkpoints and saves the adapter. The result equals a single-process run of the same global
-batch up to float rounding.
+:func:`run_training` is what the worker calls: one process trains in place; more than one
+goes through :func:`train_data_parallel`, which spawns ``world_size`` rank processes, joins them
+into a process group (NCCL on CUDA, one GPU per rank; gloo on CPU) and runs
+:func:`worker.training.recipe.train` in each. The recipe sees the group
+(``worker.training.parallel``): every rank trains on its share of every batch, gradients are
+summed across ranks, and rank 0 alone talks to the reporter, writes checkpoints and saves the
+adapter. The result equals a single-process run of the same global batch up to float rounding.
 
-The reporter is built inside rank 0 by ``reporter_factory`` (a picklable callable): a reporter
-holds connections that cannot cross a process boundary.
+The reporter stays in the calling process (it holds database connections, a lease heartbeat
+thread and the worker's shutdown flag, none of which can cross a process boundary). Rank 0
+gets a :class:`ReporterProxy` whose every call is carried over a pipe and answered by the caller,
+so cancel, pause, metrics and checkpoints behave exactly as in a single-process run.
+
+The caller supervises the ranks. A rank that dies (killed, segfault, out of memory) without
+reporting ends the run with :class:`~worker.training.spec.TrainingProcessLost`; a rank that
+raises ends it with that exception; in both cases the other ranks, which may be blocked in a
+collective waiting for the dead one, are killed after a short grace period. The process
+group's own timeout bounds any collective that hangs without a crash. Ranks ignore SIGINT and
+SIGTERM (a shutdown reaches them as a pause through rank 0's reporter) and die with their
+parent, so a worker killed outright leaves no rank behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import signal
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing import connection, get_context
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
-from worker.training.spec import CheckpointInfo, Reporter, TrainResult, TrainSpec
+from worker.training.spec import (
+    CheckpointInfo,
+    Reporter,
+    TrainingPaused,
+    TrainingProcessLost,
+    TrainingStopped,
+    TrainResult,
+    TrainSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 1800.0
+"""Default process-group timeout: how long a collective may wait for a silent rank."""
+
+FAILURE_GRACE_SECONDS = 10.0
+"""After one rank failed, how long the others get to report their own error and exit."""
+
+EXIT_GRACE_SECONDS = 5.0
+"""How long ranks get to exit by themselves once the run is decided."""
+
+REPORTER_METHODS = frozenset(
+    {"metrics", "message", "should_stop", "should_pause", "save_checkpoint"}
+)
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How many processes train one job, and over which ``torch.distributed`` backend."""
+
+    world_size: int
+    backend: str
+
+    @property
+    def device_type(self) -> str:
+        """"cuda" for NCCL (one GPU per rank), else "cpu"."""
+        return "cuda" if self.backend == "nccl" else "cpu"
+
+
+def plan_parallelism(gpus_per_job: str, cpu_processes: int) -> ParallelPlan:
+    """The plan for a worker's jobs from its settings.
+
+    Args:
+        gpus_per_job: ``"all"`` (every visible CUDA device) or a number of GPUs per job.
+        cpu_processes: gloo processes per job when no CUDA device is visible.
+
+    More GPUs asked for than are visible is capped (with a warning) at those visible.
+
+    Raises:
+        RuntimeError: a setting that is not a count >= 1 (a worker misconfiguration, not
+            something the job's owner can fix).
+    """
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus:
+        value = gpus_per_job.strip().lower()
+        wanted = n_gpus if value in ("", "all") else _count(value, "DORADO_WORKER_GPUS_PER_JOB")
+        if wanted > n_gpus:
+            logger.warning("%d GPUs per job configured but %d visible; using %d",
+                           wanted, n_gpus, n_gpus)
+        return ParallelPlan(min(wanted, n_gpus), "nccl")
+    return ParallelPlan(_count(str(cpu_processes), "DORADO_WORKER_CPU_PROCESSES"), "gloo")
+
+
+def _count(value: str, setting: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise RuntimeError(f"{setting} must be a number >= 1 (or 'all' for GPUs), got {value!r}")
+    return count
 
 
 class SilentReporter:
@@ -46,6 +133,44 @@ class SilentReporter:
         """Ignore checkpoints."""
 
 
+class ReporterProxy:
+    """Rank 0's reporter: forwards every call to the launcher's reporter and waits for it.
+
+    ``save_checkpoint`` returns only once the launcher has persisted the directory, which the
+    recipe deletes afterwards; both processes share the machine's file system.
+    """
+
+    def __init__(self, conn: connection.Connection) -> None:
+        self._conn = conn
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._conn.send(("call", name, args, kwargs))
+        status, value = self._conn.recv()
+        if status == "error":
+            raise value
+        return value
+
+    def metrics(self, *args: Any, **kwargs: Any) -> None:
+        """Forward metrics."""
+        self._call("metrics", *args, **kwargs)
+
+    def message(self, text: str, level: str = "info") -> None:
+        """Forward an event message."""
+        self._call("message", text, level)
+
+    def should_stop(self) -> bool:
+        """Ask the launcher's reporter."""
+        return bool(self._call("should_stop"))
+
+    def should_pause(self) -> bool:
+        """Ask the launcher's reporter."""
+        return bool(self._call("should_pause"))
+
+    def save_checkpoint(self, info: CheckpointInfo) -> None:
+        """Have the launcher persist the checkpoint directory."""
+        self._call("save_checkpoint", info)
+
+
 def free_port() -> int:
     """A TCP port on localhost that is free right now, for the group's rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -58,37 +183,76 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _worker(
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError naming it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a rank must not train on (and hold a GPU) after its worker was killed.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the launcher's cleanup still applies
+        pass
+
+
+@dataclass(frozen=True)
+class _RankConfig:
+    world_size: int
+    port: int
+    backend: str
+    timeout_seconds: float
+    parent_pid: int
+    log_setup: Callable[[], None] | None
+
+
+def _rank_main(
     rank: int,
-    world_size: int,
-    port: int,
-    backend: str,
+    config: _RankConfig,
+    conn: connection.Connection,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    reporter_factory: Callable[[], Reporter],
-    results: Any,
 ) -> None:
+    """Entry point of one rank process."""
+    # A shutdown reaches the ranks as a pause decided by rank 0's reporter; the signal itself
+    # (sent to the worker's whole process group by some supervisors) must not kill them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != config.parent_pid:  # the parent died before the line above
+        os._exit(1)
+    if config.log_setup is not None:
+        config.log_setup()
     import torch.distributed as dist
 
     from worker.training.recipe import train
 
-    if backend == "gloo":
+    if config.backend == "gloo":
         # The ranks share the machine's cores; more threads than cores each only thrash.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.world_size))
     try:
-        reporter = reporter_factory() if rank == 0 else SilentReporter()
+        dist.init_process_group(
+            config.backend,
+            init_method=f"tcp://127.0.0.1:{config.port}",
+            rank=rank,
+            world_size=config.world_size,
+            timeout=timedelta(seconds=config.timeout_seconds),
+        )
+        reporter = ReporterProxy(conn) if rank == 0 else SilentReporter()
         result = train(*args, reporter, **kwargs)
-        if rank == 0:
-            results.put(("ok", result))
+        conn.send(("result", result))
     except BaseException as exc:
-        if rank == 0:
-            results.put(("error", exc))
-        raise
+        conn.send(("raised", _portable(exc)))
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        conn.close()
 
 
 def train_data_parallel(
@@ -97,39 +261,196 @@ def train_data_parallel(
     base_model_dir: Path,
     training_file: Path,
     output_dir: Path,
-    reporter_factory: Callable[[], Reporter],
+    reporter: Reporter,
     *,
     validation_file: Path | None = None,
     resume_from: Path | None = None,
     backend: str | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    log_setup: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run :func:`~worker.training.recipe.train` on ``world_size`` processes; rank 0's result.
 
-    Raises whatever rank 0's ``train`` raised (``TrainingStopped``, ``TrainingPaused``, ...),
-    or ``RuntimeError`` when another rank failed.
+    ``reporter`` is called in this process, on behalf of rank 0. ``log_setup`` (a picklable
+    function) configures logging in each rank process.
+
+    Raises:
+        whatever rank 0's ``train`` raised (``TrainingStopped``, ``TrainingPaused``, ...), the
+        first error of another rank, an error the reporter raised, or ``TrainingProcessLost``
+        when a rank died without a word.
     """
     if world_size < 1:
         raise ValueError("world_size must be >= 1")
-    backend = backend or default_backend()
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
+    ctx = get_context("spawn")
+    config = _RankConfig(
+        world_size=world_size,
+        port=free_port(),
+        backend=backend or default_backend(),
+        timeout_seconds=timeout_seconds,
+        parent_pid=os.getpid(),
+        log_setup=log_setup,
+    )
     args = (spec, Path(base_model_dir), Path(training_file), Path(output_dir))
     kwargs = {"validation_file": validation_file, "resume_from": resume_from}
+    ranks: list[Any] = []
+    conns: list[connection.Connection] = []
     try:
-        mp.start_processes(
-            _worker,
-            args=(world_size, free_port(), backend, args, kwargs, reporter_factory, results),
-            nprocs=world_size,
-            join=True,
-            start_method="spawn",
+        for rank in range(world_size):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=_rank_main,
+                args=(rank, config, theirs, args, kwargs),
+                name=f"dorado-rank-{rank}",
+            )
+            proc.start()
+            theirs.close()
+            ranks.append(proc)
+            conns.append(ours)
+        return _Supervisor(ranks, conns, reporter).run()
+    finally:
+        # Ranks that finished exit by themselves; any still blocked (in a collective waiting
+        # for a failed peer, say) are killed.
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        for proc in ranks:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in ranks:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for conn in conns:
+            conn.close()
+
+
+class _Supervisor:
+    """Serves rank 0's reporter calls and watches every rank until all have finished."""
+
+    def __init__(self, ranks: list[Any], conns: list[connection.Connection],
+                 reporter: Reporter) -> None:
+        self.ranks = ranks
+        self.conns = conns
+        self.reporter = reporter
+        self.outcomes: dict[int, tuple[str, Any]] = {}
+        self.first_error: BaseException | None = None
+        self.reporter_error: BaseException | None = None
+        self.gave_up_at: float | None = None
+
+    def run(self) -> TrainResult:
+        open_conns = dict(enumerate(self.conns))
+        watching = {proc.sentinel: rank for rank, proc in enumerate(self.ranks)}
+        while len(self.outcomes) < len(self.ranks):
+            if self.gave_up_at is not None and time.monotonic() > self.gave_up_at:
+                break
+            ready = connection.wait([*open_conns.values(), *watching], timeout=1.0)
+            for item in ready:
+                if item in watching:
+                    rank = watching.pop(item)
+                    self._exited(rank, open_conns)
+                    continue
+                rank = next(r for r, c in open_conns.items() if c is item)
+                self._receive(rank, item, open_conns)
+        return self._result()
+
+    def _receive(self, rank: int, conn: connection.Connection,
+                 open_conns: dict[int, connection.Connection]) -> bool:
+        """Handle one message from ``rank``; False when its pipe is closed."""
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            open_conns.pop(rank, None)  # the rank exited; its sentinel tells how
+            return False
+        except Exception as exc:  # a message that did not unpickle
+            message = ("raised", RuntimeError(f"rank {rank} failed: {exc}"))
+        kind = message[0]
+        if kind == "call":
+            self._serve(conn, message)
+            return True
+        open_conns.pop(rank, None)
+        self.outcomes[rank] = (kind, message[1])
+        if kind == "raised":
+            self._failed(message[1])
+        return True
+
+    def _serve(self, conn: connection.Connection, message: tuple[Any, ...]) -> None:
+        _, name, args, kwargs = message
+        if name not in REPORTER_METHODS:
+            conn.send(("error", RuntimeError(f"unknown reporter call {name!r}")))
+            return
+        try:
+            value = getattr(self.reporter, name)(*args, **kwargs)
+        except Exception as exc:
+            # Rank 0 raises a copy; the original (which may not pickle faithfully) is what the
+            # caller gets, once rank 0 reports that it failed.
+            self.reporter_error = self.reporter_error or exc
+            conn.send(("error", _portable(exc)))
+            return
+        conn.send(("ok", value))
+
+    def _exited(self, rank: int, open_conns: dict[int, connection.Connection]) -> None:
+        conn = open_conns.pop(rank, None)
+        # Its last message may still be in the pipe: read it before judging the exit.
+        while conn is not None and rank not in self.outcomes and conn.poll():
+            if not self._receive(rank, conn, {rank: conn}):
+                break
+        if rank in self.outcomes:
+            return
+        self.ranks[rank].join(timeout=5)  # the sentinel fires before the exit is reaped
+        code = self.ranks[rank].exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        lost = TrainingProcessLost(
+            f"training process {rank} of {len(self.ranks)} died without a word ({how})"
         )
-    except mp.ProcessRaisedException as exc:
-        if not results.empty():
-            status, value = results.get()
-            if status == "error":
-                raise value from exc
-        raise RuntimeError(f"a training process failed: {exc}") from exc
-    status, value = results.get()
-    if status == "error":
-        raise value
-    return value
+        self.outcomes[rank] = ("lost", lost)
+        logger.error("%s", lost)
+        self._failed(lost)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.first_error is None:
+            self.first_error = exc
+        if self.gave_up_at is None:
+            self.gave_up_at = time.monotonic() + FAILURE_GRACE_SECONDS
+
+    def _result(self) -> TrainResult:
+        kind, value = self.outcomes.get(0, ("missing", None))
+        if kind == "result" and self.first_error is None:
+            return value
+        # The root cause first: the reporter's own failure, then a rank that died silently
+        # (the others then fail in a collective), then pause or stop, which rank 0 decides
+        # and every rank raises, then the first error that arrived.
+        if self.reporter_error is not None:
+            raise self.reporter_error
+        for other_kind, other in self.outcomes.values():
+            if other_kind == "lost":
+                raise other
+        if kind == "raised" and isinstance(value, (TrainingPaused, TrainingStopped)):
+            raise value
+        if self.first_error is not None:
+            raise self.first_error
+        raise TrainingProcessLost("rank 0 ended without a result")
+
+
+def run_training(
+    spec: TrainSpec,
+    base_model_dir: Path,
+    training_file: Path,
+    output_dir: Path,
+    reporter: Reporter,
+    *,
+    plan: ParallelPlan | None = None,
+    validation_file: Path | None = None,
+    resume_from: Path | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    log_setup: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train in this process, or across ``plan.world_size`` processes when it is above 1."""
+    if plan is None or plan.world_size == 1:
+        from worker.training.recipe import train
+
+        return train(spec, base_model_dir, training_file, output_dir, reporter,
+                     validation_file=validation_file, resume_from=resume_from)
+    logger.info("[job %s] training on %d %s processes (%s)", spec.extra.get("job_id", "-"),
+                plan.world_size, plan.device_type, plan.backend)
+    return train_data_parallel(
+        plan.world_size, spec, base_model_dir, training_file, output_dir, reporter,
+        validation_file=validation_file, resume_from=resume_from, backend=plan.backend,
+        timeout_seconds=timeout_seconds, log_setup=log_setup,
+    )

@@ -140,3 +140,8 @@ class TrainingPaused(Exception):
     def __reduce__(self) -> tuple[type[TrainingPaused], tuple[int, str]]:
         # Keeps ``step`` across pickling (e.g. from a data-parallel rank to its launcher).
         return (TrainingPaused, (self.step, str(self)))
+
+
+class TrainingProcessLost(RuntimeError):
+    """A process of a multi-process run died without reporting (killed, crashed, lost its
+    device); the run stops, and the job may be retried from its last checkpoint."""
