@@ -15,7 +15,7 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     """App factory: no network clients are created at import time."""
-    from api import auth, context, errors, idempotency, websession
+    from api import audit, auth, context, errors, idempotency, limits, websession
     from api.routes import dashboard, estimate, files, health, inference, jobs, models
 
     settings = settings or load_settings()
@@ -44,9 +44,19 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     health.init_app(app)
     context.init_app(app, settings)
     auth.init_app(app)
+    limits.init_app(app)
     idempotency.init_app(app)
+    audit.init_app(app)
     errors.init_app(app)
     for bp in (files.bp, jobs.bp, models.bp, estimate.bp, inference.bp, dashboard.bp):
         app.register_blueprint(bp)
+    from api.routes import admin_audit, admin_orgs, org_keys
+    app.register_blueprint(admin_orgs.bp)
+    app.register_blueprint(admin_audit.bp)
+    app.register_blueprint(org_keys.bp)
+    from api.routes import admin_catalog
+    app.register_blueprint(admin_catalog.bp)
+    from api.routes import admin_queue
+    app.register_blueprint(admin_queue.bp)
     dashboard.init_app(app)
     return app

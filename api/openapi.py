@@ -169,12 +169,19 @@ def _json(model: type[BaseModel]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": _ref(model)}}}
 
 
+# Every route may answer these: input no field accepts (400: a NUL character), a key lacking
+# the scope (403), the per-key rate limit (429); a route with a body also an oversized (413)
+# or wrongly typed (415) body.
+COMMON_ERRORS = (400, 401, 403, 429)
+BODY_ERRORS = (413, 415)
+
+
 def _op(summary: str, ok: type[BaseModel] | dict[str, Any], *, params: list | None = None,
         body: dict | None = None, errors: tuple[int, ...] = (400, 401, 404)) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "OK", **(_json(ok) if isinstance(ok, type) else ok)}
     }
-    for status in errors:
+    for status in sorted(set(errors) | set(COMMON_ERRORS) | (set(BODY_ERRORS) if body else set())):
         responses[str(status)] = {"description": "Error", **_json(ErrorEnvelope)}
     op: dict[str, Any] = {"summary": summary, "responses": responses,
                           "parameters": params or []}
@@ -201,8 +208,11 @@ GZIP = {"content": {"application/gzip": {"schema": {"type": "string", "format": 
 @lru_cache(maxsize=1)
 def build_openapi() -> dict[str, Any]:
     """The whole API as an OpenAPI 3.1 document."""
+    from api import openapi_catalog, openapi_queue, openapi_security
+
     schemas: dict[str, Any] = {}
-    for model in SCHEMAS:
+    for model in (SCHEMAS + openapi_security.SCHEMAS + openapi_catalog.SCHEMAS
+                  + openapi_queue.SCHEMAS):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -288,6 +298,9 @@ def build_openapi() -> dict[str, Any]:
                           errors=(401, 403, 404)),
         },
     }
+    paths.update(openapi_security.paths(_op, _json, _path_param, _query))
+    paths.update(openapi_catalog.paths(_op, _json, _path_param, _query))
+    paths.update(openapi_queue.paths(_op, _json, _path_param, _query))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Dorado API", "version": "1",

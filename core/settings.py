@@ -18,6 +18,10 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value is not None else None
+
+
 DEFAULT_INFERENCE_PORT = 8001
 
 
@@ -45,6 +49,32 @@ class Settings:
     inference_url: str | None = None
     inference_port: int | None = None
     adapter_cache_size: int = 8
+    # Security limits: requests per minute per API key (0: off), largest JSON body.
+    rate_limit_per_minute: int = 3000
+    max_json_bytes: int = 2 * 1024 * 1024
+    # Multi-device training of one job (worker.training.distributed): "all" visible GPUs or
+    # a number; without CUDA, this many gloo processes (1: train in the worker's process).
+    worker_gpus_per_job: str = "all"
+    worker_cpu_processes: int = 1
+    # How long a collective may wait for a silent rank before the job fails.
+    worker_dist_timeout_seconds: float = 1800.0
+    # Scheduling: the pool a training worker serves (it consumes that pool's queue), its GPU
+    # memory (None: detected with torch.cuda when present), and its heartbeat period.
+    worker_pool: str = "default"
+    worker_gpu_memory_mb: int | None = None
+    worker_heartbeat_seconds: float = 5.0
+    # Pools jobs may be routed to even while none of their workers runs (scaled to zero):
+    # "name=MiB,name=MiB" (GPU memory of one GPU), e.g. "default=23034,a100-80gb=81920".
+    pools: str = ""
+
+    @property
+    def declared_pools(self) -> dict[str, int | None]:
+        """DORADO_POOLS as {pool: GPU memory in MiB (None: not given)}."""
+        out: dict[str, int | None] = {}
+        for item in filter(None, (part.strip() for part in self.pools.split(","))):
+            name, _, memory = item.partition("=")
+            out[name.strip()] = int(memory) if memory.strip() else None
+        return out
 
     @property
     def broker_folder(self) -> Path:
@@ -90,4 +120,13 @@ def load_settings() -> Settings:
         inference_url=_env("DORADO_INFERENCE_URL"),
         inference_port=int(inference_port) if inference_port else None,
         adapter_cache_size=int(_env("DORADO_ADAPTER_CACHE_SIZE", "8")),
+        rate_limit_per_minute=int(_env("DORADO_RATE_LIMIT_PER_MINUTE", "3000")),
+        max_json_bytes=int(_env("DORADO_MAX_JSON_BYTES", str(2 * 1024 * 1024))),
+        worker_gpus_per_job=_env("DORADO_WORKER_GPUS_PER_JOB", "all"),
+        worker_cpu_processes=int(_env("DORADO_WORKER_CPU_PROCESSES", "1")),
+        worker_dist_timeout_seconds=float(_env("DORADO_WORKER_DIST_TIMEOUT_SECONDS", "1800")),
+        worker_pool=_env("DORADO_WORKER_POOL", "default"),
+        worker_gpu_memory_mb=_int_or_none(_env("DORADO_WORKER_GPU_MEMORY_MB")),
+        worker_heartbeat_seconds=float(_env("DORADO_WORKER_HEARTBEAT_SECONDS", "5")),
+        pools=_env("DORADO_POOLS", ""),
     )
