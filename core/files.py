@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from core import ids
 from core.datasets import ValidationReport, validate_lines
 from core.errors import InvalidFile, InvalidRequest, NotFound
+from core.keyset import after_cursor
 from core.models import File
 from core.storage import ObjectStore
 from core.timeutil import utcnow
@@ -95,17 +96,8 @@ def list_files(session: Session, org_id: str, *, purpose: str | None, limit: int
         cursor = session.get(File, after)
         if cursor is None or cursor.organization_id != org_id:
             raise InvalidRequest(f"No such File object: {after}", param="after")
-        key = (File.created_at, File.id)
-        if desc:
-            stmt = stmt.where(
-                (key[0] < cursor.created_at)
-                | ((key[0] == cursor.created_at) & (key[1] < cursor.id))
-            )
-        else:
-            stmt = stmt.where(
-                (key[0] > cursor.created_at)
-                | ((key[0] == cursor.created_at) & (key[1] > cursor.id))
-            )
+        stmt = stmt.where(after_cursor(File.created_at, File.id, cursor.created_at, cursor.id,
+                                       descending=desc))
     if desc:
         stmt = stmt.order_by(File.created_at.desc(), File.id.desc())
     else:

@@ -22,6 +22,7 @@ from core import catalog, ids, pools, quotas
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.files import get_file
 from core.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.keyset import after_cursor
 from core.models import Job, JobEvent, Model, Organization
 from core.timeutil import utcnow
 
@@ -155,10 +156,7 @@ def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
         cursor = session.get(Job, after)
         if cursor is None or cursor.organization_id != org_id:
             raise InvalidRequest(f"No such fine-tuning job: {after}", param="after")
-        stmt = stmt.where(
-            (Job.created_at < cursor.created_at)
-            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id))
-        )
+        stmt = stmt.where(after_cursor(Job.created_at, Job.id, cursor.created_at, cursor.id))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
     if not metadata:
         rows = list(session.scalars(stmt.limit(limit + 1)))
