@@ -94,6 +94,9 @@ def seed(database_url: str, n_jobs: int) -> tuple[str, list[str]]:
     with engine.begin() as conn:
         for chunk in range(0, len(rows), 5000):
             conn.execute(sa.insert(Job), rows[chunk:chunk + 5000])
+    # A live database has planner statistics (autovacuum); a bulk-loaded one has none yet.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))
     engine.dispose()
     return file_id, ids
 
