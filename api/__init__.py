@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
+from core.secret import platform_secret
 from core.settings import Settings, load_settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
                 static_folder=str(WEB_DIR / "static"), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
-        SECRET_KEY=settings.secret_key or websession.persistent_secret(settings.home),
+        SECRET_KEY=platform_secret(settings),
         **websession.session_config(),
         JSON_SORT_KEYS=False,
     )

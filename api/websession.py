@@ -13,9 +13,7 @@ import hmac
 import logging
 import os
 import secrets
-import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import request, session
@@ -30,7 +28,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SESSION_LIFETIME = timedelta(hours=12)
-SECRET_FILE = "secret_key"
 
 
 def _truthy(value: str | None) -> bool:
@@ -48,39 +45,6 @@ def session_config() -> dict[str, Any]:
         "SESSION_COOKIE_SECURE": _truthy(os.environ.get("DORADO_SESSION_COOKIE_SECURE")),
         "PERMANENT_SESSION_LIFETIME": SESSION_LIFETIME,
     }
-
-
-def persistent_secret(home: Path) -> str:
-    """A signing secret shared by every API process using ``home``, created once.
-
-    Without ``DORADO_SECRET_KEY`` each gunicorn worker would otherwise pick its own random
-    secret and reject the cookies the other one signed. Several machines need the variable.
-    """
-    path = home / SECRET_FILE
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        for _ in range(50):
-            try:
-                value = path.read_text().strip()
-            except FileNotFoundError:
-                value = ""
-            if value:
-                return value
-            tmp = home / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-            try:
-                os.link(tmp, path)  # atomic: exactly one process's secret wins
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-            time.sleep(0.01)
-    except OSError as exc:
-        log.warning("cannot keep a session secret in %s (%s); dashboard sessions will not "
-                    "survive a restart or span API processes: set DORADO_SECRET_KEY", home, exc)
-    return secrets.token_hex(32)
 
 
 def csrf_token() -> str:

@@ -44,6 +44,9 @@ class Settings:
     max_job_retries: int
     max_upload_bytes: int
     secret_key: str | None
+    # Where the secret is kept when DORADO_SECRET_KEY is unset (created once); services that
+    # must trust each other share it (None: $DORADO_HOME/secret_key).
+    secret_key_file: Path | None = None
     # The inference service (chat completions): where the API reaches it, where `dorado run`
     # starts it (None: any free port), and how many adapters it keeps attached.
     inference_url: str | None = None
@@ -93,6 +96,10 @@ class Settings:
         return self.broker_url.startswith("filesystem://")
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser().resolve() if value else None
+
+
 def load_settings() -> Settings:
     """Build Settings from the environment; paths are made absolute."""
     home = Path(_env("DORADO_HOME", ".dorado")).expanduser().resolve()
@@ -117,6 +124,7 @@ def load_settings() -> Settings:
         max_job_retries=int(_env("DORADO_MAX_JOB_RETRIES", "3")),
         max_upload_bytes=int(_env("DORADO_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
         secret_key=_env("DORADO_SECRET_KEY"),
+        secret_key_file=_path(_env("DORADO_SECRET_KEY_FILE")),
         inference_url=_env("DORADO_INFERENCE_URL"),
         inference_port=int(inference_port) if inference_port else None,
         adapter_cache_size=int(_env("DORADO_ADAPTER_CACHE_SIZE", "8")),

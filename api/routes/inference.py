@@ -28,6 +28,7 @@ from core import catalog, jobs
 from core import idempotency as idempotency_records
 from core.errors import InvalidRequest
 from core.models import Job
+from core.secret import internal_token
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +221,14 @@ def merged_adapter_response(org_id: str, job_id: str) -> Response:
 
 def call_inference(path: str, payload: dict[str, Any], timeout: float) -> HTTPResponse:
     """POST ``payload`` to the inference service; the open response (the caller closes it)."""
-    url = dorado().settings.inference_base_url + path
+    settings = dorado().settings
+    url, token = settings.inference_base_url + path, internal_token(settings)
     data = json.dumps(payload).encode()
     deadline = time.monotonic() + STARTUP_WAIT_S
     while True:
         req = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {token}",
                                               "X-Request-Id": g.get("request_id", "")})
         try:
             return _opener.open(req, timeout=timeout)
@@ -248,6 +251,12 @@ def _relay(upstream: HTTPResponse) -> Iterator[bytes]:
 
 
 def _error_response(exc: UpstreamError | InferenceUnavailable):
+    if isinstance(exc, UpstreamError) and exc.status == 401:
+        # The caller's key is fine: the two services disagree on the platform secret.
+        log.error("the inference service refused the internal token: give the API and the "
+                  "inference service the same DORADO_SECRET_KEY")
+        return envelope(502, "The inference service is misconfigured", type="server_error",
+                        code="inference_error")
     if isinstance(exc, UpstreamError):
         try:
             json.loads(exc.body)["error"]

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +49,9 @@ class StubEngine:
 
 
 @pytest.fixture
-def stub() -> Iterator[tuple[StubEngine, str]]:
+def stub(monkeypatch) -> Iterator[tuple[StubEngine, str]]:
+    # The API and the inference service trust each other through the shared platform secret.
+    monkeypatch.setenv("DORADO_SECRET_KEY", "inference-test-secret")
     engine = StubEngine()
     server = make_server("127.0.0.1", 0, create_inference_app(load_settings(), engine=engine),
                          threaded=True)
@@ -123,6 +127,31 @@ def test_errors_before_forwarding(tmp_path, monkeypatch, stub) -> None:
         resp = client.post("/v1/chat/completions", headers=HEADERS, json=body)
         assert (resp.status_code, resp.get_json()["error"]["code"]) == (status, code), body
     assert client.post("/v1/chat/completions", json=cases[0][0]).status_code == 401
+    assert engine.calls == []
+
+
+def test_internal_endpoints_need_the_internal_token(tmp_path, monkeypatch, stub) -> None:
+    engine, url = stub
+    body = json.dumps({"model": "tiny-random-llama", "base_model": "tiny-random-llama",
+                       "adapter": {"name": "ft:x", "prefix": "jobs/ftjob-other/adapter"},
+                       "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    for headers in ({}, {"Authorization": "Bearer " + "0" * 64},
+                    {"Authorization": f"Bearer {API_KEY}"}):
+        request = urllib.request.Request(url + "/internal/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  **headers})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        assert json.loads(refused.value.read())["error"]["code"] == "invalid_internal_token"
+    assert engine.calls == []
+    # An API whose secret differs is refused too, and says so as a server-side problem.
+    api_client(tmp_path, monkeypatch, url)  # prepares the database
+    monkeypatch.setenv("DORADO_SECRET_KEY", "another-secret")
+    client = create_app(load_settings()).test_client()
+    resp = client.post("/v1/chat/completions", headers=HEADERS, json={
+        "model": "tiny-random-llama", "messages": [{"role": "user", "content": "Hi"}]})
+    assert resp.status_code == 502 and resp.get_json()["error"]["code"] == "inference_error"
     assert engine.calls == []
 
 

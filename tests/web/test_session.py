@@ -13,12 +13,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from api import create_app
-from api.websession import persistent_secret
 from core.auth import create_organization
 from core.bootstrap import prepare_database
 from core.db import session_scope
 from core.jobs import add_event
 from core.models import ApiKey, Job
+from core.secret import persistent_secret
 from core.settings import load_settings
 from core.timeutil import utcnow
 
@@ -178,6 +178,6 @@ def test_estimate(client: FlaskClient):
 
 
 def test_persistent_secret_is_shared(tmp_path):
-    first = persistent_secret(tmp_path / "h")
-    assert first == persistent_secret(tmp_path / "h") and len(first) == 64
+    first = persistent_secret(tmp_path / "h" / "secret_key")
+    assert first == persistent_secret(tmp_path / "h" / "secret_key") and len(first) == 64
     assert (tmp_path / "h" / "secret_key").stat().st_mode & 0o077 == 0

@@ -1,8 +1,10 @@
 """The inference service's internal HTTP API (a small WSGI app; run it in ONE process).
 
-Only the Dorado API talks to it, on a private address: it trusts its caller, which has already
-authenticated the user, checked the model belongs to the user's organization and validated the
-parameters. Endpoints:
+Only the Dorado API talks to it, on a private address. Every ``/internal`` request must carry
+the internal token derived from the platform secret (``core.secret.internal_token``), so that
+nothing else on the network can run or download another organization's adapter; past that it
+trusts its caller, which has already authenticated the user, checked the model belongs to the
+user's organization and validated the parameters. Endpoints:
 
 ``POST /internal/chat/completions``
     ``{"model", "base_model", "adapter": {"name", "prefix"} | null, "messages", "max_tokens",
@@ -29,6 +31,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request, stream_with_context
 
+from core.secret import internal_token_ok
 from core.settings import Settings, load_settings
 from core.storage import open_store
 from worker.inference.adapters import AdapterRef, AdapterUnavailable
@@ -49,6 +52,14 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
                                  adapter_dir=settings.home / "cache" / "adapters")
     app = Flask(__name__)
     app.extensions["dorado_inference"] = engine
+
+    @app.before_request
+    def _internal_only():
+        if request.path.startswith("/internal/") and not internal_token_ok(
+                settings, request.headers.get("Authorization")):
+            return _error(401, "This endpoint serves the Dorado API only.",
+                          "invalid_internal_token")
+        return None
 
     @app.get("/healthz")
     def healthz():
