@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 dorado \
  && useradd --system --uid 10001 --gid dorado --home-dir /var/lib/dorado \
       --shell /usr/sbin/nologin dorado \
- && install -d -o dorado -g dorado -m 0750 /var/lib/dorado
+ && install -d -o dorado -g dorado -m 0750 /var/lib/dorado /var/lib/dorado-secret
 
 WORKDIR /app
 

@@ -28,7 +28,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 dorado \
  && useradd --system --uid 10001 --gid dorado --home-dir /var/lib/dorado \
       --shell /usr/sbin/nologin dorado \
- && install -d -o dorado -g dorado -m 0750 /var/lib/dorado /var/cache/dorado \
+ && install -d -o dorado -g dorado -m 0750 /var/lib/dorado /var/lib/dorado-secret /var/cache/dorado \
       /var/cache/dorado/models
 
 WORKDIR /app
