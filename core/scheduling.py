@@ -17,7 +17,9 @@ the guarded ``status = 'queued'`` update is enough.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -189,30 +191,43 @@ def queue_positions(session: Session, pools: set[str]) -> dict[str, int]:
 
 def _simulate(queued: list[Job], orgs: dict[str, Organization],
               running_by_org: dict[str, int]) -> list[QueueEntry]:
-    by_org: dict[str, list[Job]] = {}
+    by_org: dict[str, deque[Job]] = {}
     for job in sorted(queued, key=lambda j: (-j.priority, j.created_at, j.id)):
-        by_org.setdefault(job.organization_id, []).append(job)
+        by_org.setdefault(job.organization_id, deque()).append(job)
     state = {org_id: _OrgState(running=running_by_org.get(org_id, 0),
                                limit=orgs[org_id].max_running_jobs,
                                served=_timestamp(orgs[org_id].last_dispatched_at))
              for org_id in by_org}
+
+    def eligible(org_id: str) -> bool:
+        limit = state[org_id].limit
+        return bool(by_org[org_id]) and (limit is None or state[org_id].running < limit)
+
+    def rank(org_id: str) -> tuple:
+        head = by_org[org_id][0]
+        return (-head.priority, state[org_id].running, state[org_id].served, head.created_at,
+                head.id)
+
+    # The claim rule picks the organization whose head job ranks first; only the organization
+    # just served changes rank, so a heap replays the rule in O(n log organizations).
+    heap = [(rank(org_id), org_id) for org_id in by_org if eligible(org_id)]
+    heapq.heapify(heap)
     out: list[QueueEntry] = []
     position, clock = 0, 1e12  # simulated dispatches are later than any real one
-    while True:
-        eligible = [org_id for org_id, waiting in by_org.items() if waiting
-                    and (state[org_id].limit is None
-                         or state[org_id].running < state[org_id].limit)]
-        if not eligible:
-            break
-        best = min(eligible, key=lambda o: (-by_org[o][0].priority, state[o].running,
-                                            state[o].served, by_org[o][0].created_at,
-                                            by_org[o][0].id))
-        job = by_org[best].pop(0)
-        position += 1
-        clock += 1
-        state[best].running += 1
-        state[best].served = clock
-        out.append(QueueEntry(job, orgs[best].name, position=position))
+    while heap:
+        _, best = heapq.heappop(heap)
+        # Alone in the running, an organization's jobs go in its own order until its quota.
+        while True:
+            job = by_org[best].popleft()
+            position += 1
+            clock += 1
+            state[best].running += 1
+            state[best].served = clock
+            out.append(QueueEntry(job, orgs[best].name, position=position))
+            if heap or not eligible(best):
+                break
+        if eligible(best):
+            heapq.heappush(heap, (rank(best), best))
     for org_id, waiting in by_org.items():
         for job in waiting:
             out.append(QueueEntry(job, orgs[org_id].name, held=(
