@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,12 @@ REDIS_URL = os.environ.get("DORADO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 MODEL_CACHE = Path(os.environ.get("DORADO_TEST_MODEL_CACHE", ROOT / ".dorado-test" / "models"))
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def fresh_postgres_database(prefix: str = "dorado_test") -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, drop it (connections included)."""
     import sqlalchemy as sa
 
-    name = f"dorado_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -32,14 +33,20 @@ def postgres_url() -> Iterator[str]:
     finally:
         from core.db import get_engine
 
-        for cached_url in [url]:
-            get_engine(cached_url).dispose()
+        get_engine(url).dispose()
         with admin.connect() as conn:
             conn.execute(sa.text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
             ), {"n": name})
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
