@@ -6,27 +6,24 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from api.openapi_models import OpenObject
 from api.schemas import JobCreateRequest
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ErrorBody(_Open):
+class ErrorBody(OpenObject):
     message: str
     type: str
     param: str | None
     code: str | None
 
 
-class ErrorEnvelope(_Open):
+class ErrorEnvelope(OpenObject):
     error: ErrorBody
 
 
-class FileObject(_Open):
+class FileObject(OpenObject):
     id: str
     object: Literal["file"]
     bytes: int
@@ -40,7 +37,7 @@ class FileObject(_Open):
     statistics: dict[str, Any] | None = Field(None, description="Dorado: validation statistics")
 
 
-class FileList(_Open):
+class FileList(OpenObject):
     object: Literal["list"]
     data: list[FileObject]
     has_more: bool
@@ -48,25 +45,25 @@ class FileList(_Open):
     last_id: str | None
 
 
-class Deleted(_Open):
+class Deleted(OpenObject):
     id: str
     object: str
     deleted: bool
 
 
-class JobError(_Open):
+class JobError(OpenObject):
     code: str
     message: str
     param: str | None
 
 
-class Hyperparameters(_Open):
+class Hyperparameters(OpenObject):
     n_epochs: int | Literal["auto"]
     batch_size: int | Literal["auto"]
     learning_rate_multiplier: float | Literal["auto"]
 
 
-class JobObject(_Open):
+class JobObject(OpenObject):
     id: str
     object: Literal["fine_tuning.job"]
     created_at: int
@@ -91,13 +88,13 @@ class JobObject(_Open):
     adapter: dict[str, Any] = Field(description="Dorado: the adapter trained (LoRA or DoRA)")
 
 
-class JobList(_Open):
+class JobList(OpenObject):
     object: Literal["list"]
     data: list[JobObject]
     has_more: bool
 
 
-class EventObject(_Open):
+class EventObject(OpenObject):
     id: str
     object: Literal["fine_tuning.job.event"]
     created_at: int
@@ -107,13 +104,13 @@ class EventObject(_Open):
     data: dict[str, Any] | None
 
 
-class EventList(_Open):
+class EventList(OpenObject):
     object: Literal["list"]
     data: list[EventObject]
     has_more: bool
 
 
-class CheckpointMetrics(_Open):
+class CheckpointMetrics(OpenObject):
     step: float | None = None
     train_loss: float | None = None
     train_mean_token_accuracy: float | None = None
@@ -123,7 +120,7 @@ class CheckpointMetrics(_Open):
     full_valid_mean_token_accuracy: float | None = None
 
 
-class CheckpointObject(_Open):
+class CheckpointObject(OpenObject):
     id: str
     object: Literal["fine_tuning.job.checkpoint"]
     created_at: int
@@ -133,7 +130,7 @@ class CheckpointObject(_Open):
     metrics: CheckpointMetrics
 
 
-class CheckpointList(_Open):
+class CheckpointList(OpenObject):
     object: Literal["list"]
     data: list[CheckpointObject]
     has_more: bool
@@ -141,7 +138,7 @@ class CheckpointList(_Open):
     last_id: str | None
 
 
-class ModelObject(_Open):
+class ModelObject(OpenObject):
     id: str
     object: Literal["model"]
     created: int
@@ -149,7 +146,7 @@ class ModelObject(_Open):
     shutdown_date: int | None = None
 
 
-class ModelList(_Open):
+class ModelList(OpenObject):
     object: Literal["list"]
     data: list[ModelObject]
     has_more: bool

@@ -6,24 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from api.openapi_models import ClosedObject, OpenObject
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelUser(_Open):
+class ModelUser(OpenObject):
     id: str
     status: str
     organization_id: str
 
 
-class BaseModelObject(_Open):
+class BaseModelObject(OpenObject):
     id: str
     object: Literal["model"]
     source: str | None
@@ -37,19 +31,19 @@ class BaseModelObject(_Open):
     job_ids: list[ModelUser] | None = Field(None, description="With ?jobs=true")
 
 
-class BaseModelList(_Open):
+class BaseModelList(OpenObject):
     object: Literal["list"]
     data: list[BaseModelObject]
     has_more: bool
 
 
-class BaseModelCreate(_Closed):
+class BaseModelCreate(ClosedObject):
     source: str = Field(description="A directory or .gguf file on the API's machine, or "
                                     "s3://bucket/prefix")
     name: str | None = Field(None, description="Default: from the source's last component")
 
 
-class BaseModelDeleted(_Open):
+class BaseModelDeleted(OpenObject):
     id: str
     object: Literal["model"]
     deleted: bool
@@ -57,7 +51,7 @@ class BaseModelDeleted(_Open):
     cancelled_jobs: list[str]
 
 
-class GcRequest(_Closed):
+class GcRequest(ClosedObject):
     dry_run: bool = False
     grace: str = Field("24h", description="Never delete objects younger than this (e.g. 1h)")
     keep_checkpoints: int = Field(1, ge=0)
@@ -65,19 +59,19 @@ class GcRequest(_Closed):
                                                   "keep_checkpoints checkpoints")
 
 
-class GcObject(_Open):
+class GcObject(OpenObject):
     key: str
     bytes: int
     reason: str
 
 
-class GcCheckpoint(_Open):
+class GcCheckpoint(OpenObject):
     id: str
     job_id: str
     step: int
 
 
-class GcReportObject(_Open):
+class GcReportObject(OpenObject):
     object: Literal["gc.report"]
     dry_run: bool
     deleted_objects: int
@@ -92,14 +86,14 @@ class GcReportObject(_Open):
     errors: list[str]
 
 
-class Percentiles(_Open):
+class Percentiles(OpenObject):
     count: int
     p50: float | None
     p90: float | None
     p99: float | None
 
 
-class OrganizationUsage(_Open):
+class OrganizationUsage(OpenObject):
     organization_id: str
     name: str | None
     jobs: int
@@ -109,7 +103,7 @@ class OrganizationUsage(_Open):
     trained_tokens: int
 
 
-class StatsObject(_Open):
+class StatsObject(OpenObject):
     object: Literal["stats"]
     since: int
     until: int

@@ -6,18 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from api.openapi_models import ClosedObject, OpenObject
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QueueEntry(_Open):
+class QueueEntry(OpenObject):
     object: Literal["queue.entry"]
     position: int | None = Field(description="1 = next to run in its pool; null: running or "
                                              "held")
@@ -35,13 +29,13 @@ class QueueEntry(_Open):
     held: str | None = Field(description="Why a queued job cannot be dispatched now")
 
 
-class QueueList(_Open):
+class QueueList(OpenObject):
     object: Literal["list"]
     data: list[QueueEntry]
     has_more: bool
 
 
-class WorkerObject(_Open):
+class WorkerObject(OpenObject):
     object: Literal["worker"]
     name: str
     state: Literal["idle", "busy", "draining", "drained", "lost", "stopped"]
@@ -57,19 +51,19 @@ class WorkerObject(_Open):
     stopped_at: int | None
 
 
-class WorkerList(_Open):
+class WorkerList(OpenObject):
     object: Literal["list"]
     data: list[WorkerObject]
     has_more: bool
 
 
-class WorkerDeleted(_Open):
+class WorkerDeleted(OpenObject):
     object: Literal["worker.deleted"]
     name: str
     deleted: bool
 
 
-class AdminJob(_Open):
+class AdminJob(OpenObject):
     id: str
     object: Literal["admin.fine_tuning.job"]
     status: str
@@ -91,11 +85,11 @@ class AdminJob(_Open):
     recent_events: list[str]
 
 
-class PriorityRequest(_Closed):
+class PriorityRequest(ClosedObject):
     priority: int = Field(description="Higher is dispatched first; default 0")
 
 
-class RequeueRequest(_Closed):
+class RequeueRequest(ClosedObject):
     pool: str | None = Field(None, description="Move the job to this worker pool")
 
 

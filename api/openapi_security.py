@@ -7,21 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from api.openapi_models import ClosedObject, OpenObject
 
 Quota = int | None
 
 
-class OrganizationObject(_Open):
+class OrganizationObject(OpenObject):
     id: str
     object: Literal["organization"]
     name: str
@@ -33,13 +26,13 @@ class OrganizationObject(_Open):
     active_keys: int | None = None
 
 
-class OrganizationList(_Open):
+class OrganizationList(OpenObject):
     object: Literal["list"]
     data: list[OrganizationObject]
     has_more: bool
 
 
-class OrganizationCreate(_Closed):
+class OrganizationCreate(ClosedObject):
     name: str = Field(min_length=1, max_length=200)
     is_operator: bool = False
     max_running_jobs: Quota = Field(None, ge=0, le=2**31 - 1)
@@ -47,7 +40,7 @@ class OrganizationCreate(_Closed):
     storage_quota_bytes: Quota = Field(None, ge=0, le=2**63 - 1)
 
 
-class OrganizationUpdate(_Closed):
+class OrganizationUpdate(ClosedObject):
     """Quotas to change; null removes the limit, an absent field is left as it is."""
 
     max_running_jobs: Quota = Field(None, ge=0, le=2**31 - 1)
@@ -55,7 +48,7 @@ class OrganizationUpdate(_Closed):
     storage_quota_bytes: Quota = Field(None, ge=0, le=2**63 - 1)
 
 
-class ApiKeyObject(_Open):
+class ApiKeyObject(OpenObject):
     id: str
     object: Literal["organization.api_key"]
     organization_id: str
@@ -68,7 +61,7 @@ class ApiKeyObject(_Open):
     key: str | None = Field(None, description="The secret: only in the creation response")
 
 
-class ApiKeyList(_Open):
+class ApiKeyList(OpenObject):
     object: Literal["list"]
     data: list[ApiKeyObject]
     has_more: bool
@@ -76,12 +69,12 @@ class ApiKeyList(_Open):
     last_id: str | None
 
 
-class ApiKeyCreate(_Closed):
+class ApiKeyCreate(ClosedObject):
     name: str = Field("", max_length=200)
     scope: Literal["admin", "member", "read-only"] = "member"
 
 
-class AuditEventObject(_Open):
+class AuditEventObject(OpenObject):
     id: str
     object: Literal["audit.event"]
     created_at: int
@@ -95,7 +88,7 @@ class AuditEventObject(_Open):
     details: dict[str, Any] | None
 
 
-class AuditEventList(_Open):
+class AuditEventList(OpenObject):
     object: Literal["list"]
     data: list[AuditEventObject]
     has_more: bool
