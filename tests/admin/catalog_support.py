@@ -33,6 +33,22 @@ def store_env(home: Path, database_url: str, s3: dict[str, str] | None,
     return env
 
 
+def prepare_platform(home: Path, database_url: str, s3: dict[str, str] | None, api_key: str,
+                     monkeypatch: Any) -> tuple[dict[str, str], Any]:
+    """``store_env`` set in this process too, with ``api_key`` as the bootstrap key; the schema,
+    built-in models and key created. Returns the env (for subprocesses) and the Settings."""
+    from core.bootstrap import prepare_database
+    from core.settings import load_settings
+
+    env = store_env(home, database_url, s3)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", api_key)
+    settings = load_settings()
+    prepare_database(settings)
+    return env, settings
+
+
 def run_admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``dorado-admin ARGS`` in a subprocess (no check: tests assert the exit code)."""
     # Wide enough that tables do not fold ids.

@@ -21,7 +21,7 @@ from core.models import AuditEvent, Checkpoint, Job, Model, Organization
 from core.settings import load_settings
 from core.storage import LocalStore, ObjectStore, open_store
 from core.timeutil import utcnow
-from tests.admin.catalog_support import admin_json, run_admin, store_env
+from tests.admin.catalog_support import admin_json, prepare_platform, run_admin, store_env
 
 API_KEY = "dor-gc-test-key-0123456789"
 TRAIN = (b'{"messages": [{"role": "user", "content": "Hi"}, '
@@ -135,12 +135,8 @@ def all_keys(store: ObjectStore) -> set[str]:
 
 @pytest.fixture
 def world(tmp_path, postgres_url, s3_server, monkeypatch):
-    env = store_env(tmp_path / "home", postgres_url, s3_server)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", API_KEY)
-    settings = load_settings()
-    prepare_database(settings)
+    env, settings = prepare_platform(tmp_path / "home", postgres_url, s3_server, API_KEY,
+                                     monkeypatch)
     store = open_store(settings)
     keep, garbage, outside = build_world(store, settings.database_url)
     return env, settings, store, keep, garbage, outside

@@ -23,7 +23,13 @@ from core.models import AuditEvent, Job, Organization
 from core.settings import load_settings
 from core.storage import LocalStore, delete_prefix, open_store
 from core.timeutil import utcnow
-from tests.admin.catalog_support import admin_json, run_admin, store_env, tiny_model_dir
+from tests.admin.catalog_support import (
+    admin_json,
+    prepare_platform,
+    run_admin,
+    store_env,
+    tiny_model_dir,
+)
 from tests.conftest import EXAMPLES
 from tests.e2e.flow import wait_for_job
 from tests.e2e.platform import Platform
@@ -56,12 +62,8 @@ def _queued_job(session, org_id: str, model: str) -> str:
 
 @pytest.fixture
 def platform_env(tmp_path, postgres_url, s3_server, monkeypatch):
-    env = store_env(tmp_path / "home", postgres_url, s3_server)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", API_KEY)
-    settings = load_settings()
-    prepare_database(settings)
+    env, settings = prepare_platform(tmp_path / "home", postgres_url, s3_server, API_KEY,
+                                     monkeypatch)
     with session_scope(settings.database_url) as session:
         tenant = auth.create_organization(session, "tenant")
         auth.add_key(session, tenant, TENANT_KEY, scope="member")

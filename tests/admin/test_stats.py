@@ -8,13 +8,11 @@ import pytest
 
 from api import create_app
 from core import auth
-from core.bootstrap import prepare_database
 from core.db import session_scope
 from core.models import Job, Worker
-from core.settings import load_settings
 from core.stats import percentiles
 from core.timeutil import utcnow
-from tests.admin.catalog_support import admin_json, run_admin, store_env
+from tests.admin.catalog_support import admin_json, prepare_platform, run_admin
 
 API_KEY = "dor-stats-test-key-012345678"
 MIN, HOUR, DAY = 60, 3600, 86400
@@ -38,12 +36,8 @@ def _job(session, org_id: str, name: str, status: str, *, created: float,
 
 @pytest.fixture
 def known(tmp_path, postgres_url, monkeypatch):
-    env = store_env(tmp_path / "home", postgres_url, None)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", API_KEY)
-    settings = load_settings()
-    prepare_database(settings)
+    env, settings = prepare_platform(tmp_path / "home", postgres_url, None, API_KEY,
+                                     monkeypatch)
     with session_scope(settings.database_url) as session:
         alpha = auth.create_organization(session, "alpha")
         beta = auth.create_organization(session, "beta")
