@@ -23,6 +23,7 @@ from skewed_chat import make_examples
 from worker.training.adapters import attach_adapter
 from worker.training.data import parse_line, plan_epoch, step_micro_batches, tokenize_conversation
 from worker.training.fast_dora import disable_fast_dora, dora_row_norm, enable_fast_dora
+from worker.training.fused_adapter import enable_fused_adapters
 from worker.training.recipe import forward_backward
 
 
@@ -33,14 +34,16 @@ def make_stepper(config: str, model_dir):
     from worker.training.spec import AdapterSpec
 
     torch.manual_seed(0)
-    method = "lora" if config == "lora" else "dora"
+    method = "lora" if config.startswith("lora") else "dora"
     model = attach_adapter(
         AutoModelForCausalLM.from_pretrained(model_dir), AdapterSpec(type=method, r=16, alpha=32)
     )
-    if config == "dora-fast":
+    if config in ("dora-fast", "dora-fused"):
         enable_fast_dora(model)
     else:
         disable_fast_dora(model)
+    if config.endswith("-fused"):
+        enable_fused_adapters(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -115,7 +118,7 @@ def main() -> None:
     tokens = sum(mb.n_tokens for s in steps for mb in s)
     print(f"{len(steps)} steps x {args.repeats} repeats, {tokens} real tokens per pass", flush=True)
     norm_times()
-    configs = ("lora", "dora-fast", "dora-peft")
+    configs = ("lora-fused", "dora-fused", "lora", "dora-fast", "dora-peft")
     steppers = {c: make_stepper(c, model_dir) for c in configs}
     for c in configs:
         steppers[c](steps[0])  # warm-up: allocator, first-call overheads
@@ -135,8 +138,14 @@ def main() -> None:
             flush=True,
         )
     print(
-        f"DoRA/LoRA step time: engine (fast norm) {medians['dora-fast'] / medians['lora']:.3f}x, "
+        f"DoRA/LoRA step time: engine {medians['dora-fused'] / medians['lora-fused']:.3f}x "
+        f"(fused forward, factored norm); PEFT forward + factored norm "
+        f"{medians['dora-fast'] / medians['lora']:.3f}x; "
         f"PEFT default {medians['dora-peft'] / medians['lora']:.3f}x"
+    )
+    print(
+        f"engine / PEFT step time: LoRA {medians['lora-fused'] / medians['lora']:.3f}x, "
+        f"DoRA {medians['dora-fused'] / medians['dora-peft']:.3f}x"
     )
 
 

@@ -86,6 +86,25 @@ class FastDoraLinearLayer(DoraLinearLayer):
             self._fast_base_norm = cached
         return cached[1]
 
+    def _adapted_norm(
+        self, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """:func:`dora_row_norm`, reused until a weight changes.
+
+        The norm is detached and depends only on weights that change at optimizer steps, so the
+        micro-batches of one step (and evaluation between steps) share one computation. Keyed on
+        each tensor's identity and in-place version counter (the optimizer's updates, a state-dict
+        load and a merge all bump it).
+        """
+        key = tuple(
+            (t.data_ptr(), t._version, t.device, t.dtype) for t in (weight, lora_a, lora_b)
+        ) + (scaling,)
+        cached = getattr(self, "_fast_norm", None)
+        if cached is None or cached[0] != key:
+            cached = (key, dora_row_norm(weight, lora_a, lora_b, scaling, self._base_norm(weight)))
+            self._fast_norm = cached
+        return cached[1]
+
     def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
@@ -116,9 +135,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
                 base_result=base_result,
                 adapter_name=adapter_name,
             )
-        norm = dora_row_norm(
-            weight, lora_A.weight, lora_B.weight, scaling, self._base_norm(weight)
-        ).to(x.dtype)
+        norm = self._adapted_norm(weight, lora_A.weight, lora_B.weight, scaling).to(x.dtype)
         mag_norm_scale = (self.weight / norm).view(1, -1)
         lora_result = lora_B(lora_A(x))
         if base_result is not None:

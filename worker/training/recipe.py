@@ -22,6 +22,9 @@ Optional knobs read from ``TrainSpec.extra`` (all have defaults):
 * ``valid_sample_size``: examples in the sampled validation (default ``max(batch_size, 16)``).
 * ``fast_dora`` (True): compute DoRA's weight norm without materialising the weight (see
   ``worker.training.fast_dora``); results equal PEFT's default path within float tolerance.
+* ``fused_adapters`` (True): add the LoRA/DoRA term inside one matrix product instead of
+  PEFT's separate element-wise passes (see ``worker.training.fused_adapter``); same results
+  within float rounding.
 * ``learning_rate``: an absolute learning rate that replaces ``TrainSpec.learning_rate``.
 * ``loss_positions_only`` (True): compute the output head only where the loss reads it (see
   ``worker.training.logits``); same loss and gradients, less compute.
@@ -497,6 +500,10 @@ class _Run:
             from worker.training.fast_dora import enable_fast_dora
 
             enable_fast_dora(self.model)
+        if _extra_bool(spec, "fused_adapters", True):
+            from worker.training.fused_adapter import enable_fused_adapters
+
+            enable_fused_adapters(self.model)
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, spec)
