@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from core import catalog, ids, pools, quotas
+from core import catalog, ids, pools, progress, quotas
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.files import get_file
 from core.hyperparams import AdapterConfig, Hyperparameters, resolve
@@ -138,6 +138,15 @@ def get_job(session: Session, org_id: str, job_id: str) -> Job:
     return job
 
 
+def read_job(session: Session, org_id: str, job_id: str) -> Job:
+    """:func:`get_job` for showing the job: its progress comes in the same query."""
+    row = session.execute(select(Job, progress.latest_metrics_column())
+                          .where(Job.id == job_id)).first()
+    if row is None or row[0].organization_id != org_id:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return progress.remember_latest_metrics(session, [row.tuple()])[0]
+
+
 JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed",
                 "cancelled")
 
@@ -145,8 +154,9 @@ JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", 
 def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
               metadata: dict[str, str] | None = None,
               status: str | None = None) -> tuple[list[Job], bool]:
-    """A page of jobs, newest first (optionally of one status: a Dorado extra)."""
-    stmt = select(Job).where(Job.organization_id == org_id)
+    """A page of jobs, newest first (optionally of one status: a Dorado extra), read with
+    their progress."""
+    stmt = select(Job, progress.latest_metrics_column()).where(Job.organization_id == org_id)
     if status is not None:
         if status not in JOB_STATUSES:
             raise InvalidRequest(f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}",
@@ -159,17 +169,17 @@ def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
         stmt = stmt.where(after_cursor(Job.created_at, Job.id, cursor.created_at, cursor.id))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
     if not metadata:
-        rows = list(session.scalars(stmt.limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        rows = session.execute(stmt.limit(limit + 1)).tuples().all()
+        return progress.remember_latest_metrics(session, rows[:limit]), len(rows) > limit
     # Metadata filters are rare and small; filter in Python to stay portable across dialects.
-    matched: list[Job] = []
-    for job in session.scalars(stmt).yield_per(500):
+    matched: list[tuple[Job, Any]] = []
+    for job, data in session.execute(stmt).tuples().yield_per(500):
         meta = job.user_metadata or {}
         if all(meta.get(k) == v for k, v in metadata.items()):
-            matched.append(job)
+            matched.append((job, data))
             if len(matched) > limit:
                 break
-    return matched[:limit], len(matched) > limit
+    return progress.remember_latest_metrics(session, matched[:limit]), len(matched) > limit
 
 
 def list_events(session: Session, job: Job, *, limit: int,

@@ -1,7 +1,9 @@
 """Training progress and queue positions of jobs, computed in bulk for job listings.
 
-A list of jobs costs one query for the latest metrics event of every listed job whatever its
-length, plus three for the dispatch order when the list holds a queued job.
+Jobs read with :func:`latest_metrics_column` (a poll, a listed page) bring their latest
+metrics event along in the same query; others cost one query for the latest metrics event of
+every loaded job whatever their number. The dispatch order costs three more queries, only
+when a queued job is shown.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ScalarSelect, func, select
 from sqlalchemy.orm import Session, object_session
 
 from core import scheduling
@@ -17,6 +19,7 @@ from core.models import Job, JobEvent
 from core.queue import DEFAULT_POOL
 
 _CACHE_KEY = "dorado.progress"
+_METRICS_KEY = "dorado.latest_metrics"
 
 
 def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -33,6 +36,27 @@ def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, 
         select(JobEvent.job_id, JobEvent.data).join(newest, JobEvent.seq == newest.c.seq)
     )
     return {job_id: data for job_id, data in rows if isinstance(data, dict)}
+
+
+def latest_metrics_column() -> ScalarSelect[Any]:
+    """The ``data`` of a job's newest metrics event (NULL without one), as a column to read
+    next to ``Job``: ``select(Job, latest_metrics_column())``. Then hand the rows to
+    :func:`remember_latest_metrics` so serializing the jobs needs no query of its own."""
+    return (select(JobEvent.data)
+            .where(JobEvent.job_id == Job.id, JobEvent.type == "metrics")
+            .order_by(JobEvent.seq.desc()).limit(1)
+            .correlate(Job).scalar_subquery())
+
+
+def remember_latest_metrics(session: Session, rows: Iterable[tuple[Job, Any]]) -> list[Job]:
+    """Keep the metrics read by :func:`latest_metrics_column` for :func:`progress_fields`
+    (for the session's lifetime: one request); return the jobs."""
+    known: dict[str, dict[str, Any] | None] = session.info.setdefault(_METRICS_KEY, {})
+    jobs = []
+    for job, data in rows:
+        known[job.id] = data if isinstance(data, dict) else None
+        jobs.append(job)
+    return jobs
 
 
 def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
@@ -72,7 +96,11 @@ def progress_fields(job: Job) -> dict[str, Any]:
                   and (obj.id, obj.status) not in cache]
         if job not in loaded:
             loaded.append(job)
-        metrics = latest_metrics(session, [j.id for j in loaded])
+        known = session.info.get(_METRICS_KEY, {})
+        metrics = {job_id: data for job_id, data in known.items() if data is not None}
+        missing = [j.id for j in loaded if j.id not in known]
+        if missing:
+            metrics.update(latest_metrics(session, missing))
         positions = queue_positions(session, loaded)
         for item in loaded:
             progress = progress_of(metrics.get(item.id))

@@ -65,7 +65,7 @@ def list_jobs():
 
 @bp.get("/<job_id>")
 def retrieve_job(job_id: str):
-    return job_object(jobs.get_job(db(), g.org_id, job_id))
+    return job_object(jobs.read_job(db(), g.org_id, job_id))
 
 
 @bp.post("/<job_id>/cancel")

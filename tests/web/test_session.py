@@ -134,6 +134,9 @@ def test_progress_and_queue_position(client: FlaskClient):
     assert listed[ids[1]]["progress"] is None
     one = client.get(f"/v1/fine_tuning/jobs/{ids[2]}").get_json()
     assert one["queue_position"] == 2
+    running = client.get(f"/v1/fine_tuning/jobs/{ids[0]}").get_json()
+    assert running["progress"] == {"step": 10, "total_steps": 20, "percent": 50.0}
+    assert running["queue_position"] is None
 
     # Positions follow the dispatch order (core.scheduling), not creation order: another
     # organization with nothing running goes first, and a higher priority jumps the queue.
