@@ -96,6 +96,7 @@ def create_job(session: Session, org_id: str, new: NewJob,
     )
     session.add(job)
     session.flush()
+    progress.remember_latest_metrics(session, [(job, None)])  # no metrics yet: no query
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     add_event(session, job.id, f"Validating training file: {training.id}")
     if new.validation_file:

@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, g, request
 
+from api.audit import audit_request
 from api.context import db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
@@ -40,8 +41,10 @@ def create_job():
 
 
 def _commit_and_publish(job_id: str, status: str, pool: str | None) -> None:
-    """Publish only after commit: a worker must never see a message for a job it cannot read."""
+    """Publish only after commit: a worker must never see a message for a job it cannot read.
+    The request's audit entry is committed with the job."""
     session = db()
+    audit_request(job_id)
     session.commit()
     try:
         publish_for_status(dorado().settings, job_id, status, pool)
