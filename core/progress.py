@@ -62,8 +62,10 @@ def remember_latest_metrics(session: Session, rows: Iterable[tuple[Job, Any]]) -
 def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
     """1-based position of each queued job in its pool's dispatch order (core.scheduling):
     what a user sees is the order workers will really follow."""
-    pools = {job.pool or DEFAULT_POOL for job in jobs if job.status == "queued"}
-    return scheduling.queue_positions(session, pools) if pools else {}
+    queued = [job for job in jobs if job.status == "queued"]
+    pools = {job.pool or DEFAULT_POOL for job in queued}
+    return (scheduling.queue_positions(session, pools, {job.id for job in queued})
+            if pools else {})
 
 
 def progress_of(data: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -156,48 +158,79 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
         if job.status == "queued":
             queued_by_pool.setdefault(job.pool or DEFAULT_POOL, []).append(job)
     for pool_name in sorted(queued_by_pool):
-        entries.extend(_simulate(queued_by_pool[pool_name], orgs, running_by_org))
+        queued = queued_by_pool[pool_name]
+        state = _org_states(queued, orgs, running_by_org)
+        for job, position in _replay(queued, state):
+            held = None if position is not None else (
+                f"organization at max_running_jobs ({state[job.organization_id].limit})")
+            entries.append(QueueEntry(job, orgs[job.organization_id].name, position=position,
+                                      held=held))
     return entries
 
 
-def queue_positions(session: Session, pools: set[str]) -> dict[str, int]:
+def queue_positions(session: Session, pools: set[str],
+                    wanted: set[str] | None = None) -> dict[str, int]:
     """1-based position of every dispatchable queued job of ``pools`` in its pool's dispatch
-    order (held jobs are absent). Reads only the columns the rule needs, so a dashboard poll
-    does not load every queued job."""
+    order (held jobs are absent). With ``wanted`` (job ids), the replay of a pool stops once
+    those are placed: a poll of one queued job does not place the jobs behind it.
+
+    One query reads only the columns the rule needs, with each organization's quota, last
+    dispatch and running count, so a dashboard poll does not load every queued job."""
     if not pools:
         return {}
     pool_of = func.coalesce(Job.pool, DEFAULT_POOL)
+    running = (select(Job.organization_id.label("org_id"), func.count().label("running"))
+               .where(Job.status == "running").group_by(Job.organization_id)
+               .subquery("running_by_org"))
     queued = session.execute(
-        select(Job.id, Job.organization_id, Job.priority, Job.created_at, pool_of.label("pool"))
+        select(Job.id, Job.organization_id, Job.priority, Job.created_at, pool_of.label("pool"),
+               Organization.max_running_jobs, Organization.last_dispatched_at,
+               func.coalesce(running.c.running, 0).label("running"))
+        .join(Organization, Organization.id == Job.organization_id)
+        .outerjoin(running, running.c.org_id == Job.organization_id)
         .where(Job.status == "queued", pool_of.in_(pools))).all()
-    org_ids = {row.organization_id for row in queued}
-    if not org_ids:
-        return {}
-    orgs = {row.id: row for row in session.execute(
-        select(Organization.id, Organization.name, Organization.max_running_jobs,
-               Organization.last_dispatched_at).where(Organization.id.in_(org_ids)))}
-    running_by_org = dict(session.execute(
-        select(Job.organization_id, func.count())
-        .where(Job.status == "running", Job.organization_id.in_(org_ids))
-        .group_by(Job.organization_id)).tuples().all())
+    state: dict[str, _OrgState] = {}
+    for row in queued:
+        if row.organization_id not in state:
+            state[row.organization_id] = _OrgState(running=row.running,
+                                                   limit=row.max_running_jobs,
+                                                   served=_timestamp(row.last_dispatched_at))
     positions: dict[str, int] = {}
     for pool in pools:
         in_pool = [row for row in queued if row.pool == pool]
-        for entry in _simulate(in_pool, orgs, running_by_org):
-            if entry.position is not None:
-                positions[entry.job.id] = entry.position
+        left = None if wanted is None else {row.id for row in in_pool} & wanted
+        if left is not None and not left:
+            continue
+        # Each pool replays from the organizations' real state.
+        pool_state = {org_id: _OrgState(st.running, st.limit, st.served)
+                      for org_id, st in state.items()}
+        for job, position in _replay(in_pool, pool_state):
+            if position is None:
+                break  # only held jobs follow
+            positions[job.id] = position
+            if left is not None:
+                left.discard(job.id)
+                if not left:
+                    break
     return positions
 
 
-def _simulate(queued: list[Job], orgs: dict[str, Organization],
-              running_by_org: dict[str, int]) -> list[QueueEntry]:
-    by_org: dict[str, deque[Job]] = {}
+def _org_states(queued: list[Job], orgs: dict[str, Organization],
+                running_by_org: dict[str, int]) -> dict[str, _OrgState]:
+    return {job.organization_id: _OrgState(
+                running=running_by_org.get(job.organization_id, 0),
+                limit=orgs[job.organization_id].max_running_jobs,
+                served=_timestamp(orgs[job.organization_id].last_dispatched_at))
+            for job in queued}
+
+
+def _replay(queued: list, state: dict[str, _OrgState]) -> Iterator[tuple[Any, int | None]]:
+    """(job, position) in dispatch order, then (job, None) for each job held by its
+    organization's quota. ``state`` (one entry per organization of ``queued``) is updated as
+    the simulated dispatches go."""
+    by_org: dict[str, deque] = {}
     for job in sorted(queued, key=lambda j: (-j.priority, j.created_at, j.id)):
         by_org.setdefault(job.organization_id, deque()).append(job)
-    state = {org_id: _OrgState(running=running_by_org.get(org_id, 0),
-                               limit=orgs[org_id].max_running_jobs,
-                               served=_timestamp(orgs[org_id].last_dispatched_at))
-             for org_id in by_org}
 
     def eligible(org_id: str) -> bool:
         limit = state[org_id].limit
@@ -212,7 +245,6 @@ def _simulate(queued: list[Job], orgs: dict[str, Organization],
     # just served changes rank, so a heap replays the rule in O(n log organizations).
     heap = [(rank(org_id), org_id) for org_id in by_org if eligible(org_id)]
     heapq.heapify(heap)
-    out: list[QueueEntry] = []
     position, clock = 0, 1e12  # simulated dispatches are later than any real one
     while heap:
         _, best = heapq.heappop(heap)
@@ -223,16 +255,14 @@ def _simulate(queued: list[Job], orgs: dict[str, Organization],
             clock += 1
             state[best].running += 1
             state[best].served = clock
-            out.append(QueueEntry(job, orgs[best].name, position=position))
+            yield job, position
             if heap or not eligible(best):
                 break
         if eligible(best):
             heapq.heappush(heap, (rank(best), best))
-    for org_id, waiting in by_org.items():
+    for waiting in by_org.values():
         for job in waiting:
-            out.append(QueueEntry(job, orgs[org_id].name, held=(
-                f"organization at max_running_jobs ({state[org_id].limit})")))
-    return out
+            yield job, None
 
 
 def _timestamp(value: datetime | None) -> float:
