@@ -6,8 +6,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from core import ids
@@ -52,8 +53,14 @@ def add_key(session: Session, org: Organization, key: str, *, name: str = "",
     return row
 
 
+@cache
+def _find_key_statement() -> Select:
+    # Built once: every request runs it, and building costs more than the cached execution.
+    return select(ApiKey).where(ApiKey.key_hash == bindparam("key_hash"))
+
+
 def find_key(session: Session, key: str) -> ApiKey | None:
-    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return session.scalar(_find_key_statement(), {"key_hash": hash_key(key)})
 
 
 def authenticate(session: Session, key: str | None) -> ApiKey:

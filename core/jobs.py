@@ -13,9 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import Select, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import catalog, ids, pools, progress, quotas
@@ -139,10 +140,14 @@ def get_job(session: Session, org_id: str, job_id: str) -> Job:
     return job
 
 
+@cache
+def _read_job_statement() -> Select:
+    return select(Job, progress.latest_metrics_column()).where(Job.id == bindparam("job_id"))
+
+
 def read_job(session: Session, org_id: str, job_id: str) -> Job:
     """:func:`get_job` for showing the job: its progress comes in the same query."""
-    row = session.execute(select(Job, progress.latest_metrics_column())
-                          .where(Job.id == job_id)).first()
+    row = session.execute(_read_job_statement(), {"job_id": job_id}).first()
     if row is None or row[0].organization_id != org_id:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return progress.remember_latest_metrics(session, [row.tuple()])[0]

@@ -9,6 +9,7 @@ when a queued job is shown.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 from sqlalchemy import ScalarSelect, func, select
@@ -38,10 +39,12 @@ def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, 
     return {job_id: data for job_id, data in rows if isinstance(data, dict)}
 
 
+@cache
 def latest_metrics_column() -> ScalarSelect[Any]:
     """The ``data`` of a job's newest metrics event (NULL without one), as a column to read
     next to ``Job``: ``select(Job, latest_metrics_column())``. Then hand the rows to
-    :func:`remember_latest_metrics` so serializing the jobs needs no query of its own."""
+    :func:`remember_latest_metrics` so serializing the jobs needs no query of its own.
+    Built once: constructing the statement costs more than executing its cached form."""
     return (select(JobEvent.data)
             .where(JobEvent.job_id == Job.id, JobEvent.type == "metrics")
             .order_by(JobEvent.seq.desc()).limit(1)
