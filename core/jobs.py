@@ -157,35 +157,61 @@ JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", 
                 "cancelled")
 
 
+@cache
+def _list_statement(by_status: bool, after: bool, limited: bool) -> Select:
+    """Jobs of ``:org_id`` (of ``:status``), newest first, after the job ``:after``, at most
+    ``:limit``: built once per shape, as it runs on every listing."""
+    stmt = (select(Job, progress.latest_metrics_column())
+            .where(Job.organization_id == bindparam("org_id")))
+    if by_status:
+        stmt = stmt.where(Job.status == bindparam("status"))
+    if after:
+        # The cursor's key comes from a subquery (NULL for a job of another organization or
+        # none: then no row matches, and list_jobs tells why): no round trip of its own.
+        cursor_created_at = (select(Job.created_at)
+                             .where(Job.id == bindparam("after"),
+                                    Job.organization_id == bindparam("org_id"))
+                             .scalar_subquery())
+        stmt = stmt.where(after_cursor(Job.created_at, Job.id, cursor_created_at,
+                                       bindparam("after")))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
+    return stmt.limit(bindparam("limit")) if limited else stmt
+
+
 def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
               metadata: dict[str, str] | None = None,
               status: str | None = None) -> tuple[list[Job], bool]:
     """A page of jobs, newest first (optionally of one status: a Dorado extra), read with
     their progress."""
-    stmt = select(Job, progress.latest_metrics_column()).where(Job.organization_id == org_id)
-    if status is not None:
-        if status not in JOB_STATUSES:
-            raise InvalidRequest(f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}",
-                                 param="status")
-        stmt = stmt.where(Job.status == status)
-    if after:
-        cursor = session.get(Job, after)
-        if cursor is None or cursor.organization_id != org_id:
-            raise InvalidRequest(f"No such fine-tuning job: {after}", param="after")
-        stmt = stmt.where(after_cursor(Job.created_at, Job.id, cursor.created_at, cursor.id))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidRequest(f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}",
+                             param="status")
+    params = {"org_id": org_id, "status": status, "after": after, "limit": limit + 1}
     if not metadata:
-        rows = session.execute(stmt.limit(limit + 1)).tuples().all()
+        stmt = _list_statement(status is not None, bool(after), True)
+        rows = session.execute(stmt, params).tuples().all()
+        if after and not rows:
+            _check_cursor(session, org_id, after)
         return progress.remember_latest_metrics(session, rows[:limit]), len(rows) > limit
     # Metadata filters are rare and small; filter in Python to stay portable across dialects.
+    if after:
+        _check_cursor(session, org_id, after)
+    stmt = _list_statement(status is not None, bool(after), False)
     matched: list[tuple[Job, Any]] = []
-    for job, data in session.execute(stmt).tuples().yield_per(500):
+    for job, data in session.execute(stmt, params).tuples().yield_per(500):
         meta = job.user_metadata or {}
         if all(meta.get(k) == v for k, v in metadata.items()):
             matched.append((job, data))
             if len(matched) > limit:
                 break
     return progress.remember_latest_metrics(session, matched[:limit]), len(matched) > limit
+
+
+def _check_cursor(session: Session, org_id: str, after: str) -> None:
+    """InvalidRequest unless ``after`` is a job of ``org_id``."""
+    cursor_org = session.scalar(select(Job.organization_id).where(Job.id == after))
+    if cursor_org != org_id:
+        raise InvalidRequest(f"No such fine-tuning job: {after}", param="after")
 
 
 def list_events(session: Session, job: Job, *, limit: int,

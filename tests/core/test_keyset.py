@@ -8,6 +8,7 @@ import pytest
 
 from core import auth, files, jobs
 from core.db import session_scope
+from core.errors import InvalidRequest
 from core.migrate import upgrade
 from core.models import File, Job
 from core.timeutil import utcnow
@@ -60,6 +61,19 @@ def test_jobs_pages_cover_every_row_once_in_order(database_url, limit):
             key=lambda j: (j.created_at, j.id), reverse=True)]
         got = walk(lambda after, n: jobs.list_jobs(session, org_id, limit=n, after=after), limit)
     assert got == expected and len(got) == 11
+
+
+def test_jobs_cursor_must_be_a_job_of_the_caller(database_url):
+    org_id = seed(database_url)
+    with session_scope(database_url) as session:
+        for after in ("ftjob-nope", "ftjob-other-03"):
+            with pytest.raises(InvalidRequest, match=f"No such fine-tuning job: {after}"):
+                jobs.list_jobs(session, org_id, limit=5, after=after)
+        with pytest.raises(InvalidRequest):
+            jobs.list_jobs(session, org_id, limit=5, after="ftjob-other-03",
+                           metadata={"k": "v"})
+        # The oldest job as the cursor: an empty last page, not an error.
+        assert jobs.list_jobs(session, org_id, limit=5, after="ftjob-acme-09") == ([], False)
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
