@@ -2,8 +2,8 @@
 
 Jobs read with :func:`latest_metrics_column` (a poll, a listed page) bring their latest
 metrics event along in the same query; others cost one query for the latest metrics event of
-every loaded job whatever their number. The dispatch order costs three more queries, only
-when a queued job is shown.
+every loaded job whatever their number. The dispatch order costs one more query, only when
+a queued job is shown.
 """
 
 from __future__ import annotations
