@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.dora import DoraLinearLayer
 
+from worker.training.adapters import swap_module_class
+
 
 def dora_row_norm(
     weight: torch.Tensor,
@@ -153,19 +155,9 @@ def enable_fast_dora(model: Any) -> int:
     The modules keep their parameters and state-dict keys; only their class changes.
     Returns how many layers were switched.
     """
-    n = 0
-    for module in model.modules():
-        if type(module) is DoraLinearLayer:
-            module.__class__ = FastDoraLinearLayer
-            n += 1
-    return n
+    return swap_module_class(model, DoraLinearLayer, FastDoraLinearLayer)
 
 
 def disable_fast_dora(model: Any) -> int:
     """Undo :func:`enable_fast_dora` (back to PEFT's default DoRA path)."""
-    n = 0
-    for module in model.modules():
-        if type(module) is FastDoraLinearLayer:
-            module.__class__ = DoraLinearLayer
-            n += 1
-    return n
+    return swap_module_class(model, FastDoraLinearLayer, DoraLinearLayer)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from worker.training.adapters import swap_module_class
 from worker.training.fast_dora import FastDoraLinearLayer
 
 
@@ -94,19 +95,9 @@ def enable_fused_adapters(model: Any) -> int:
 
     Parameters, buffers and state-dict keys stay as they are. Returns how many were switched.
     """
-    n = 0
-    for module in model.modules():
-        if type(module) is LoraLinear:
-            module.__class__ = FusedLoraLinear
-            n += 1
-    return n
+    return swap_module_class(model, LoraLinear, FusedLoraLinear)
 
 
 def disable_fused_adapters(model: Any) -> int:
     """Undo :func:`enable_fused_adapters` (PEFT's own forward again)."""
-    n = 0
-    for module in model.modules():
-        if type(module) is FusedLoraLinear:
-            module.__class__ = LoraLinear
-            n += 1
-    return n
+    return swap_module_class(model, FusedLoraLinear, LoraLinear)
