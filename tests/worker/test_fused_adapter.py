@@ -152,6 +152,19 @@ def test_disabled_and_merged_adapters_take_peft_forward(dora: bool) -> None:
     torch.testing.assert_close(fused(x), want, rtol=1e-4, atol=1e-5)
 
 
+def test_lora_bias_takes_peft_forward() -> None:
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], lora_bias=True)
+    reference = get_peft_model(Net(), config)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    fused = fused_copy(reference, dora=False)
+    x = torch.randn(3, 7, IN)
+    assert torch.equal(fused(x), reference(x))
+
+
 def test_dora_without_the_fast_norm_takes_peft_forward() -> None:
     reference = adapted(dora=True)
     fused = copy.deepcopy(reference)

@@ -19,10 +19,11 @@ functions. ``g`` uses the factored, detached weight norm of :mod:`worker.trainin
 DoRA layers take the fused path only once :func:`~worker.training.fast_dora.enable_fast_dora`
 ran.
 
-Only the plain case is taken over: one active adapter, no dropout in training, an unmerged
-``nn.Linear`` base whose weight, input and adapter share a dtype. Anything else (dropout,
-mixed adapter batches, merged or quantised layers) runs PEFT's own forward. Saving, loading and
-merging are untouched: the layers keep their class's state dict and only their forward changes.
+Only the plain case is taken over: one active adapter without ``lora_bias``, no dropout in
+training, an unmerged ``nn.Linear`` base whose weight, input and adapter share a dtype. Anything
+else runs PEFT's own forward: dropout, mixed adapter batches, merged or quantised layers, and a
+GPU run in bf16, where PEFT keeps the adapter in float32. Saving, loading and merging are
+untouched: the layers keep their class's state dict and only their forward changes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class FusedLoraLinear(LoraLinear):
             return None
         if self.lora_A[name].weight.dtype != dtype:
             return None
+        if getattr(self.lora_B[name], "bias", None) is not None:
+            return None  # lora_bias=True: B carries a bias the fused product leaves out
         return name
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
