@@ -95,8 +95,9 @@ class FastDoraLinearLayer(DoraLinearLayer):
 
         The norm is detached and depends only on weights that change at optimizer steps, so the
         micro-batches of one step (and evaluation between steps) share one computation. Keyed on
-        each tensor's identity and in-place version counter (the optimizer's updates, a state-dict
-        load and a merge all bump it).
+        each tensor's identity and in-place version counter (AdamW's default updates, a
+        state-dict load and a merge all bump it). ``AdamW(fused=True)`` writes without bumping
+        it: whoever steps an optimizer calls :func:`forget_adapted_norms` after each step.
         """
         key = tuple(
             (t.data_ptr(), t._version, t.device, t.dtype) for t in (weight, lora_a, lora_b)
@@ -161,3 +162,10 @@ def enable_fast_dora(model: Any) -> int:
 def disable_fast_dora(model: Any) -> int:
     """Undo :func:`enable_fast_dora` (back to PEFT's default DoRA path)."""
     return swap_module_class(model, FastDoraLinearLayer, DoraLinearLayer)
+
+
+def forget_adapted_norms(model: Any) -> None:
+    """Drop the weight norms cached by :class:`FastDoraLinearLayer` (after an optimizer step)."""
+    for module in model.modules():
+        if isinstance(module, FastDoraLinearLayer):
+            module._fast_norm = None

@@ -507,6 +507,13 @@ class _Run:
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, spec)
+        if spec.adapter.type == "dora":
+            from worker.training.fast_dora import forget_adapted_norms
+
+            # Not every optimizer's in-place update bumps the version counters that key the
+            # cached DoRA norms (fused AdamW does not): forget them at every step.
+            model = self.model
+            self.optimizer.register_step_post_hook(lambda *_: forget_adapted_norms(model))
         self.steps_per_epoch = n_batches_per_epoch(len(self.examples), spec.batch_size)
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         warmup = math.ceil(spec.warmup_ratio * self.total_steps)
