@@ -1,12 +1,13 @@
-"""DoRA's step-time overhead over LoRA: the engine's fast DoRA next to PEFT's default path.
+"""DoRA's step-time overhead over LoRA: the engine's fused forward next to PEFT's paths.
 
 Same model (SmolLM2-135M-Instruct, float32, CPU), r=16 alpha=32 all-linear, the same fixed
-optimizer steps (the engine's micro-batches of the skewed chat set, batch 8) for three
-configurations: LoRA, DoRA with the engine's factored weight norm, DoRA with PEFT's default
-forward; the steps are interleaved across the three. Also times the weight-norm computation
-alone for SmolLM2's layer shapes. ::
+optimizer steps (the engine's micro-batches of the skewed chat set, batch 8) for five
+configurations: LoRA and DoRA with the engine's fused forward (``worker.training.fused_adapter``;
+DoRA with the factored, cached weight norm), LoRA with PEFT's forward, DoRA with PEFT's forward
+and the factored norm, and DoRA with PEFT's default path; the steps are interleaved across the
+five. Also times the weight-norm computation alone for SmolLM2's layer shapes. ::
 
-    .venv/bin/python bench/dora_overhead.py              # ~4 minutes on 2 CPU cores
+    .venv/bin/python bench/dora_overhead.py              # ~2-4 minutes on 2 CPU cores
     .venv/bin/python bench/dora_overhead.py --steps 2 --repeats 1
 """
 
