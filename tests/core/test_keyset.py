@@ -9,17 +9,8 @@ import pytest
 from core import auth, files, jobs
 from core.db import session_scope
 from core.errors import InvalidRequest
-from core.migrate import upgrade
 from core.models import File, Job
 from core.timeutil import utcnow
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    upgrade(url)
-    return url
 
 
 def seed(url: str) -> str:

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import update
 
 from core import auth, catalog, jobs
 from core.db import session_scope
 from core.hyperparams import AdapterConfig, Hyperparameters
-from core.migrate import upgrade
 from core.models import File, Job
 from core.timeutil import utcnow
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    upgrade(url)
-    return url
 
 
 def make_running_job(url: str, retries: int) -> str:
