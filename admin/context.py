@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import click
 from sqlalchemy.orm import Session
 
-from core.db import session_scope
+from core.db.engine import session_scope
 from core.settings import Settings
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from core.secret import platform_secret
 from core.settings import Settings, load_settings
+from core.tenancy.secret import platform_secret
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 

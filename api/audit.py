@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from api.context import db
-from core import audit as audit_log
+from core.tenancy import audit as audit_log
 
 # endpoint -> (action, object type). Reads other than downloads are not audited.
 ACTIONS: dict[str, tuple[str, str]] = {

@@ -14,9 +14,9 @@ from flask import Flask, g, request
 
 from api import websession
 from api.context import db
-from core.auth import authenticate
+from core.db.models import ApiKey, Organization
 from core.errors import PermissionDenied
-from core.models import ApiKey, Organization
+from core.tenancy.auth import authenticate
 
 PUBLIC_PATHS = {"/v1/openapi.json"}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

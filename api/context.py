@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
-from core.db import new_session
-from core.models import ApiKey
+from core.db.engine import new_session
+from core.db.models import ApiKey
 from core.settings import Settings
-from core.storage import ObjectStore, open_store
+from core.storage.objects import ObjectStore, open_store
 
 
 @dataclass

@@ -25,7 +25,7 @@ from core.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
-from core.storage import ObjectNotFound
+from core.storage.objects import ObjectNotFound
 
 log = logging.getLogger(__name__)
 

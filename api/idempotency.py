@@ -9,7 +9,7 @@ from flask import Flask, Response, g, request
 
 from api.context import db
 from api.errors import envelope
-from core import idempotency
+from core.tenancy import idempotency
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from flask import Flask, Response, g, request
 
 from api.context import dorado
 from api.errors import envelope
-from core.ratelimit import Decision, RateLimiter, header_seconds, open_limiter
+from core.tenancy.ratelimit import Decision, RateLimiter, header_seconds, open_limiter
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Routes that take a multipart upload; every other route with a body takes JSON.

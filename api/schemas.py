@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.hyperparams import AdapterConfig, Hyperparameters
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters
 
 
 class SupervisedMethod(BaseModel):

@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.checkpoints import checkpoint_model_name
-from core.models import Checkpoint, File, Job, JobEvent, Model
-from core.progress import progress_fields
+from core.db.models import Checkpoint, File, Job, JobEvent, Model
+from core.jobs.checkpoints import checkpoint_model_name
+from core.jobs.progress import progress_fields
 from core.timeutil import to_unix
 
 

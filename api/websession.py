@@ -1,6 +1,6 @@
 """The dashboard's sign-in session: a signed, HttpOnly cookie holding only the API key's *id*.
 
-The raw key is never stored: the sign-in form checks it with ``core.auth.authenticate`` and
+The raw key is never stored: the sign-in form checks it with ``core.tenancy.auth.authenticate`` and
 the session keeps the key id, its organization and a CSRF token. Every later request loads the
 key row again, so revoking the key ends the session. Requests authenticated by the session
 must carry the CSRF token (``X-CSRF-Token`` header, or the ``csrf_token`` form field) on any
@@ -19,8 +19,8 @@ from typing import Any
 from flask import request, session
 from sqlalchemy.orm import Session
 
+from core.db.models import ApiKey
 from core.errors import PermissionDenied
-from core.models import ApiKey
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """WSGI entry point for gunicorn: ``gunicorn api.wsgi:app``."""
 
 from api import create_app
-from core.logconfig import configure_logging
+from core.observability.logconfig import configure_logging
 
 configure_logging()
 app = create_app()

@@ -32,11 +32,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.main import api_command  # noqa: E402
 from core import auth  # noqa: E402
 from core.bootstrap import prepare_database  # noqa: E402
-from core.cli import api_command  # noqa: E402
-from core.db import session_scope  # noqa: E402
-from core.models import File, Job  # noqa: E402
+from core.db.engine import session_scope  # noqa: E402
+from core.db.models import File, Job  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from core.timeutil import utcnow  # noqa: E402
 
@@ -286,7 +286,7 @@ def main() -> None:
         if api is not None:
             api.terminate()
             api.wait()
-        from core.db import get_engine
+        from core.db.engine import get_engine
 
         get_engine(settings.database_url).dispose()
         drop_database(database)

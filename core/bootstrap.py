@@ -6,11 +6,12 @@ import logging
 
 from sqlalchemy import func, select
 
-from core import auth, catalog
-from core.db import session_scope
-from core.migrate import upgrade
-from core.models import ApiKey
+from core.catalog import lookup as catalog
+from core.db.engine import session_scope
+from core.db.migrate import upgrade
+from core.db.models import ApiKey
 from core.settings import Settings
+from core.tenancy import auth
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,6 @@ def on_starting(server) -> None:
 def child_exit(server, worker) -> None:
     """Drop the exited worker's live samples (prometheus-client multiprocess mode)."""
     if _metrics_dir():
-        from core.metrics import mark_process_dead
+        from core.observability.metrics import mark_process_dead
 
         mark_process_dead(worker.pid)

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from core.settings, the metadata from core.models."""
+"""Alembic environment: the URL comes from core.settings, the metadata from core.db.models."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-import core.models  # noqa: F401  (registers every table on the metadata)
-from core.db import Base, get_engine
+import core.db.models  # noqa: F401  (registers every table on the metadata)
+from core.db.engine import Base, get_engine
 from core.settings import load_settings
 from core.timeutil import UTCDateTime
 

@@ -31,7 +31,7 @@ def fresh_postgres_database(prefix: str = "dorado_test") -> Iterator[str]:
     try:
         yield url
     finally:
-        from core.db import get_engine
+        from core.db.engine import get_engine
 
         get_engine(url).dispose()
         with admin.connect() as conn:

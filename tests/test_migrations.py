@@ -5,9 +5,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-import core.models  # noqa: F401
-from core.db import Base, get_engine
-from core.migrate import alembic_config, upgrade
+import core.db.models  # noqa: F401
+from core.db.engine import Base, get_engine
+from core.db.migrate import alembic_config, upgrade
 
 
 def test_single_head():

@@ -11,8 +11,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from core.logconfig import configure_logging
-from core.queue import celery_config
+from core.observability.logconfig import configure_logging
+from core.scheduling.broker import celery_config
 from core.settings import load_settings
 from worker import registry, shutdown
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from core.catalog import BUILTIN_MODELS
-from core.logconfig import configure_logging
+from core.catalog.lookup import BUILTIN_MODELS
+from core.observability.logconfig import configure_logging
 from core.settings import load_settings
-from core.storage import open_store
+from core.storage.objects import open_store
 
 
 @click.group()
@@ -43,7 +43,7 @@ def serve_inference(host: str, port: int | None) -> None:
     """Run the inference service (chat completions, merged models) in the foreground."""
     import os
 
-    from core.cli import inference_command
+    from cli.main import inference_command
     from core.settings import DEFAULT_INFERENCE_PORT
 
     command = inference_command(port or load_settings().inference_port

@@ -3,7 +3,7 @@ parameter to blame; transient ones are retried (bounded), user errors never."""
 
 from __future__ import annotations
 
-from core.storage import ObjectNotFound
+from core.storage.objects import ObjectNotFound
 from worker.model_store import ModelUnavailable
 from worker.training.spec import TrainingProcessLost
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from core.catalog import model_prefix
+from core.catalog.lookup import model_prefix
 from core.settings import Settings
-from core.storage import ObjectNotFound, ObjectStore
+from core.storage.objects import ObjectNotFound, ObjectStore
 from worker.cache import COMPLETE_MARKER, fill_once, invalidate
 from worker.model_store import ensure_model
 

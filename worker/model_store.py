@@ -17,10 +17,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from core.catalog import model_prefix
-from core.model_registry import gguf_source_key, new_revision
+from core.catalog.lookup import model_prefix
+from core.catalog.registry import gguf_source_key, new_revision
 from core.settings import Settings
-from core.storage import ObjectNotFound, ObjectStore, download_dir, upload_dir
+from core.storage.objects import ObjectNotFound, ObjectStore, download_dir, upload_dir
 from worker.cache import COMPLETE_MARKER, fill_once, invalidate
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""This worker's entry in the workers registry (core.workers).
+"""This worker's entry in the workers registry (core.scheduling.workers).
 
 Celery signals (worker/celery_app.py) drive it: once Celery has set the worker up, a training
 worker (one consuming ``dorado.jobs``) switches to its pool's queue and starts a heartbeat
@@ -16,9 +16,9 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from core import workers
-from core.db import session_scope
-from core.queue import JOBS_QUEUE, jobs_queue
+from core.db.engine import session_scope
+from core.scheduling import workers
+from core.scheduling.broker import JOBS_QUEUE, jobs_queue
 from core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)

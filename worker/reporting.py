@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core import checkpoints, jobs
-from core.db import session_scope
+from core.db.engine import session_scope
+from core.jobs import checkpoints
+from core.jobs import lifecycle as jobs
 from core.settings import Settings
-from core.storage import ObjectStore, delete_prefix, upload_dir
+from core.storage.objects import ObjectStore, delete_prefix, upload_dir
 from core.timeutil import utcnow
 from worker import artifacts, shutdown
 

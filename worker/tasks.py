@@ -1,5 +1,5 @@
 """Celery tasks. They take ids, read everything else from the database, and write results
-back through fenced conditional updates (see core.jobs)."""
+back through fenced conditional updates (see core.jobs.lifecycle)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from core import checkpoints, jobs, scheduling
-from core.db import session_scope
-from core.files import create_system_file
-from core.hyperparams import learning_rate
-from core.models import File, Job
-from core.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
+from core.db.engine import session_scope
+from core.db.models import File, Job
+from core.jobs import checkpoints
+from core.jobs import lifecycle as jobs
+from core.jobs.hyperparams import learning_rate
+from core.scheduling import dispatch as scheduling
+from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
-from core.storage import ObjectNotFound, ObjectStore, download_dir, open_store
+from core.storage.files import create_system_file
+from core.storage.objects import ObjectNotFound, ObjectStore, download_dir, open_store
 from worker import artifacts, registry, shutdown
 from worker.celery_app import app
 from worker.failures import TRANSIENT_CODES, classify
@@ -97,8 +99,8 @@ def validate_job(job_id: str) -> None:
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
-    """A wake-up for this worker's pool: claim the best eligible queued job (core.scheduling;
-    not necessarily ``job_id``) and train it."""
+    """A wake-up for this worker's pool: claim the best eligible queued job
+    (core.scheduling.dispatch; not necessarily ``job_id``) and train it."""
     settings = load_settings()
     with session_scope(settings.database_url) as session:
         dispatched = scheduling.claim_next(session, pool=registry.pool(), worker=worker_name(),
@@ -184,7 +186,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
 
 def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
            reporter: JobReporter) -> None:
-    from core.logconfig import configure_logging
+    from core.observability.logconfig import configure_logging
     from worker.training.distributed import plan_parallelism, run_training
 
     claimed = _load(settings, job_id)

@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core import jobs
-from core.db import session_scope
-from core.models import File, Job
-from core.queue import publish_job
+from core.db.engine import session_scope
+from core.db.models import File, Job
+from core.jobs import lifecycle as jobs
+from core.scheduling.broker import publish_job
 from core.settings import Settings
-from core.storage import ObjectNotFound, open_store
+from core.storage.objects import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_files import ensure_tokenizer_files
 from worker.model_store import ModelUnavailable

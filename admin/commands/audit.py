@@ -8,7 +8,7 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, json_option
-from core import audit as audit_log
+from core.tenancy import audit as audit_log
 
 COLUMNS = [("time", "TIME"), ("actor", "ACTOR"), ("action", "ACTION"),
            ("object_type", "TYPE"), ("object_id", "OBJECT"), ("organization_id", "ORG"),

@@ -16,10 +16,11 @@ from admin.output import (
     json_option,
     to_json,
 )
-from core import audit, gc
 from core.errors import InvalidRequest
-from core.stats import parse_period
-from core.storage import open_store
+from core.observability.stats import parse_period
+from core.storage import gc
+from core.storage.objects import open_store
+from core.tenancy import audit
 
 TABLE_ROWS = 200
 

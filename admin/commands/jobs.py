@@ -8,11 +8,11 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, handle_errors, json_option
-from core import job_admin
-from core.job_admin import Actor
-from core.models import Job
-from core.queue import DEFAULT_POOL
-from core.scheduler import publish_now
+from core.db.models import Job
+from core.jobs import admin as job_admin
+from core.jobs.admin import Actor
+from core.scheduling.broker import DEFAULT_POOL
+from core.scheduling.sweeper import publish_now
 
 
 def _show(admin: AdminContext, job_id: str, as_json: bool, message: str | None = None,

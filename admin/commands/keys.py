@@ -9,7 +9,7 @@ from rich.console import Console
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, emit_rows, handle_errors, json_option, to_json
-from core import audit, auth
+from core.tenancy import audit, auth
 
 COLUMNS = [("id", "ID"), ("prefix", "PREFIX"), ("name", "NAME"), ("scope", "SCOPE"),
            ("created_at_text", "CREATED"), ("last_used_at_text", "LAST USED"),

@@ -6,8 +6,9 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_message, emit_rows, handle_errors, human_bytes, json_option
-from core import audit, model_registry
-from core.storage import delete_prefix, open_store
+from core.catalog import registry as model_registry
+from core.storage.objects import delete_prefix, open_store
+from core.tenancy import audit
 
 
 @click.group("models")

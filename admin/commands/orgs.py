@@ -6,7 +6,7 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, emit_rows, handle_errors, json_option
-from core import audit, auth
+from core.tenancy import audit, auth
 
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("is_operator", "OPERATOR"),
            ("active_keys", "KEYS"), ("max_running_jobs", "MAX RUNNING"),

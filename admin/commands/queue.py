@@ -11,7 +11,7 @@ from rich.text import Text
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, human_duration, json_option, table
-from core import scheduling
+from core.scheduling import dispatch as scheduling
 from core.timeutil import utcnow
 
 COLUMNS = [("position", "#"), ("id", "JOB"), ("status", "STATUS"), ("pool", "POOL"),

@@ -7,8 +7,8 @@ from rich.console import Console
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, human_duration, json_option, to_json
-from core import stats
-from core.auth import get_organization
+from core.observability import stats
+from core.tenancy.auth import get_organization
 
 
 @click.command("stats")

@@ -7,7 +7,8 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, emit_rows, handle_errors, human_duration, json_option
-from core import audit, workers
+from core.scheduling import workers
+from core.tenancy import audit
 from core.timeutil import utcnow
 
 COLUMNS = [("name", "NAME"), ("state", "STATE"), ("pool", "POOL"), ("gpus", "GPUS"),

@@ -10,8 +10,8 @@ from flask import Blueprint, request
 
 from api.context import db
 from api.pagination import after_arg, limit_arg
-from core import audit
 from core.errors import InvalidRequest
+from core.tenancy import audit
 
 bp = Blueprint("admin_audit", __name__, url_prefix="/v1/admin")
 

@@ -13,10 +13,12 @@ from api.audit import audit
 from api.context import db, dorado
 from api.request_body import json_object
 from api.serializers import page
-from core import gc, model_registry, stats
-from core.auth import get_organization
+from core.catalog import registry as model_registry
 from core.errors import InvalidRequest
-from core.storage import delete_prefix
+from core.observability import stats
+from core.storage import gc
+from core.storage.objects import delete_prefix
+from core.tenancy.auth import get_organization
 
 bp = Blueprint("admin_catalog", __name__, url_prefix="/v1/admin")
 

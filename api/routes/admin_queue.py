@@ -10,11 +10,13 @@ from api.audit import actor, audit
 from api.context import db, dorado
 from api.request_body import json_object
 from api.serializers import page
-from core import job_admin, scheduling, workers
+from core.db.models import Job
 from core.errors import InvalidRequest
-from core.job_admin import Actor
-from core.models import Job
-from core.scheduler import publish_now
+from core.jobs import admin as job_admin
+from core.jobs.admin import Actor
+from core.scheduling import dispatch as scheduling
+from core.scheduling import workers
+from core.scheduling.sweeper import publish_now
 from core.timeutil import utcnow
 
 bp = Blueprint("admin_queue", __name__, url_prefix="/v1/admin")

@@ -16,9 +16,9 @@ from flask import Blueprint, Flask, Response, redirect, render_template, request
 from api import websession
 from api.context import db
 from api.openapi import build_openapi
-from core.auth import authenticate
+from core.db.models import Organization
 from core.errors import AuthenticationFailed
-from core.models import Organization
+from core.tenancy.auth import authenticate
 
 bp = Blueprint("dashboard", __name__)
 

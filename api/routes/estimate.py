@@ -7,7 +7,7 @@ from flask import Blueprint, g
 from api.context import db
 from api.request_body import json_object
 from api.schemas import JobCreateRequest
-from core.estimate import estimate_job
+from core.jobs.estimate import estimate_job
 
 bp = Blueprint("estimate", __name__, url_prefix="/v1/fine_tuning/jobs")
 

@@ -10,8 +10,9 @@ from api.context import db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.serializers import file_object, page
-from core import files, storage_quota
 from core.errors import InvalidRequest
+from core.storage import files
+from core.storage import quota as storage_quota
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 

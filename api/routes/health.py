@@ -6,7 +6,7 @@
   filesystem transport, the Celery broker. 200 with each check's result, or 503 naming the
   failing checks. Errors are reported by type only (the endpoint is unauthenticated); the
   details go to the log.
-* ``GET /metrics``: Prometheus text format (see ``core.metrics``).
+* ``GET /metrics``: Prometheus text format (see ``core.observability.metrics``).
 
 Keep ``/metrics`` and ``/readyz`` off the public Ingress; Prometheus scrapes the Service.
 """
@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, g, request
 from sqlalchemy import text
 
 from api.context import db, dorado
-from core import metrics
+from core.observability import metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,12 @@ from api.context import db, dorado
 from api.downloads import stored_object
 from api.errors import envelope, pydantic_error
 from api.request_body import json_object
-from core import catalog, jobs
-from core import idempotency as idempotency_records
+from core.catalog import lookup as catalog
+from core.db.models import Job
 from core.errors import InvalidRequest
-from core.models import Job
-from core.secret import internal_token
+from core.jobs import lifecycle as jobs
+from core.tenancy import idempotency as idempotency_records
+from core.tenancy.secret import internal_token
 
 log = logging.getLogger(__name__)
 

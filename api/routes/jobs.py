@@ -14,9 +14,10 @@ from api.request_body import json_object
 from api.routes.inference import merged_adapter_response
 from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
-from core import checkpoints, jobs
 from core.errors import InvalidRequest
-from core.queue import publish_for_status
+from core.jobs import checkpoints
+from core.jobs import lifecycle as jobs
+from core.scheduling.broker import publish_for_status
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from flask import Blueprint, g
 
 from api.context import db
 from api.serializers import model_object, page
-from core import catalog
+from core.catalog import lookup as catalog
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 

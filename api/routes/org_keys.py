@@ -9,8 +9,8 @@ from api.audit import audit
 from api.context import db
 from api.request_body import json_object
 from api.serializers import page
-from core import auth
 from core.errors import InvalidRequest
+from core.tenancy import auth
 
 bp = Blueprint("org_keys", __name__, url_prefix="/v1/organization")
 

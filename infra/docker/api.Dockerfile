@@ -27,15 +27,16 @@ print('\n'.join(d['project']['dependencies']))" > /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # Source last. Installed editable because the app finds web/, migrations/ and alembic.ini
-# next to its packages (api.WEB_DIR, core.migrate.ROOT).
+# next to its packages (api.WEB_DIR, core.db.migrate.ROOT).
 COPY README.md alembic.ini ./
 COPY migrations ./migrations
 COPY web ./web
 COPY infra/gunicorn.conf.py ./infra/gunicorn.conf.py
 COPY core ./core
+COPY cli ./cli
 COPY api ./api
 RUN pip install --no-deps -e . \
- && python -c "import api, core.cli"
+ && python -c "import api, cli.main"
 
 USER 10001:10001
 EXPOSE 8000

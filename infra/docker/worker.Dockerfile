@@ -47,6 +47,7 @@ print('\n'.join(d['project']['dependencies'] + d['project']['optional-dependenci
 COPY README.md alembic.ini ./
 COPY migrations ./migrations
 COPY core ./core
+COPY cli ./cli
 COPY api ./api
 COPY worker ./worker
 RUN pip install --no-deps -e . \

@@ -70,7 +70,7 @@ def tiny_model_dir() -> Path:
     from dataclasses import replace
 
     from core.settings import load_settings
-    from core.storage import LocalStore
+    from core.storage.objects import LocalStore
 
     path = MODEL_CACHE / "tiny-random-llama"
     if not (path / ".complete").exists():

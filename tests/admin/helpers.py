@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from core import auth, catalog, ids, jobs
-from core.hyperparams import AdapterConfig, Hyperparameters
-from core.models import File
+from core import ids
+from core.catalog import lookup as catalog
+from core.db.models import File
+from core.jobs import lifecycle as jobs
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters
+from core.tenancy import auth
 from core.timeutil import utcnow
 
 

@@ -13,13 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from api import create_app
-from core import auth, files
 from core.bootstrap import prepare_database
-from core.checkpoints import checkpoint_prefix
-from core.db import session_scope
-from core.models import AuditEvent, Checkpoint, Job, Model, Organization
+from core.db.engine import session_scope
+from core.db.models import AuditEvent, Checkpoint, Job, Model, Organization
+from core.jobs.checkpoints import checkpoint_prefix
 from core.settings import load_settings
-from core.storage import LocalStore, ObjectStore, open_store
+from core.storage import files
+from core.storage.objects import LocalStore, ObjectStore, open_store
+from core.tenancy import auth
 from core.timeutil import utcnow
 from tests.admin.catalog_support import admin_json, prepare_platform, run_admin, store_env
 

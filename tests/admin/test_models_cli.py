@@ -15,13 +15,14 @@ from openai import OpenAI
 from sqlalchemy import select
 
 from api import create_app
-from core import auth, model_registry
 from core.bootstrap import prepare_database
-from core.db import session_scope
+from core.catalog import registry as model_registry
+from core.db.engine import session_scope
+from core.db.models import AuditEvent, Job, Organization
 from core.errors import DoradoError, InvalidRequest, NotFound
-from core.models import AuditEvent, Job, Organization
 from core.settings import load_settings
-from core.storage import LocalStore, delete_prefix, open_store
+from core.storage.objects import LocalStore, delete_prefix, open_store
+from core.tenancy import auth
 from core.timeutil import utcnow
 from tests.admin.catalog_support import (
     admin_json,

@@ -7,10 +7,10 @@ import pytest
 
 from api import create_app
 from api.openapi_queue import AdminJob, QueueList, WorkerList
-from core import workers
 from core.bootstrap import prepare_database
-from core.db import session_scope
-from core.models import Organization
+from core.db.engine import session_scope
+from core.db.models import Organization
+from core.scheduling import workers
 from core.settings import load_settings
 from tests.admin.helpers import make_job, make_org
 from tests.api.conftest import API_KEY, Api, chat_examples

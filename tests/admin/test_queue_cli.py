@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import workers
-from core.db import session_scope
-from core.migrate import upgrade
+from core.db.engine import session_scope
+from core.db.migrate import upgrade
+from core.scheduling import workers
 from tests.admin.helpers import dorado_admin, dorado_admin_json, make_job, make_org
 
 

@@ -10,11 +10,13 @@ import threading
 import pytest
 from sqlalchemy import update
 
-from core import job_admin, jobs, scheduling
-from core.db import session_scope
+from core.db.engine import session_scope
+from core.db.migrate import upgrade
+from core.db.models import Job
 from core.errors import Conflict, QuotaExceeded
-from core.migrate import upgrade
-from core.models import Job
+from core.jobs import admin as job_admin
+from core.jobs import lifecycle as jobs
+from core.scheduling import dispatch as scheduling
 from tests.admin.helpers import make_job, make_org
 
 ACTOR = job_admin.Actor("cli:test")
@@ -121,7 +123,7 @@ def test_max_queued_jobs_at_creation(url):
 
 
 def test_pools_and_draining(url):
-    from core import workers
+    from core.scheduling import workers
 
     with session_scope(url) as session:
         a = make_org(session, "a")
@@ -182,8 +184,8 @@ def test_requeue_and_retry_transitions(url):
 
 
 def test_pool_rule_with_declared_pools(url, monkeypatch):
-    from core import pools
     from core.errors import InvalidRequest
+    from core.scheduling import pools
     from core.settings import load_settings
 
     monkeypatch.setenv("DORADO_POOLS", "default=23034, a100-80gb=81920")

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 
 from api import create_app
-from core import auth
-from core.db import session_scope
-from core.models import Job, Worker
-from core.stats import percentiles
+from core.db.engine import session_scope
+from core.db.models import Job, Worker
+from core.observability.stats import percentiles
+from core.tenancy import auth
 from core.timeutil import utcnow
 from tests.admin.catalog_support import admin_json, prepare_platform, run_admin
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from core.db import session_scope
-from core.models import File, Job
+from core.db.engine import session_scope
+from core.db.models import File, Job
 from core.settings import load_settings
 from tests.api.conftest import Api, chat_examples
 

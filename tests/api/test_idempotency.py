@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from core.db import session_scope
-from core.models import Job
+from core.db.engine import session_scope
+from core.db.models import Job
 from core.settings import load_settings
 from tests.api.conftest import Api, chat_examples
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import event
 
-from core.db import get_engine
+from core.db.engine import get_engine
 from tests.api.conftest import Api, chat_examples
 
 

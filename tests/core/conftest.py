@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.migrate import upgrade
+from core.db.migrate import upgrade
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

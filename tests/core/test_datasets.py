@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from core.datasets import MIN_EXAMPLES, validate_lines
+from core.storage.datasets import MIN_EXAMPLES, validate_lines
 
 
 def chat(user: str = "Hi", assistant: str = "Hello!", **extra) -> dict:

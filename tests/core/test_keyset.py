@@ -6,10 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from core import auth, files, jobs
-from core.db import session_scope
+from core.db.engine import session_scope
+from core.db.models import File, Job
 from core.errors import InvalidRequest
-from core.models import File, Job
+from core.jobs import lifecycle as jobs
+from core.storage import files
+from core.tenancy import auth
 from core.timeutil import utcnow
 
 

@@ -6,10 +6,12 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from core import auth, catalog, jobs
-from core.db import session_scope
-from core.hyperparams import AdapterConfig, Hyperparameters
-from core.models import File, Job
+from core.catalog import lookup as catalog
+from core.db.engine import session_scope
+from core.db.models import File, Job
+from core.jobs import lifecycle as jobs
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters
+from core.tenancy import auth
 from core.timeutil import utcnow
 
 

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from core.bootstrap import prepare_database
-from core.db import session_scope
-from core.models import Job, Organization
+from core.db.engine import session_scope
+from core.db.models import Job, Organization
 from core.settings import Settings, load_settings
 from core.timeutil import utcnow
 from tests.deploy.conftest import ROOT
@@ -202,7 +202,7 @@ def test_multiprocess_mode_via_dorado_metrics_dir(tmp_path) -> None:
 
 
 def test_json_log_lines(capsys) -> None:
-    from core.jsonlog import JsonFormatter, json_logging_requested
+    from core.observability.jsonlog import JsonFormatter, json_logging_requested
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from core.cli import api_command, validator_command, worker_command
+from cli.main import api_command, validator_command, worker_command
 from tests.e2e.platform import ROOT, free_port, platform_env
 
 BIN = Path(sys.executable).parent
@@ -55,7 +55,7 @@ class Cluster:
         raise TimeoutError(self.log("api"))
 
     def start_scheduler(self) -> None:
-        self._spawn("scheduler", [sys.executable, "-m", "core.cli", "scheduler"])
+        self._spawn("scheduler", [sys.executable, "-m", "cli.main", "scheduler"])
 
     def start_validator(self) -> subprocess.Popen:
         return self._spawn("validator", validator_command(name="validator"))

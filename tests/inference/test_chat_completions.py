@@ -72,8 +72,8 @@ def pirate_job(platform: Platform, client: OpenAI, submitted: dict[str, str]):
 @pytest.fixture(scope="module")
 def other_client(platform: Platform) -> OpenAI:
     """A second organization with its own key, created in the platform's database."""
-    from core.auth import add_key, create_organization
-    from core.db import session_scope
+    from core.db.engine import session_scope
+    from core.tenancy.auth import add_key, create_organization
 
     with session_scope(f"sqlite:///{platform.home / 'dorado.db'}") as session:
         add_key(session, create_organization(session, "other-org"), OTHER_KEY)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import load_settings
-from core.storage import LocalStore, upload_dir
+from core.storage.objects import LocalStore, upload_dir
 from tests.conftest import MODEL_CACHE
 from worker.inference.adapters import AdapterRef, AdapterUnavailable
 from worker.inference.engine import Completion, GenerationParams, InferenceEngine

@@ -104,10 +104,10 @@ def _populate(client: FlaskClient, tenant: Tenant) -> None:
 @pytest.fixture(scope="module")
 def world(module_postgres_url, tmp_path_factory) -> Iterator[World]:
     from api import create_app
-    from core import auth
     from core.bootstrap import prepare_database
-    from core.db import session_scope
+    from core.db.engine import session_scope
     from core.settings import load_settings
+    from core.tenancy import auth
 
     home = tmp_path_factory.mktemp("security") / "home"
     with pytest.MonkeyPatch.context() as mp:

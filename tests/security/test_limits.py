@@ -34,9 +34,9 @@ def test_rate_limit_per_key_in_process(monkeypatch, tmp_path):
     assert 10_000 <= int(resp.headers["retry-after-ms"]) <= 12_000
     assert resp.headers["x-ratelimit-remaining-requests"] == "0"
     # Per key: another key of the same organization is not limited by the first one's use.
-    from core import auth
-    from core.db import session_scope
+    from core.db.engine import session_scope
     from core.settings import load_settings
+    from core.tenancy import auth
 
     with session_scope(load_settings().database_url) as session:
         org_id = auth.find_key(session, KEY).organization_id
@@ -65,7 +65,7 @@ def test_rate_limit_is_shared_through_redis(monkeypatch, tmp_path, redis_url):
 def test_rate_limit_fails_open_without_redis(monkeypatch, tmp_path, caplog):
     api = make_app(monkeypatch, tmp_path / "home", DORADO_RATE_LIMIT_PER_MINUTE="1",
                    DORADO_BROKER_URL="redis://127.0.0.1:9/0")
-    with caplog.at_level(logging.WARNING, logger="core.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="core.tenancy.ratelimit"):
         for _ in range(3):
             assert api.client.get("/v1/models", headers=api.headers).status_code == 200
     assert "Redis unreachable" in caplog.text

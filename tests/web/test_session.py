@@ -13,13 +13,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from api import create_app
-from core.auth import create_organization
 from core.bootstrap import prepare_database
-from core.db import session_scope
-from core.jobs import add_event
-from core.models import ApiKey, Job
-from core.secret import persistent_secret
+from core.db.engine import session_scope
+from core.db.models import ApiKey, Job
+from core.jobs.lifecycle import add_event
 from core.settings import load_settings
+from core.tenancy.auth import create_organization
+from core.tenancy.secret import persistent_secret
 from core.timeutil import utcnow
 
 KEY = "dor-web-session-key-00000000"
@@ -138,7 +138,7 @@ def test_progress_and_queue_position(client: FlaskClient):
     assert running["progress"] == {"step": 10, "total_steps": 20, "percent": 50.0}
     assert running["queue_position"] is None
 
-    # Positions follow the dispatch order (core.scheduling), not creation order: another
+    # Positions follow the dispatch order (core.scheduling.dispatch), not creation order: another
     # organization with nothing running goes first, and a higher priority jumps the queue.
     with session_scope(client.application.config["DATABASE_URL"]) as session:
         other = create_organization(session, "other")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.catalog import model_prefix
+from core.catalog.lookup import model_prefix
 from core.settings import load_settings
-from core.storage import open_store, upload_dir
+from core.storage.objects import open_store, upload_dir
 from worker.cache import COMPLETE_MARKER
 from worker.model_files import ensure_tokenizer_files, is_weight_file
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.storage import ObjectNotFound, ObjectStore, download_dir
+from core.storage.objects import ObjectNotFound, ObjectStore, download_dir
 from worker.cache import fill_once
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from core.storage import ObjectStore
+from core.storage.objects import ObjectStore
 from worker.inference.adapters import AdapterRef, ensure_adapter
 
 log = logging.getLogger(__name__)

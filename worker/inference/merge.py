@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from core.storage import ObjectStore
+from core.storage.objects import ObjectStore
 from worker.inference.adapters import AdapterRef, ensure_adapter
 
 log = logging.getLogger(__name__)

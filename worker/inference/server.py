@@ -1,10 +1,10 @@
 """The inference service's internal HTTP API (a small WSGI app; run it in ONE process).
 
 Only the Dorado API talks to it, on a private address. Every ``/internal`` request must carry
-the internal token derived from the platform secret (``core.secret.internal_token``), so that
-nothing else on the network can run or download another organization's adapter; past that it
-trusts its caller, which has already authenticated the user, checked the model belongs to the
-user's organization and validated the parameters. Endpoints:
+the internal token derived from the platform secret (``core.tenancy.secret.internal_token``),
+so that nothing else on the network can run or download another organization's adapter; past
+that it trusts its caller, which has already authenticated the user, checked the model belongs
+to the user's organization and validated the parameters. Endpoints:
 
 ``POST /internal/chat/completions``
     ``{"model", "base_model", "adapter": {"name", "prefix"} | null, "messages", "max_tokens",
@@ -31,9 +31,9 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request, stream_with_context
 
-from core.secret import internal_token_ok
 from core.settings import Settings, load_settings
-from core.storage import open_store
+from core.storage.objects import open_store
+from core.tenancy.secret import internal_token_ok
 from worker.inference.adapters import AdapterRef, AdapterUnavailable
 from worker.inference.engine import Completion, GenerationParams, InferenceEngine, PromptTooLong
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None) -> Flask:
     """The inference app; models load lazily on the first request that needs them."""
-    from core.logconfig import configure_logging
+    from core.observability.logconfig import configure_logging
 
     settings = settings or load_settings()
     if engine is None:

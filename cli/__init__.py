@@ -1,0 +1,1 @@
+"""``dorado``: the platform launcher on one machine."""

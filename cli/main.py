@@ -1,0 +1,185 @@
+"""``dorado``: set up and run the platform (API, worker, scheduler, inference) on one machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import click
+
+from core.bootstrap import prepare_database
+from core.observability.logconfig import configure_logging
+from core.settings import load_settings
+
+log = logging.getLogger("dorado")
+
+
+def _bin(name: str) -> str:
+    """An executable installed next to this Python (the venv), else from PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else (shutil.which(name) or name)
+
+
+def api_command(host: str, port: int, workers: int = 2) -> list[str]:
+    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", str(workers),
+            "--threads", "4", "--timeout", "300", "--access-logfile", "-",
+            "api.wsgi:app"]
+
+
+def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
+    # The threads pool runs the task in the worker's own process, so a SIGTERM reaches the
+    # running job: it checkpoints and goes back to the queue (see worker.shutdown).
+    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
+            "--pool", "threads", "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
+            "-Q", "dorado.jobs", "-n", f"{name or f'dorado-{os.getpid()}'}@%h"]
+
+
+def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    # One process holds the models once; threads wait on its generation lock. Loopback by
+    # default: the service trusts its caller (the API has checked who may use which model).
+    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", "1",
+            "--threads", "8", "--timeout", "600", "--access-logfile", "-",
+            "worker.inference.server:create_app()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def validator_command(name: str | None = None) -> list[str]:
+    """A small CPU worker for the quick ``validating_files`` step (tokenizing files)."""
+    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
+            "--pool", "threads", "--concurrency", "2", "--prefetch-multiplier", "1",
+            "-Q", "dorado.validate", "-n", f"{name or f'validator-{os.getpid()}'}@%h"]
+
+
+@click.group()
+def main() -> None:
+    """Dorado: a self-hosted LoRA/DoRA fine-tuning platform."""
+    configure_logging()
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema, register built-in models, ensure an API key."""
+    settings = load_settings()
+    key = prepare_database(settings)
+    _announce_key(key)
+
+
+def _announce_key(key: str | None) -> None:
+    if key:
+        click.secho("\nA new API key was generated. It is shown only this once:", bold=True)
+        click.secho(f"    {key}\n", fg="green", bold=True)
+        click.echo("Use it as 'Authorization: Bearer <key>' (or OPENAI_API_KEY with the openai "
+                   "SDK). Set DORADO_BOOTSTRAP_API_KEY to choose your own.\n")
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages)."""
+    from core.scheduling.sweeper import run_forever
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_forever(load_settings(), stop)
+
+
+@main.command()
+@click.option("--skip-models", is_flag=True, help="Do not build the built-in base models now.")
+def run(skip_models: bool) -> None:
+    """Set up what is missing and start API, worker, scheduler and inference service; Ctrl-C
+    stops them all."""
+    settings = load_settings()
+    key = prepare_database(settings)
+    if not skip_models:
+        _prepare_models()
+    procs: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ, DORADO_HOME=str(settings.home))
+    inference_port = None
+    if settings.inference_url:
+        log.info("chat completions go to the inference service at %s", settings.inference_url)
+    elif importlib.util.find_spec("transformers") is None:
+        log.warning("the worker extra is not installed here; /v1/chat/completions will answer "
+                    "503 until DORADO_INFERENCE_URL names an inference service")
+    else:
+        inference_port = settings.inference_port or _free_port()
+        env["DORADO_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
+    procs["api"] = _spawn(api_command(settings.host, settings.port), env)
+    procs["worker"] = _spawn(worker_command(), env)
+    procs["validator"] = _spawn(validator_command(), env)
+    procs["scheduler"] = _spawn([sys.executable, "-m", "cli.main", "scheduler"], env)
+    if inference_port is not None:
+        procs["inference"] = _spawn(inference_command(inference_port), env)
+    _announce_key(key)
+    click.echo(f"Dorado API on http://{settings.host}:{settings.port}/v1  "
+               f"(data in {settings.home}); Ctrl-C stops everything.")
+    stopping = threading.Event()
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.is_set():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                log.error("%s exited with code %s; stopping the platform", name,
+                          proc.returncode)
+                stopping.set()
+        stopping.wait(0.5)
+    log.info("stopping (the worker checkpoints a running job first)")
+    _stop_all(procs)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # Children live in their own session (so Ctrl-C reaches only this launcher, which then
+    # stops each child exactly once); PR_SET_PDEATHSIG stops them if the launcher is killed.
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+
+
+def _prepare_models() -> None:
+    worker_cli = _bin("dorado-worker")
+    if shutil.which(worker_cli) is None and not os.path.exists(worker_cli):
+        log.warning("the worker extra is not installed here; built-in models will be built "
+                    "by the first worker that needs them")
+        return
+    subprocess.run([worker_cli, "prepare-models"], check=True)
+
+
+def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
+    """Stop children gracefully (the worker checkpoints its job), then force them."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", name, grace)
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Persistence: the engine and sessions, the ORM models, migrations, keyset pagination."""

@@ -1,0 +1,2 @@
+"""A fine-tuning job's life: status, lifecycle services, hyperparameters, checkpoints,
+progress, estimates."""

@@ -1,0 +1,1 @@
+"""Metrics, usage statistics and logging set-up."""

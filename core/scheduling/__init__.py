@@ -1,0 +1,2 @@
+"""Which job runs where and when: fair dispatch, the sweeper, broker publishing, pools,
+workers, job quotas."""

@@ -1,0 +1,52 @@
+"""The periodic scheduler: re-queues jobs whose worker vanished and re-publishes queued jobs
+whose message a broker lost. Every step is an idempotent conditional update, so running two
+schedulers at once does no harm."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core.db.engine import session_scope
+from core.jobs import lifecycle as jobs
+from core.scheduling.broker import publish_for_status
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def publish_now(settings: Settings, job_id: str, status: str, pool: str | None) -> bool:
+    """Send the message a committed job waits for and record it; False if the broker is down
+    (the next sweep sends it)."""
+    try:
+        publish_for_status(settings, job_id, status, pool)
+    except Exception as exc:  # broker down
+        log.warning("could not publish job %s (%s); the next sweep will", job_id, exc)
+        return False
+    with session_scope(settings.database_url) as session:
+        jobs.mark_published(session, job_id)
+    return True
+
+
+def sweep(settings: Settings) -> dict[str, list[str]]:
+    """One pass. Returns what it re-queued and re-published."""
+    with session_scope(settings.database_url) as session:
+        requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
+    with session_scope(settings.database_url) as session:
+        to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
+    published = [job_id for job_id, status, pool in to_publish
+                 if publish_now(settings, job_id, status, pool)]
+    if requeued or published:
+        log.info("sweep: re-queued %s, published %s", requeued, published)
+    return {"requeued": requeued, "published": published}
+
+
+def run_forever(settings: Settings, stop: threading.Event) -> None:
+    interval = settings.sweep_interval_seconds
+    log.info("scheduler started (every %.0f s)", interval)
+    while not stop.is_set():
+        try:
+            sweep(settings)
+        except Exception:  # database briefly down: keep going
+            log.exception("sweep failed")
+        stop.wait(interval)
