@@ -11,7 +11,7 @@ from rich.text import Text
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, human_duration, json_option, table
-from core.scheduling import dispatch as scheduling
+from core.scheduling import order as queue_order
 from core.timeutil import utcnow
 
 COLUMNS = [("position", "#"), ("id", "JOB"), ("status", "STATUS"), ("pool", "POOL"),
@@ -23,8 +23,8 @@ def queue_rows(admin: AdminContext, pool: str | None) -> list[dict]:
     """Running jobs first, then queued jobs by position in their pool's dispatch order."""
     with admin.session() as session:
         now = utcnow()
-        return [scheduling.queue_entry_dict(e, now)
-                for e in scheduling.dispatch_order(session, pool)]
+        return [queue_order.queue_entry_dict(e, now)
+                for e in queue_order.dispatch_order(session, pool)]
 
 
 def _for_humans(rows: list[dict]) -> list[dict]:

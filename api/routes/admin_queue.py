@@ -14,7 +14,7 @@ from core.db.models import Job
 from core.errors import InvalidRequest
 from core.jobs import admin as job_admin
 from core.jobs.admin import Actor
-from core.scheduling import dispatch as scheduling
+from core.scheduling import order as queue_order
 from core.scheduling import workers
 from core.scheduling.sweeper import publish_now
 from core.timeutil import utcnow
@@ -42,8 +42,8 @@ def _job_response(job: Job, *, requeued: bool = False):
 @bp.get("/queue")
 def queue():
     now = utcnow()
-    entries = scheduling.dispatch_order(db(), request.args.get("pool") or None)
-    return page([scheduling.queue_entry_dict(e, now) for e in entries], False)
+    entries = queue_order.dispatch_order(db(), request.args.get("pool") or None)
+    return page([queue_order.queue_entry_dict(e, now) for e in entries], False)
 
 
 @bp.get("/workers")

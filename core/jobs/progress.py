@@ -16,7 +16,7 @@ from sqlalchemy import ScalarSelect, func, select
 from sqlalchemy.orm import Session, object_session
 
 from core.db.models import Job, JobEvent
-from core.scheduling import dispatch as scheduling
+from core.scheduling import order as queue_order
 from core.scheduling.broker import DEFAULT_POOL
 
 _CACHE_KEY = "dorado.progress"
@@ -63,11 +63,11 @@ def remember_latest_metrics(session: Session, rows: Iterable[tuple[Job, Any]]) -
 
 
 def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
-    """1-based position of each queued job in its pool's dispatch order (core.scheduling.dispatch):
+    """1-based position of each queued job in its pool's dispatch order (core.scheduling.order):
     what a user sees is the order workers will really follow."""
     queued = [job for job in jobs if job.status == "queued"]
     pools = {job.pool or DEFAULT_POOL for job in queued}
-    return (scheduling.queue_positions(session, pools, {job.id for job in queued})
+    return (queue_order.queue_positions(session, pools, {job.id for job in queued})
             if pools else {})
 
 

@@ -17,6 +17,7 @@ from core.errors import Conflict, QuotaExceeded
 from core.jobs import admin as job_admin
 from core.jobs import lifecycle as jobs
 from core.scheduling import dispatch as scheduling
+from core.scheduling import order as queue_order
 from tests.admin.helpers import make_job, make_org
 
 ACTOR = job_admin.Actor("cli:test")
@@ -44,7 +45,7 @@ def finish(url: str, job_id: str) -> None:
 
 def shown_order(url: str) -> list[str]:
     with session_scope(url) as session:
-        return [e.job.id for e in scheduling.dispatch_order(session) if e.position]
+        return [e.job.id for e in queue_order.dispatch_order(session) if e.position]
 
 
 def test_fair_share_across_organizations(url):
@@ -101,7 +102,7 @@ def test_max_running_jobs_holds_an_organization_back(url):
         b1 = make_job(session, b)
     assert claim(url) == a1
     with session_scope(url) as session:
-        held = {e.job.id: e.held for e in scheduling.dispatch_order(session)}
+        held = {e.job.id: e.held for e in queue_order.dispatch_order(session)}
         assert held[a2] == "organization at max_running_jobs (1)"
         assert scheduling.next_held(session, a) == (a2, "default")
     assert claim(url) == b1
