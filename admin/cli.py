@@ -17,8 +17,12 @@ from core.settings import load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--database-url", envvar="DORADO_DATABASE_URL", default=None,
-              help="Database to operate on (default: DORADO_DATABASE_URL / DORADO_HOME's).")
+@click.option(
+    "--database-url",
+    envvar="DORADO_DATABASE_URL",
+    default=None,
+    help="Database to operate on (default: DORADO_DATABASE_URL / DORADO_HOME's).",
+)
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Operate a Dorado deployment: the queue, jobs, workers, models and organizations.

@@ -23,8 +23,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
 EXIT_UNEXPECTED = 3
 
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print machine-readable JSON instead of a table.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table."
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -75,8 +76,13 @@ def to_json(data: Any) -> str:
     return json.dumps(data, default=_jsonable, indent=2, sort_keys=False)
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *,
-          title: str | None = None, empty: str = "Nothing to show.") -> Table | str:
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    title: str | None = None,
+    empty: str = "Nothing to show.",
+) -> Table | str:
     """A rich Table of ``rows`` showing ``columns`` ((key, header) pairs)."""
     if not rows:
         return empty
@@ -88,8 +94,14 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *,
     return out
 
 
-def emit_rows(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *,
-              as_json: bool, title: str | None = None, empty: str = "Nothing to show.") -> None:
+def emit_rows(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    as_json: bool,
+    title: str | None = None,
+    empty: str = "Nothing to show.",
+) -> None:
     """Print ``rows`` as a table, or as a JSON array of the full row dicts."""
     if as_json:
         click.echo(to_json(list(rows)))

@@ -20,8 +20,12 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     from api.routes import dashboard, estimate, files, health, inference, jobs, models
 
     settings = settings or load_settings()
-    app = Flask(__name__, template_folder=str(WEB_DIR / "templates"),
-                static_folder=str(WEB_DIR / "static"), static_url_path="/static")
+    app = Flask(
+        __name__,
+        template_folder=str(WEB_DIR / "templates"),
+        static_folder=str(WEB_DIR / "static"),
+        static_url_path="/static",
+    )
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
         SECRET_KEY=platform_secret(settings),
@@ -52,12 +56,15 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     for bp in (files.bp, jobs.bp, models.bp, estimate.bp, inference.bp, dashboard.bp):
         app.register_blueprint(bp)
     from api.routes import admin_audit, admin_orgs, org_keys
+
     app.register_blueprint(admin_orgs.bp)
     app.register_blueprint(admin_audit.bp)
     app.register_blueprint(org_keys.bp)
     from api.routes import admin_catalog
+
     app.register_blueprint(admin_catalog.bp)
     from api.routes import admin_queue
+
     app.register_blueprint(admin_queue.bp)
     dashboard.init_app(app)
     return app

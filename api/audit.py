@@ -30,8 +30,9 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "inference.download_merged": ("adapter.download", "fine_tuning.job"),
     "models.delete_model": ("model.delete", "model"),
 }
-DOWNLOAD_ENDPOINTS = frozenset({"files.file_content", "jobs.download_adapter",
-                                "inference.download_merged"})
+DOWNLOAD_ENDPOINTS = frozenset(
+    {"files.file_content", "jobs.download_adapter", "inference.download_merged"}
+)
 # State-changing methods that change no state: nothing to audit.
 NOT_AUDITED = frozenset({"estimate.estimate", "inference.chat_completions"})
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -43,15 +44,28 @@ def actor() -> str:
     return f"key:{key.prefix}" if key is not None else "anonymous"
 
 
-def audit(action: str, object_type: str, object_id: str, *,
-          organization_id: str | None = None, details: dict[str, Any] | None = None) -> None:
+def audit(
+    action: str,
+    object_type: str,
+    object_id: str,
+    *,
+    organization_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
     """Record an audit event for this request (in its transaction); ``organization_id``
     defaults to the caller's."""
     key = g.get("api_key")
-    audit_log.record(db(), action=action, object_type=object_type, object_id=object_id,
-                     organization_id=organization_id or g.get("org_id"), actor=actor(),
-                     api_key_id=key.id if key is not None else None, details=details,
-                     ip=request.remote_addr)
+    audit_log.record(
+        db(),
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        organization_id=organization_id or g.get("org_id"),
+        actor=actor(),
+        api_key_id=key.id if key is not None else None,
+        details=details,
+        ip=request.remote_addr,
+    )
     g.audited = True
 
 
@@ -60,8 +74,7 @@ def audit_request(object_id: str) -> None:
     its action itself calls this first, so the entry goes in the same commit (one
     transaction fewer) and the hook leaves the request alone."""
     endpoint = request.endpoint or ""
-    action, object_type = ACTIONS.get(endpoint, (f"{request.method.lower()}:{endpoint}",
-                                                 "request"))
+    action, object_type = ACTIONS.get(endpoint, (f"{request.method.lower()}:{endpoint}", "request"))
     details: dict[str, Any] = {"path": request.path}
     if request.args.get("checkpoint"):
         details["checkpoint"] = request.args["checkpoint"]
@@ -89,8 +102,13 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _audit_request(response: Response) -> Response:
         endpoint = request.endpoint or ""
-        if (response.status_code >= 400 or g.pop("audited", False) or "api_key" not in g
-                or endpoint in NOT_AUDITED or response.headers.get("Idempotent-Replayed")):
+        if (
+            response.status_code >= 400
+            or g.pop("audited", False)
+            or "api_key" not in g
+            or endpoint in NOT_AUDITED
+            or response.headers.get("Idempotent-Replayed")
+        ):
             return response
         if request.method not in MUTATING and endpoint not in DOWNLOAD_ENDPOINTS:
             return response

@@ -31,17 +31,21 @@ def _under(path: str, prefix: str) -> bool:
 def authorize(key: ApiKey, method: str, path: str) -> None:
     """Raise PermissionDenied unless ``key`` may make this request."""
     if key.scope == "read-only" and method not in SAFE_METHODS:
-        raise PermissionDenied("This API key is read-only: it may only read (GET) resources",
-                               code="insufficient_scope")
+        raise PermissionDenied(
+            "This API key is read-only: it may only read (GET) resources", code="insufficient_scope"
+        )
     admin_area = _under(path, ADMIN_PREFIX)
     if (admin_area or _under(path, KEY_MANAGEMENT_PREFIX)) and key.scope != "admin":
-        raise PermissionDenied("This API key lacks the 'admin' scope needed here",
-                               code="insufficient_scope")
+        raise PermissionDenied(
+            "This API key lacks the 'admin' scope needed here", code="insufficient_scope"
+        )
     if admin_area:
         org = db().get(Organization, key.organization_id)
         if org is None or not org.is_operator:
-            raise PermissionDenied("Only keys of an operator organization may use "
-                                   "/v1/admin endpoints", code="permission_denied")
+            raise PermissionDenied(
+                "Only keys of an operator organization may use /v1/admin endpoints",
+                code="permission_denied",
+            )
 
 
 def init_app(app: Flask) -> None:

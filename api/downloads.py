@@ -28,6 +28,11 @@ def stored_object(key: str, filename: str, mimetype: str, size: int | None = Non
     store = dorado().store
     chunks = store.iter_chunks(key)  # opens eagerly: a missing object raises before headers
     length = size if size is not None else store.size(key)
-    return Response(stream_with_context(chunks), mimetype=mimetype,
-                    headers={"Content-Length": str(length),
-                             "Content-Disposition": content_disposition(filename)})
+    return Response(
+        stream_with_context(chunks),
+        mimetype=mimetype,
+        headers={
+            "Content-Length": str(length),
+            "Content-Disposition": content_disposition(filename),
+        },
+    )

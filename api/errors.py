@@ -42,8 +42,15 @@ _STATUS: list[tuple[type[DoradoError], int, str]] = [
 ]
 
 
-def envelope(status: int, message: str, *, type: str, param: str | None = None,
-             code: str | None = None, **extra):
+def envelope(
+    status: int,
+    message: str,
+    *,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    **extra,
+):
     body = {"error": {"message": message, "type": type, "param": param, "code": code, **extra}}
     return jsonify(body), status
 
@@ -57,8 +64,13 @@ def pydantic_error(exc: ValidationError, prefix: str = ""):
         message = "unrecognised field"
     elif first.get("type") == "missing":
         message = "field required"
-    return envelope(400, f"Invalid value for '{param}': {message}" if param else message,
-                    type="invalid_request_error", param=param, code="invalid_value")
+    return envelope(
+        400,
+        f"Invalid value for '{param}': {message}" if param else message,
+        type="invalid_request_error",
+        param=param,
+        code="invalid_value",
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -69,26 +81,34 @@ def init_app(app: Flask) -> None:
                 extra = {}
                 if isinstance(exc, InvalidFile) and exc.problems:
                     extra["problems"] = exc.problems
-                return envelope(status, exc.message, type=kind, param=exc.param, code=exc.code,
-                                **extra)
-        return envelope(400, exc.message, type="invalid_request_error", param=exc.param,
-                        code=exc.code)
+                return envelope(
+                    status, exc.message, type=kind, param=exc.param, code=exc.code, **extra
+                )
+        return envelope(
+            400, exc.message, type="invalid_request_error", param=exc.param, code=exc.code
+        )
 
     @app.errorhandler(ObjectNotFound)
     def _missing_object(exc: ObjectNotFound):
         log.error("stored object missing: %s", exc)
-        return envelope(404, "The stored content of this object is missing",
-                        type="invalid_request_error", code="content_missing")
+        return envelope(
+            404,
+            "The stored content of this object is missing",
+            type="invalid_request_error",
+            code="content_missing",
+        )
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DisconnectionError)
     def _database_down(exc: Exception):
         # The SDK retries 503 and honours retry-after: a database restart looks like a pause.
-        log.warning("database unavailable in request %s: %s", getattr(g, "request_id", "?"),
-                    exc)
-        response, status = envelope(503, "The service is temporarily unavailable (database "
-                                    "unreachable); retry shortly", type="server_error",
-                                    code="service_unavailable")
+        log.warning("database unavailable in request %s: %s", getattr(g, "request_id", "?"), exc)
+        response, status = envelope(
+            503,
+            "The service is temporarily unavailable (database unreachable); retry shortly",
+            type="server_error",
+            code="service_unavailable",
+        )
         response.headers["Retry-After"] = "2"
         return response, status
 
@@ -100,16 +120,25 @@ def init_app(app: Flask) -> None:
     def _http(exc: HTTPException):
         status = exc.code or 500
         if status == 413:
-            return envelope(413, "The request is too large", type="invalid_request_error",
-                            code="payload_too_large")
+            return envelope(
+                413,
+                "The request is too large",
+                type="invalid_request_error",
+                code="payload_too_large",
+            )
         message = exc.description or exc.name
         if status == 404:
             message = "Unknown URL. See /v1/openapi.json for the API."
-        return envelope(status, message, type="invalid_request_error", code=exc.name.lower()
-                        .replace(" ", "_"))
+        return envelope(
+            status, message, type="invalid_request_error", code=exc.name.lower().replace(" ", "_")
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error in request %s", getattr(g, "request_id", "?"))
-        return envelope(500, "The server had an error while processing your request. "
-                        f"Request id: {getattr(g, 'request_id', '?')}", type="server_error")
+        return envelope(
+            500,
+            "The server had an error while processing your request. "
+            f"Request id: {getattr(g, 'request_id', '?')}",
+            type="server_error",
+        )

@@ -42,8 +42,7 @@ def init_app(app: Flask) -> None:
             return None
         if "org_id" not in g:
             return None
-        fingerprint = idempotency.request_fingerprint(request.method, request.path,
-                                                      _body_digest())
+        fingerprint = idempotency.request_fingerprint(request.method, request.path, _body_digest())
         # The request's own session: on SQLite a second connection would wait for its lock.
         outcome = idempotency.begin(db(), g.org_id, key, fingerprint)
         if outcome.replay:
@@ -52,10 +51,13 @@ def init_app(app: Flask) -> None:
             response.headers["Idempotent-Replayed"] = "true"
             return response
         if outcome.busy:
-            response, status = envelope(409, "A request with this Idempotency-Key is still "
-                                        "being processed; retry shortly",
-                                        type="invalid_request_error",
-                                        param=HEADER, code="idempotency_key_in_use")
+            response, status = envelope(
+                409,
+                "A request with this Idempotency-Key is still being processed; retry shortly",
+                type="invalid_request_error",
+                param=HEADER,
+                code="idempotency_key_in_use",
+            )
             response.headers["Retry-After"] = "1"  # the SDK retries 409 and honours this
             return response, status
         g.idempotency_record = outcome.record_id
@@ -77,8 +79,9 @@ def init_app(app: Flask) -> None:
             if response.status_code >= 500:
                 idempotency.release(session, record_id)
             else:
-                idempotency.finish(session, record_id, response.status_code,
-                                   response.get_data(as_text=True))
+                idempotency.finish(
+                    session, record_id, response.status_code, response.get_data(as_text=True)
+                )
         except Exception:
             session.rollback()
             idempotency.release(session, record_id)

@@ -39,12 +39,14 @@ def _rate_headers(response: Response, decision: Decision) -> None:
 
 def _has_body() -> bool:
     return bool(request.content_length) or "chunked" in (
-        request.headers.get("Transfer-Encoding", "").lower())
+        request.headers.get("Transfer-Encoding", "").lower()
+    )
 
 
 def _is_json(mimetype: str) -> bool:
-    return mimetype in JSON_TYPES or (mimetype.startswith("application/")
-                                      and mimetype.endswith("+json"))
+    return mimetype in JSON_TYPES or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 def check_body() -> tuple[Response, int] | None:
@@ -55,26 +57,41 @@ def check_body() -> tuple[Response, int] | None:
     if request.endpoint in MULTIPART_ENDPOINTS:
         # A form without its file part still reaches the route, which names what is missing.
         if mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            return envelope(415, "This endpoint takes a multipart/form-data upload (got "
-                            f"'{mimetype or 'no content type'}')",
-                            type="invalid_request_error", code="unsupported_media_type")
+            return envelope(
+                415,
+                "This endpoint takes a multipart/form-data upload (got "
+                f"'{mimetype or 'no content type'}')",
+                type="invalid_request_error",
+                code="unsupported_media_type",
+            )
         return None
     # No declared type at all: the route's parser answers 400 ("must be a JSON object").
     if mimetype and not _is_json(mimetype):
-        return envelope(415, "The request body must be JSON (Content-Type: application/json; "
-                        f"got '{mimetype}')",
-                        type="invalid_request_error", code="unsupported_media_type")
+        return envelope(
+            415,
+            f"The request body must be JSON (Content-Type: application/json; got '{mimetype}')",
+            type="invalid_request_error",
+            code="unsupported_media_type",
+        )
     limit = dorado().settings.max_json_bytes
     if request.content_length is not None and request.content_length > limit:
-        return envelope(413, f"The JSON body is larger than the limit of {limit} bytes",
-                        type="invalid_request_error", code="payload_too_large")
+        return envelope(
+            413,
+            f"The JSON body is larger than the limit of {limit} bytes",
+            type="invalid_request_error",
+            code="payload_too_large",
+        )
     if request.content_length is None:
         # Chunked: no length up front. Read at most one byte past the limit (werkzeug stops
         # there) and cache it for the route; more than the limit is a 413.
         request.max_content_length = limit + 1
         if len(request.get_data(cache=True)) > limit:
-            return envelope(413, f"The JSON body is larger than the limit of {limit} bytes",
-                            type="invalid_request_error", code="payload_too_large")
+            return envelope(
+                413,
+                f"The JSON body is larger than the limit of {limit} bytes",
+                type="invalid_request_error",
+                code="payload_too_large",
+            )
     return None
 
 
@@ -91,24 +108,28 @@ def _has_nul(value: Any) -> bool:
 def check_nul() -> tuple[Response, int] | None:
     """400 for a NUL character anywhere in the input: no identifier, name or text has one,
     and PostgreSQL cannot store or even compare it (it would be a 500 further in)."""
-    found = ("\x00" in request.path or _has_nul(list(request.args.items(multi=True))))
+    found = "\x00" in request.path or _has_nul(list(request.args.items(multi=True)))
     if not found and request.method in MUTATING and _has_body():
         if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            found = (_has_nul(list(request.form.items(multi=True)))
-                     or any(_has_nul(f.filename or "") for f in request.files.values()))
+            found = _has_nul(list(request.form.items(multi=True))) or any(
+                _has_nul(f.filename or "") for f in request.files.values()
+            )
         elif _is_json(request.mimetype or ""):
             found = _has_nul(request.get_json(silent=True))
     if not found:
         return None
-    return envelope(400, "The request contains a NUL character (\\u0000), which no field "
-                    "accepts", type="invalid_request_error", code="invalid_value")
+    return envelope(
+        400,
+        "The request contains a NUL character (\\u0000), which no field accepts",
+        type="invalid_request_error",
+        code="invalid_value",
+    )
 
 
 def init_app(app: Flask) -> None:
     """Register after ``api.auth`` (the limit is per key) and before idempotency."""
     settings = app.extensions["dorado"].settings
-    limiter: RateLimiter | None = open_limiter(settings.rate_limit_per_minute,
-                                               settings.broker_url)
+    limiter: RateLimiter | None = open_limiter(settings.rate_limit_per_minute, settings.broker_url)
     app.extensions["dorado_limiter"] = limiter
 
     @app.before_request
@@ -120,13 +141,17 @@ def init_app(app: Flask) -> None:
             g.rate_decision = decision
             if not decision.allowed:
                 response, status = envelope(
-                    429, "Rate limit reached for this API key: "
+                    429,
+                    "Rate limit reached for this API key: "
                     f"{decision.limit} requests per minute. Retry after "
                     f"{header_seconds(decision.retry_after_seconds)} s.",
-                    type="rate_limit_error", code="rate_limit_exceeded")
+                    type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                )
                 response.headers["retry-after"] = header_seconds(decision.retry_after_seconds)
                 response.headers["retry-after-ms"] = str(
-                    max(1, int(decision.retry_after_seconds * 1000)))
+                    max(1, int(decision.retry_after_seconds * 1000))
+                )
                 return response, status
         return check_body() or check_nul()
 

@@ -71,8 +71,9 @@ class JobObject(OpenObject):
     model: str
     fine_tuned_model: str | None
     organization_id: str
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed",
-                    "cancelled", "paused"]
+    status: Literal[
+        "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
+    ]
     error: JobError | None
     hyperparameters: Hyperparameters
     method: dict[str, Any]
@@ -153,8 +154,19 @@ class ModelList(OpenObject):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
-    ErrorEnvelope, FileObject, FileList, Deleted, JobObject, JobList, EventObject, EventList,
-    CheckpointObject, CheckpointList, ModelObject, ModelList, JobCreateRequest,
+    ErrorEnvelope,
+    FileObject,
+    FileList,
+    Deleted,
+    JobObject,
+    JobList,
+    EventObject,
+    EventList,
+    CheckpointObject,
+    CheckpointList,
+    ModelObject,
+    ModelList,
+    JobCreateRequest,
 )
 
 
@@ -173,15 +185,20 @@ COMMON_ERRORS = (400, 401, 403, 429)
 BODY_ERRORS = (413, 415)
 
 
-def _op(summary: str, ok: type[BaseModel] | dict[str, Any], *, params: list | None = None,
-        body: dict | None = None, errors: tuple[int, ...] = (400, 401, 404)) -> dict[str, Any]:
+def _op(
+    summary: str,
+    ok: type[BaseModel] | dict[str, Any],
+    *,
+    params: list | None = None,
+    body: dict | None = None,
+    errors: tuple[int, ...] = (400, 401, 404),
+) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "OK", **(_json(ok) if isinstance(ok, type) else ok)}
     }
     for status in sorted(set(errors) | set(COMMON_ERRORS) | (set(BODY_ERRORS) if body else set())):
         responses[str(status)] = {"description": "Error", **_json(ErrorEnvelope)}
-    op: dict[str, Any] = {"summary": summary, "responses": responses,
-                          "parameters": params or []}
+    op: dict[str, Any] = {"summary": summary, "responses": responses, "parameters": params or []}
     if body:
         op["requestBody"] = body
     return op
@@ -192,13 +209,19 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 100}
-BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
-                                                              "format": "binary"}}}}
+BINARY = {
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+}
 GZIP = {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
 
 
@@ -208,26 +231,47 @@ def build_openapi() -> dict[str, Any]:
     from api import openapi_catalog, openapi_queue, openapi_security
 
     schemas: dict[str, Any] = {}
-    for model in (SCHEMAS + openapi_security.SCHEMAS + openapi_catalog.SCHEMAS
-                  + openapi_queue.SCHEMAS):
+    for model in (
+        SCHEMAS + openapi_security.SCHEMAS + openapi_catalog.SCHEMAS + openapi_queue.SCHEMAS
+    ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     job_id, file_id = _path_param("fine_tuning_job_id"), _path_param("file_id")
-    upload = {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file", "purpose"],
-        "properties": {"file": {"type": "string", "format": "binary"},
-                       "purpose": {"type": "string", "enum": ["fine-tune"]}}}}}}
+    upload = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["fine-tune"]},
+                    },
+                }
+            }
+        },
+    }
     paths = {
         "/v1/files": {
-            "post": _op("Upload a JSONL training file (validated line by line)", FileObject,
-                        body=upload, errors=(400, 401, 413)),
-            "get": _op("List files, newest first", FileList, params=[
-                _query("purpose", {"type": "string"}),
-                _query("order", {"type": "string", "enum": ["asc", "desc"]}),
-                _query("after", {"type": "string"}),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
-                errors=(400, 401)),
+            "post": _op(
+                "Upload a JSONL training file (validated line by line)",
+                FileObject,
+                body=upload,
+                errors=(400, 401, 413),
+            ),
+            "get": _op(
+                "List files, newest first",
+                FileList,
+                params=[
+                    _query("purpose", {"type": "string"}),
+                    _query("order", {"type": "string", "enum": ["asc", "desc"]}),
+                    _query("after", {"type": "string"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                ],
+                errors=(400, 401),
+            ),
         },
         "/v1/files/{file_id}": {
             "get": _op("Retrieve a file", FileObject, params=[file_id]),
@@ -237,17 +281,44 @@ def build_openapi() -> dict[str, Any]:
             "get": _op("The file's raw bytes", BINARY, params=[file_id]),
         },
         "/v1/fine_tuning/jobs": {
-            "post": _op("Create a fine-tuning job", JobObject, body={
-                "required": True, **_json(JobCreateRequest)}),
-            "get": _op("List jobs, newest first", JobList, params=[
-                _query("after", {"type": "string"}), _query("limit", LIMIT),
-                _query("status", {"type": "string", "enum": [
-                    "validating_files", "queued", "running", "paused", "succeeded", "failed",
-                    "cancelled"]}, "Dorado extra: only jobs in this status"),
-                {"name": "metadata", "in": "query", "required": False, "style": "deepObject",
-                 "explode": True, "schema": {"type": "object",
-                                             "additionalProperties": {"type": "string"}}}],
-                errors=(400, 401)),
+            "post": _op(
+                "Create a fine-tuning job",
+                JobObject,
+                body={"required": True, **_json(JobCreateRequest)},
+            ),
+            "get": _op(
+                "List jobs, newest first",
+                JobList,
+                params=[
+                    _query("after", {"type": "string"}),
+                    _query("limit", LIMIT),
+                    _query(
+                        "status",
+                        {
+                            "type": "string",
+                            "enum": [
+                                "validating_files",
+                                "queued",
+                                "running",
+                                "paused",
+                                "succeeded",
+                                "failed",
+                                "cancelled",
+                            ],
+                        },
+                        "Dorado extra: only jobs in this status",
+                    ),
+                    {
+                        "name": "metadata",
+                        "in": "query",
+                        "required": False,
+                        "style": "deepObject",
+                        "explode": True,
+                        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                ],
+                errors=(400, 401),
+            ),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}": {
             "get": _op("Retrieve a job", JobObject, params=[job_id]),
@@ -256,43 +327,73 @@ def build_openapi() -> dict[str, Any]:
             "post": _op("Cancel a queued, running or paused job", JobObject, params=[job_id]),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause": {
-            "post": _op("Pause a job (running jobs pause after a checkpoint)", JobObject,
-                        params=[job_id]),
+            "post": _op(
+                "Pause a job (running jobs pause after a checkpoint)", JobObject, params=[job_id]
+            ),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume": {
-            "post": _op("Resume a paused job from its last checkpoint", JobObject,
-                        params=[job_id]),
+            "post": _op("Resume a paused job from its last checkpoint", JobObject, params=[job_id]),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events": {
-            "get": _op("A job's events, newest first", EventList, params=[
-                job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)]),
+            "get": _op(
+                "A job's events, newest first",
+                EventList,
+                params=[job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)],
+            ),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": {
-            "get": _op("A job's checkpoints, newest step first", CheckpointList, params=[
-                job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)]),
+            "get": _op(
+                "A job's checkpoints, newest step first",
+                CheckpointList,
+                params=[job_id, _query("after", {"type": "string"}), _query("limit", LIMIT)],
+            ),
         },
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/adapter": {
-            "get": _op("Download the adapter (.tar.gz, PEFT layout); ?checkpoint=<id> for a "
-                       "checkpoint's", GZIP, params=[
-                           job_id, _query("checkpoint", {"type": "string"})]),
+            "get": _op(
+                "Download the adapter (.tar.gz, PEFT layout); ?checkpoint=<id> for a checkpoint's",
+                GZIP,
+                params=[job_id, _query("checkpoint", {"type": "string"})],
+            ),
         },
         "/v1/chat/completions": {
-            "post": _op("Chat completion from a base model or one of your ft: models "
-                        "(stream=true for server-sent events)", {"content": {
-                            "application/json": {"schema": {"type": "object"}},
-                            "text/event-stream": {"schema": {"type": "string"}}}},
-                        body={"required": True, "content": {"application/json": {"schema": {
-                            "type": "object", "required": ["model", "messages"],
-                            "properties": {"model": {"type": "string"},
-                                           "messages": {"type": "array"}}}}}},
-                        errors=(400, 401, 404, 503)),
+            "post": _op(
+                "Chat completion from a base model or one of your ft: models "
+                "(stream=true for server-sent events)",
+                {
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    }
+                },
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["model", "messages"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "messages": {"type": "array"},
+                                },
+                            }
+                        }
+                    },
+                },
+                errors=(400, 401, 404, 503),
+            ),
         },
-        "/v1/models": {"get": _op("Base models and your fine-tuned models", ModelList,
-                                  errors=(401,))},
+        "/v1/models": {
+            "get": _op("Base models and your fine-tuned models", ModelList, errors=(401,))
+        },
         "/v1/models/{model}": {
             "get": _op("Retrieve a model", ModelObject, params=[_path_param("model")]),
-            "delete": _op("Delete a fine-tuned model", Deleted, params=[_path_param("model")],
-                          errors=(401, 403, 404)),
+            "delete": _op(
+                "Delete a fine-tuned model",
+                Deleted,
+                params=[_path_param("model")],
+                errors=(401, 403, 404),
+            ),
         },
     }
     paths.update(openapi_security.paths(_op, _json, _path_param, _query))
@@ -300,11 +401,16 @@ def build_openapi() -> dict[str, Any]:
     paths.update(openapi_queue.paths(_op, _json, _path_param, _query))
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Dorado API", "version": "1",
-                 "description": "OpenAI-compatible fine-tuning API (LoRA and DoRA adapters)."},
+        "info": {
+            "title": "Dorado API",
+            "version": "1",
+            "description": "OpenAI-compatible fine-tuning API (LoRA and DoRA adapters).",
+        },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }

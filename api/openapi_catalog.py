@@ -24,8 +24,10 @@ class BaseModelObject(OpenObject):
     builtin: bool
     created_at: int
     bytes: int = Field(description="Bytes the model takes in the object store")
-    stored: bool = Field(description="Weights ready in the store (false: built or converted "
-                                     "by the first worker that needs it)")
+    stored: bool = Field(
+        description="Weights ready in the store (false: built or converted "
+        "by the first worker that needs it)"
+    )
     jobs: int
     active_jobs: int = Field(description="Jobs using it that have not finished")
     job_ids: list[ModelUser] | None = Field(None, description="With ?jobs=true")
@@ -38,8 +40,9 @@ class BaseModelList(OpenObject):
 
 
 class BaseModelCreate(ClosedObject):
-    source: str = Field(description="A directory or .gguf file on the API's machine, or "
-                                    "s3://bucket/prefix")
+    source: str = Field(
+        description="A directory or .gguf file on the API's machine, or s3://bucket/prefix"
+    )
     name: str | None = Field(None, description="Default: from the source's last component")
 
 
@@ -55,8 +58,9 @@ class GcRequest(ClosedObject):
     dry_run: bool = False
     grace: str = Field("24h", description="Never delete objects younger than this (e.g. 1h)")
     keep_checkpoints: int = Field(1, ge=0)
-    checkpoint_age: str = Field("7d", description="Finished jobs older than this keep only "
-                                                  "keep_checkpoints checkpoints")
+    checkpoint_age: str = Field(
+        "7d", description="Finished jobs older than this keep only keep_checkpoints checkpoints"
+    )
 
 
 class GcObject(OpenObject):
@@ -119,40 +123,77 @@ class StatsObject(OpenObject):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
-    ModelUser, BaseModelObject, BaseModelList, BaseModelCreate, BaseModelDeleted, GcRequest,
-    GcObject, GcCheckpoint, GcReportObject, Percentiles, OrganizationUsage, StatsObject,
+    ModelUser,
+    BaseModelObject,
+    BaseModelList,
+    BaseModelCreate,
+    BaseModelDeleted,
+    GcRequest,
+    GcObject,
+    GcCheckpoint,
+    GcReportObject,
+    Percentiles,
+    OrganizationUsage,
+    StatsObject,
 )
 
 
-def paths(op: Callable[..., dict[str, Any]], json_body: Callable[[type[BaseModel]], dict],
-          path_param: Callable[[str], dict], query: Callable[..., dict]) -> dict[str, Any]:
+def paths(
+    op: Callable[..., dict[str, Any]],
+    json_body: Callable[[type[BaseModel]], dict],
+    path_param: Callable[[str], dict],
+    query: Callable[..., dict],
+) -> dict[str, Any]:
     """The paths, built with ``api.openapi``'s helpers (passed in: no import cycle)."""
     flag = {"type": "string", "enum": ["true", "false"]}
     return {
         "/v1/admin/models": {
-            "get": op("Operators: base models with size and the jobs using them", BaseModelList,
-                      params=[query("jobs", flag, "also list the jobs")], errors=(400, 401)),
-            "post": op("Operators: register a base model from a server-side directory or "
-                       ".gguf file, or an S3 prefix (copied before the answer)",
-                       BaseModelObject, body={"required": True, **json_body(BaseModelCreate)},
-                       errors=(400, 401)),
+            "get": op(
+                "Operators: base models with size and the jobs using them",
+                BaseModelList,
+                params=[query("jobs", flag, "also list the jobs")],
+                errors=(400, 401),
+            ),
+            "post": op(
+                "Operators: register a base model from a server-side directory or "
+                ".gguf file, or an S3 prefix (copied before the answer)",
+                BaseModelObject,
+                body={"required": True, **json_body(BaseModelCreate)},
+                errors=(400, 401),
+            ),
         },
         "/v1/admin/models/{name}": {
-            "delete": op("Operators: remove a registered base model (built-ins stay); "
-                         "?force=true cancels unfinished jobs using it", BaseModelDeleted,
-                         params=[path_param("name"),
-                                 query("force", flag, "cancel unfinished jobs using it")]),
+            "delete": op(
+                "Operators: remove a registered base model (built-ins stay); "
+                "?force=true cancels unfinished jobs using it",
+                BaseModelDeleted,
+                params=[
+                    path_param("name"),
+                    query("force", flag, "cancel unfinished jobs using it"),
+                ],
+            ),
         },
         "/v1/admin/gc": {
-            "post": op("Operators: delete stored objects no row points to (dry_run: only "
-                       "report them)", GcReportObject,
-                       body={"required": False, **json_body(GcRequest)}, errors=(400, 401)),
+            "post": op(
+                "Operators: delete stored objects no row points to (dry_run: only report them)",
+                GcReportObject,
+                body={"required": False, **json_body(GcRequest)},
+                errors=(400, 401),
+            ),
         },
         "/v1/admin/stats": {
-            "get": op("Operators: jobs by status, queue wait and run time percentiles, "
-                      "GPU-hours and trained tokens per organization", StatsObject,
-                      params=[query("since", {"type": "string", "pattern": r"^\d+[smhdw]$"},
-                                    "period until now, e.g. 7d"),
-                              query("organization_id", {"type": "string"})]),
+            "get": op(
+                "Operators: jobs by status, queue wait and run time percentiles, "
+                "GPU-hours and trained tokens per organization",
+                StatsObject,
+                params=[
+                    query(
+                        "since",
+                        {"type": "string", "pattern": r"^\d+[smhdw]$"},
+                        "period until now, e.g. 7d",
+                    ),
+                    query("organization_id", {"type": "string"}),
+                ],
+            ),
         },
     }

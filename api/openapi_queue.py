@@ -13,8 +13,7 @@ from api.openapi_models import ClosedObject, OpenObject
 
 class QueueEntry(OpenObject):
     object: Literal["queue.entry"]
-    position: int | None = Field(description="1 = next to run in its pool; null: running or "
-                                             "held")
+    position: int | None = Field(description="1 = next to run in its pool; null: running or held")
     id: str
     status: Literal["queued", "running"]
     pool: str
@@ -93,54 +92,88 @@ class RequeueRequest(ClosedObject):
     pool: str | None = Field(None, description="Move the job to this worker pool")
 
 
-SCHEMAS: tuple[type[BaseModel], ...] = (QueueList, WorkerList, WorkerDeleted, AdminJob,
-                                        PriorityRequest, RequeueRequest)
+SCHEMAS: tuple[type[BaseModel], ...] = (
+    QueueList,
+    WorkerList,
+    WorkerDeleted,
+    AdminJob,
+    PriorityRequest,
+    RequeueRequest,
+)
 
 
-def paths(op: Callable[..., dict[str, Any]], json_body: Callable[[type[BaseModel]], dict],
-          path_param: Callable[[str], dict], query: Callable[..., dict]) -> dict[str, Any]:
+def paths(
+    op: Callable[..., dict[str, Any]],
+    json_body: Callable[[type[BaseModel]], dict],
+    path_param: Callable[[str], dict],
+    query: Callable[..., dict],
+) -> dict[str, Any]:
     """The paths, built with ``api.openapi``'s helpers (passed in: no import cycle)."""
     job_id, name = path_param("job_id"), path_param("name")
 
     def job_action(summary: str, body: type[BaseModel] | None = None) -> dict[str, Any]:
-        return {"post": op(summary, AdminJob, params=[job_id], body=(
-            {"required": body is PriorityRequest, **json_body(body)} if body else None))}
+        return {
+            "post": op(
+                summary,
+                AdminJob,
+                params=[job_id],
+                body=({"required": body is PriorityRequest, **json_body(body)} if body else None),
+            )
+        }
 
     return {
         "/v1/admin/queue": {
-            "get": op("Operators: running jobs, then queued jobs in dispatch order per pool",
-                      QueueList, params=[query("pool", {"type": "string"})],
-                      errors=(400, 401)),
+            "get": op(
+                "Operators: running jobs, then queued jobs in dispatch order per pool",
+                QueueList,
+                params=[query("pool", {"type": "string"})],
+                errors=(400, 401),
+            ),
         },
         "/v1/admin/workers": {
-            "get": op("Operators: registered training workers", WorkerList, params=[
-                query("all", {"type": "string", "enum": ["true", "false"]},
-                      "include stopped workers")], errors=(400, 401)),
+            "get": op(
+                "Operators: registered training workers",
+                WorkerList,
+                params=[
+                    query(
+                        "all",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "include stopped workers",
+                    )
+                ],
+                errors=(400, 401),
+            ),
         },
         "/v1/admin/workers/{name}": {
-            "delete": op("Operators: forget a stopped or lost worker", WorkerDeleted,
-                         params=[name]),
+            "delete": op(
+                "Operators: forget a stopped or lost worker", WorkerDeleted, params=[name]
+            ),
         },
         "/v1/admin/workers/{name}/drain": {
-            "post": op("Operators: the worker finishes its job and takes no new one",
-                       WorkerObject, params=[name]),
+            "post": op(
+                "Operators: the worker finishes its job and takes no new one",
+                WorkerObject,
+                params=[name],
+            ),
         },
         "/v1/admin/workers/{name}/undrain": {
-            "post": op("Operators: a drained worker takes jobs again", WorkerObject,
-                       params=[name]),
+            "post": op("Operators: a drained worker takes jobs again", WorkerObject, params=[name]),
         },
         "/v1/admin/jobs/{job_id}": {
             "get": op("Operators: any organization's job", AdminJob, params=[job_id]),
         },
         "/v1/admin/jobs/{job_id}/cancel": job_action("Operators: cancel any job"),
         "/v1/admin/jobs/{job_id}/retry": job_action(
-            "Operators: re-queue a failed or cancelled job; it resumes from its latest "
-            "checkpoint"),
+            "Operators: re-queue a failed or cancelled job; it resumes from its latest checkpoint"
+        ),
         "/v1/admin/jobs/{job_id}/requeue": job_action(
-            "Operators: put a queued or running job back in the queue, optionally in another "
-            "pool", RequeueRequest),
-        "/v1/admin/jobs/{job_id}/priority": job_action("Operators: set a job's priority",
-                                                       PriorityRequest),
+            "Operators: put a queued or running job back in the queue, optionally in another pool",
+            RequeueRequest,
+        ),
+        "/v1/admin/jobs/{job_id}/priority": job_action(
+            "Operators: set a job's priority", PriorityRequest
+        ),
         "/v1/admin/jobs/{job_id}/bump": job_action(
-            "Operators: move a waiting job to the front of its pool"),
+            "Operators: move a waiting job to the front of its pool"
+        ),
     }

@@ -97,13 +97,24 @@ class AuditEventList(OpenObject):
 
 
 SCHEMAS: tuple[type[BaseModel], ...] = (
-    OrganizationObject, OrganizationList, OrganizationCreate, OrganizationUpdate, ApiKeyObject,
-    ApiKeyList, ApiKeyCreate, AuditEventObject, AuditEventList,
+    OrganizationObject,
+    OrganizationList,
+    OrganizationCreate,
+    OrganizationUpdate,
+    ApiKeyObject,
+    ApiKeyList,
+    ApiKeyCreate,
+    AuditEventObject,
+    AuditEventList,
 )
 
 
-def paths(op: Callable[..., dict[str, Any]], json_body: Callable[[type[BaseModel]], dict],
-          path_param: Callable[[str], dict], query: Callable[..., dict]) -> dict[str, Any]:
+def paths(
+    op: Callable[..., dict[str, Any]],
+    json_body: Callable[[type[BaseModel]], dict],
+    path_param: Callable[[str], dict],
+    query: Callable[..., dict],
+) -> dict[str, Any]:
     """The paths, built with ``api.openapi``'s helpers (passed in: no import cycle)."""
     org_id, key_id = path_param("org_id"), path_param("key_id")
 
@@ -112,21 +123,37 @@ def paths(op: Callable[..., dict[str, Any]], json_body: Callable[[type[BaseModel
 
     return {
         "/v1/admin/organizations": {
-            "get": op("Operators: every organization with its quotas", OrganizationList,
-                      errors=(401,)),
-            "post": op("Operators: create an organization", OrganizationObject,
-                       body=body(OrganizationCreate), errors=(400, 401)),
+            "get": op(
+                "Operators: every organization with its quotas", OrganizationList, errors=(401,)
+            ),
+            "post": op(
+                "Operators: create an organization",
+                OrganizationObject,
+                body=body(OrganizationCreate),
+                errors=(400, 401),
+            ),
         },
         "/v1/admin/organizations/{org_id}": {
             "get": op("Operators: one organization", OrganizationObject, params=[org_id]),
-            "post": op("Operators: change an organization's quotas", OrganizationObject,
-                       params=[org_id], body=body(OrganizationUpdate)),
+            "post": op(
+                "Operators: change an organization's quotas",
+                OrganizationObject,
+                params=[org_id],
+                body=body(OrganizationUpdate),
+            ),
         },
         "/v1/admin/organizations/{org_id}/api_keys": {
-            "get": op("Operators: an organization's API keys (never their secrets)",
-                      ApiKeyList, params=[org_id]),
-            "post": op("Operators: create an API key; its secret is in this response only",
-                       ApiKeyObject, params=[org_id], body=body(ApiKeyCreate)),
+            "get": op(
+                "Operators: an organization's API keys (never their secrets)",
+                ApiKeyList,
+                params=[org_id],
+            ),
+            "post": op(
+                "Operators: create an API key; its secret is in this response only",
+                ApiKeyObject,
+                params=[org_id],
+                body=body(ApiKeyCreate),
+            ),
         },
         "/v1/admin/api_keys/{key_id}": {
             "delete": op("Operators: revoke an API key", ApiKeyObject, params=[key_id]),
@@ -135,25 +162,33 @@ def paths(op: Callable[..., dict[str, Any]], json_body: Callable[[type[BaseModel
             "post": op("Operators: revoke an API key", ApiKeyObject, params=[key_id]),
         },
         "/v1/admin/audit": {
-            "get": op("Operators: the audit log, newest first", AuditEventList, params=[
-                query("organization_id", {"type": "string"}),
-                query("action", {"type": "string"}),
-                query("object_id", {"type": "string"}),
-                query("since", {"type": "integer", "minimum": 0}, "unix seconds"),
-                query("after", {"type": "string"}),
-                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
-                errors=(400, 401)),
+            "get": op(
+                "Operators: the audit log, newest first",
+                AuditEventList,
+                params=[
+                    query("organization_id", {"type": "string"}),
+                    query("action", {"type": "string"}),
+                    query("object_id", {"type": "string"}),
+                    query("since", {"type": "integer", "minimum": 0}, "unix seconds"),
+                    query("after", {"type": "string"}),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                errors=(400, 401),
+            ),
         },
         "/v1/organization/api_keys": {
-            "get": op("Your organization's API keys (admin scope)", ApiKeyList,
-                      errors=(401,)),
-            "post": op("Create an API key in your organization; its secret is in this "
-                       "response only", ApiKeyObject, body=body(ApiKeyCreate),
-                       errors=(400, 401)),
+            "get": op("Your organization's API keys (admin scope)", ApiKeyList, errors=(401,)),
+            "post": op(
+                "Create an API key in your organization; its secret is in this response only",
+                ApiKeyObject,
+                body=body(ApiKeyCreate),
+                errors=(400, 401),
+            ),
         },
         "/v1/organization/api_keys/{key_id}": {
             "get": op("One of your organization's API keys", ApiKeyObject, params=[key_id]),
-            "delete": op("Revoke one of your organization's API keys", ApiKeyObject,
-                         params=[key_id]),
+            "delete": op(
+                "Revoke one of your organization's API keys", ApiKeyObject, params=[key_id]
+            ),
         },
     }

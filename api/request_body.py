@@ -13,6 +13,7 @@ def json_object() -> dict[str, Any]:
     """The request's JSON body, which must be an object (400 otherwise)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object "
-                             "(Content-Type: application/json)")
+        raise InvalidRequest(
+            "The request body must be a JSON object (Content-Type: application/json)"
+        )
     return body

@@ -47,8 +47,14 @@ class JobCreateRequest(BaseModel):
     pool: str | None = Field(None, min_length=1, max_length=64)
 
     def options(self) -> dict[str, Any]:
-        keys = ("learning_rate", "max_seq_length", "checkpoint_every_n_steps", "keep_checkpoints",
-                "max_run_seconds", "pool")
+        keys = (
+            "learning_rate",
+            "max_seq_length",
+            "checkpoint_every_n_steps",
+            "keep_checkpoints",
+            "max_run_seconds",
+            "pool",
+        )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @field_validator("metadata")

@@ -65,8 +65,13 @@ def job_object(job: Job) -> dict[str, Any]:
 def serving_engines(adapter: dict[str, Any] | None) -> dict[str, bool]:
     """Engines that load the adapter as is; vLLM and LoRAX cannot load DoRA unmerged."""
     dora = (adapter or {}).get("type", "dora") == "dora"
-    return {"peft": True, "dorado": True, "vllm": not dora, "lorax": not dora,
-            "merged_required": dora}
+    return {
+        "peft": True,
+        "dorado": True,
+        "vllm": not dora,
+        "lorax": not dora,
+        "merged_required": dora,
+    }
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
@@ -90,8 +95,10 @@ def checkpoint_object(session: Session, job: Job, row: Checkpoint) -> dict[str, 
         "fine_tuned_model_checkpoint": checkpoint_model_name(session, job, row.step_number),
         "fine_tuning_job_id": job.id,
         "step_number": row.step_number,
-        "metrics": {"step": float(row.step_number), **{k: v for k, v in metrics.items()
-                                                        if k != "step"}},
+        "metrics": {
+            "step": float(row.step_number),
+            **{k: v for k, v in metrics.items() if k != "step"},
+        },
         # Dorado extras.
         "epoch": row.epoch,
         "reason": row.reason,

@@ -93,6 +93,8 @@ def authenticate_request(db: Session) -> ApiKey | None:
     if not session.get("key_id"):
         return None
     if request.method not in SAFE_METHODS and not csrf_ok(request.headers.get(CSRF_HEADER)):
-        raise PermissionDenied("Missing or invalid CSRF token: the dashboard sends it as the "
-                               f"{CSRF_HEADER} header", code="csrf_failed")
+        raise PermissionDenied(
+            f"Missing or invalid CSRF token: the dashboard sends it as the {CSRF_HEADER} header",
+            code="csrf_failed",
+        )
     return signed_in_key(db)

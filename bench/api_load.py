@@ -57,8 +57,10 @@ def make_database() -> str:
 def drop_database(name: str) -> None:
     engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :n"), {"n": name})
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
     engine.dispose()
 
@@ -68,32 +70,60 @@ def seed(database_url: str, n_jobs: int) -> tuple[str, list[str]]:
     with session_scope(database_url) as session:
         org_id = auth.find_key(session, KEY).organization_id
         file_id = "file-bench000000000000000000"
-        session.add(File(id=file_id, organization_id=org_id, filename="bench.jsonl",
-                         purpose="fine-tune", bytes=1000, status="processed",
-                         storage_key=f"files/{file_id}", example_count=50, stats={},
-                         created_at=utcnow()))
+        session.add(
+            File(
+                id=file_id,
+                organization_id=org_id,
+                filename="bench.jsonl",
+                purpose="fine-tune",
+                bytes=1000,
+                status="processed",
+                storage_key=f"files/{file_id}",
+                example_count=50,
+                stats={},
+                created_at=utcnow(),
+            )
+        )
     start = utcnow() - timedelta(days=30)
     ids = []
     rows = []
     for i in range(n_jobs):
         job_id = f"ftjob-bench{i:019d}"
         ids.append(job_id)
-        status = "queued" if i >= n_jobs - 300 else random.choice(
-            ["succeeded"] * 8 + ["failed", "cancelled"])
+        status = (
+            "queued"
+            if i >= n_jobs - 300
+            else random.choice(["succeeded"] * 8 + ["failed", "cancelled"])
+        )
         hyper = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
-        rows.append({
-            "id": job_id, "organization_id": org_id, "model": "tiny-random-llama",
-            "status": status, "training_file": file_id, "hyperparameters": hyper,
-            "adapter": {"type": "dora", "r": 16, "alpha": 32, "dropout": 0.0,
-                        "target_modules": "all-linear"},
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
-            "seed": i, "result_files": [], "created_at": start + timedelta(seconds=i * 20),
-            "attempt": 1, "pause_requested": False, "options": {},
-        })
+        rows.append(
+            {
+                "id": job_id,
+                "organization_id": org_id,
+                "model": "tiny-random-llama",
+                "status": status,
+                "training_file": file_id,
+                "hyperparameters": hyper,
+                "adapter": {
+                    "type": "dora",
+                    "r": 16,
+                    "alpha": 32,
+                    "dropout": 0.0,
+                    "target_modules": "all-linear",
+                },
+                "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+                "seed": i,
+                "result_files": [],
+                "created_at": start + timedelta(seconds=i * 20),
+                "attempt": 1,
+                "pause_requested": False,
+                "options": {},
+            }
+        )
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
         for chunk in range(0, len(rows), 5000):
-            conn.execute(sa.insert(Job), rows[chunk:chunk + 5000])
+            conn.execute(sa.insert(Job), rows[chunk : chunk + 5000])
     # A live database has planner statistics (autovacuum); a bulk-loaded one has none yet.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE"))
@@ -104,8 +134,15 @@ def seed(database_url: str, n_jobs: int) -> tuple[str, list[str]]:
 class Load:
     """Open-loop load at a fixed rate from a pool of keep-alive connections."""
 
-    def __init__(self, port: int, rate: float, seconds: float, file_id: str, job_ids: list[str],
-                 threads: int = 32):
+    def __init__(
+        self,
+        port: int,
+        rate: float,
+        seconds: float,
+        file_id: str,
+        job_ids: list[str],
+        threads: int = 32,
+    ):
         self.port, self.rate, self.seconds = port, rate, seconds
         self.file_id, self.job_ids = file_id, job_ids
         self.threads = threads
@@ -117,8 +154,9 @@ class Load:
     def _request(self, conn: http.client.HTTPConnection, kind: str) -> int:
         headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
         if kind == "poll":
-            conn.request("GET", f"/v1/fine_tuning/jobs/{random.choice(self.job_ids)}",
-                         headers=headers)
+            conn.request(
+                "GET", f"/v1/fine_tuning/jobs/{random.choice(self.job_ids)}", headers=headers
+            )
         elif kind == "list":
             after = f"&after={random.choice(self.job_ids)}" if random.random() < 0.5 else ""
             conn.request("GET", f"/v1/fine_tuning/jobs?limit=20{after}", headers=headers)
@@ -174,10 +212,13 @@ def summarise(results: list[tuple[str, float, int]], elapsed: float) -> dict:
         subset = [r for r in results if kind == "all" or r[0] == kind]
         latencies = [r[1] * 1000 for r in subset]
         errors = sum(1 for r in subset if not 200 <= r[2] < 300)
-        report[kind] = {"n": len(subset), "errors": errors,
-                        "p50_ms": round(percentile(latencies, 0.50), 1),
-                        "p99_ms": round(percentile(latencies, 0.99), 1),
-                        "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None}
+        report[kind] = {
+            "n": len(subset),
+            "errors": errors,
+            "p50_ms": round(percentile(latencies, 0.50), 1),
+            "p99_ms": round(percentile(latencies, 0.99), 1),
+            "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+        }
     return report
 
 
@@ -200,8 +241,17 @@ def children(pid: int) -> list[int]:
 
 def upload_memory(port: int, api_pid: int, size_mb: int) -> dict:
     """Peak RSS growth of the API processes while a ``size_mb`` JSONL file uploads."""
-    line = json.dumps({"messages": [{"role": "user", "content": "x" * 200},
-                                    {"role": "assistant", "content": "y" * 200}]}) + "\n"
+    line = (
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "x" * 200},
+                    {"role": "assistant", "content": "y" * 200},
+                ]
+            }
+        )
+        + "\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         repeats = size_mb * 1024 * 1024 // len(line)
         block = line * 1000
@@ -224,16 +274,35 @@ def upload_memory(port: int, api_pid: int, size_mb: int) -> dict:
     sampler.start()
     started = time.perf_counter()
     result = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
-         f"Authorization: Bearer {KEY}", "-F", "purpose=fine-tune", "-F", f"file=@{path}",
-         f"http://127.0.0.1:{port}/v1/files"], capture_output=True, text=True)
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Authorization: Bearer {KEY}",
+            "-F",
+            "purpose=fine-tune",
+            "-F",
+            f"file=@{path}",
+            f"http://127.0.0.1:{port}/v1/files",
+        ],
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     done.set()
     sampler.join()
     os.unlink(path)
-    return {"file_mb": round(size / 2**20), "status": result.stdout, "seconds": round(elapsed, 1),
-            "baseline_rss_mb": round(baseline / 1024, 1),
-            "peak_rss_growth_mb": round((peak - baseline) / 1024, 1)}
+    return {
+        "file_mb": round(size / 2**20),
+        "status": result.stdout,
+        "seconds": round(elapsed, 1),
+        "baseline_rss_mb": round(baseline / 1024, 1),
+        "peak_rss_growth_mb": round((peak - baseline) / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -247,13 +316,17 @@ def main() -> None:
 
     database = make_database()
     home = Path(tempfile.mkdtemp(prefix="dorado-bench-"))
-    env = {**os.environ, "DORADO_HOME": str(home), "DORADO_BOOTSTRAP_API_KEY": KEY,
-           "DORADO_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
-           "DORADO_BROKER_URL": "redis://127.0.0.1:6379/14",
-           "DORADO_MAX_UPLOAD_BYTES": str(4 * 2**30),
-           # One key drives the whole load: a limit it never reaches keeps the limiter's
-           # per-request cost (a Redis round trip) in the measurement without refusing anything.
-           "DORADO_RATE_LIMIT_PER_MINUTE": str(10**9)}
+    env = {
+        **os.environ,
+        "DORADO_HOME": str(home),
+        "DORADO_BOOTSTRAP_API_KEY": KEY,
+        "DORADO_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
+        "DORADO_BROKER_URL": "redis://127.0.0.1:6379/14",
+        "DORADO_MAX_UPLOAD_BYTES": str(4 * 2**30),
+        # One key drives the whole load: a limit it never reaches keeps the limiter's
+        # per-request cost (a Redis round trip) in the measurement without refusing anything.
+        "DORADO_RATE_LIMIT_PER_MINUTE": str(10**9),
+    }
     os.environ.update(env)
     settings = load_settings()
     api = None
@@ -265,8 +338,9 @@ def main() -> None:
         port = 18000 + random.randint(0, 999)
         command = api_command("127.0.0.1", port, workers=args.api_workers)
         command[command.index("--access-logfile") + 1] = "/dev/null"
-        api = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+        api = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(100):
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)

@@ -74,7 +74,11 @@ def main() -> None:
             reporter = ValidReporter()
             began = time.perf_counter()
             train(
-                spec, model_dir, train_file, root / f"{method}{r}", reporter,
+                spec,
+                model_dir,
+                train_file,
+                root / f"{method}{r}",
+                reporter,
                 validation_file=valid_file,
             )
             seconds = time.perf_counter() - began

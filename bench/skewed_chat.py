@@ -12,9 +12,24 @@ import random
 from pathlib import Path
 
 SUBJECTS = [
-    "the tides", "a rainbow", "bread rising", "a compass", "the seasons", "a lighthouse",
-    "volcanoes", "the moon's phases", "a sailing ship", "coral reefs", "thunder", "glaciers",
-    "a sundial", "honey bees", "the wind", "fog at sea", "an anchor", "starlight",
+    "the tides",
+    "a rainbow",
+    "bread rising",
+    "a compass",
+    "the seasons",
+    "a lighthouse",
+    "volcanoes",
+    "the moon's phases",
+    "a sailing ship",
+    "coral reefs",
+    "thunder",
+    "glaciers",
+    "a sundial",
+    "honey bees",
+    "the wind",
+    "fog at sea",
+    "an anchor",
+    "starlight",
 ]
 SENTENCES = [
     "It happens because of forces that act slowly and steadily over time.",

@@ -50,28 +50,45 @@ class QuietReporter(TimingReporter):
         pass
 
 
-def run_ours(method, model_dir, train_file, examples, valid_examples, pad_id, out: Path,
-             seed: int) -> dict:
+def run_ours(
+    method, model_dir, train_file, examples, valid_examples, pad_id, out: Path, seed: int
+) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    spec = TrainSpec(adapter=adapter(method), n_epochs=1, batch_size=BATCH, learning_rate=LR,
-                     seed=seed, extra={"device": "cpu"})
+    spec = TrainSpec(
+        adapter=adapter(method),
+        n_epochs=1,
+        batch_size=BATCH,
+        learning_rate=LR,
+        seed=seed,
+        extra={"device": "cpu"},
+    )
     reporter = QuietReporter()
     result = train(spec, model_dir, train_file, out, reporter)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out)
     loss, acc = heldout_metrics(tuned, valid_examples, pad_id)
     # Padded tokens: what the engine computed, re-derived from its own batching.
     lengths = [len(e) for e in examples]
-    padded = sum(mb.n_padded_tokens for batch in plan_epoch(lengths, BATCH, seed, 0)
-                 for mb in step_micro_batches(examples, batch, lengths, pad_id))
-    return {"seconds": reporter.seconds, "real": result.trained_tokens, "padded": padded,
-            "steps": reporter.steps, "last_loss": reporter.losses[-1], "heldout_loss": loss,
-            "heldout_acc": acc}
+    padded = sum(
+        mb.n_padded_tokens
+        for batch in plan_epoch(lengths, BATCH, seed, 0)
+        for mb in step_micro_batches(examples, batch, lengths, pad_id)
+    )
+    return {
+        "seconds": reporter.seconds,
+        "real": result.trained_tokens,
+        "padded": padded,
+        "steps": reporter.steps,
+        "last_loss": reporter.losses[-1],
+        "heldout_loss": loss,
+        "heldout_acc": acc,
+    }
 
 
-def run_baseline(method, model_dir, examples, valid_examples, pad_id, seed: int,
-                 own_order: bool = False) -> dict:
+def run_baseline(
+    method, model_dir, examples, valid_examples, pad_id, seed: int, own_order: bool = False
+) -> dict:
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -121,31 +138,53 @@ def run_baseline(method, model_dir, examples, valid_examples, pad_id, seed: int,
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH, num_train_epochs=1,
-            learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
-            use_cpu=True, seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
+            output_dir=tmp,
+            per_device_train_batch_size=BATCH,
+            num_train_epochs=1,
+            learning_rate=LR,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=seed,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
         )
-        trainer = SameBatches(model=model, args=args, train_dataset=rows,
-                              data_collator=collate, callbacks=[Clock()])
+        trainer = SameBatches(
+            model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()]
+        )
         # Its per-step log lines would land in the middle of the table.
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         trainer.train()
     loss, acc = heldout_metrics(model, valid_examples, pad_id)
-    return {"seconds": times["end"] - times["start"], "real": counts["real"],
-            "padded": counts["padded"], "steps": len(losses), "last_loss": losses[-1],
-            "heldout_loss": loss, "heldout_acc": acc}
+    return {
+        "seconds": times["end"] - times["start"],
+        "real": counts["real"],
+        "padded": counts["padded"],
+        "steps": len(losses),
+        "last_loss": losses[-1],
+        "heldout_loss": loss,
+        "heldout_acc": acc,
+    }
 
 
-HEADER = (f"{'run':14s} {'real tok/s':>10s} {'padded tok/s':>12s} {'padding':>8s} {'steps':>5s}"
-          f" {'seconds':>8s} {'last loss':>9s} {'held-out loss':>13s} {'acc':>6s}")
+HEADER = (
+    f"{'run':14s} {'real tok/s':>10s} {'padded tok/s':>12s} {'padding':>8s} {'steps':>5s}"
+    f" {'seconds':>8s} {'last loss':>9s} {'held-out loss':>13s} {'acc':>6s}"
+)
 
 
 def row(name: str, r: dict) -> str:
-    return (f"{name:14s} {r['real'] / r['seconds']:10.1f} {r['padded'] / r['seconds']:12.1f}"
-            f" {1 - r['real'] / r['padded']:8.1%} {r['steps']:5d} {r['seconds']:8.1f}"
-            f" {r['last_loss']:9.4f} {r['heldout_loss']:13.4f} {r['heldout_acc']:6.3f}")
+    return (
+        f"{name:14s} {r['real'] / r['seconds']:10.1f} {r['padded'] / r['seconds']:12.1f}"
+        f" {1 - r['real'] / r['padded']:8.1%} {r['steps']:5d} {r['seconds']:8.1f}"
+        f" {r['last_loss']:9.4f} {r['heldout_loss']:13.4f} {r['heldout_acc']:6.3f}"
+    )
 
 
 def verdict(method: str, ours: dict, base: dict) -> str:
@@ -156,11 +195,13 @@ def verdict(method: str, ours: dict, base: dict) -> str:
     def mark(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    return (f"{method}: real tok/s engine/trainer {ratio:.2f}x (target >= 1.5x:"
-            f" {mark(ratio >= 1.5)}); engine real / trainer padded tok/s {vs_padded:.2f}"
-            f" (target >= 0.90: {mark(vs_padded >= 0.9)});"
-            f" held-out loss engine - trainer {diff:+.4f}"
-            f" (target <= 0, within rounding: {mark(diff <= 1e-3)})")
+    return (
+        f"{method}: real tok/s engine/trainer {ratio:.2f}x (target >= 1.5x:"
+        f" {mark(ratio >= 1.5)}); engine real / trainer padded tok/s {vs_padded:.2f}"
+        f" (target >= 0.90: {mark(vs_padded >= 0.9)});"
+        f" held-out loss engine - trainer {diff:+.4f}"
+        f" (target <= 0, within rounding: {mark(diff <= 1e-3)})"
+    )
 
 
 def main() -> None:
@@ -168,8 +209,11 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--methods", nargs="+", default=["lora", "dora"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trainer-own-order", action="store_true",
-                        help="the Trainer draws its own random batches instead of the engine's")
+    parser.add_argument(
+        "--trainer-own-order",
+        action="store_true",
+        help="the Trainer draws its own random batches instead of the engine's",
+    )
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -184,23 +228,49 @@ def main() -> None:
         examples = load_dataset(train_file, tok, 2048).examples
         valid_examples = load_dataset(valid_file, tok, 2048).examples
         lengths = sorted(len(e) for e in examples)
-        print(f"{len(lengths)} examples, {lengths[0]}..{lengths[-1]} tokens (median "
-              f"{lengths[len(lengths) // 2]}), batch {BATCH}, 1 epoch, "
-              f"{torch.get_num_threads()} threads; Trainer batches: "
-              f"{'its own' if args.trainer_own_order else 'the engine plan'}", flush=True)
+        print(
+            f"{len(lengths)} examples, {lengths[0]}..{lengths[-1]} tokens (median "
+            f"{lengths[len(lengths) // 2]}), batch {BATCH}, 1 epoch, "
+            f"{torch.get_num_threads()} threads; Trainer batches: "
+            f"{'its own' if args.trainer_own_order else 'the engine plan'}",
+            flush=True,
+        )
         # An untimed one-step run first: the first steps of a process pay for allocator growth
         # and kernel selection, which would otherwise land on whichever run comes first.
         warm = write_jsonl(root / "warm.jsonl", make_examples(BATCH, seed=3))
         warm_examples = load_dataset(warm, tok, 2048).examples
-        run_ours("lora", model_dir, warm, warm_examples, valid_examples[:2], pad_id,
-                 root / "warm", args.seed)
+        run_ours(
+            "lora",
+            model_dir,
+            warm,
+            warm_examples,
+            valid_examples[:2],
+            pad_id,
+            root / "warm",
+            args.seed,
+        )
         print(HEADER, flush=True)
         for method in args.methods:
-            ours = run_ours(method, model_dir, train_file, examples, valid_examples, pad_id,
-                            root / method, args.seed)
+            ours = run_ours(
+                method,
+                model_dir,
+                train_file,
+                examples,
+                valid_examples,
+                pad_id,
+                root / method,
+                args.seed,
+            )
             print(row(f"engine {method}", ours), flush=True)
-            base = run_baseline(method, model_dir, examples, valid_examples, pad_id, args.seed,
-                                args.trainer_own_order)
+            base = run_baseline(
+                method,
+                model_dir,
+                examples,
+                valid_examples,
+                pad_id,
+                args.seed,
+                args.trainer_own_order,
+            )
             print(row(f"trainer {method}", base), flush=True)
             results.append((method, ours, base))
     print()

@@ -29,25 +29,62 @@ def _bin(name: str) -> str:
 
 
 def api_command(host: str, port: int, workers: int = 2) -> list[str]:
-    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", str(workers),
-            "--threads", "4", "--timeout", "300", "--access-logfile", "-",
-            "api.wsgi:app"]
+    return [
+        _bin("gunicorn"),
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        "4",
+        "--timeout",
+        "300",
+        "--access-logfile",
+        "-",
+        "api.wsgi:app",
+    ]
 
 
 def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
     # The threads pool runs the task in the worker's own process, so a SIGTERM reaches the
     # running job: it checkpoints and goes back to the queue (see worker.shutdown).
-    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
-            "--pool", "threads", "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
-            "-Q", "dorado.jobs", "-n", f"{name or f'dorado-{os.getpid()}'}@%h"]
+    return [
+        _bin("celery"),
+        "-A",
+        "worker.celery_app:app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-Q",
+        "dorado.jobs",
+        "-n",
+        f"{name or f'dorado-{os.getpid()}'}@%h",
+    ]
 
 
 def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
     # One process holds the models once; threads wait on its generation lock. Loopback by
     # default: the service trusts its caller (the API has checked who may use which model).
-    return [_bin("gunicorn"), "--bind", f"{host}:{port}", "--workers", "1",
-            "--threads", "8", "--timeout", "600", "--access-logfile", "-",
-            "worker.inference.server:create_app()"]
+    return [
+        _bin("gunicorn"),
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "8",
+        "--timeout",
+        "600",
+        "--access-logfile",
+        "-",
+        "worker.inference.server:create_app()",
+    ]
 
 
 def _free_port() -> int:
@@ -58,9 +95,24 @@ def _free_port() -> int:
 
 def validator_command(name: str | None = None) -> list[str]:
     """A small CPU worker for the quick ``validating_files`` step (tokenizing files)."""
-    return [_bin("celery"), "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
-            "--pool", "threads", "--concurrency", "2", "--prefetch-multiplier", "1",
-            "-Q", "dorado.validate", "-n", f"{name or f'validator-{os.getpid()}'}@%h"]
+    return [
+        _bin("celery"),
+        "-A",
+        "worker.celery_app:app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--pool",
+        "threads",
+        "--concurrency",
+        "2",
+        "--prefetch-multiplier",
+        "1",
+        "-Q",
+        "dorado.validate",
+        "-n",
+        f"{name or f'validator-{os.getpid()}'}@%h",
+    ]
 
 
 @click.group()
@@ -81,8 +133,10 @@ def _announce_key(key: str | None) -> None:
     if key:
         click.secho("\nA new API key was generated. It is shown only this once:", bold=True)
         click.secho(f"    {key}\n", fg="green", bold=True)
-        click.echo("Use it as 'Authorization: Bearer <key>' (or OPENAI_API_KEY with the openai "
-                   "SDK). Set DORADO_BOOTSTRAP_API_KEY to choose your own.\n")
+        click.echo(
+            "Use it as 'Authorization: Bearer <key>' (or OPENAI_API_KEY with the openai "
+            "SDK). Set DORADO_BOOTSTRAP_API_KEY to choose your own.\n"
+        )
 
 
 @main.command()
@@ -111,8 +165,10 @@ def run(skip_models: bool) -> None:
     if settings.inference_url:
         log.info("chat completions go to the inference service at %s", settings.inference_url)
     elif importlib.util.find_spec("transformers") is None:
-        log.warning("the worker extra is not installed here; /v1/chat/completions will answer "
-                    "503 until DORADO_INFERENCE_URL names an inference service")
+        log.warning(
+            "the worker extra is not installed here; /v1/chat/completions will answer "
+            "503 until DORADO_INFERENCE_URL names an inference service"
+        )
     else:
         inference_port = settings.inference_port or _free_port()
         env["DORADO_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
@@ -123,8 +179,10 @@ def run(skip_models: bool) -> None:
     if inference_port is not None:
         procs["inference"] = _spawn(inference_command(inference_port), env)
     _announce_key(key)
-    click.echo(f"Dorado API on http://{settings.host}:{settings.port}/v1  "
-               f"(data in {settings.home}); Ctrl-C stops everything.")
+    click.echo(
+        f"Dorado API on http://{settings.host}:{settings.port}/v1  "
+        f"(data in {settings.home}); Ctrl-C stops everything."
+    )
     stopping = threading.Event()
     # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
     # an ignored SIGINT ignored.
@@ -133,8 +191,7 @@ def run(skip_models: bool) -> None:
     while not stopping.is_set():
         for name, proc in procs.items():
             if proc.poll() is not None:
-                log.error("%s exited with code %s; stopping the platform", name,
-                          proc.returncode)
+                log.error("%s exited with code %s; stopping the platform", name, proc.returncode)
                 stopping.set()
         stopping.wait(0.5)
     log.info("stopping (the worker checkpoints a running job first)")
@@ -160,8 +217,10 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
 def _prepare_models() -> None:
     worker_cli = _bin("dorado-worker")
     if shutil.which(worker_cli) is None and not os.path.exists(worker_cli):
-        log.warning("the worker extra is not installed here; built-in models will be built "
-                    "by the first worker that needs them")
+        log.warning(
+            "the worker extra is not installed here; built-in models will be built "
+            "by the first worker that needs them"
+        )
         return
     subprocess.run([worker_cli, "prepare-models"], check=True)
 

@@ -25,8 +25,9 @@ class InvalidFile(InvalidRequest):
 
     code = "invalid_file"
 
-    def __init__(self, message: str, *, param: str | None = "file",
-                 problems: list[dict] | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = "file", problems: list[dict] | None = None
+    ):
         super().__init__(message, param=param)
         self.problems = problems or []
 

@@ -114,9 +114,9 @@ def load_settings() -> Settings:
         host=_env("DORADO_HOST", "127.0.0.1"),
         port=int(_env("DORADO_PORT", "8000")),
         bootstrap_api_key=_env("DORADO_BOOTSTRAP_API_KEY"),
-        model_cache_dir=Path(
-            _env("DORADO_MODEL_CACHE", str(home / "cache" / "models"))
-        ).expanduser().resolve(),
+        model_cache_dir=Path(_env("DORADO_MODEL_CACHE", str(home / "cache" / "models")))
+        .expanduser()
+        .resolve(),
         lease_seconds=int(_env("DORADO_LEASE_SECONDS", "120")),
         republish_after_seconds=int(_env("DORADO_REPUBLISH_AFTER_SECONDS", "60")),
         sweep_interval_seconds=float(_env("DORADO_SWEEP_INTERVAL_SECONDS", "10")),

@@ -17,9 +17,13 @@ def main() -> None:
 
 
 @main.command("prepare-models")
-@click.option("--name", "names", multiple=True,
-              help="Only these models: built-in ones, or ones registered with `dorado-admin "
-                   "models add` (a GGUF is converted now instead of by the first job).")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    help="Only these models: built-in ones, or ones registered with `dorado-admin "
+    "models add` (a GGUF is converted now instead of by the first job).",
+)
 def prepare_models(names: tuple[str, ...]) -> None:
     """Build the base models into the model store and the local cache (once)."""
     from worker.model_store import ModelUnavailable, ensure_model
@@ -35,10 +39,13 @@ def prepare_models(names: tuple[str, ...]) -> None:
 
 
 @main.command("serve-inference")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; expose it only to the API (the service trusts callers).")
-@click.option("--port", type=int, default=None,
-              help="Default: DORADO_INFERENCE_PORT, else 8001.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; expose it only to the API (the service trusts callers).",
+)
+@click.option("--port", type=int, default=None, help="Default: DORADO_INFERENCE_PORT, else 8001.")
 def serve_inference(host: str, port: int | None) -> None:
     """Run the inference service (chat completions, merged models) in the foreground."""
     import os
@@ -46,8 +53,9 @@ def serve_inference(host: str, port: int | None) -> None:
     from cli.main import inference_command
     from core.settings import DEFAULT_INFERENCE_PORT
 
-    command = inference_command(port or load_settings().inference_port
-                                or DEFAULT_INFERENCE_PORT, host)
+    command = inference_command(
+        port or load_settings().inference_port or DEFAULT_INFERENCE_PORT, host
+    )
     os.execvp(command[0], command)
 
 

@@ -8,8 +8,9 @@ from worker.model_store import ModelUnavailable
 from worker.training.spec import TrainingProcessLost
 
 # Errors that may pass by themselves: retried (bounded). User errors never are.
-TRANSIENT_CODES = frozenset({"storage_unavailable", "database_unavailable",
-                             "training_process_lost"})
+TRANSIENT_CODES = frozenset(
+    {"storage_unavailable", "database_unavailable", "training_process_lost"}
+)
 
 
 def classify(exc: BaseException) -> tuple[str, str, str | None]:
@@ -19,18 +20,27 @@ def classify(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(exc, ObjectNotFound):
         return "file_missing", f"A stored file is missing (deleted?): {exc}", "training_file"
     if _is_storage_error(exc):
-        return ("storage_unavailable", "The object store kept failing after retries: "
-                f"{type(exc).__name__}: {exc}", None)
+        return (
+            "storage_unavailable",
+            f"The object store kept failing after retries: {type(exc).__name__}: {exc}",
+            None,
+        )
     if type(exc).__name__ in ("OperationalError", "DisconnectionError"):
         return "database_unavailable", f"The database was unreachable: {exc}", None
     if isinstance(exc, ModelUnavailable):
         return "model_unavailable", str(exc), "model"
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-        return ("out_of_memory", "The worker ran out of memory; try a smaller batch_size or "
-                "max_seq_length", "hyperparameters.batch_size")
+        return (
+            "out_of_memory",
+            "The worker ran out of memory; try a smaller batch_size or max_seq_length",
+            "hyperparameters.batch_size",
+        )
     if isinstance(exc, FloatingPointError):
-        return ("training_diverged", f"Training diverged ({exc}); try a lower "
-                "learning_rate_multiplier", "hyperparameters.learning_rate_multiplier")
+        return (
+            "training_diverged",
+            f"Training diverged ({exc}); try a lower learning_rate_multiplier",
+            "hyperparameters.learning_rate_multiplier",
+        )
     if isinstance(exc, ValueError) and "target module" in str(exc).lower():
         return "invalid_adapter", f"Invalid adapter settings: {exc}", "adapter.target_modules"
     if isinstance(exc, ValueError):

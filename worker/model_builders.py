@@ -59,8 +59,7 @@ def _gguf_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def convert_gguf(gguf: Path, dest: Path,
-                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+def convert_gguf(gguf: Path, dest: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """Convert a GGUF model file to a float32 Hugging Face model (safetensors) in ``dest``.
 
     A model loaded from GGUF refuses ``save_pretrained``, so its de-quantised weights are copied

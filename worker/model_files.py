@@ -21,8 +21,17 @@ from worker.model_store import ensure_model
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
-                   ".onnx")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+)
 """Stored files that hold weights (and their shard indexes end in ``.json``: kept, tiny)."""
 
 TOKENIZER_CACHE = ".tokenizers"
@@ -55,7 +64,7 @@ def ensure_tokenizer_files(settings: Settings, store: ObjectStore, name: str) ->
         keys = [k for k in store.list_keys(prefix) if not is_weight_file(k)]
         log.info("downloading the tokenizer and config of %s (%d files)", name, len(keys))
         for key in keys:
-            store.download_file(key, tmp / key[len(prefix) + 1:])
+            store.download_file(key, tmp / key[len(prefix) + 1 :])
 
     return fill_once(small_cache, name, fill)
 
@@ -68,6 +77,7 @@ def _stored_revision(store: ObjectStore, prefix: str) -> str | None:
     except ObjectNotFound:
         return None
     except Exception:
-        log.warning("could not read %s in the model store; using a cached copy", prefix,
-                    exc_info=True)
+        log.warning(
+            "could not read %s in the model store; using a cached copy", prefix, exc_info=True
+        )
         return None

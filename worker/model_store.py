@@ -55,8 +55,11 @@ def _store_revision(store: ObjectStore, name: str) -> str | None:
     except ObjectNotFound:
         return None
     except Exception:  # a freshness check only: a store outage must not fail a cached model
-        log.warning("could not check base model %s in the model store; using the cached copy",
-                    name, exc_info=True)
+        log.warning(
+            "could not check base model %s in the model store; using the cached copy",
+            name,
+            exc_info=True,
+        )
         return None
 
 
@@ -90,5 +93,6 @@ def _convert_registered_gguf(store: ObjectStore, name: str, dest: Path) -> None:
         try:
             convert_gguf(gguf, dest)
         except (ValueError, KeyError, OSError) as exc:
-            raise ModelUnavailable(f"base model '{name}': its GGUF file could not be "
-                                   f"converted ({exc})") from exc
+            raise ModelUnavailable(
+                f"base model '{name}': its GGUF file could not be converted ({exc})"
+            ) from exc

@@ -76,8 +76,9 @@ def start(app) -> None:
     if _state.name is None or _state.thread is not None:
         return
     settings = load_settings()
-    _state.thread = threading.Thread(target=_run, args=(app, settings), daemon=True,
-                                     name="dorado-heartbeat")
+    _state.thread = threading.Thread(
+        target=_run, args=(app, settings), daemon=True, name="dorado-heartbeat"
+    )
     _state.thread.start()
 
 
@@ -103,8 +104,9 @@ def detect_gpus(settings: Settings) -> tuple[int, int | None]:
 
         if torch.cuda.is_available():
             count = torch.cuda.device_count()
-            memory = min(torch.cuda.get_device_properties(i).total_memory
-                         for i in range(count)) // 2**20
+            memory = (
+                min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) // 2**20
+            )
     except Exception:  # no torch, or a broken driver: a CPU worker
         log.warning("could not query CUDA devices", exc_info=True)
     if settings.worker_gpu_memory_mb is not None:
@@ -114,13 +116,19 @@ def detect_gpus(settings: Settings) -> tuple[int, int | None]:
 
 def _register(settings: Settings) -> None:
     gpus, memory = detect_gpus(settings)
-    info = workers.WorkerInfo(name=_state.name, hostname=socket.gethostname(),
-                              pid=os.getpid(), pool=_state.pool, gpus=gpus,
-                              gpu_memory_mb=memory)
+    info = workers.WorkerInfo(
+        name=_state.name,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        pool=_state.pool,
+        gpus=gpus,
+        gpu_memory_mb=memory,
+    )
     with session_scope(settings.database_url) as session:
         _state.draining = workers.register(session, info).draining
-    log.info("worker %s registered (pool %s, %s GPU(s), %s MiB)", info.name, info.pool, gpus,
-             memory)
+    log.info(
+        "worker %s registered (pool %s, %s GPU(s), %s MiB)", info.name, info.pool, gpus, memory
+    )
 
 
 def _run(app, settings: Settings) -> None:

@@ -29,16 +29,26 @@ log = logging.getLogger(__name__)
 MAX_METRIC_EVENTS = 100
 CONTROL_POLL_SECONDS = 1.0
 METRICS_HISTORY_FILE = "dorado_metrics.json"
-METRIC_KEYS = ("valid_loss", "valid_mean_token_accuracy", "full_valid_loss",
-               "full_valid_mean_token_accuracy")
+METRIC_KEYS = (
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
 
 
 class JobReporter:
     """Implements ``worker.training.spec.Reporter`` for one claimed job."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, job_id: str, attempt: int,
-                 history: list[dict[str, Any]] | None = None,
-                 deadline: datetime | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        job_id: str,
+        attempt: int,
+        history: list[dict[str, Any]] | None = None,
+        deadline: datetime | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.job_id = job_id
@@ -55,8 +65,7 @@ class JobReporter:
         self._last_poll = 0.0
         self._rate_origin: tuple[float, int] | None = None
         self._estimated_finish: datetime | None = None
-        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{job_id}",
-                                           daemon=True)
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
 
     # --- lease ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,15 +80,19 @@ class JobReporter:
         while not self._stop_heartbeat.wait(interval):
             try:
                 with session_scope(self.settings.database_url) as session:
-                    ours = jobs.renew_lease(session, self.job_id, self.attempt,
-                                            self.settings.lease_seconds, self._estimated_finish)
+                    ours = jobs.renew_lease(
+                        session,
+                        self.job_id,
+                        self.attempt,
+                        self.settings.lease_seconds,
+                        self._estimated_finish,
+                    )
                 if not ours:
                     log.info("job %s: no longer ours (cancelled or re-assigned)", self.job_id)
                     self._lost.set()
                     return
             except Exception:  # a short database outage must not kill the training
-                log.warning("job %s: lease renewal failed; will retry", self.job_id,
-                            exc_info=True)
+                log.warning("job %s: lease renewal failed; will retry", self.job_id, exc_info=True)
 
     # --- control -------------------------------------------------------------------------
     def _poll(self) -> str:
@@ -90,8 +103,9 @@ class JobReporter:
                 with session_scope(self.settings.database_url) as session:
                     self._control = jobs.job_control(session, self.job_id, self.attempt)
             except Exception:
-                log.warning("job %s: could not read job state; carrying on", self.job_id,
-                            exc_info=True)
+                log.warning(
+                    "job %s: could not read job state; carrying on", self.job_id, exc_info=True
+                )
         return self._control
 
     def should_stop(self) -> bool:
@@ -111,26 +125,47 @@ class JobReporter:
         log.info("job %s: %s", self.job_id, text)
         self._write(text, level=level)
 
-    def metrics(self, step: int, total_steps: int, train_loss: float,
-                train_mean_token_accuracy: float, *, valid_loss: float | None = None,
-                valid_mean_token_accuracy: float | None = None,
-                full_valid_loss: float | None = None,
-                full_valid_mean_token_accuracy: float | None = None,
-                tokens_per_second: float | None = None) -> None:
-        valid = {"valid_loss": valid_loss, "valid_mean_token_accuracy": valid_mean_token_accuracy,
-                 "full_valid_loss": full_valid_loss,
-                 "full_valid_mean_token_accuracy": full_valid_mean_token_accuracy}
+    def metrics(
+        self,
+        step: int,
+        total_steps: int,
+        train_loss: float,
+        train_mean_token_accuracy: float,
+        *,
+        valid_loss: float | None = None,
+        valid_mean_token_accuracy: float | None = None,
+        full_valid_loss: float | None = None,
+        full_valid_mean_token_accuracy: float | None = None,
+        tokens_per_second: float | None = None,
+    ) -> None:
+        valid = {
+            "valid_loss": valid_loss,
+            "valid_mean_token_accuracy": valid_mean_token_accuracy,
+            "full_valid_loss": full_valid_loss,
+            "full_valid_mean_token_accuracy": full_valid_mean_token_accuracy,
+        }
         self.metrics_rows = [r for r in self.metrics_rows if r["step"] < step]
-        self.metrics_rows.append({"step": step, "train_loss": train_loss,
-                                  "train_accuracy": train_mean_token_accuracy, **valid})
+        self.metrics_rows.append(
+            {
+                "step": step,
+                "train_loss": train_loss,
+                "train_accuracy": train_mean_token_accuracy,
+                **valid,
+            }
+        )
         self._update_eta(step, total_steps)
         every = max(1, total_steps // MAX_METRIC_EVENTS)
         has_valid = any(v is not None for v in valid.values())
         if step % every and step not in (1, total_steps) and not has_valid:
             return
-        data = {"step": step, "total_steps": total_steps, "train_loss": train_loss,
-                "train_mean_token_accuracy": train_mean_token_accuracy, **valid,
-                "tokens_per_second": tokens_per_second}
+        data = {
+            "step": step,
+            "total_steps": total_steps,
+            "train_loss": train_loss,
+            "train_mean_token_accuracy": train_mean_token_accuracy,
+            **valid,
+            "tokens_per_second": tokens_per_second,
+        }
         text = f"Step {step}/{total_steps}: training loss={train_loss:.4f}"
         if valid_loss is not None:
             text += f", validation loss={valid_loss:.4f}"
@@ -146,12 +181,14 @@ class JobReporter:
             remaining = (now - t0) / (step - s0) * (total_steps - step)
             self._estimated_finish = utcnow() + timedelta(seconds=remaining)
 
-    def _write(self, text: str, *, level: str = "info", type: str = "message",
-               data: dict | None = None) -> None:
+    def _write(
+        self, text: str, *, level: str = "info", type: str = "message", data: dict | None = None
+    ) -> None:
         try:
             with session_scope(self.settings.database_url) as session:
-                if not jobs.record_event(session, self.job_id, self.attempt, text, level=level,
-                                         type=type, data=data):
+                if not jobs.record_event(
+                    session, self.job_id, self.attempt, text, level=level, type=type, data=data
+                ):
                     self._lost.set()
         except Exception:
             log.warning("job %s: could not record event %r", self.job_id, text, exc_info=True)
@@ -161,24 +198,40 @@ class JobReporter:
         """Upload ``info.directory`` and record it; old checkpoints beyond the job's limit go."""
         directory = Path(info.directory)
         (directory / METRICS_HISTORY_FILE).write_text(
-            json.dumps([r for r in self.metrics_rows if r["step"] <= info.step]))
+            json.dumps([r for r in self.metrics_rows if r["step"] <= info.step])
+        )
         prefix = checkpoints.checkpoint_prefix(self.job_id, info.step)
         upload_dir(self.store, prefix, directory)
         adapter_key = artifacts.checkpoint_adapter_key(prefix)
         with tempfile.TemporaryDirectory() as tmp:
             packed = artifacts.pack_adapter(directory, Path(tmp) / "adapter.tar.gz")
             self.store.put_file(adapter_key, packed)
-        metrics = {"step": info.step, **{k: info.metrics.get(k) for k in (
-            "train_loss", "train_mean_token_accuracy", *METRIC_KEYS)}}
+        metrics = {
+            "step": info.step,
+            **{
+                k: info.metrics.get(k)
+                for k in ("train_loss", "train_mean_token_accuracy", *METRIC_KEYS)
+            },
+        }
         with session_scope(self.settings.database_url) as session:
             row, dropped = checkpoints.record_checkpoint(
-                session, self.job_id, self.attempt, step=info.step, epoch=info.epoch,
-                reason=info.reason, metrics=metrics, storage_prefix=prefix,
-                adapter_key=adapter_key)
+                session,
+                self.job_id,
+                self.attempt,
+                step=info.step,
+                epoch=info.epoch,
+                reason=info.reason,
+                metrics=metrics,
+                storage_prefix=prefix,
+                adapter_key=adapter_key,
+            )
             if row is not None:
-                jobs.add_event(session, self.job_id,
-                               f"Checkpoint saved at step {info.step} (epoch {info.epoch})",
-                               data={"checkpoint": row.id, "step": info.step})
+                jobs.add_event(
+                    session,
+                    self.job_id,
+                    f"Checkpoint saved at step {info.step} (epoch {info.epoch})",
+                    data={"checkpoint": row.id, "step": info.step},
+                )
         if row is None:
             self._lost.set()
             return

@@ -45,10 +45,13 @@ def build_spec(job: Job) -> TrainSpec:
     hyper = job.hyperparameters
     options = job.options or {}
     lr = options.get("learning_rate") or learning_rate(
-        adapter["type"], float(hyper["learning_rate_multiplier"]))
+        adapter["type"], float(hyper["learning_rate_multiplier"])
+    )
     return TrainSpec(
         adapter=AdapterSpec(
-            type=adapter["type"], r=int(adapter["r"]), alpha=int(adapter["alpha"]),
+            type=adapter["type"],
+            r=int(adapter["r"]),
+            alpha=int(adapter["alpha"]),
             dropout=float(adapter["dropout"]),
             target_modules=modules if isinstance(modules, str) else tuple(modules),
         ),
@@ -84,10 +87,14 @@ def _load(settings: Settings, job_id: str) -> Claimed:
         if job.validation_file and validation is None:
             raise ObjectNotFound(job.validation_file)
         latest = checkpoints.latest_checkpoint(session, job_id)
-        return Claimed(spec=build_spec(job), model=job.model,
-                       organization_id=job.organization_id, training_key=training.storage_key,
-                       validation_key=validation.storage_key if validation else None,
-                       resume_prefix=latest.storage_prefix if latest else None)
+        return Claimed(
+            spec=build_spec(job),
+            model=job.model,
+            organization_id=job.organization_id,
+            training_key=training.storage_key,
+            validation_key=validation.storage_key if validation else None,
+            resume_prefix=latest.storage_prefix if latest else None,
+        )
 
 
 @app.task(name=VALIDATE_JOB_TASK, ignore_result=True)
@@ -103,14 +110,17 @@ def run_job(job_id: str) -> None:
     (core.scheduling.dispatch; not necessarily ``job_id``) and train it."""
     settings = load_settings()
     with session_scope(settings.database_url) as session:
-        dispatched = scheduling.claim_next(session, pool=registry.pool(), worker=worker_name(),
-                                           lease_seconds=settings.lease_seconds)
+        dispatched = scheduling.claim_next(
+            session,
+            pool=registry.pool(),
+            worker=worker_name(),
+            lease_seconds=settings.lease_seconds,
+        )
     if dispatched is None:
         if registry.draining():
             _hand_back(settings, job_id)
         else:
-            log.info("wake-up for job %s: nothing eligible in pool %s", job_id,
-                     registry.pool())
+            log.info("wake-up for job %s: nothing eligible in pool %s", job_id, registry.pool())
         return
     registry.set_current_job(dispatched.job_id)
     try:
@@ -126,8 +136,7 @@ def _hand_back(settings: Settings, job_id: str) -> None:
     shutdown.wait(HAND_BACK_DELAY_SECONDS)  # never a hot loop if this worker gets it back
     try:
         publish_job(settings, job_id, registry.pool())
-        log.info("draining: handed the wake-up for job %s back to %s", job_id,
-                 registry.queue())
+        log.info("draining: handed the wake-up for job %s back to %s", job_id, registry.queue())
     except Exception:  # the sweeper re-publishes the job
         log.exception("draining: could not hand back job %s", job_id)
 
@@ -157,11 +166,19 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
     except TrainingStopped:
         if reporter.timed_out:
             with session_scope(settings.database_url) as session:
-                jobs.fail_job(session, job_id, attempt, code="max_run_time_exceeded",
-                              message=f"The job ran longer than its limit of {limit} s",
-                              param="max_run_seconds")
-        log.info("job %s: stopped (%s)", job_id,
-                 "time limit" if reporter.timed_out else "cancelled or re-assigned")
+                jobs.fail_job(
+                    session,
+                    job_id,
+                    attempt,
+                    code="max_run_time_exceeded",
+                    message=f"The job ran longer than its limit of {limit} s",
+                    param="max_run_seconds",
+                )
+        log.info(
+            "job %s: stopped (%s)",
+            job_id,
+            "time limit" if reporter.timed_out else "cancelled or re-assigned",
+        )
     except TrainingPaused as paused:
         step = getattr(paused, "step", 0)
         with session_scope(settings.database_url) as session:
@@ -169,23 +186,33 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
                 jobs.requeue_for_shutdown(session, job_id, attempt, step)
             else:
                 jobs.mark_paused(session, job_id, attempt, step)
-        log.info("job %s: %s at step %s", job_id,
-                 "re-queued for shutdown" if shutdown.in_progress() else "paused", step)
+        log.info(
+            "job %s: %s at step %s",
+            job_id,
+            "re-queued for shutdown" if shutdown.in_progress() else "paused",
+            step,
+        )
     except Exception as exc:
         log.exception("job %s: failed", job_id)
         code, message, param = classify(exc)
         with session_scope(settings.database_url) as session:
             if code in TRANSIENT_CODES and jobs.retry_after_transient_error(
-                    session, job_id, attempt, code=code, message=message,
-                    max_retries=settings.max_job_retries):
+                session,
+                job_id,
+                attempt,
+                code=code,
+                message=message,
+                max_retries=settings.max_job_retries,
+            ):
                 return
             jobs.fail_job(session, job_id, attempt, code=code, message=message, param=param)
     finally:
         reporter.close()
 
 
-def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
-           reporter: JobReporter) -> None:
+def _train(
+    settings: Settings, store: ObjectStore, job_id: str, attempt: int, reporter: JobReporter
+) -> None:
     from core.observability.logconfig import configure_logging
     from worker.training.distributed import plan_parallelism, run_training
 
@@ -210,10 +237,18 @@ def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
             raise TrainingPaused(step=0)
         # One process per GPU (or DORADO_WORKER_CPU_PROCESSES on CPU); rank 0 uses `reporter`.
         plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
-        result = run_training(claimed.spec, base_dir, data_path, tmp / "adapter", reporter,
-                              plan=plan, validation_file=valid_path, resume_from=resume_dir,
-                              timeout_seconds=settings.worker_dist_timeout_seconds,
-                              log_setup=configure_logging)
+        result = run_training(
+            claimed.spec,
+            base_dir,
+            data_path,
+            tmp / "adapter",
+            reporter,
+            plan=plan,
+            validation_file=valid_path,
+            resume_from=resume_dir,
+            timeout_seconds=settings.worker_dist_timeout_seconds,
+            log_setup=configure_logging,
+        )
         if reporter.should_stop():
             raise TrainingStopped()
         key = artifacts.adapter_key(job_id)
@@ -224,12 +259,22 @@ def _train(settings: Settings, store: ObjectStore, job_id: str, attempt: int,
         with session_scope(settings.database_url) as session:
             if not jobs.still_ours(session, job_id, attempt):
                 raise TrainingStopped()
-            results = create_system_file(session, store, claimed.organization_id,
-                                         filename=f"{job_id}-metrics.csv",
-                                         purpose="fine-tune-results", path=csv_path)
-            name = jobs.succeed_job(session, job_id, attempt,
-                                    trained_tokens=result.trained_tokens, adapter_key=key,
-                                    result_files=[results.id])
+            results = create_system_file(
+                session,
+                store,
+                claimed.organization_id,
+                filename=f"{job_id}-metrics.csv",
+                purpose="fine-tune-results",
+                path=csv_path,
+            )
+            name = jobs.succeed_job(
+                session,
+                job_id,
+                attempt,
+                trained_tokens=result.trained_tokens,
+                adapter_key=key,
+                result_files=[results.id],
+            )
             if name is None:
                 raise TrainingStopped()
         log.info("job %s: succeeded as %s (%s tokens)", job_id, name, result.trained_tokens)

@@ -53,8 +53,11 @@ def validate(settings: Settings, job_id: str) -> None:
         files = {"training_file": session.get(File, job.training_file)}
         if job.validation_file:
             files["validation_file"] = session.get(File, job.validation_file)
-        model, options, n_epochs = job.model, dict(job.options or {}), \
-            int(job.hyperparameters["n_epochs"])
+        model, options, n_epochs = (
+            job.model,
+            dict(job.options or {}),
+            int(job.hyperparameters["n_epochs"]),
+        )
         keys = {param: (row.storage_key if row else None) for param, row in files.items()}
     store = open_store(settings)
     stats: dict[str, Any] = {}
@@ -64,7 +67,8 @@ def validate(settings: Settings, job_id: str) -> None:
         limit = options.get("max_seq_length") or min(
             DEFAULT_MAX_SEQ_LENGTH,
             getattr(AutoConfig.from_pretrained(base_dir), "max_position_embeddings", None)
-            or DEFAULT_MAX_SEQ_LENGTH)
+            or DEFAULT_MAX_SEQ_LENGTH,
+        )
         with tempfile.TemporaryDirectory(prefix=f"dorado-validate-{job_id}-") as tmp:
             for param, key in keys.items():
                 if key is None:
@@ -88,15 +92,17 @@ def validate(settings: Settings, job_id: str) -> None:
         log.warning("job %s: validation error %s: %s", job_id, code, message)
         with session_scope(settings.database_url) as session:
             if code in TRANSIENT_CODES and jobs.retry_validation(
-                    session, job_id, code=code, message=message,
-                    max_retries=settings.max_job_retries):
+                session, job_id, code=code, message=message, max_retries=settings.max_job_retries
+            ):
                 return
             jobs.fail_validation(session, job_id, message, param, code=code)
         return
     training = stats["training_file"]
-    summary = {**training, "billable_tokens": training["tokens"] * n_epochs,
-               **({"validation_file": stats["validation_file"]}
-                  if "validation_file" in stats else {})}
+    summary = {
+        **training,
+        "billable_tokens": training["tokens"] * n_epochs,
+        **({"validation_file": stats["validation_file"]} if "validation_file" in stats else {}),
+    }
     with session_scope(settings.database_url) as session:
         moved = jobs.finish_validation(session, job_id, summary)
         pool = session.scalar(select(Job.pool).where(Job.id == job_id))
@@ -104,8 +110,12 @@ def validate(settings: Settings, job_id: str) -> None:
         publish_job(settings, job_id, pool)
         with session_scope(settings.database_url) as session:
             jobs.mark_published(session, job_id)
-        log.info("job %s: validated (%s examples, %s tokens)", job_id, training["examples"],
-                 training["tokens"])
+        log.info(
+            "job %s: validated (%s examples, %s tokens)",
+            job_id,
+            training["examples"],
+            training["tokens"],
+        )
 
 
 def _fail(settings: Settings, job_id: str, message: str, param: str) -> None:

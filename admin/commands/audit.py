@@ -10,9 +10,15 @@ from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, json_option
 from core.tenancy import audit as audit_log
 
-COLUMNS = [("time", "TIME"), ("actor", "ACTOR"), ("action", "ACTION"),
-           ("object_type", "TYPE"), ("object_id", "OBJECT"), ("organization_id", "ORG"),
-           ("ip", "IP")]
+COLUMNS = [
+    ("time", "TIME"),
+    ("actor", "ACTOR"),
+    ("action", "ACTION"),
+    ("object_type", "TYPE"),
+    ("object_id", "OBJECT"),
+    ("organization_id", "ORG"),
+    ("ip", "IP"),
+]
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -25,8 +31,9 @@ def _since(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter("use e.g. 30m, 2h, 7d or 2026-11-29T12:00",
-                                 param_hint="--since") from None
+        raise click.BadParameter(
+            "use e.g. 30m, 2h, 7d or 2026-11-29T12:00", param_hint="--since"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
@@ -40,11 +47,20 @@ def _since(value: str | None) -> datetime | None:
 @json_option
 @pass_admin
 @handle_errors
-def audit(admin: AdminContext, org_id: str | None, action: str | None, object_id: str | None,
-          since: str | None, limit: int, after: str | None, as_json: bool) -> None:
+def audit(
+    admin: AdminContext,
+    org_id: str | None,
+    action: str | None,
+    object_id: str | None,
+    since: str | None,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> None:
     """Who created, cancelled, downloaded or deleted what, when, with which key."""
-    flt = audit_log.AuditFilter(organization_id=org_id, action=action, object_id=object_id,
-                                since=_since(since))
+    flt = audit_log.AuditFilter(
+        organization_id=org_id, action=action, object_id=object_id, since=_since(since)
+    )
     with admin.session() as session:
         rows, has_more = audit_log.list_events(session, flt, limit=limit, after=after)
         out = [audit_log.event_dict(e) for e in rows]
@@ -53,5 +69,10 @@ def audit(admin: AdminContext, org_id: str | None, action: str | None, object_id
     if as_json:
         for row in out:
             row.pop("time")
-    emit_rows(out, COLUMNS, as_json=as_json, title="Audit log" + (" (more: --after "
-              f"{out[-1]['id']})" if has_more and out else ""), empty="No audit events.")
+    emit_rows(
+        out,
+        COLUMNS,
+        as_json=as_json,
+        title="Audit log" + (f" (more: --after {out[-1]['id']})" if has_more and out else ""),
+        empty="No audit events.",
+    )

@@ -15,15 +15,18 @@ from core.scheduling.broker import DEFAULT_POOL
 from core.scheduling.sweeper import publish_now
 
 
-def _show(admin: AdminContext, job_id: str, as_json: bool, message: str | None = None,
-          **extra) -> None:
+def _show(
+    admin: AdminContext, job_id: str, as_json: bool, message: str | None = None, **extra
+) -> None:
     with admin.session() as session:
         out = job_admin.job_dict(session, job_admin.find_job(session, job_id))
     if message is not None:
         out = {"message": message, **extra, **out}
     if not as_json:  # readable times for people
-        out = {k: (datetime.fromtimestamp(v, timezone.utc) if k.endswith("_at") and v else v)
-               for k, v in out.items()}
+        out = {
+            k: (datetime.fromtimestamp(v, timezone.utc) if k.endswith("_at") and v else v)
+            for k, v in out.items()
+        }
     emit_object(out, as_json=as_json, title=None if as_json else f"Job {job_id}")
 
 
@@ -84,8 +87,13 @@ def requeue(admin: AdminContext, job_id: str, pool: str | None, as_json: bool) -
     """Put a queued or running job back in the queue (a running one continues from its last
     checkpoint on the next worker), optionally in another pool."""
     with admin.session() as session:
-        job = job_admin.requeue(session, job_id, Actor(admin.actor), pool=pool,
-                                declared_pools=admin.settings.declared_pools)
+        job = job_admin.requeue(
+            session,
+            job_id,
+            Actor(admin.actor),
+            pool=pool,
+            declared_pools=admin.settings.declared_pools,
+        )
     _wake(admin, job)
     _show(admin, job_id, as_json, f"Re-queued {job_id} in pool {job.pool or DEFAULT_POOL}")
 
@@ -112,5 +120,9 @@ def bump(admin: AdminContext, job_id: str, as_json: bool) -> None:
     """Move a waiting job to the front of its pool (priority above every other waiting job)."""
     with admin.session() as session:
         job = job_admin.bump(session, job_id, Actor(admin.actor))
-    _show(admin, job_id, as_json, f"{job_id} is first in pool {job.pool or DEFAULT_POOL} "
-          f"(priority {job.priority})")
+    _show(
+        admin,
+        job_id,
+        as_json,
+        f"{job_id} is first in pool {job.pool or DEFAULT_POOL} (priority {job.priority})",
+    )

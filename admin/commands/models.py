@@ -34,14 +34,25 @@ def add(admin: AdminContext, source: str, name: str | None, as_json: bool) -> No
     store = open_store(admin.settings)
     with admin.session() as session:
         row = model_registry.add_model(session, store, admin.settings, name=name, source=source)
-        audit.record(session, action="model.add", object_type="model", object_id=row.id,
-                     organization_id=None, actor=admin.actor, details={"source": row.source})
+        audit.record(
+            session,
+            action="model.add",
+            object_type="model",
+            object_id=row.id,
+            organization_id=None,
+            actor=admin.actor,
+            details={"source": row.source},
+        )
         info = {"id": row.id, "source": row.source}
     size, stored = model_registry.stored_bytes(store, name)
     note = "" if stored else " (a worker converts it to safetensors on first use)"
-    emit_message(f"Registered base model {name} from {info['source']}: "
-                 f"{human_bytes(size)} stored{note}", as_json=as_json, **info, bytes=size,
-                 stored=stored)
+    emit_message(
+        f"Registered base model {name} from {info['source']}: {human_bytes(size)} stored{note}",
+        as_json=as_json,
+        **info,
+        bytes=size,
+        stored=stored,
+    )
 
 
 @models.command("list")
@@ -53,14 +64,20 @@ def list_(admin: AdminContext, with_jobs: bool, as_json: bool) -> None:
     """Base models with their source, size in the store and the jobs using them."""
     store = open_store(admin.settings)
     with admin.session() as session:
-        rows = [m.as_dict() for m in model_registry.list_models(session, store,
-                                                                with_jobs=with_jobs)]
+        rows = [
+            m.as_dict() for m in model_registry.list_models(session, store, with_jobs=with_jobs)
+        ]
     for row in rows:
         row["size"] = human_bytes(row["bytes"]) if row["stored"] or row["bytes"] else "not built"
         if with_jobs:
             row["used_by"] = ", ".join(f"{j['id']} ({j['status']})" for j in row["job_ids"])
-    columns = [("id", "ID"), ("source", "Source"), ("size", "Size"), ("jobs", "Jobs"),
-               ("active_jobs", "Unfinished")]
+    columns = [
+        ("id", "ID"),
+        ("source", "Source"),
+        ("size", "Size"),
+        ("jobs", "Jobs"),
+        ("active_jobs", "Unfinished"),
+    ]
     if with_jobs:
         columns.append(("used_by", "Used by"))
     if as_json:
@@ -72,8 +89,9 @@ def list_(admin: AdminContext, with_jobs: bool, as_json: bool) -> None:
 
 @models.command("remove")
 @click.argument("name")
-@click.option("--force", is_flag=True,
-              help="Remove even while unfinished jobs use it (they are cancelled).")
+@click.option(
+    "--force", is_flag=True, help="Remove even while unfinished jobs use it (they are cancelled)."
+)
 @json_option
 @pass_admin
 @handle_errors
@@ -82,13 +100,22 @@ def remove(admin: AdminContext, name: str, force: bool, as_json: bool) -> None:
     store = open_store(admin.settings)
     with admin.session() as session:
         removed = model_registry.remove_model(session, name, force=force)
-        audit.record(session, action="model.remove", object_type="model", object_id=name,
-                     organization_id=None, actor=admin.actor,
-                     details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)})
+        audit.record(
+            session,
+            action="model.remove",
+            object_type="model",
+            object_id=name,
+            organization_id=None,
+            actor=admin.actor,
+            details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)},
+        )
     # After the commit: a failed removal leaves the weights in place.
     deleted = sum(delete_prefix(store, prefix) for prefix in removed.prefixes)
-    cancelled = f"; cancelled {', '.join(removed.cancelled_jobs)}" if removed.cancelled_jobs \
-        else ""
-    emit_message(f"Removed base model {name} ({deleted} stored objects deleted){cancelled}",
-                 as_json=as_json, id=name, deleted_objects=deleted,
-                 cancelled_jobs=list(removed.cancelled_jobs))
+    cancelled = f"; cancelled {', '.join(removed.cancelled_jobs)}" if removed.cancelled_jobs else ""
+    emit_message(
+        f"Removed base model {name} ({deleted} stored objects deleted){cancelled}",
+        as_json=as_json,
+        id=name,
+        deleted_objects=deleted,
+        cancelled_jobs=list(removed.cancelled_jobs),
+    )

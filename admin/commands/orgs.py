@@ -8,9 +8,15 @@ from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, emit_rows, handle_errors, json_option
 from core.tenancy import audit, auth
 
-COLUMNS = [("id", "ID"), ("name", "NAME"), ("is_operator", "OPERATOR"),
-           ("active_keys", "KEYS"), ("max_running_jobs", "MAX RUNNING"),
-           ("max_queued_jobs", "MAX QUEUED"), ("storage_quota_bytes", "STORAGE QUOTA (B)")]
+COLUMNS = [
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("is_operator", "OPERATOR"),
+    ("active_keys", "KEYS"),
+    ("max_running_jobs", "MAX RUNNING"),
+    ("max_queued_jobs", "MAX QUEUED"),
+    ("storage_quota_bytes", "STORAGE QUOTA (B)"),
+]
 
 
 class _Quota(click.ParamType):
@@ -39,12 +45,16 @@ QUOTA = _Quota()
 
 
 def _quota_options(func):
-    for flag, help_text in reversed((
+    for flag, help_text in reversed(
+        (
             ("--max-running-jobs", "Jobs of the organization running at once."),
             ("--max-queued-jobs", "Jobs of the organization waiting in the queue."),
-            ("--storage-quota-bytes", "Bytes of files the organization may store."))):
-        func = click.option(flag, type=QUOTA, default=auth.UNSET,
-                            help=help_text + " 'none' removes the limit.")(func)
+            ("--storage-quota-bytes", "Bytes of files the organization may store."),
+        )
+    ):
+        func = click.option(
+            flag, type=QUOTA, default=auth.UNSET, help=help_text + " 'none' removes the limit."
+        )(func)
     return func
 
 
@@ -61,10 +71,11 @@ def list_orgs(admin: AdminContext, as_json: bool) -> None:
     """Every organization with its quotas and number of active keys."""
     with admin.session() as session:
         counts = auth.active_key_counts(session)
-        rows = [auth.organization_dict(o, active_keys=counts.get(o.id, 0))
-                for o in auth.list_organizations(session)]
-    emit_rows(rows, COLUMNS, as_json=as_json, title="Organizations",
-              empty="No organizations.")
+        rows = [
+            auth.organization_dict(o, active_keys=counts.get(o.id, 0))
+            for o in auth.list_organizations(session)
+        ]
+    emit_rows(rows, COLUMNS, as_json=as_json, title="Organizations", empty="No organizations.")
 
 
 @orgs.command("create")
@@ -74,16 +85,21 @@ def list_orgs(admin: AdminContext, as_json: bool) -> None:
 @json_option
 @pass_admin
 @handle_errors
-def create_org(admin: AdminContext, name: str, operator: bool, as_json: bool,
-               **quotas) -> None:
+def create_org(admin: AdminContext, name: str, operator: bool, as_json: bool, **quotas) -> None:
     """Create an organization called NAME (then give it a key with `keys create`)."""
     with admin.session() as session:
         org = auth.create_organization(session, name, is_operator=operator)
         auth.set_quotas(session, org.id, **quotas)
         set_quotas = {k: v for k, v in quotas.items() if v is not auth.UNSET}
-        audit.record(session, action="organization.create", object_type="organization",
-                     object_id=org.id, organization_id=org.id, actor=admin.actor,
-                     details={"name": name, "is_operator": operator, **set_quotas})
+        audit.record(
+            session,
+            action="organization.create",
+            object_type="organization",
+            object_id=org.id,
+            organization_id=org.id,
+            actor=admin.actor,
+            details={"name": name, "is_operator": operator, **set_quotas},
+        )
         out = auth.organization_dict(org, active_keys=0)
     emit_object(out, as_json=as_json, title="Organization created")
 
@@ -98,12 +114,19 @@ def set_quota(admin: AdminContext, org_id: str, as_json: bool, **quotas) -> None
     """Change ORG_ID's quotas (only the options given)."""
     changes = {k: v for k, v in quotas.items() if v is not auth.UNSET}
     if not changes:
-        raise click.UsageError("give at least one of --max-running-jobs, --max-queued-jobs, "
-                               "--storage-quota-bytes")
+        raise click.UsageError(
+            "give at least one of --max-running-jobs, --max-queued-jobs, --storage-quota-bytes"
+        )
     with admin.session() as session:
         org = auth.set_quotas(session, org_id, **changes)
-        audit.record(session, action="organization.set_quota", object_type="organization",
-                     object_id=org.id, organization_id=org.id, actor=admin.actor,
-                     details=changes)
+        audit.record(
+            session,
+            action="organization.set_quota",
+            object_type="organization",
+            object_id=org.id,
+            organization_id=org.id,
+            actor=admin.actor,
+            details=changes,
+        )
         out = auth.organization_dict(org)
     emit_object(out, as_json=as_json, title="Quotas set")

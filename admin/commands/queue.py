@@ -14,44 +14,70 @@ from admin.output import emit_rows, handle_errors, human_duration, json_option, 
 from core.scheduling import order as queue_order
 from core.timeutil import utcnow
 
-COLUMNS = [("position", "#"), ("id", "JOB"), ("status", "STATUS"), ("pool", "POOL"),
-           ("priority", "PRIO"), ("organization", "ORG"), ("model", "BASE MODEL"),
-           ("adapter", "ADAPTER"), ("age", "AGE"), ("where", "WORKER / HELD")]
+COLUMNS = [
+    ("position", "#"),
+    ("id", "JOB"),
+    ("status", "STATUS"),
+    ("pool", "POOL"),
+    ("priority", "PRIO"),
+    ("organization", "ORG"),
+    ("model", "BASE MODEL"),
+    ("adapter", "ADAPTER"),
+    ("age", "AGE"),
+    ("where", "WORKER / HELD"),
+]
 
 
 def queue_rows(admin: AdminContext, pool: str | None) -> list[dict]:
     """Running jobs first, then queued jobs by position in their pool's dispatch order."""
     with admin.session() as session:
         now = utcnow()
-        return [queue_order.queue_entry_dict(e, now)
-                for e in queue_order.dispatch_order(session, pool)]
+        return [
+            queue_order.queue_entry_dict(e, now) for e in queue_order.dispatch_order(session, pool)
+        ]
 
 
 def _for_humans(rows: list[dict]) -> list[dict]:
-    return [{**row, "age": human_duration(row["age_seconds"]),
-             "position": row["position"] if row["position"] is not None else (
-                 "run" if row["status"] == "running" else "held"),
-             "where": row["worker"] if row["status"] == "running" else row["held"]}
-            for row in rows]
+    return [
+        {
+            **row,
+            "age": human_duration(row["age_seconds"]),
+            "position": row["position"]
+            if row["position"] is not None
+            else ("run" if row["status"] == "running" else "held"),
+            "where": row["worker"] if row["status"] == "running" else row["held"],
+        }
+        for row in rows
+    ]
 
 
 def _render(rows: list[dict]):
     running = sum(1 for r in rows if r["status"] == "running")
     title = f"Queue: {running} running, {len(rows) - running} queued"
-    return table(_for_humans(rows), COLUMNS, title=title,
-                 empty="The queue is empty: no job is queued or running.")
+    return table(
+        _for_humans(rows),
+        COLUMNS,
+        title=title,
+        empty="The queue is empty: no job is queued or running.",
+    )
 
 
 @click.command("queue")
 @click.option("--pool", default=None, help="Only this worker pool.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
-              help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @json_option
 @pass_admin
 @handle_errors
-def queue_command(admin: AdminContext, pool: str | None, watch: bool, interval: float,
-                  as_json: bool) -> None:
+def queue_command(
+    admin: AdminContext, pool: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
     """Running jobs, then queued jobs in the order workers will take them.
 
     The position (#) is per pool: highest priority first; within a priority the organization

@@ -11,16 +11,28 @@ from core.scheduling import workers
 from core.tenancy import audit
 from core.timeutil import utcnow
 
-COLUMNS = [("name", "NAME"), ("state", "STATE"), ("pool", "POOL"), ("gpus", "GPUS"),
-           ("gpu_memory", "GPU MEM"), ("current_job_id", "JOB"), ("hostname", "HOST"),
-           ("heartbeat", "LAST HEARTBEAT")]
+COLUMNS = [
+    ("name", "NAME"),
+    ("state", "STATE"),
+    ("pool", "POOL"),
+    ("gpus", "GPUS"),
+    ("gpu_memory", "GPU MEM"),
+    ("current_job_id", "JOB"),
+    ("hostname", "HOST"),
+    ("heartbeat", "LAST HEARTBEAT"),
+]
 
 
 def _for_humans(rows: list[dict]) -> list[dict]:
     now = utcnow().timestamp()
-    return [{**row, "gpu_memory": f"{row['gpu_memory_mb']} MiB" if row["gpu_memory_mb"]
-             else None, "heartbeat": human_duration(now - row["last_heartbeat_at"]) + " ago"}
-            for row in rows]
+    return [
+        {
+            **row,
+            "gpu_memory": f"{row['gpu_memory_mb']} MiB" if row["gpu_memory_mb"] else None,
+            "heartbeat": human_duration(now - row["last_heartbeat_at"]) + " ago",
+        }
+        for row in rows
+    ]
 
 
 @click.group("workers", invoke_without_command=True)
@@ -42,21 +54,36 @@ def list_workers(admin: AdminContext, show_all: bool, as_json: bool) -> None:
     """Registered workers with their state (idle, busy, draining, drained, lost, stopped)."""
     beat = admin.settings.worker_heartbeat_seconds
     with admin.session() as session:
-        rows = [workers.worker_dict(w, beat)
-                for w in workers.list_workers(session, include_stopped=show_all)]
-    emit_rows(rows if as_json else _for_humans(rows), COLUMNS, as_json=as_json,
-              title="Workers", empty="No worker has registered yet.")
+        rows = [
+            workers.worker_dict(w, beat)
+            for w in workers.list_workers(session, include_stopped=show_all)
+        ]
+    emit_rows(
+        rows if as_json else _for_humans(rows),
+        COLUMNS,
+        as_json=as_json,
+        title="Workers",
+        empty="No worker has registered yet.",
+    )
 
 
 def _set_draining(admin: AdminContext, name: str, draining: bool, as_json: bool) -> None:
     with admin.session() as session:
         row = workers.set_draining(session, name, draining)
-        audit.record(session, action="worker.drain" if draining else "worker.undrain",
-                     object_type="worker", object_id=name, organization_id=None,
-                     actor=admin.actor)
+        audit.record(
+            session,
+            action="worker.drain" if draining else "worker.undrain",
+            object_type="worker",
+            object_id=name,
+            organization_id=None,
+            actor=admin.actor,
+        )
         out = workers.worker_dict(row, admin.settings.worker_heartbeat_seconds)
-    message = (f"Draining {name}: it finishes its current job and takes no new one"
-               if draining else f"Undrained {name}: it takes jobs again")
+    message = (
+        f"Draining {name}: it finishes its current job and takes no new one"
+        if draining
+        else f"Undrained {name}: it takes jobs again"
+    )
     emit_object({"message": message, **out}, as_json=as_json)
 
 
@@ -89,7 +116,14 @@ def forget(admin: AdminContext, name: str, as_json: bool) -> None:
     """Remove a stopped or lost worker NAME from the registry."""
     with admin.session() as session:
         workers.forget(session, name, admin.settings.worker_heartbeat_seconds)
-        audit.record(session, action="worker.forget", object_type="worker", object_id=name,
-                     organization_id=None, actor=admin.actor)
-    emit_object({"message": f"Forgot worker {name}", "name": name, "deleted": True},
-                as_json=as_json)
+        audit.record(
+            session,
+            action="worker.forget",
+            object_type="worker",
+            object_id=name,
+            organization_id=None,
+            actor=admin.actor,
+        )
+    emit_object(
+        {"message": f"Forgot worker {name}", "name": name, "deleted": True}, as_json=as_json
+    )

@@ -50,20 +50,32 @@ def add_model():
     body = json_object()
     unknown = sorted(set(body) - {"name", "source"})
     if unknown:
-        raise InvalidRequest(f"Unknown field '{unknown[0]}'", param=unknown[0],
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"Unknown field '{unknown[0]}'", param=unknown[0], code="invalid_value"
+        )
     source = _string(body, "source")
     if not source:
-        raise InvalidRequest("'source' is required: a server-side directory or .gguf path, or "
-                             "s3://bucket/prefix", param="source", code="invalid_value")
+        raise InvalidRequest(
+            "'source' is required: a server-side directory or .gguf path, or s3://bucket/prefix",
+            param="source",
+            code="invalid_value",
+        )
     name = _string(body, "name") or model_registry.default_name(source)
     settings = dorado().settings
     row = model_registry.add_model(db(), dorado().store, settings, name=name, source=source)
     audit("model.add", "model", row.id, details={"source": row.source})
     size, stored = model_registry.stored_bytes(dorado().store, row.id)
-    return {"id": row.id, "object": "model", "source": row.source, "builtin": False,
-            "created_at": int(row.created_at.timestamp()), "bytes": size, "stored": stored,
-            "jobs": 0, "active_jobs": 0}
+    return {
+        "id": row.id,
+        "object": "model",
+        "source": row.source,
+        "builtin": False,
+        "created_at": int(row.created_at.timestamp()),
+        "bytes": size,
+        "stored": stored,
+        "jobs": 0,
+        "active_jobs": 0,
+    }
 
 
 @bp.delete("/models/<path:name>")
@@ -71,12 +83,21 @@ def remove_model(name: str):
     """Remove a registered base model (``?force=true`` cancels unfinished jobs using it)."""
     force = _flag("force")
     removed = model_registry.remove_model(db(), name, force=force)
-    audit("model.remove", "model", name,
-          details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)})
+    audit(
+        "model.remove",
+        "model",
+        name,
+        details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)},
+    )
     db().commit()
     deleted = sum(delete_prefix(dorado().store, prefix) for prefix in removed.prefixes)
-    return {"id": name, "object": "model", "deleted": True, "deleted_objects": deleted,
-            "cancelled_jobs": list(removed.cancelled_jobs)}
+    return {
+        "id": name,
+        "object": "model",
+        "deleted": True,
+        "deleted_objects": deleted,
+        "cancelled_jobs": list(removed.cancelled_jobs),
+    }
 
 
 @bp.post("/gc")
@@ -85,22 +106,26 @@ def run_gc():
     body = json_object() if request.get_data() else {}
     unknown = sorted(set(body) - {"dry_run", "grace", "keep_checkpoints", "checkpoint_age"})
     if unknown:
-        raise InvalidRequest(f"Unknown field '{unknown[0]}'", param=unknown[0],
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"Unknown field '{unknown[0]}'", param=unknown[0], code="invalid_value"
+        )
     dry_run = body.get("dry_run", False)
     keep = body.get("keep_checkpoints", 1)
     if not isinstance(dry_run, bool):
-        raise InvalidRequest("'dry_run' must be a boolean", param="dry_run",
-                             code="invalid_value")
+        raise InvalidRequest("'dry_run' must be a boolean", param="dry_run", code="invalid_value")
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
-        raise InvalidRequest("'keep_checkpoints' must be a non-negative integer",
-                             param="keep_checkpoints", code="invalid_value")
+        raise InvalidRequest(
+            "'keep_checkpoints' must be a non-negative integer",
+            param="keep_checkpoints",
+            code="invalid_value",
+        )
     policy = gc.GcPolicy(
-        grace=stats.parse_period(_string(body, "grace", "24h"), param="grace",
-                                 allow_zero=True),
+        grace=stats.parse_period(_string(body, "grace", "24h"), param="grace", allow_zero=True),
         keep_checkpoints=keep,
-        checkpoint_age=stats.parse_period(_string(body, "checkpoint_age", "7d"),
-                                          param="checkpoint_age", allow_zero=True))
+        checkpoint_age=stats.parse_period(
+            _string(body, "checkpoint_age", "7d"), param="checkpoint_age", allow_zero=True
+        ),
+    )
     report = gc.run(dorado().settings.database_url, dorado().store, policy, dry_run=dry_run)
     audit("storage.gc", "object_store", "gc", details=gc.audit_details(report))
     return report.as_dict()
@@ -115,4 +140,3 @@ def usage_stats():
     if org_id:
         get_organization(db(), org_id)
     return stats.usage(db(), period, org_id)
-

@@ -30,8 +30,13 @@ def _quota_changes(body: dict[str, Any]) -> dict[str, Any]:
 def list_organizations():
     session = db()
     counts = auth.active_key_counts(session)
-    return page([auth.organization_dict(o, active_keys=counts.get(o.id, 0))
-                 for o in auth.list_organizations(session)], False)
+    return page(
+        [
+            auth.organization_dict(o, active_keys=counts.get(o.id, 0))
+            for o in auth.list_organizations(session)
+        ],
+        False,
+    )
 
 
 @bp.post("/organizations")
@@ -39,18 +44,27 @@ def create_organization():
     body = json_object()
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidRequest("'name' must be a non-empty string of at most 200 characters",
-                             param="name", code="invalid_value")
+        raise InvalidRequest(
+            "'name' must be a non-empty string of at most 200 characters",
+            param="name",
+            code="invalid_value",
+        )
     is_operator = body.get("is_operator", False)
     if not isinstance(is_operator, bool):
-        raise InvalidRequest("'is_operator' must be a boolean", param="is_operator",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'is_operator' must be a boolean", param="is_operator", code="invalid_value"
+        )
     quotas = _quota_changes(body)
     session = db()
     org = auth.create_organization(session, name.strip(), is_operator=is_operator)
     auth.set_quotas(session, org.id, **quotas)
-    audit("organization.create", "organization", org.id, organization_id=org.id,
-          details={"name": org.name, "is_operator": is_operator, **quotas})
+    audit(
+        "organization.create",
+        "organization",
+        org.id,
+        organization_id=org.id,
+        details={"name": org.name, "is_operator": is_operator, **quotas},
+    )
     return auth.organization_dict(org, active_keys=0)
 
 
@@ -58,8 +72,7 @@ def create_organization():
 def retrieve_organization(org_id: str):
     session = db()
     org = auth.get_organization(session, org_id)
-    return auth.organization_dict(org, active_keys=auth.active_key_counts(session)
-                                  .get(org.id, 0))
+    return auth.organization_dict(org, active_keys=auth.active_key_counts(session).get(org.id, 0))
 
 
 @bp.post("/organizations/<org_id>")
@@ -68,12 +81,14 @@ def update_organization(org_id: str):
     (null: unlimited)."""
     body = json_object()
     if "name" in body or "is_operator" in body:
-        raise InvalidRequest("Only quotas can be changed", param="name"
-                             if "name" in body else "is_operator", code="invalid_value")
+        raise InvalidRequest(
+            "Only quotas can be changed",
+            param="name" if "name" in body else "is_operator",
+            code="invalid_value",
+        )
     quotas = _quota_changes(body)
     org = auth.set_quotas(db(), org_id, **quotas)
-    audit("organization.set_quota", "organization", org.id, organization_id=org.id,
-          details=quotas)
+    audit("organization.set_quota", "organization", org.id, organization_id=org.id, details=quotas)
     return auth.organization_dict(org)
 
 
@@ -90,11 +105,17 @@ def create_key(org_id: str):
     body = json_object()
     name, scope = body.get("name", ""), body.get("scope", "member")
     if not isinstance(name, str) or not isinstance(scope, str):
-        raise InvalidRequest("'name' and 'scope' must be strings", param="scope",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'name' and 'scope' must be strings", param="scope", code="invalid_value"
+        )
     new = auth.create_key(db(), org_id, name=name, scope=scope)
-    audit("api_key.create", "api_key", new.row.id, organization_id=org_id,
-          details={"name": new.row.name, "scope": new.row.scope, "prefix": new.row.prefix})
+    audit(
+        "api_key.create",
+        "api_key",
+        new.row.id,
+        organization_id=org_id,
+        details={"name": new.row.name, "scope": new.row.scope, "prefix": new.row.prefix},
+    )
     return auth.key_dict(new.row, secret=new.secret)
 
 
@@ -102,6 +123,11 @@ def create_key(org_id: str):
 @bp.delete("/api_keys/<key_id>")
 def revoke_key(key_id: str):
     row = auth.revoke_key(db(), key_id)
-    audit("api_key.revoke", "api_key", row.id, organization_id=row.organization_id,
-          details={"prefix": row.prefix})
+    audit(
+        "api_key.revoke",
+        "api_key",
+        row.id,
+        organization_id=row.organization_id,
+        details={"prefix": row.prefix},
+    )
     return auth.key_dict(row)

@@ -26,8 +26,7 @@ def _actor() -> Actor:
     key = g.get("api_key")
     # The service writes the audit entry; the catch-all audit hook must not add another.
     g.audited = True
-    return Actor(actor(), api_key_id=key.id if key is not None else None,
-                 ip=request.remote_addr)
+    return Actor(actor(), api_key_id=key.id if key is not None else None, ip=request.remote_addr)
 
 
 def _job_response(job: Job, *, requeued: bool = False):
@@ -99,8 +98,9 @@ def requeue_job(job_id: str):
     pool = body.get("pool")
     if pool is not None and not isinstance(pool, str):
         raise InvalidRequest("'pool' must be a string", param="pool", code="invalid_value")
-    job = job_admin.requeue(db(), job_id, _actor(), pool=pool,
-                            declared_pools=dorado().settings.declared_pools)
+    job = job_admin.requeue(
+        db(), job_id, _actor(), pool=pool, declared_pools=dorado().settings.declared_pools
+    )
     return _job_response(job, requeued=True)
 
 
@@ -108,8 +108,9 @@ def requeue_job(job_id: str):
 def set_priority(job_id: str):
     priority = json_object().get("priority")
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidRequest("'priority' must be an integer", param="priority",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'priority' must be an integer", param="priority", code="invalid_value"
+        )
     return _job_response(job_admin.set_priority(db(), job_id, priority, _actor()))
 
 

@@ -22,18 +22,20 @@ from core.tenancy.auth import authenticate
 
 bp = Blueprint("dashboard", __name__)
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
@@ -59,20 +61,42 @@ def init_app(app: Flask) -> None:
 def openapi_document() -> dict[str, Any]:
     """``api.openapi``'s document plus the dashboard's own endpoint (the estimate)."""
     spec = copy.deepcopy(build_openapi())
-    spec["paths"]["/v1/fine_tuning/jobs/estimate"] = {"post": {
-        "summary": "Estimate a job before creating it (same body as create): steps, "
-                   "approximate tokens (characters / 4) and time",
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/JobCreateRequest"}}}},
-        "parameters": [],
-        "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": True}}}},
-            **{str(status): {"description": "Error", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
-               for status in (400, 401, 404)},
-        },
-    }}
+    spec["paths"]["/v1/fine_tuning/jobs/estimate"] = {
+        "post": {
+            "summary": "Estimate a job before creating it (same body as create): steps, "
+            "approximate tokens (characters / 4) and time",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/JobCreateRequest"}
+                    }
+                },
+            },
+            "parameters": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "additionalProperties": True}
+                        }
+                    },
+                },
+                **{
+                    str(status): {
+                        "description": "Error",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}
+                            }
+                        },
+                    }
+                    for status in (400, 401, 404)
+                },
+            },
+        }
+    }
     return spec
 
 
@@ -93,9 +117,12 @@ def index() -> Response:
     if key is None:
         return _sign_in_page()
     org = db().get(Organization, key.organization_id)
-    html = render_template("index.html", csrf=websession.csrf_token(),
-                           org_name=org.name if org else key.organization_id,
-                           key_prefix=key.prefix)
+    html = render_template(
+        "index.html",
+        csrf=websession.csrf_token(),
+        org_name=org.name if org else key.organization_id,
+        key_prefix=key.prefix,
+    )
     return _no_store(Response(html, mimetype="text/html"))
 
 
@@ -108,8 +135,9 @@ def login_form() -> Response:
 def login() -> Response:
     """Check the API key once; the session keeps only its id."""
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
-        return _sign_in_page("Your sign-in form expired (or cookies are blocked). "
-                             "Please try again.", status=403)
+        return _sign_in_page(
+            "Your sign-in form expired (or cookies are blocked). Please try again.", status=403
+        )
     try:
         key = authenticate(db(), (request.form.get("api_key") or "").strip())
     except AuthenticationFailed:
@@ -121,8 +149,9 @@ def login() -> Response:
 @bp.post("/logout")
 def logout() -> Response:
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
-        return _no_store(Response("Missing or invalid CSRF token", status=403,
-                                  mimetype="text/plain"))
+        return _no_store(
+            Response("Missing or invalid CSRF token", status=403, mimetype="text/plain")
+        )
     websession.sign_out()
     return redirect("/", code=303)
 
@@ -135,4 +164,3 @@ def openapi_json():
 @bp.get("/docs")
 def api_docs():
     return render_template("docs.html", spec=openapi_document())
-

@@ -17,7 +17,13 @@ def estimate():
     """Same body as ``POST /v1/fine_tuning/jobs``; answers steps, approximate tokens and time."""
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
-    result = estimate_job(db(), g.org_id, model=req.model, training_file=req.training_file,
-                          validation_file=req.validation_file,
-                          hyperparameters=req.resolved_hyperparameters(), adapter=req.adapter)
+    result = estimate_job(
+        db(),
+        g.org_id,
+        model=req.model,
+        training_file=req.training_file,
+        validation_file=req.validation_file,
+        hyperparameters=req.resolved_hyperparameters(),
+        adapter=req.adapter,
+    )
     return result.as_dict()

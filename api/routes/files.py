@@ -21,8 +21,9 @@ bp = Blueprint("files", __name__, url_prefix="/v1/files")
 def create_file():
     upload = request.files.get("file")
     if upload is None:
-        raise InvalidRequest("Missing 'file': send the JSONL file as multipart form field "
-                             "'file'", param="file")
+        raise InvalidRequest(
+            "Missing 'file': send the JSONL file as multipart form field 'file'", param="file"
+        )
     purpose = request.form.get("purpose")
     if not purpose:
         raise InvalidRequest("Missing 'purpose' (use 'fine-tune')", param="purpose")
@@ -30,10 +31,18 @@ def create_file():
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)
-    storage_quota.check_upload(db(), g.org_id, size,
-                               max_upload_bytes=dorado().settings.max_upload_bytes)
-    row = files.create_file(db(), dorado().store, g.org_id, filename=upload.filename or "",
-                            purpose=purpose, content=stream, size=size)
+    storage_quota.check_upload(
+        db(), g.org_id, size, max_upload_bytes=dorado().settings.max_upload_bytes
+    )
+    row = files.create_file(
+        db(),
+        dorado().store,
+        g.org_id,
+        filename=upload.filename or "",
+        purpose=purpose,
+        content=stream,
+        size=size,
+    )
     return file_object(row)
 
 
@@ -42,9 +51,14 @@ def list_files():
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'", param="order")
-    rows, has_more = files.list_files(db(), g.org_id, purpose=request.args.get("purpose"),
-                                      limit=limit_arg(10000, maximum=10000), after=after_arg(),
-                                      order=order)
+    rows, has_more = files.list_files(
+        db(),
+        g.org_id,
+        purpose=request.args.get("purpose"),
+        limit=limit_arg(10000, maximum=10000),
+        after=after_arg(),
+        order=order,
+    )
     return page([file_object(r) for r in rows], has_more, ids=True)
 
 
@@ -56,8 +70,7 @@ def retrieve_file(file_id: str):
 @bp.get("/<file_id>/content")
 def file_content(file_id: str):
     row = files.get_file(db(), g.org_id, file_id)
-    return stored_object(row.storage_key, row.filename, "application/octet-stream",
-                         size=row.bytes)
+    return stored_object(row.storage_key, row.filename, "application/octet-stream", size=row.bytes)
 
 
 @bp.delete("/<file_id>")

@@ -52,8 +52,9 @@ def init_app(app: Flask) -> None:
             rule = request.url_rule
             # The route template, never the raw path: ids in paths would explode cardinality.
             endpoint = rule.rule if rule is not None else "<unmatched>"
-            metrics.observe_request(endpoint, request.method, response.status_code,
-                                    time.perf_counter() - started)
+            metrics.observe_request(
+                endpoint, request.method, response.status_code, time.perf_counter() - started
+            )
         return response
 
 
@@ -71,14 +72,12 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks = {
         "database": _check_database(),
         # Listing exercises the credentials, the bucket and the network in one cheap call.
-        "object_store": _run_with_timeout("object_store",
-                                          lambda: store.list_keys(PROBE_PREFIX)),
+        "object_store": _run_with_timeout("object_store", lambda: store.list_keys(PROBE_PREFIX)),
     }
     if settings.uses_filesystem_broker:
         checks["broker"] = {"ok": True, "skipped": "filesystem transport"}
     else:
-        checks["broker"] = _run_with_timeout("broker",
-                                             lambda: _check_broker(settings.broker_url))
+        checks["broker"] = _run_with_timeout("broker", lambda: _check_broker(settings.broker_url))
     failing = [name for name, result in checks.items() if not result["ok"]]
     if failing:
         return {"status": "unavailable", "failing": failing, "checks": checks}, 503
@@ -107,8 +106,9 @@ def _check_broker(url: str) -> None:
     from kombu import Connection
 
     with Connection(url, connect_timeout=CHECK_TIMEOUT) as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
-                                     timeout=CHECK_TIMEOUT)
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT
+        )
 
 
 def _run_with_timeout(name: str, check: Callable[[], object]) -> dict[str, Any]:
@@ -145,5 +145,8 @@ def _passed(started: float) -> dict[str, Any]:
 
 
 def _failed(exc: BaseException, started: float) -> dict[str, Any]:
-    return {"ok": False, "error": type(exc).__name__,
-            "ms": round((time.perf_counter() - started) * 1000, 1)}
+    return {
+        "ok": False,
+        "error": type(exc).__name__,
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+    }

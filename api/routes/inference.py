@@ -145,8 +145,11 @@ def resolve_model(org_id: str, name: str) -> tuple[str, dict[str, str] | None]:
 def _adapter_job(org_id: str, job_id: str) -> Job:
     job = jobs.get_job(db(), org_id, job_id)
     if job.status != "succeeded":
-        raise InvalidRequest(f"Job {job.id} has no final adapter (status '{job.status}')",
-                             param="model", code="adapter_not_ready")
+        raise InvalidRequest(
+            f"Job {job.id} has no final adapter (status '{job.status}')",
+            param="model",
+            code="adapter_not_ready",
+        )
     return job
 
 
@@ -157,11 +160,17 @@ def chat_completions():
     _release_idempotency_record()
     for name in UNSUPPORTED:
         if body.get(name):
-            raise InvalidRequest(f"'{name}' is not supported by this server", param=name,
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                f"'{name}' is not supported by this server",
+                param=name,
+                code="unsupported_parameter",
+            )
     if body.get("logprobs"):
-        raise InvalidRequest("'logprobs' is not supported by this server", param="logprobs",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            "'logprobs' is not supported by this server",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
@@ -190,8 +199,11 @@ def chat_completions():
     if not req.stream:
         with upstream:
             return Response(upstream.read(), status=200, mimetype="application/json")
-    return Response(stream_with_context(_relay(upstream)), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(
+        stream_with_context(_relay(upstream)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @bp.get("/fine_tuning/jobs/<job_id>/adapter/merged")
@@ -210,8 +222,11 @@ def merged_adapter_response(org_id: str, job_id: str) -> Response:
     store = dorado().store
     key = f"jobs/{job.id}/merged.tar.gz"
     if not store.exists(key):
-        payload = {"job_id": job.id, "base_model": job.model,
-                   "adapter": {"name": job.id, "prefix": adapter_prefix(job.id)}}
+        payload = {
+            "job_id": job.id,
+            "base_model": job.model,
+            "adapter": {"name": job.id, "prefix": adapter_prefix(job.id)},
+        }
         try:
             with call_inference("/internal/merged", payload, MERGE_TIMEOUT_S) as upstream:
                 key = json.loads(upstream.read())["key"]
@@ -227,10 +242,16 @@ def call_inference(path: str, payload: dict[str, Any], timeout: float) -> HTTPRe
     data = json.dumps(payload).encode()
     deadline = time.monotonic() + STARTUP_WAIT_S
     while True:
-        req = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {token}",
-                                              "X-Request-Id": g.get("request_id", "")})
+        req = urllib.request.Request(
+            url,
+            data=data,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Request-Id": g.get("request_id", ""),
+            },
+        )
         try:
             return _opener.open(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
@@ -254,19 +275,30 @@ def _relay(upstream: HTTPResponse) -> Iterator[bytes]:
 def _error_response(exc: UpstreamError | InferenceUnavailable):
     if isinstance(exc, UpstreamError) and exc.status == 401:
         # The caller's key is fine: the two services disagree on the platform secret.
-        log.error("the inference service refused the internal token: give the API and the "
-                  "inference service the same DORADO_SECRET_KEY")
-        return envelope(502, "The inference service is misconfigured", type="server_error",
-                        code="inference_error")
+        log.error(
+            "the inference service refused the internal token: give the API and the "
+            "inference service the same DORADO_SECRET_KEY"
+        )
+        return envelope(
+            502,
+            "The inference service is misconfigured",
+            type="server_error",
+            code="inference_error",
+        )
     if isinstance(exc, UpstreamError):
         try:
             json.loads(exc.body)["error"]
             return Response(exc.body, status=exc.status, mimetype="application/json")
         except (ValueError, KeyError, TypeError):
-            return envelope(502, "The inference service failed", type="server_error",
-                            code="inference_error")
-    response, status = envelope(503, "The inference service is unavailable; retry shortly",
-                                type="server_error", code="inference_unavailable")
+            return envelope(
+                502, "The inference service failed", type="server_error", code="inference_error"
+            )
+    response, status = envelope(
+        503,
+        "The inference service is unavailable; retry shortly",
+        type="server_error",
+        code="inference_unavailable",
+    )
     response.headers["Retry-After"] = "5"
     return response, status
 

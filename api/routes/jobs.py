@@ -29,12 +29,21 @@ def create_job():
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
     if req.method and req.method.type != "supervised":
-        raise InvalidRequest(f"method.type '{req.method.type}' is not supported yet; use "
-                             "'supervised'", param="method.type", code="unsupported_method")
+        raise InvalidRequest(
+            f"method.type '{req.method.type}' is not supported yet; use 'supervised'",
+            param="method.type",
+            code="unsupported_method",
+        )
     new = jobs.NewJob(
-        model=req.model, training_file=req.training_file, validation_file=req.validation_file,
-        hyperparameters=req.resolved_hyperparameters(), adapter=req.adapter, seed=req.seed,
-        suffix=req.suffix, metadata=req.metadata, options=req.options(),
+        model=req.model,
+        training_file=req.training_file,
+        validation_file=req.validation_file,
+        hyperparameters=req.resolved_hyperparameters(),
+        adapter=req.adapter,
+        seed=req.seed,
+        suffix=req.suffix,
+        metadata=req.metadata,
+        options=req.options(),
     )
     job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)
     _commit_and_publish(job.id, job.status, job.pool)
@@ -59,11 +68,19 @@ def _commit_and_publish(job_id: str, status: str, pool: str | None) -> None:
 
 @bp.get("")
 def list_jobs():
-    metadata = {key[len("metadata["):-1]: value for key, value in request.args.items()
-                if key.startswith("metadata[") and key.endswith("]")}
-    rows, has_more = jobs.list_jobs(db(), g.org_id, limit=limit_arg(20), after=after_arg(),
-                                    metadata=metadata or None,
-                                    status=request.args.get("status") or None)
+    metadata = {
+        key[len("metadata[") : -1]: value
+        for key, value in request.args.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    }
+    rows, has_more = jobs.list_jobs(
+        db(),
+        g.org_id,
+        limit=limit_arg(20),
+        after=after_arg(),
+        metadata=metadata or None,
+        status=request.args.get("status") or None,
+    )
     return page([job_object(j) for j in rows], has_more)
 
 
@@ -93,8 +110,9 @@ def resume_job(job_id: str):
 def list_checkpoints(job_id: str):
     session = db()
     job = jobs.get_job(session, g.org_id, job_id)
-    rows, has_more = checkpoints.list_checkpoints(session, job, limit=limit_arg(10),
-                                                  after=after_arg())
+    rows, has_more = checkpoints.list_checkpoints(
+        session, job, limit=limit_arg(10), after=after_arg()
+    )
     return page([checkpoint_object(session, job, c) for c in rows], has_more, ids=True)
 
 
@@ -111,8 +129,11 @@ def download_adapter(job_id: str):
     job = jobs.get_job(db(), g.org_id, job_id)
     fmt = request.args.get("format", "peft")
     if fmt not in ("peft", "merged"):
-        raise InvalidRequest("format must be 'peft' (the adapter) or 'merged' (merged into the "
-                             "base weights)", param="format", code="invalid_format")
+        raise InvalidRequest(
+            "format must be 'peft' (the adapter) or 'merged' (merged into the base weights)",
+            param="format",
+            code="invalid_format",
+        )
     if fmt == "merged":
         return merged_adapter_response(g.org_id, job.id)  # the final adapter only
     checkpoint_id = request.args.get("checkpoint")
@@ -120,9 +141,12 @@ def download_adapter(job_id: str):
         ckpt = checkpoints.get_checkpoint(db(), job, checkpoint_id)
         key, filename = ckpt.adapter_key, f"{job.id}-step-{ckpt.step_number}-adapter.tar.gz"
     elif job.status != "succeeded" or not job.adapter_key:
-        raise InvalidRequest(f"Job {job.id} has no final adapter yet (status '{job.status}'); "
-                             "download a checkpoint with ?checkpoint=<id>",
-                             param="fine_tuning_job_id", code="adapter_not_ready")
+        raise InvalidRequest(
+            f"Job {job.id} has no final adapter yet (status '{job.status}'); "
+            "download a checkpoint with ?checkpoint=<id>",
+            param="fine_tuning_job_id",
+            code="adapter_not_ready",
+        )
     else:
         key, filename = job.adapter_key, f"{job.id}-adapter.tar.gz"
     return stored_object(key, filename, "application/gzip")

@@ -26,11 +26,16 @@ def create_key():
     body = json_object()
     name, scope = body.get("name", ""), body.get("scope", "member")
     if not isinstance(name, str) or not isinstance(scope, str):
-        raise InvalidRequest("'name' and 'scope' must be strings", param="scope",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'name' and 'scope' must be strings", param="scope", code="invalid_value"
+        )
     new = auth.create_key(db(), g.org_id, name=name, scope=scope)
-    audit("api_key.create", "api_key", new.row.id,
-          details={"name": new.row.name, "scope": new.row.scope, "prefix": new.row.prefix})
+    audit(
+        "api_key.create",
+        "api_key",
+        new.row.id,
+        details={"name": new.row.name, "scope": new.row.scope, "prefix": new.row.prefix},
+    )
     return auth.key_dict(new.row, secret=new.secret)
 
 

@@ -21,10 +21,14 @@ class BuiltinModel:
 
 
 BUILTIN_MODELS: tuple[BuiltinModel, ...] = (
-    BuiltinModel("smollm2-135m-instruct",
-                 "SmolLM2-135M-Instruct, a pretrained chat model (134.5 M parameters)"),
-    BuiltinModel("tiny-random-llama",
-                 "A seeded 2-layer random Llama for fast tests and demos (learns nothing useful)"),
+    BuiltinModel(
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct, a pretrained chat model (134.5 M parameters)",
+    ),
+    BuiltinModel(
+        "tiny-random-llama",
+        "A seeded 2-layer random Llama for fast tests and demos (learns nothing useful)",
+    ),
 )
 
 
@@ -37,8 +41,16 @@ def register_builtin_models(session: Session) -> None:
     """Insert a row for each built-in model that has none (weights are built lazily)."""
     for builtin in BUILTIN_MODELS:
         if session.get(Model, builtin.name) is None:
-            session.add(Model(id=builtin.name, kind="base", owned_by="dorado", builtin=True,
-                              source=f"builtin:{builtin.name}", created_at=utcnow()))
+            session.add(
+                Model(
+                    id=builtin.name,
+                    kind="base",
+                    owned_by="dorado",
+                    builtin=True,
+                    source=f"builtin:{builtin.name}",
+                    created_at=utcnow(),
+                )
+            )
     session.flush()
 
 
@@ -55,8 +67,7 @@ def visible_models(session: Session, org_id: str) -> list[Model]:
 def get_visible_model(session: Session, org_id: str, name: str) -> Model:
     model = session.get(Model, name)
     if model is None or (model.kind != "base" and model.organization_id != org_id):
-        raise NotFound(f"The model '{name}' does not exist", param="model",
-                       code="model_not_found")
+        raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
     return model
 
 
@@ -65,8 +76,9 @@ def get_base_model(session: Session, name: str) -> Model:
     if model is None or model.kind != "base":
         known = ", ".join(m.id for m in session.scalars(select(Model).where(Model.kind == "base")))
         raise NotFound(
-            f"The base model '{name}' does not exist or cannot be fine-tuned. "
-            f"Available: {known}", param="model", code="model_not_found",
+            f"The base model '{name}' does not exist or cannot be fine-tuned. Available: {known}",
+            param="model",
+            code="model_not_found",
         )
     return model
 
@@ -75,8 +87,11 @@ def delete_fine_tuned_model(session: Session, org_id: str, name: str) -> Model:
     """Remove a fine-tuned model from the catalogue (its job and adapter stay)."""
     model = get_visible_model(session, org_id, name)
     if model.kind == "base":
-        raise PermissionDenied(f"'{name}' is a base model and cannot be deleted through the "
-                               "API", param="model", code="model_not_deletable")
+        raise PermissionDenied(
+            f"'{name}' is a base model and cannot be deleted through the API",
+            param="model",
+            code="model_not_deletable",
+        )
     session.delete(model)
     session.flush()
     return model

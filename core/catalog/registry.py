@@ -41,8 +41,19 @@ COMPLETE_MARKER = ".complete"  # the same name as worker.cache.COMPLETE_MARKER
 GGUF_MAGIC = b"GGUF"
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 # Weights in any format but safetensors; the pickle-based ones run code when loaded.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy",
-                   ".npz", ".h5", ".msgpack")
+PICKLE_SUFFIXES = (
+    ".bin",
+    ".pt",
+    ".pth",
+    ".pkl",
+    ".pickle",
+    ".ckpt",
+    ".joblib",
+    ".npy",
+    ".npz",
+    ".h5",
+    ".msgpack",
+)
 CODE_SUFFIXES = (".py", ".pyc", ".so")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # A job uses its model until it leaves these.
@@ -92,15 +103,24 @@ class ModelInfo:
     job_ids: list[dict[str, str]] | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "object": "model", "source": self.source, "builtin": self.builtin,
-               "created_at": int(self.created_at.timestamp()), "bytes": self.bytes,
-               "stored": self.stored, "jobs": self.jobs, "active_jobs": self.active_jobs}
+        out = {
+            "id": self.id,
+            "object": "model",
+            "source": self.source,
+            "builtin": self.builtin,
+            "created_at": int(self.created_at.timestamp()),
+            "bytes": self.bytes,
+            "stored": self.stored,
+            "jobs": self.jobs,
+            "active_jobs": self.active_jobs,
+        }
         if self.job_ids is not None:
             out["job_ids"] = self.job_ids
         return out
 
 
 # --- validation ----------------------------------------------------------------------------
+
 
 def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest(message, param="source", code="invalid_model")
@@ -110,7 +130,10 @@ def check_name(name: str) -> str:
     if not MODEL_NAME.match(name or ""):
         raise InvalidRequest(
             f"Invalid model name '{name}': use 1-100 lowercase letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit", param="name", code="invalid_model_name")
+            "'-', starting with a letter or digit",
+            param="name",
+            code="invalid_model_name",
+        )
     return name
 
 
@@ -153,46 +176,60 @@ def validate_model_dir(directory: Path) -> list[Path]:
     names = {p.name for p in files}
     pickles = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
-        raise _refuse(f"only safetensors weights are accepted, not {', '.join(pickles)}: "
-                      "pickle-based formats (.bin, .pt, .pth, .ckpt, ...) can run code when "
-                      "loaded. Remove those files or convert them to safetensors")
+        raise _refuse(
+            f"only safetensors weights are accepted, not {', '.join(pickles)}: "
+            "pickle-based formats (.bin, .pt, .pth, .ckpt, ...) can run code when "
+            "loaded. Remove those files or convert them to safetensors"
+        )
     code = [p.name for p in files if p.suffix.lower() in CODE_SUFFIXES]
     if code:
-        raise _refuse(f"models with custom code are not accepted ({', '.join(code)}); only "
-                      "architectures built into transformers can be registered")
+        raise _refuse(
+            f"models with custom code are not accepted ({', '.join(code)}); only "
+            "architectures built into transformers can be registered"
+        )
     if "config.json" not in names:
         raise _refuse(f"{directory} has no config.json: not a Hugging Face model directory")
     config = _read_json(directory / "config.json")
     for json_name in ("config.json", "tokenizer_config.json"):
-        data = config if json_name == "config.json" else (
-            _read_json(directory / json_name) if json_name in names else {})
+        data = (
+            config
+            if json_name == "config.json"
+            else (_read_json(directory / json_name) if json_name in names else {})
+        )
         if data.get("auto_map") or data.get("trust_remote_code"):
-            raise _refuse(f"{json_name} has 'auto_map': the model needs trust_remote_code "
-                          "(custom code), which Dorado never enables")
+            raise _refuse(
+                f"{json_name} has 'auto_map': the model needs trust_remote_code "
+                "(custom code), which Dorado never enables"
+            )
     if not config.get("model_type"):
         raise _refuse("config.json has no 'model_type'")
     weights = [p for p in files if p.suffix == ".safetensors"]
     if not weights:
-        raise _refuse(f"{directory} has no *.safetensors weights (only safetensors are "
-                      "accepted)")
+        raise _refuse(f"{directory} has no *.safetensors weights (only safetensors are accepted)")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         shards = set((_read_json(index).get("weight_map") or {}).values())
         missing = sorted(shards - names)
         if missing:
-            raise _refuse(f"weight shards listed in {index.name} are missing: "
-                          f"{', '.join(missing)}")
+            raise _refuse(f"weight shards listed in {index.name} are missing: {', '.join(missing)}")
     for path in weights:
         _check_safetensors(path)
     if not any(n in names for n in TOKENIZER_FILES):
         raise _refuse(f"{directory} has no tokenizer (one of {', '.join(TOKENIZER_FILES)})")
-    template = "chat_template.jinja" in names or "chat_template.json" in names or bool(
-        "tokenizer_config.json" in names
-        and _read_json(directory / "tokenizer_config.json").get("chat_template"))
+    template = (
+        "chat_template.jinja" in names
+        or "chat_template.json" in names
+        or bool(
+            "tokenizer_config.json" in names
+            and _read_json(directory / "tokenizer_config.json").get("chat_template")
+        )
+    )
     if not template:
-        raise _refuse("the tokenizer has no chat template (chat_template in "
-                      "tokenizer_config.json or chat_template.jinja): Dorado trains on chat "
-                      "data rendered with the model's template")
+        raise _refuse(
+            "the tokenizer has no chat template (chat_template in "
+            "tokenizer_config.json or chat_template.jinja): Dorado trains on chat "
+            "data rendered with the model's template"
+        )
     return files
 
 
@@ -205,6 +242,7 @@ def validate_gguf(path: Path) -> None:
 
 
 # --- sources ---------------------------------------------------------------------------------
+
 
 def _download_s3_prefix(settings: Settings, url: str, dest: Path) -> None:
     """Copy the top-level objects of ``s3://bucket/prefix`` into ``dest``."""
@@ -224,16 +262,22 @@ def _copy_s3_prefix(settings: Settings, url: str, dest: Path) -> None:
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise _refuse(f"Invalid S3 URL '{url}': use s3://bucket/prefix")
-    client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
-                          region_name=settings.s3_region,
-                          config=Config(signature_version="s3v4",
-                                        s3={"addressing_style": "path"}, connect_timeout=10,
-                                        retries={"max_attempts": 3, "mode": "standard"}))
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=10,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
     full = f"{prefix}/" if prefix else ""
     found = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=full):
         for obj in page.get("Contents", []):
-            rest = obj["Key"][len(full):]
+            rest = obj["Key"][len(full) :]
             if not rest or "/" in rest or rest.startswith("."):
                 continue  # nested folders are never loaded by Hugging Face
             if rest.lower().endswith(PICKLE_SUFFIXES + CODE_SUFFIXES):
@@ -276,8 +320,9 @@ def _stage(store: ObjectStore, name: str, files: list[Path]) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def add_model(session: Session, store: ObjectStore, settings: Settings, *, name: str,
-              source: str) -> Model:
+def add_model(
+    session: Session, store: ObjectStore, settings: Settings, *, name: str, source: str
+) -> Model:
     """Validate ``source`` and copy it into the model store, then add the catalogue row.
 
     ``source`` is a local directory, an ``s3://bucket/prefix`` or a ``*.gguf`` file path on
@@ -285,8 +330,7 @@ def add_model(session: Session, store: ObjectStore, settings: Settings, *, name:
     """
     check_name(name)
     if session.get(Model, name) is not None:
-        raise Conflict(f"A model named '{name}' already exists", param="name",
-                       code="model_exists")
+        raise Conflict(f"A model named '{name}' already exists", param="name", code="model_exists")
     kind = describe_source(source)
     if kind == "s3":
         with tempfile.TemporaryDirectory(prefix="dorado-s3-model-") as tmp:
@@ -309,8 +353,9 @@ def add_model(session: Session, store: ObjectStore, settings: Settings, *, name:
         except OSError as exc:
             raise _refuse(f"Cannot read {source}: {exc.strerror or exc}") from exc
         recorded = f"{kind}:{path.resolve()}"
-    row = Model(id=name, kind="base", owned_by="dorado", builtin=False, source=recorded,
-                created_at=utcnow())
+    row = Model(
+        id=name, kind="base", owned_by="dorado", builtin=False, source=recorded, created_at=utcnow()
+    )
     session.add(row)
     session.flush()
     return row
@@ -334,6 +379,7 @@ def _clear(store: ObjectStore, name: str) -> None:
 
 # --- listing and removal -------------------------------------------------------------------
 
+
 def stored_bytes(store: ObjectStore, name: str) -> tuple[int, bool]:
     """Bytes a model takes in the store, and whether its weights are ready there."""
     total, complete = 0, False
@@ -344,25 +390,43 @@ def stored_bytes(store: ObjectStore, name: str) -> tuple[int, bool]:
     return total, complete
 
 
-def list_models(session: Session, store: ObjectStore, *,
-                with_jobs: bool = False) -> list[ModelInfo]:
+def list_models(
+    session: Session, store: ObjectStore, *, with_jobs: bool = False
+) -> list[ModelInfo]:
     """Every base model with its size in the store and the jobs that use it."""
-    rows = list(session.scalars(select(Model).where(Model.kind == "base")
-                                .order_by(Model.created_at, Model.id)))
+    rows = list(
+        session.scalars(
+            select(Model).where(Model.kind == "base").order_by(Model.created_at, Model.id)
+        )
+    )
     counts = dict(session.execute(select(Job.model, func.count()).group_by(Job.model)).all())
-    active = dict(session.execute(select(Job.model, func.count())
-                                  .where(Job.status.in_(NON_TERMINAL_STATUSES))
-                                  .group_by(Job.model)).all())
+    active = dict(
+        session.execute(
+            select(Job.model, func.count())
+            .where(Job.status.in_(NON_TERMINAL_STATUSES))
+            .group_by(Job.model)
+        ).all()
+    )
     out = []
     for row in rows:
         size, stored = stored_bytes(store, row.id)
-        info = ModelInfo(id=row.id, source=row.source, builtin=row.builtin,
-                         created_at=row.created_at, bytes=size, stored=stored,
-                         jobs=counts.get(row.id, 0), active_jobs=active.get(row.id, 0))
+        info = ModelInfo(
+            id=row.id,
+            source=row.source,
+            builtin=row.builtin,
+            created_at=row.created_at,
+            bytes=size,
+            stored=stored,
+            jobs=counts.get(row.id, 0),
+            active_jobs=active.get(row.id, 0),
+        )
         if with_jobs:
-            info.job_ids = [{"id": j.id, "status": j.status, "organization_id": j.organization_id}
-                            for j in session.scalars(select(Job).where(Job.model == row.id)
-                                                     .order_by(Job.created_at))]
+            info.job_ids = [
+                {"id": j.id, "status": j.status, "organization_id": j.organization_id}
+                for j in session.scalars(
+                    select(Job).where(Job.model == row.id).order_by(Job.created_at)
+                )
+            ]
         out.append(info)
     return out
 
@@ -382,23 +446,37 @@ def remove_model(session: Session, name: str, *, force: bool = False) -> Removed
     """
     row = get_registered_model(session, name)
     if row.builtin:
-        raise PermissionDenied(f"'{name}' is a built-in model and cannot be removed",
-                               param="name", code="model_builtin")
-    users = list(session.scalars(select(Job).where(Job.model == name,
-                                                   Job.status.in_(NON_TERMINAL_STATUSES))
-                                 .order_by(Job.created_at)))
+        raise PermissionDenied(
+            f"'{name}' is a built-in model and cannot be removed",
+            param="name",
+            code="model_builtin",
+        )
+    users = list(
+        session.scalars(
+            select(Job)
+            .where(Job.model == name, Job.status.in_(NON_TERMINAL_STATUSES))
+            .order_by(Job.created_at)
+        )
+    )
     if users and not force:
         shown = ", ".join(f"{j.id} ({j.status})" for j in users[:10])
-        raise Conflict(f"{len(users)} unfinished job(s) use '{name}': {shown}. Wait for them, "
-                       "cancel them, or remove with --force (cancels them)", param="name",
-                       code="model_in_use")
+        raise Conflict(
+            f"{len(users)} unfinished job(s) use '{name}': {shown}. Wait for them, "
+            "cancel them, or remove with --force (cancels them)",
+            param="name",
+            code="model_in_use",
+        )
     cancelled = []
     for job in users:
         jobs.cancel_job(session, job.organization_id, job.id)
-        jobs.add_event(session, job.id, f"Base model '{name}' was removed by an operator",
-                       level="warn")
+        jobs.add_event(
+            session, job.id, f"Base model '{name}' was removed by an operator", level="warn"
+        )
         cancelled.append(job.id)
     session.delete(row)
     session.flush()
-    return RemovedModel(name=name, prefixes=(model_prefix(name), model_source_prefix(name)),
-                        cancelled_jobs=tuple(cancelled))
+    return RemovedModel(
+        name=name,
+        prefixes=(model_prefix(name), model_source_prefix(name)),
+        cancelled_jobs=tuple(cancelled),
+    )

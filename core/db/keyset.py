@@ -15,9 +15,14 @@ from sqlalchemy import ColumnElement, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 
-def after_cursor(created_at: InstrumentedAttribute[datetime], id_: InstrumentedAttribute[str],
-                 cursor_created_at: datetime, cursor_id: str, *,
-                 descending: bool = True) -> ColumnElement[bool]:
+def after_cursor(
+    created_at: InstrumentedAttribute[datetime],
+    id_: InstrumentedAttribute[str],
+    cursor_created_at: datetime,
+    cursor_id: str,
+    *,
+    descending: bool = True,
+) -> ColumnElement[bool]:
     """Rows strictly after the cursor row in ``(created_at, id)`` order (newest first by
     default)."""
     row, cursor = tuple_(created_at, id_), tuple_(cursor_created_at, cursor_id)

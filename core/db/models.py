@@ -225,8 +225,9 @@ class IdempotencyKey(Base):
     """The first response to a POST carrying ``Idempotency-Key``, replayed on retries."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("organization_id", "key",
-                                       name="uq_idempotency_keys_org_key"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "key", name="uq_idempotency_keys_org_key"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))

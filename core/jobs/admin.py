@@ -39,15 +39,24 @@ def find_job(session: Session, job_id: str) -> Job:
     """Any organization's job (operators only)."""
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id",
-                       code="job_not_found")
+        raise NotFound(
+            f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found"
+        )
     return job
 
 
 def _audit(session: Session, actor: Actor, action: str, job: Job, **details) -> None:
-    audit.record(session, action=action, object_type="fine_tuning.job", object_id=job.id,
-                 organization_id=job.organization_id, actor=actor.name,
-                 api_key_id=actor.api_key_id, details=details or None, ip=actor.ip)
+    audit.record(
+        session,
+        action=action,
+        object_type="fine_tuning.job",
+        object_id=job.id,
+        organization_id=job.organization_id,
+        actor=actor.name,
+        api_key_id=actor.api_key_id,
+        details=details or None,
+        ip=actor.ip,
+    )
 
 
 def cancel(session: Session, job_id: str, actor: Actor) -> Job:
@@ -65,43 +74,80 @@ def retry(session: Session, job_id: str, actor: Actor) -> tuple[Job, int | None]
     latest = checkpoints.latest_checkpoint(session, job.id)
     target = "queued" if job.validation is not None else "validating_files"
     result = session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(("failed", "cancelled"))).values(
-            status=target, error=None, finished_at=None, started_at=None, retries=0,
-            worker=None, lease_expires_at=None, estimated_finish=None, published_at=None,
-            pause_requested=False, fine_tuned_model=None, trained_tokens=None,
-            result_files=[]))
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(("failed", "cancelled")))
+        .values(
+            status=target,
+            error=None,
+            finished_at=None,
+            started_at=None,
+            retries=0,
+            worker=None,
+            lease_expires_at=None,
+            estimated_finish=None,
+            published_at=None,
+            pause_requested=False,
+            fine_tuned_model=None,
+            trained_tokens=None,
+            result_files=[],
+        )
+    )
     if result.rowcount != 1:
-        raise Conflict(f"Job {job.id} is {job.status}; only a failed or cancelled job can be "
-                       "retried", param="fine_tuning_job_id", code="job_not_retryable")
+        raise Conflict(
+            f"Job {job.id} is {job.status}; only a failed or cancelled job can be retried",
+            param="fine_tuning_job_id",
+            code="job_not_retryable",
+        )
     step = latest.step_number if latest else None
-    where = (f"from its checkpoint at step {step}" if step is not None
-             else "from the beginning (no checkpoint)")
+    where = (
+        f"from its checkpoint at step {step}"
+        if step is not None
+        else "from the beginning (no checkpoint)"
+    )
     jobs.add_event(session, job.id, f"Retried by an operator; the job will resume {where}")
     _audit(session, actor, "job.retry", job, resume_step=step)
     session.refresh(job)
     return job, step
 
 
-def requeue(session: Session, job_id: str, actor: Actor, pool: str | None = None,
-            declared_pools: Mapping[str, int | None] | None = None) -> Job:
+def requeue(
+    session: Session,
+    job_id: str,
+    actor: Actor,
+    pool: str | None = None,
+    declared_pools: Mapping[str, int | None] | None = None,
+) -> Job:
     """A running job goes back to the queue at once (its worker is fenced off and stops; the
     job resumes from its last checkpoint); a queued one is re-sent. ``pool`` moves it."""
     job = find_job(session, job_id)
-    values: dict = {"status": "queued", "worker": None, "lease_expires_at": None,
-                    "estimated_finish": None, "published_at": None, "pause_requested": False}
+    values: dict = {
+        "status": "queued",
+        "worker": None,
+        "lease_expires_at": None,
+        "estimated_finish": None,
+        "published_at": None,
+        "pause_requested": False,
+    }
     if pool is not None:
         values["pool"] = pools.choose_pool(session, job.model, pool, declared_pools)
     before = job.status
-    result = session.execute(update(Job).where(Job.id == job.id,
-                                               Job.status.in_(("queued", "running")))
-                             .values(**values))
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_(("queued", "running"))).values(**values)
+    )
     if result.rowcount != 1:
-        raise Conflict(f"Job {job.id} is {job.status}; only a queued or running job can be "
-                       "re-queued", param="fine_tuning_job_id", code="job_not_requeueable")
+        raise Conflict(
+            f"Job {job.id} is {job.status}; only a queued or running job can be re-queued",
+            param="fine_tuning_job_id",
+            code="job_not_requeueable",
+        )
     moved = f" to pool {values['pool']}" if pool is not None else ""
-    jobs.add_event(session, job.id, f"Re-queued by an operator{moved}" + (
-        "; it will continue from its last checkpoint" if before == "running" else ""),
-        level="warn" if before == "running" else "info")
+    jobs.add_event(
+        session,
+        job.id,
+        f"Re-queued by an operator{moved}"
+        + ("; it will continue from its last checkpoint" if before == "running" else ""),
+        level="warn" if before == "running" else "info",
+    )
     _audit(session, actor, "job.requeue", job, previous_status=before, pool=pool)
     session.refresh(job)
     return job
@@ -110,17 +156,25 @@ def requeue(session: Session, job_id: str, actor: Actor, pool: str | None = None
 def set_priority(session: Session, job_id: str, priority: int, actor: Actor) -> Job:
     """Change a job's priority (higher runs first); it applies at the next dispatch."""
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InvalidRequest(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}",
-                             param="priority", code="invalid_priority")
+        raise InvalidRequest(
+            f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}",
+            param="priority",
+            code="invalid_priority",
+        )
     job = find_job(session, job_id)
     before = job.priority
-    result = session.execute(update(Job).where(Job.id == job.id, Job.status.in_(
-        WAITING + ("running",))).values(priority=priority))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(WAITING + ("running",)))
+        .values(priority=priority)
+    )
     if result.rowcount != 1:
-        raise Conflict(f"Job {job.id} has already {job.status}; its priority no longer "
-                       "matters", param="fine_tuning_job_id", code="job_finished")
-    jobs.add_event(session, job.id, f"Priority changed from {before} to {priority} by an "
-                   "operator")
+        raise Conflict(
+            f"Job {job.id} has already {job.status}; its priority no longer matters",
+            param="fine_tuning_job_id",
+            code="job_finished",
+        )
+    jobs.add_event(session, job.id, f"Priority changed from {before} to {priority} by an operator")
     _audit(session, actor, "job.priority", job, previous=before, priority=priority)
     session.refresh(job)
     return job
@@ -130,12 +184,19 @@ def bump(session: Session, job_id: str, actor: Actor) -> Job:
     """Move a waiting job to the front of its pool: priority above every other queued job."""
     job = find_job(session, job_id)
     if job.status not in WAITING:
-        raise Conflict(f"Job {job.id} is {job.status}; only a waiting (validating, queued or "
-                       "paused) job can be bumped", param="fine_tuning_job_id",
-                       code="job_not_waiting")
-    top = session.scalar(select(func.max(Job.priority)).where(
-        Job.status.in_(WAITING), Job.id != job.id,
-        func.coalesce(Job.pool, DEFAULT_POOL) == (job.pool or DEFAULT_POOL)))
+        raise Conflict(
+            f"Job {job.id} is {job.status}; only a waiting (validating, queued or "
+            "paused) job can be bumped",
+            param="fine_tuning_job_id",
+            code="job_not_waiting",
+        )
+    top = session.scalar(
+        select(func.max(Job.priority)).where(
+            Job.status.in_(WAITING),
+            Job.id != job.id,
+            func.coalesce(Job.pool, DEFAULT_POOL) == (job.pool or DEFAULT_POOL),
+        )
+    )
     if top is None or job.priority > top:
         return job
     return set_priority(session, job.id, min(top + 1, MAX_PRIORITY), actor)
@@ -152,14 +213,23 @@ def job_dict(session: Session, job: Job, *, events: int = 5) -> dict:
         return int(value.timestamp()) if value is not None else None
 
     return {
-        "id": job.id, "object": "admin.fine_tuning.job", "status": job.status,
-        "organization_id": job.organization_id, "organization": org.name if org else None,
+        "id": job.id,
+        "object": "admin.fine_tuning.job",
+        "status": job.status,
+        "organization_id": job.organization_id,
+        "organization": org.name if org else None,
         "model": job.model,
         "adapter": f"{adapter.get('type', '?')} r{adapter.get('r', '?')}",
-        "pool": job.pool or DEFAULT_POOL, "priority": job.priority, "worker": job.worker,
-        "attempt": job.attempt, "retries": job.retries, "created_at": unix(job.created_at),
-        "started_at": unix(job.started_at), "finished_at": unix(job.finished_at),
-        "fine_tuned_model": job.fine_tuned_model, "error": job.error,
+        "pool": job.pool or DEFAULT_POOL,
+        "priority": job.priority,
+        "worker": job.worker,
+        "attempt": job.attempt,
+        "retries": job.retries,
+        "created_at": unix(job.created_at),
+        "started_at": unix(job.started_at),
+        "finished_at": unix(job.finished_at),
+        "fine_tuned_model": job.fine_tuned_model,
+        "error": job.error,
         "latest_checkpoint_step": latest.step_number if latest else None,
         "recent_events": [e.message for e in recent],
     }

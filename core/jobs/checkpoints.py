@@ -24,27 +24,50 @@ def checkpoint_model_name(session: Session, job: Job, step: int) -> str:
     return f"{fine_tuned_model_name(session, job)}:ckpt-step-{step}"
 
 
-def record_checkpoint(session: Session, job_id: str, attempt: int, *, step: int, epoch: int,
-                      reason: str, metrics: dict[str, Any], storage_prefix: str,
-                      adapter_key: str) -> tuple[Checkpoint | None, list[str]]:
+def record_checkpoint(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    step: int,
+    epoch: int,
+    reason: str,
+    metrics: dict[str, Any],
+    storage_prefix: str,
+    adapter_key: str,
+) -> tuple[Checkpoint | None, list[str]]:
     """Record an uploaded checkpoint (fenced by attempt) and drop the oldest beyond the job's
     ``keep_checkpoints``. Returns the row (None if fenced off) and storage prefixes to delete."""
     if not still_ours(session, job_id, attempt):
         return None, []
     job = session.get(Job, job_id)
-    existing = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id,
-                                                       Checkpoint.step_number == step))
+    existing = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
+    )
     if existing is not None:  # the same step saved again (e.g. pause right at an epoch end)
         session.delete(existing)
         session.flush()
-    row = Checkpoint(id=ids.checkpoint_id(), job_id=job_id, step_number=step, epoch=epoch,
-                     reason=reason, metrics=metrics, storage_prefix=storage_prefix,
-                     adapter_key=adapter_key, created_at=utcnow())
+    row = Checkpoint(
+        id=ids.checkpoint_id(),
+        job_id=job_id,
+        step_number=step,
+        epoch=epoch,
+        reason=reason,
+        metrics=metrics,
+        storage_prefix=storage_prefix,
+        adapter_key=adapter_key,
+        created_at=utcnow(),
+    )
     session.add(row)
     session.flush()
     keep = int((job.options or {}).get("keep_checkpoints", DEFAULT_KEEP))
-    rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                                .order_by(Checkpoint.step_number.desc())))
+    rows = list(
+        session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step_number.desc())
+        )
+    )
     dropped = []
     for old in rows[keep:]:
         dropped.append(old.storage_prefix)
@@ -53,12 +76,17 @@ def record_checkpoint(session: Session, job_id: str, attempt: int, *, step: int,
 
 
 def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
-    return session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                          .order_by(Checkpoint.step_number.desc()).limit(1))
+    return session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step_number.desc())
+        .limit(1)
+    )
 
 
-def list_checkpoints(session: Session, job: Job, *, limit: int,
-                     after: str | None) -> tuple[list[Checkpoint], bool]:
+def list_checkpoints(
+    session: Session, job: Job, *, limit: int, after: str | None
+) -> tuple[list[Checkpoint], bool]:
     stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
     if after:
         cursor = session.get(Checkpoint, after)

@@ -54,8 +54,10 @@ class Estimate:
             "object": "fine_tuning.job.estimate",
             **asdict(self),
             "tokens_are_estimated": True,
-            "note": (f"Tokens are estimated as characters / {CHARS_PER_TOKEN}; the time assumes "
-                     f"{self.tokens_per_second:g} tokens/s for {self.model} on a CPU worker."),
+            "note": (
+                f"Tokens are estimated as characters / {CHARS_PER_TOKEN}; the time assumes "
+                f"{self.tokens_per_second:g} tokens/s for {self.model} on a CPU worker."
+            ),
         }
 
 
@@ -63,22 +65,36 @@ def _fine_tune_file(session: Session, org_id: str, file_id: str, param: str) -> 
     try:
         row = get_file(session, org_id, file_id, param=param)
     except NotFound as exc:
-        raise NotFound(f"Invalid file ID: {file_id}. No such file.", param=param,
-                       code="file_not_found") from exc
+        raise NotFound(
+            f"Invalid file ID: {file_id}. No such file.", param=param, code="file_not_found"
+        ) from exc
     if row.purpose != "fine-tune" or row.status != "processed":
-        raise InvalidFile(f"File {file_id} cannot be used for fine-tuning (purpose "
-                          f"'{row.purpose}', status '{row.status}')", param=param)
+        raise InvalidFile(
+            f"File {file_id} cannot be used for fine-tuning (purpose "
+            f"'{row.purpose}', status '{row.status}')",
+            param=param,
+        )
     return row
 
 
-def estimate_job(session: Session, org_id: str, *, model: str, training_file: str,
-                 validation_file: str | None, hyperparameters: Hyperparameters,
-                 adapter: AdapterConfig) -> Estimate:
+def estimate_job(
+    session: Session,
+    org_id: str,
+    *,
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    hyperparameters: Hyperparameters,
+    adapter: AdapterConfig,
+) -> Estimate:
     """Estimate a job from the inputs of ``core.jobs.lifecycle.create_job``; nothing is written."""
     catalog.get_base_model(session, model)
     training = _fine_tune_file(session, org_id, training_file, "training_file")
-    validation = (_fine_tune_file(session, org_id, validation_file, "validation_file")
-                  if validation_file else None)
+    validation = (
+        _fine_tune_file(session, org_id, validation_file, "validation_file")
+        if validation_file
+        else None
+    )
     examples = training.example_count or 0
     hyper = resolve(hyperparameters, examples)
     n_epochs, batch_size = int(hyper["n_epochs"]), int(hyper["batch_size"])
@@ -89,10 +105,15 @@ def estimate_job(session: Session, org_id: str, *, model: str, training_file: st
     speed = TOKENS_PER_SECOND.get(model, DEFAULT_TOKENS_PER_SECOND)
     seconds = STARTUP_SECONDS.get(model, DEFAULT_STARTUP_SECONDS) + total_tokens / speed
     return Estimate(
-        model=model, example_count=examples,
+        model=model,
+        example_count=examples,
         validation_example_count=validation.example_count if validation else None,
-        hyperparameters=hyper, adapter=adapter.model_dump(), steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * n_epochs, estimated_tokens_per_epoch=tokens_per_epoch,
-        estimated_total_tokens=total_tokens, tokens_per_second=speed,
+        hyperparameters=hyper,
+        adapter=adapter.model_dump(),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * n_epochs,
+        estimated_tokens_per_epoch=tokens_per_epoch,
+        estimated_total_tokens=total_tokens,
+        tokens_per_second=speed,
         estimated_seconds=math.ceil(seconds),
     )

@@ -28,7 +28,7 @@ class AdapterConfig(BaseModel):
     def _modules(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, str):
             if value != "all-linear":
-                raise ValueError("must be \"all-linear\" or a list of module names")
+                raise ValueError('must be "all-linear" or a list of module names')
             return value
         if not value or not all(isinstance(v, str) and v.strip() for v in value):
             raise ValueError("must be a non-empty list of module names")

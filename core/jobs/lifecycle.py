@@ -50,10 +50,24 @@ class NewJob:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
-              type: str = "message", data: dict[str, Any] | None = None) -> JobEvent:
-    event = JobEvent(id=ids.event_id(), job_id=job_id, created_at=utcnow(), level=level,
-                     type=type, message=message, data=data)
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    event = JobEvent(
+        id=ids.event_id(),
+        job_id=job_id,
+        created_at=utcnow(),
+        level=level,
+        type=type,
+        message=message,
+        data=data,
+    )
     session.add(event)
     return event
 
@@ -62,18 +76,24 @@ def _usable_file(session: Session, org_id: str, file_id: str, param: str):
     try:
         row = get_file(session, org_id, file_id, param=param)
     except NotFound as exc:
-        raise NotFound(f"Invalid file ID: {file_id}. No such file.", param=param,
-                       code="file_not_found") from exc
+        raise NotFound(
+            f"Invalid file ID: {file_id}. No such file.", param=param, code="file_not_found"
+        ) from exc
     if row.purpose != "fine-tune":
-        raise InvalidFile(f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'",
-                          param=param)
+        raise InvalidFile(
+            f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'", param=param
+        )
     if row.status != "processed":
         raise InvalidFile(f"File {file_id} is not ready (status '{row.status}')", param=param)
     return row
 
 
-def create_job(session: Session, org_id: str, new: NewJob,
-               declared_pools: Mapping[str, int | None] | None = None) -> Job:
+def create_job(
+    session: Session,
+    org_id: str,
+    new: NewJob,
+    declared_pools: Mapping[str, int | None] | None = None,
+) -> Job:
     """Validate a job request against the catalogue, the caller's files and quota; insert it.
 
     ``options["pool"]`` (the ``pool`` extra) picks the worker pool; else
@@ -87,17 +107,32 @@ def create_job(session: Session, org_id: str, new: NewJob,
     if new.validation_file:
         _usable_file(session, org_id, new.validation_file, "validation_file")
     hyper = resolve(new.hyperparameters, training.example_count or 0)
-    seed = new.seed if new.seed is not None else int.from_bytes(ids.random_token(8).encode(),
-                                                                "big") % MAX_SEED
+    seed = (
+        new.seed
+        if new.seed is not None
+        else int.from_bytes(ids.random_token(8).encode(), "big") % MAX_SEED
+    )
     now = utcnow()
     job = Job(
-        id=ids.job_id(), organization_id=org_id, model=new.model, status="validating_files",
-        training_file=training.id, validation_file=new.validation_file,
-        hyperparameters=hyper, adapter=new.adapter.model_dump(),
+        id=ids.job_id(),
+        organization_id=org_id,
+        model=new.model,
+        status="validating_files",
+        training_file=training.id,
+        validation_file=new.validation_file,
+        hyperparameters=hyper,
+        adapter=new.adapter.model_dump(),
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
-        seed=seed, suffix=new.suffix or None, user_metadata=new.metadata or None,
-        result_files=[], created_at=now, attempt=0, options=options,
-        pause_requested=False, priority=0, pool=pool,
+        seed=seed,
+        suffix=new.suffix or None,
+        user_metadata=new.metadata or None,
+        result_files=[],
+        created_at=now,
+        attempt=0,
+        options=options,
+        pause_requested=False,
+        priority=0,
+        pool=pool,
     )
     session.add(job)
     session.flush()
@@ -112,25 +147,41 @@ def create_job(session: Session, org_id: str, new: NewJob,
 def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> bool:
     """Files tokenized fine: the job moves to the queue. False if it left validating_files
     (cancelled meanwhile, or a duplicate message already did this)."""
-    result = session.execute(update(Job).where(Job.id == job_id,
-                                               Job.status == "validating_files")
-                             .values(status="queued", validation=stats, published_at=None))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "validating_files")
+        .values(status="queued", validation=stats, published_at=None)
+    )
     if result.rowcount != 1:
         return False
     add_event(session, job_id, "Files validated, moving job to queued state", data=stats)
     if stats.get("truncated_examples"):
-        add_event(session, job_id, f"{stats['truncated_examples']} example(s) are longer than "
-                  f"{stats['max_seq_length']} tokens and will be truncated", level="warn")
+        add_event(
+            session,
+            job_id,
+            f"{stats['truncated_examples']} example(s) are longer than "
+            f"{stats['max_seq_length']} tokens and will be truncated",
+            level="warn",
+        )
     return True
 
 
-def fail_validation(session: Session, job_id: str, message: str,
-                    param: str | None = "training_file",
-                    code: str = "invalid_training_file") -> bool:
+def fail_validation(
+    session: Session,
+    job_id: str,
+    message: str,
+    param: str | None = "training_file",
+    code: str = "invalid_training_file",
+) -> bool:
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "validating_files").values(
-            status="failed", finished_at=utcnow(),
-            error={"code": code, "message": message, "param": param}))
+        update(Job)
+        .where(Job.id == job_id, Job.status == "validating_files")
+        .values(
+            status="failed",
+            finished_at=utcnow(),
+            error={"code": code, "message": message, "param": param},
+        )
+    )
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"File validation failed: {message}", level="error")
@@ -157,39 +208,56 @@ def read_job(session: Session, org_id: str, job_id: str) -> Job:
     return progress.remember_latest_metrics(session, [row.tuple()])[0]
 
 
-JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed",
-                "cancelled")
+JOB_STATUSES = (
+    "validating_files",
+    "queued",
+    "running",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 
 
 @cache
 def _list_statement(by_status: bool, after: bool, limited: bool) -> Select:
     """Jobs of ``:org_id`` (of ``:status``), newest first, after the job ``:after``, at most
     ``:limit``: built once per shape, as it runs on every listing."""
-    stmt = (select(Job, progress.latest_metrics_column())
-            .where(Job.organization_id == bindparam("org_id")))
+    stmt = select(Job, progress.latest_metrics_column()).where(
+        Job.organization_id == bindparam("org_id")
+    )
     if by_status:
         stmt = stmt.where(Job.status == bindparam("status"))
     if after:
         # The cursor's key comes from a subquery (NULL for a job of another organization or
         # none: then no row matches, and list_jobs tells why): no round trip of its own.
-        cursor_created_at = (select(Job.created_at)
-                             .where(Job.id == bindparam("after"),
-                                    Job.organization_id == bindparam("org_id"))
-                             .scalar_subquery())
-        stmt = stmt.where(after_cursor(Job.created_at, Job.id, cursor_created_at,
-                                       bindparam("after")))
+        cursor_created_at = (
+            select(Job.created_at)
+            .where(Job.id == bindparam("after"), Job.organization_id == bindparam("org_id"))
+            .scalar_subquery()
+        )
+        stmt = stmt.where(
+            after_cursor(Job.created_at, Job.id, cursor_created_at, bindparam("after"))
+        )
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
     return stmt.limit(bindparam("limit")) if limited else stmt
 
 
-def list_jobs(session: Session, org_id: str, *, limit: int, after: str | None,
-              metadata: dict[str, str] | None = None,
-              status: str | None = None) -> tuple[list[Job], bool]:
+def list_jobs(
+    session: Session,
+    org_id: str,
+    *,
+    limit: int,
+    after: str | None,
+    metadata: dict[str, str] | None = None,
+    status: str | None = None,
+) -> tuple[list[Job], bool]:
     """A page of jobs, newest first (optionally of one status: a Dorado extra), read with
     their progress."""
     if status is not None and status not in JOB_STATUSES:
-        raise InvalidRequest(f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}",
-                             param="status")
+        raise InvalidRequest(
+            f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}", param="status"
+        )
     params = {"org_id": org_id, "status": status, "after": after, "limit": limit + 1}
     if not metadata:
         stmt = _list_statement(status is not None, bool(after), True)
@@ -218,13 +286,15 @@ def _check_cursor(session: Session, org_id: str, after: str) -> None:
         raise InvalidRequest(f"No such fine-tuning job: {after}", param="after")
 
 
-def list_events(session: Session, job: Job, *, limit: int,
-                after: str | None) -> tuple[list[JobEvent], bool]:
+def list_events(
+    session: Session, job: Job, *, limit: int, after: str | None
+) -> tuple[list[JobEvent], bool]:
     """A page of a job's events, newest first."""
     stmt = select(JobEvent).where(JobEvent.job_id == job.id)
     if after:
-        cursor = session.scalar(select(JobEvent).where(JobEvent.id == after,
-                                                       JobEvent.job_id == job.id))
+        cursor = session.scalar(
+            select(JobEvent).where(JobEvent.id == after, JobEvent.job_id == job.id)
+        )
         if cursor is None:
             raise InvalidRequest(f"No such event: {after}", param="after")
         stmt = stmt.where(JobEvent.seq < cursor.seq)
@@ -235,17 +305,32 @@ def list_events(session: Session, job: Job, *, limit: int,
 def pause_job(session: Session, org_id: str, job_id: str) -> Job:
     """Queued jobs pause at once; running ones at their next step, after a checkpoint."""
     job = get_job(session, org_id, job_id)
-    if session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
-                       .values(status="paused")).rowcount == 1:
+    if (
+        session.execute(
+            update(Job).where(Job.id == job.id, Job.status == "queued").values(status="paused")
+        ).rowcount
+        == 1
+    ):
         add_event(session, job.id, "Fine-tuning job paused")
-    elif session.execute(update(Job).where(Job.id == job.id, Job.status == "running",
-                                           Job.pause_requested.is_(False))
-                         .values(pause_requested=True)).rowcount == 1:
-        add_event(session, job.id, "Pause requested: the job will save a checkpoint and pause "
-                  "at its next step")
+    elif (
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running", Job.pause_requested.is_(False))
+            .values(pause_requested=True)
+        ).rowcount
+        == 1
+    ):
+        add_event(
+            session,
+            job.id,
+            "Pause requested: the job will save a checkpoint and pause at its next step",
+        )
     elif not (job.status == "running" and job.pause_requested):
-        raise Conflict(f"Job {job.id} is {job.status}; only a queued or running job can be "
-                       "paused", param="fine_tuning_job_id", code="job_not_pausable")
+        raise Conflict(
+            f"Job {job.id} is {job.status}; only a queued or running job can be paused",
+            param="fine_tuning_job_id",
+            code="job_not_pausable",
+        )
     session.refresh(job)
     return job
 
@@ -253,11 +338,17 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
 def resume_job(session: Session, org_id: str, job_id: str) -> Job:
     """A paused job goes back to the queue and continues from its last checkpoint."""
     job = get_job(session, org_id, job_id)
-    result = session.execute(update(Job).where(Job.id == job.id, Job.status == "paused")
-                             .values(status="queued", published_at=None))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "paused")
+        .values(status="queued", published_at=None)
+    )
     if result.rowcount != 1:
-        raise Conflict(f"Job {job.id} is {job.status}; only a paused job can be resumed",
-                       param="fine_tuning_job_id", code="job_not_resumable")
+        raise Conflict(
+            f"Job {job.id} is {job.status}; only a paused job can be resumed",
+            param="fine_tuning_job_id",
+            code="job_not_resumable",
+        )
     add_event(session, job.id, "Fine-tuning job resumed, moving job to queued state")
     session.refresh(job)
     return job
@@ -277,20 +368,25 @@ def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
     result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_(ACTIVE_STATUSES + ("paused",)))
-        .values(status="cancelled", finished_at=utcnow(), estimated_finish=None,
-                lease_expires_at=None)
+        .values(
+            status="cancelled", finished_at=utcnow(), estimated_finish=None, lease_expires_at=None
+        )
     )
     if result.rowcount == 0:
         session.refresh(job)
-        raise Conflict(f"Job {job.id} has already {job.status}; only a job that is queued, "
-                       "running or paused can be cancelled", param="fine_tuning_job_id",
-                       code="job_not_cancellable")
+        raise Conflict(
+            f"Job {job.id} has already {job.status}; only a job that is queued, "
+            "running or paused can be cancelled",
+            param="fine_tuning_job_id",
+            code="job_not_cancellable",
+        )
     add_event(session, job.id, "Fine-tuning job cancelled")
     session.refresh(job)
     return job
 
 
 # --- worker side -------------------------------------------------------------------------
+
 
 def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) -> int | None:
     """Move a queued job to running for this worker; returns its new attempt, or None if the
@@ -299,10 +395,15 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
-        .values(status="running", attempt=Job.attempt + 1, worker=worker,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                started_at=func.coalesce(Job.started_at, now), estimated_finish=None,
-                pause_requested=False)
+        .values(
+            status="running",
+            attempt=Job.attempt + 1,
+            worker=worker,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            estimated_finish=None,
+            pause_requested=False,
+        )
     )
     if result.rowcount != 1:
         return None
@@ -315,8 +416,13 @@ def _fence(job_id: str, attempt: int):
     return (Job.id == job_id, Job.attempt == attempt, Job.status == "running")
 
 
-def renew_lease(session: Session, job_id: str, attempt: int, lease_seconds: int,
-                estimated_finish: datetime | None = None) -> bool:
+def renew_lease(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    lease_seconds: int,
+    estimated_finish: datetime | None = None,
+) -> bool:
     """Extend the lease; False means the job is no longer ours (cancelled or taken over)."""
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     if estimated_finish is not None:
@@ -331,8 +437,9 @@ def still_ours(session: Session, job_id: str, attempt: int) -> bool:
 
 def job_control(session: Session, job_id: str, attempt: int) -> str:
     """What the worker holding ``attempt`` should do: "run", "pause" or "stop"."""
-    row = session.execute(select(Job.status, Job.attempt, Job.pause_requested)
-                          .where(Job.id == job_id)).one_or_none()
+    row = session.execute(
+        select(Job.status, Job.attempt, Job.pause_requested).where(Job.id == job_id)
+    ).one_or_none()
     if row is None or row.status != "running" or row.attempt != attempt:
         return "stop"
     return "pause" if row.pause_requested else "run"
@@ -341,9 +448,15 @@ def job_control(session: Session, job_id: str, attempt: int) -> str:
 def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker is stopping: the job (checkpointed at ``step``) goes back to the queue."""
     result = session.execute(
-        update(Job).where(*_fence(job_id, attempt)).values(
-            status="queued", worker=None, lease_expires_at=None, estimated_finish=None,
-            published_at=None)
+        update(Job)
+        .where(*_fence(job_id, attempt))
+        .values(
+            status="queued",
+            worker=None,
+            lease_expires_at=None,
+            estimated_finish=None,
+            published_at=None,
+        )
     )
     if result.rowcount != 1:
         return False
@@ -355,9 +468,15 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
 def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker saved a checkpoint for a requested pause and lets the job go."""
     result = session.execute(
-        update(Job).where(*_fence(job_id, attempt)).values(
-            status="paused", pause_requested=False, worker=None, lease_expires_at=None,
-            estimated_finish=None)
+        update(Job)
+        .where(*_fence(job_id, attempt))
+        .values(
+            status="paused",
+            pause_requested=False,
+            worker=None,
+            lease_expires_at=None,
+            estimated_finish=None,
+        )
     )
     if result.rowcount != 1:
         return False
@@ -365,9 +484,16 @@ def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     return True
 
 
-def record_event(session: Session, job_id: str, attempt: int, message: str, *,
-                 level: str = "info", type: str = "message",
-                 data: dict[str, Any] | None = None) -> bool:
+def record_event(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> bool:
     """Add a worker event only while the worker still owns the job."""
     if not still_ours(session, job_id, attempt):
         return False
@@ -382,36 +508,70 @@ def fine_tuned_model_name(session: Session, job: Job) -> str:
     return f"ft:{job.model}:{org_slug.strip('-') or 'org'}:{job.suffix or ''}:{job.id[-8:]}"
 
 
-def succeed_job(session: Session, job_id: str, attempt: int, *, trained_tokens: int,
-                adapter_key: str, result_files: list[str]) -> str | None:
+def succeed_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    trained_tokens: int,
+    adapter_key: str,
+    result_files: list[str],
+) -> str | None:
     """Mark the job succeeded; returns its fine-tuned model name, or None if fenced off."""
     job = session.get(Job, job_id)
     if job is None:
         return None
     name = fine_tuned_model_name(session, job)
     result = session.execute(
-        update(Job).where(*_fence(job_id, attempt)).values(
-            status="succeeded", fine_tuned_model=name, trained_tokens=trained_tokens,
-            adapter_key=adapter_key, result_files=result_files, finished_at=utcnow(),
-            estimated_finish=None, lease_expires_at=None,
+        update(Job)
+        .where(*_fence(job_id, attempt))
+        .values(
+            status="succeeded",
+            fine_tuned_model=name,
+            trained_tokens=trained_tokens,
+            adapter_key=adapter_key,
+            result_files=result_files,
+            finished_at=utcnow(),
+            estimated_finish=None,
+            lease_expires_at=None,
         )
     )
     if result.rowcount != 1:
         return None
-    session.add(Model(id=name, kind="fine-tuned", owned_by=job.organization_id,
-                      organization_id=job.organization_id, job_id=job.id,
-                      source=adapter_key, created_at=utcnow()))
+    session.add(
+        Model(
+            id=name,
+            kind="fine-tuned",
+            owned_by=job.organization_id,
+            organization_id=job.organization_id,
+            job_id=job.id,
+            source=adapter_key,
+            created_at=utcnow(),
+        )
+    )
     add_event(session, job_id, f"New fine-tuned model created: {name}")
     add_event(session, job_id, "The job has successfully completed")
     return name
 
 
-def fail_job(session: Session, job_id: str, attempt: int, *, code: str, message: str,
-             param: str | None = None) -> bool:
+def fail_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    code: str,
+    message: str,
+    param: str | None = None,
+) -> bool:
     result = session.execute(
-        update(Job).where(*_fence(job_id, attempt)).values(
-            status="failed", error={"code": code, "message": message, "param": param},
-            finished_at=utcnow(), estimated_finish=None, lease_expires_at=None,
+        update(Job)
+        .where(*_fence(job_id, attempt))
+        .values(
+            status="failed",
+            error={"code": code, "message": message, "param": param},
+            finished_at=utcnow(),
+            estimated_finish=None,
+            lease_expires_at=None,
         )
     )
     if result.rowcount != 1:
@@ -422,83 +582,135 @@ def fail_job(session: Session, job_id: str, attempt: int, *, code: str, message:
 
 # --- sweeper -----------------------------------------------------------------------------
 
+
 def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
     """Running jobs whose worker stopped renewing its lease go back to the queue (to resume
     from their last checkpoint), up to ``max_retries`` times; then they fail."""
     now = utcnow()
-    expired = list(session.scalars(
-        select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)
-    ))
+    expired = list(
+        session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now))
+    )
     requeued = []
     for job_id in expired:
         lost = (Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
         given_up = session.execute(
-            update(Job).where(*lost, Job.retries >= max_retries).values(
-                status="failed", finished_at=now, lease_expires_at=None, estimated_finish=None,
-                error={"code": "worker_lost", "param": None, "message":
-                       f"The worker running this job stopped responding {max_retries + 1} "
-                       "times; giving up"}))
+            update(Job)
+            .where(*lost, Job.retries >= max_retries)
+            .values(
+                status="failed",
+                finished_at=now,
+                lease_expires_at=None,
+                estimated_finish=None,
+                error={
+                    "code": "worker_lost",
+                    "param": None,
+                    "message": f"The worker running this job stopped responding {max_retries + 1} "
+                    "times; giving up",
+                },
+            )
+        )
         if given_up.rowcount == 1:
-            add_event(session, job_id, "The worker running this job stopped responding again; "
-                      "the job failed", level="error")
+            add_event(
+                session,
+                job_id,
+                "The worker running this job stopped responding again; the job failed",
+                level="error",
+            )
             continue
         result = session.execute(
-            update(Job).where(*lost)
+            update(Job)
+            .where(*lost)
             # A pause the lost worker never carried out is honoured now.
-            .values(status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
-                    retries=Job.retries + 1, pause_requested=False, worker=None,
-                    lease_expires_at=None, published_at=None, estimated_finish=None)
+            .values(
+                status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
+                retries=Job.retries + 1,
+                pause_requested=False,
+                worker=None,
+                lease_expires_at=None,
+                published_at=None,
+                estimated_finish=None,
+            )
         )
         if result.rowcount == 1:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
-            add_event(session, job_id, "The worker running this job stopped responding; the "
-                      f"job was {'paused' if status == 'paused' else 're-queued'} and will "
-                      "continue from its last checkpoint", level="warn")
+            add_event(
+                session,
+                job_id,
+                "The worker running this job stopped responding; the "
+                f"job was {'paused' if status == 'paused' else 're-queued'} and will "
+                "continue from its last checkpoint",
+                level="warn",
+            )
             requeued.append(job_id)
     return requeued
 
 
-def retry_validation(session: Session, job_id: str, *, code: str, message: str,
-                     max_retries: int) -> bool:
+def retry_validation(
+    session: Session, job_id: str, *, code: str, message: str, max_retries: int
+) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
     the sweeper. False when its retries are spent: the caller fails it."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "validating_files",
-                          Job.retries < max_retries)
-        .values(retries=Job.retries + 1, published_at=None))
-    if result.rowcount != 1:
-        return False
-    retries = session.scalar(select(Job.retries).where(Job.id == job_id))
-    add_event(session, job_id, f"Transient error ({code}): {message}. Retrying validation "
-              f"(retry {retries} of {max_retries})", level="warn")
-    return True
-
-
-def retry_after_transient_error(session: Session, job_id: str, attempt: int, *, code: str,
-                                message: str, max_retries: int) -> bool:
-    """Re-queue a job stopped by an error that may pass (it resumes from its last
-    checkpoint). False when its retries are spent: the caller fails it."""
-    result = session.execute(
-        update(Job).where(*_fence(job_id, attempt), Job.retries < max_retries).values(
-            status="queued", retries=Job.retries + 1, worker=None, lease_expires_at=None,
-            published_at=None, estimated_finish=None)
+        update(Job)
+        .where(Job.id == job_id, Job.status == "validating_files", Job.retries < max_retries)
+        .values(retries=Job.retries + 1, published_at=None)
     )
     if result.rowcount != 1:
         return False
     retries = session.scalar(select(Job.retries).where(Job.id == job_id))
-    add_event(session, job_id, f"Transient error ({code}): {message}. Retrying from the last "
-              f"checkpoint (retry {retries} of {max_retries})", level="warn")
+    add_event(
+        session,
+        job_id,
+        f"Transient error ({code}): {message}. Retrying validation "
+        f"(retry {retries} of {max_retries})",
+        level="warn",
+    )
     return True
 
 
-def jobs_to_publish(session: Session,
-                    republish_after_seconds: int) -> list[tuple[str, str, str | None]]:
+def retry_after_transient_error(
+    session: Session, job_id: str, attempt: int, *, code: str, message: str, max_retries: int
+) -> bool:
+    """Re-queue a job stopped by an error that may pass (it resumes from its last
+    checkpoint). False when its retries are spent: the caller fails it."""
+    result = session.execute(
+        update(Job)
+        .where(*_fence(job_id, attempt), Job.retries < max_retries)
+        .values(
+            status="queued",
+            retries=Job.retries + 1,
+            worker=None,
+            lease_expires_at=None,
+            published_at=None,
+            estimated_finish=None,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    retries = session.scalar(select(Job.retries).where(Job.id == job_id))
+    add_event(
+        session,
+        job_id,
+        f"Transient error ({code}): {message}. Retrying from the last "
+        f"checkpoint (retry {retries} of {max_retries})",
+        level="warn",
+    )
+    return True
+
+
+def jobs_to_publish(
+    session: Session, republish_after_seconds: int
+) -> list[tuple[str, str, str | None]]:
     """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
     never sent, or sent long ago and not acted on."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
-    return list(session.execute(
-        select(Job.id, Job.status, Job.pool).where(
-            Job.status.in_(("queued", "validating_files")),
-            (Job.published_at.is_(None)) | (Job.published_at < cutoff),
-        ).order_by(Job.created_at)
-    ).tuples())
+    return list(
+        session.execute(
+            select(Job.id, Job.status, Job.pool)
+            .where(
+                Job.status.in_(("queued", "validating_files")),
+                (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+            )
+            .order_by(Job.created_at)
+        ).tuples()
+    )

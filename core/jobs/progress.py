@@ -45,10 +45,14 @@ def latest_metrics_column() -> ScalarSelect[Any]:
     next to ``Job``: ``select(Job, latest_metrics_column())``. Then hand the rows to
     :func:`remember_latest_metrics` so serializing the jobs needs no query of its own.
     Built once: constructing the statement costs more than executing its cached form."""
-    return (select(JobEvent.data)
-            .where(JobEvent.job_id == Job.id, JobEvent.type == "metrics")
-            .order_by(JobEvent.seq.desc()).limit(1)
-            .correlate(Job).scalar_subquery())
+    return (
+        select(JobEvent.data)
+        .where(JobEvent.job_id == Job.id, JobEvent.type == "metrics")
+        .order_by(JobEvent.seq.desc())
+        .limit(1)
+        .correlate(Job)
+        .scalar_subquery()
+    )
 
 
 def remember_latest_metrics(session: Session, rows: Iterable[tuple[Job, Any]]) -> list[Job]:
@@ -67,8 +71,7 @@ def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
     what a user sees is the order workers will really follow."""
     queued = [job for job in jobs if job.status == "queued"]
     pools = {job.pool or DEFAULT_POOL for job in queued}
-    return (queue_order.queue_positions(session, pools, {job.id for job in queued})
-            if pools else {})
+    return queue_order.queue_positions(session, pools, {job.id for job in queued}) if pools else {}
 
 
 def progress_of(data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -96,9 +99,13 @@ def progress_fields(job: Job) -> dict[str, Any]:
     key = (job.id, job.status)
     if key not in cache:
         # Only jobs whose columns are loaded: touching an expired one would cost a query each.
-        loaded = [obj for obj in list(session.identity_map.values())
-                  if isinstance(obj, Job) and "status" in obj.__dict__
-                  and (obj.id, obj.status) not in cache]
+        loaded = [
+            obj
+            for obj in list(session.identity_map.values())
+            if isinstance(obj, Job)
+            and "status" in obj.__dict__
+            and (obj.id, obj.status) not in cache
+        ]
         if job not in loaded:
             loaded.append(job)
         known = session.info.get(_METRICS_KEY, {})
@@ -111,6 +118,8 @@ def progress_fields(job: Job) -> dict[str, Any]:
             progress = progress_of(metrics.get(item.id))
             if item.status == "succeeded" and progress:
                 progress = {**progress, "step": progress["total_steps"], "percent": 100.0}
-            cache[(item.id, item.status)] = {"progress": progress,
-                                             "queue_position": positions.get(item.id)}
+            cache[(item.id, item.status)] = {
+                "progress": progress,
+                "queue_position": positions.get(item.id),
+            }
     return dict(cache[key])

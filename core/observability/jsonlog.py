@@ -18,7 +18,9 @@ from datetime import datetime, timezone
 JOB_ID_PATTERN = re.compile(r"\bftjob-[A-Za-z0-9]+\b")
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "taskName",
+    "message",
+    "asctime",
+    "taskName",
 }
 
 
@@ -35,7 +37,8 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,

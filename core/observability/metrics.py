@@ -39,15 +39,20 @@ log = logging.getLogger(__name__)
 
 #: Every job status, so that a status with no job is reported as 0 rather than missing.
 JOB_STATUSES = (
-    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled",
+    "validating_files",
+    "queued",
+    "running",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
 )
 #: Always reported, even with no job: the pool of workers that serve ``dorado.jobs``.
 DEFAULT_POOL = "default"
 #: How many of the most recently finished jobs the duration quantiles are computed over.
 DURATION_WINDOW = 200
 DURATION_QUANTILES = (0.5, 0.95)
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                120.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 _http_registry = CollectorRegistry(auto_describe=True)
 _http_histogram: Histogram | None = None
@@ -56,9 +61,12 @@ _lock = threading.Lock()
 
 def multiprocess_dir() -> str | None:
     """The multiprocess folder, if configured (``PROMETHEUS_MULTIPROC_DIR`` wins)."""
-    return (os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            or os.environ.get("prometheus_multiproc_dir")
-            or os.environ.get("DORADO_METRICS_DIR") or None)
+    return (
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        or os.environ.get("prometheus_multiproc_dir")
+        or os.environ.get("DORADO_METRICS_DIR")
+        or None
+    )
 
 
 def configure_multiprocess() -> str | None:
@@ -120,8 +128,9 @@ class JobsCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the metric families (queries run here)."""
-        up = GaugeMetricFamily("dorado_database_up",
-                               "1 when the metrics queries against the database succeeded.")
+        up = GaugeMetricFamily(
+            "dorado_database_up", "1 when the metrics queries against the database succeeded."
+        )
         try:
             families = list(self._families())
         except Exception as exc:
@@ -136,10 +145,12 @@ class JobsCollector:
         yield from families
 
     def _families(self) -> Iterator[Metric]:
-        counts = dict(self.session.execute(
-            select(Job.status, func.count()).group_by(Job.status)).all())
-        by_status = GaugeMetricFamily("dorado_jobs", "Jobs in the database by status.",
-                                      labels=["status"])
+        counts = dict(
+            self.session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+        )
+        by_status = GaugeMetricFamily(
+            "dorado_jobs", "Jobs in the database by status.", labels=["status"]
+        )
         for status in sorted(set(JOB_STATUSES) | set(counts)):
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
@@ -147,17 +158,24 @@ class JobsCollector:
         pool = func.coalesce(Job.pool, DEFAULT_POOL)
         by_pool: dict[str, dict] = {DEFAULT_POOL: {}}
         for name, status, count, oldest in self.session.execute(
-                select(pool, Job.status, func.count(), func.min(Job.created_at))
-                .where(Job.status.in_(("queued", "running"))).group_by(pool, Job.status)):
+            select(pool, Job.status, func.count(), func.min(Job.created_at))
+            .where(Job.status.in_(("queued", "running")))
+            .group_by(pool, Job.status)
+        ):
             by_pool.setdefault(name, {})[status] = (count, oldest)
         depth = GaugeMetricFamily(
-            "dorado_queue_depth", "Jobs waiting for a worker (status queued), by worker pool.",
-            labels=["pool"])
+            "dorado_queue_depth",
+            "Jobs waiting for a worker (status queued), by worker pool.",
+            labels=["pool"],
+        )
         running = GaugeMetricFamily(
-            "dorado_pool_running_jobs", "Jobs running, by worker pool.", labels=["pool"])
+            "dorado_pool_running_jobs", "Jobs running, by worker pool.", labels=["pool"]
+        )
         age = GaugeMetricFamily(
             "dorado_queue_oldest_age_seconds",
-            "Age of the oldest queued job (0 when none), by worker pool.", labels=["pool"])
+            "Age of the oldest queued job (0 when none), by worker pool.",
+            labels=["pool"],
+        )
         now = self.now or datetime.now(timezone.utc)
         for name in sorted(by_pool):
             queued, oldest = by_pool[name].get("queued", (0, None))
@@ -171,9 +189,11 @@ class JobsCollector:
         yield age
 
         tokens = self.session.scalar(select(func.coalesce(func.sum(Job.trained_tokens), 0)))
-        yield CounterMetricFamily("dorado_trained_tokens",
-                                  "Tokens trained by all jobs in the database.",
-                                  value=float(tokens or 0))
+        yield CounterMetricFamily(
+            "dorado_trained_tokens",
+            "Tokens trained by all jobs in the database.",
+            value=float(tokens or 0),
+        )
 
         yield from self._durations()
 
@@ -186,17 +206,18 @@ class JobsCollector:
         ).all()
         durations: dict[str, list[float]] = {}
         for status, started, finished in rows:
-            durations.setdefault(status, []).append(
-                max(0.0, (finished - started).total_seconds()))
+            durations.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
         quantiles = GaugeMetricFamily(
             "dorado_job_duration_seconds",
             f"Wall time from first start to finish over the last {DURATION_WINDOW} finished "
             "jobs, by final status and quantile.",
-            labels=["status", "quantile"])
+            labels=["status", "quantile"],
+        )
         window = GaugeMetricFamily(
             "dorado_job_duration_window_jobs",
             "How many finished jobs the duration quantiles were computed over.",
-            labels=["status"])
+            labels=["status"],
+        )
         for status in sorted(durations):
             ordered = sorted(durations[status])
             for q in DURATION_QUANTILES:

@@ -43,8 +43,12 @@ def parse_period(text: str, *, param: str = "since", allow_zero: bool = False) -
     match = _PERIOD.match(text or "")
     seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else -1
     if not (0 if allow_zero else 1) <= seconds <= MAX_PERIOD_SECONDS:
-        raise InvalidRequest(f"Invalid period '{text}': use a number and a unit s, m, h, d or w "
-                             "(e.g. 7d), at most 100 years", param=param, code="invalid_period")
+        raise InvalidRequest(
+            f"Invalid period '{text}': use a number and a unit s, m, h, d or w "
+            "(e.g. 7d), at most 100 years",
+            param=param,
+            code="invalid_period",
+        )
     return timedelta(seconds=seconds)
 
 
@@ -75,28 +79,62 @@ def _overlap(start: datetime, end: datetime, period: Period) -> float:
 
 def usage(session: Session, period: Period, organization_id: str | None = None) -> dict[str, Any]:
     """The statistics of ``period`` (optionally of one organization)."""
-    def scoped(stmt):
-        return stmt if organization_id is None else stmt.where(
-            Job.organization_id == organization_id)
 
-    created = list(session.execute(scoped(
-        select(Job.organization_id, Job.status)
-        .where(Job.created_at >= period.since, Job.created_at < period.until))))
-    started = list(session.execute(scoped(
-        select(Job.created_at, Job.started_at)
-        .where(Job.started_at >= period.since, Job.started_at < period.until))))
+    def scoped(stmt):
+        return (
+            stmt if organization_id is None else stmt.where(Job.organization_id == organization_id)
+        )
+
+    created = list(
+        session.execute(
+            scoped(
+                select(Job.organization_id, Job.status).where(
+                    Job.created_at >= period.since, Job.created_at < period.until
+                )
+            )
+        )
+    )
+    started = list(
+        session.execute(
+            scoped(
+                select(Job.created_at, Job.started_at).where(
+                    Job.started_at >= period.since, Job.started_at < period.until
+                )
+            )
+        )
+    )
     # Every job that may have run during the period (its [start, finish] overlaps it).
-    ran = list(session.execute(scoped(
-        select(Job.organization_id, Job.status, Job.started_at, Job.finished_at,
-               Job.trained_tokens, Worker.gpus)
-        .outerjoin(Worker, Worker.name == Job.worker)
-        .where(Job.started_at.is_not(None), Job.started_at < period.until,
-               (Job.finished_at.is_(None)) | (Job.finished_at >= period.since)))))
+    ran = list(
+        session.execute(
+            scoped(
+                select(
+                    Job.organization_id,
+                    Job.status,
+                    Job.started_at,
+                    Job.finished_at,
+                    Job.trained_tokens,
+                    Worker.gpus,
+                )
+                .outerjoin(Worker, Worker.name == Job.worker)
+                .where(
+                    Job.started_at.is_not(None),
+                    Job.started_at < period.until,
+                    (Job.finished_at.is_(None)) | (Job.finished_at >= period.since),
+                )
+            )
+        )
+    )
 
     by_status = Counter(status for _, status in created)
-    per_org: dict[str, dict[str, Any]] = defaultdict(lambda: {
-        "jobs": 0, "by_status": Counter(), "run_hours": 0.0, "gpu_hours": 0.0,
-        "trained_tokens": 0})
+    per_org: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {
+            "jobs": 0,
+            "by_status": Counter(),
+            "run_hours": 0.0,
+            "gpu_hours": 0.0,
+            "trained_tokens": 0,
+        }
+    )
     for org, status in created:
         per_org[org]["jobs"] += 1
         per_org[org]["by_status"][status] += 1
@@ -113,20 +151,31 @@ def usage(session: Session, period: Period, organization_id: str | None = None) 
             if status == "succeeded":
                 per_org[org]["trained_tokens"] += tokens or 0
 
-    names = dict(session.execute(select(Organization.id, Organization.name)
-                                 .where(Organization.id.in_(list(per_org)))).all())
-    organizations = [{
-        "organization_id": org, "name": names.get(org),
-        "jobs": data["jobs"], "by_status": dict(sorted(data["by_status"].items())),
-        "run_hours": round(data["run_hours"], 4), "gpu_hours": round(data["gpu_hours"], 4),
-        "trained_tokens": data["trained_tokens"],
-    } for org, data in sorted(per_org.items(), key=lambda kv: (-kv[1]["jobs"], kv[0]))]
+    names = dict(
+        session.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_(list(per_org)))
+        ).all()
+    )
+    organizations = [
+        {
+            "organization_id": org,
+            "name": names.get(org),
+            "jobs": data["jobs"],
+            "by_status": dict(sorted(data["by_status"].items())),
+            "run_hours": round(data["run_hours"], 4),
+            "gpu_hours": round(data["gpu_hours"], 4),
+            "trained_tokens": data["trained_tokens"],
+        }
+        for org, data in sorted(per_org.items(), key=lambda kv: (-kv[1]["jobs"], kv[0]))
+    ]
     return {
-        "object": "stats", "since": int(period.since.timestamp()),
-        "until": int(period.until.timestamp()), "organization_id": organization_id,
-        "jobs": len(created), "jobs_by_status": dict(sorted(by_status.items())),
-        "queue_wait_seconds": percentiles(
-            [(s - c).total_seconds() for c, s in started]),
+        "object": "stats",
+        "since": int(period.since.timestamp()),
+        "until": int(period.until.timestamp()),
+        "organization_id": organization_id,
+        "jobs": len(created),
+        "jobs_by_status": dict(sorted(by_status.items())),
+        "queue_wait_seconds": percentiles([(s - c).total_seconds() for c, s in started]),
         "run_time_seconds": percentiles(run_times),
         "run_hours": round(sum(o["run_hours"] for o in organizations), 4),
         "gpu_hours": round(sum(o["gpu_hours"] for o in organizations), 4),

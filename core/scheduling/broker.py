@@ -37,8 +37,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": JOBS_QUEUE,
-        "task_routes": {RUN_JOB_TASK: {"queue": JOBS_QUEUE},
-                        VALIDATE_JOB_TASK: {"queue": VALIDATE_QUEUE}},
+        "task_routes": {
+            RUN_JOB_TASK: {"queue": JOBS_QUEUE},
+            VALIDATE_JOB_TASK: {"queue": VALIDATE_QUEUE},
+        },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
@@ -86,8 +88,9 @@ def publish_validation(settings: Settings, job_id: str) -> None:
     log.info("published validation of job %s", job_id)
 
 
-def publish_for_status(settings: Settings, job_id: str, status: str,
-                       pool: str | None = None) -> None:
+def publish_for_status(
+    settings: Settings, job_id: str, status: str, pool: str | None = None
+) -> None:
     """The message a job in ``status`` (assigned to ``pool``) waits for."""
     if status == "validating_files":
         publish_validation(settings, job_id)

@@ -43,20 +43,29 @@ class Dispatched:
 
 
 def _candidate(pool: str, excluded: set[str]) -> Select:
-    running = (select(Job.organization_id.label("org_id"), func.count().label("running"))
-               .where(Job.status == "running").group_by(Job.organization_id)
-               .subquery("running_by_org"))
+    running = (
+        select(Job.organization_id.label("org_id"), func.count().label("running"))
+        .where(Job.status == "running")
+        .group_by(Job.organization_id)
+        .subquery("running_by_org")
+    )
     n_running = func.coalesce(running.c.running, 0)
     stmt = (
         select(Job.id, Job.organization_id)
         .join(Organization, Organization.id == Job.organization_id)
         .outerjoin(running, running.c.org_id == Job.organization_id)
-        .where(Job.status == "queued", pool_filter(pool),
-               or_(Organization.max_running_jobs.is_(None),
-                   n_running < Organization.max_running_jobs))
-        .order_by(Job.priority.desc(), n_running.asc(),
-                  Organization.last_dispatched_at.asc().nulls_first(),
-                  Job.created_at.asc(), Job.id.asc())
+        .where(
+            Job.status == "queued",
+            pool_filter(pool),
+            or_(Organization.max_running_jobs.is_(None), n_running < Organization.max_running_jobs),
+        )
+        .order_by(
+            Job.priority.desc(),
+            n_running.asc(),
+            Organization.last_dispatched_at.asc().nulls_first(),
+            Job.created_at.asc(),
+            Job.id.asc(),
+        )
         .limit(1)
         .with_for_update(of=Job, skip_locked=True)
     )
@@ -65,8 +74,9 @@ def _candidate(pool: str, excluded: set[str]) -> Select:
     return stmt
 
 
-def claim_next(session: Session, *, pool: str, worker: str,
-               lease_seconds: int) -> Dispatched | None:
+def claim_next(
+    session: Session, *, pool: str, worker: str, lease_seconds: int
+) -> Dispatched | None:
     """Claim the best eligible queued job of ``pool`` for ``worker`` (see the module
     docstring); None when the worker is draining or nothing is eligible."""
     if workers.is_draining(session, worker):
@@ -78,16 +88,20 @@ def claim_next(session: Session, *, pool: str, worker: str,
             return None
         job_id, org_id = row
         # Locking the organization serializes its dispatches: the count below is exact.
-        limit = session.scalar(select(Organization.max_running_jobs)
-                               .where(Organization.id == org_id).with_for_update())
+        limit = session.scalar(
+            select(Organization.max_running_jobs).where(Organization.id == org_id).with_for_update()
+        )
         if limit is not None and quotas.count_jobs(session, org_id, ("running",)) >= limit:
             excluded.add(org_id)
             continue
         attempt = jobs.claim_job(session, job_id, worker, lease_seconds)
         if attempt is None:  # taken by another worker since the select (SQLite)
             continue
-        session.execute(update(Organization).where(Organization.id == org_id)
-                        .values(last_dispatched_at=utcnow()))
+        session.execute(
+            update(Organization)
+            .where(Organization.id == org_id)
+            .values(last_dispatched_at=utcnow())
+        )
         workers.set_current_job(session, worker, job_id)
         return Dispatched(job_id=job_id, attempt=attempt, organization_id=org_id)
     return None
@@ -97,11 +111,13 @@ def next_held(session: Session, org_id: str) -> tuple[str, str | None] | None:
     """(id, pool) of the best queued job of an organization that has a ``max_running_jobs``
     quota: when one of its running jobs ends, a worker is woken for it (its own message may
     have been spent while the quota held it back). None without a quota or a queued job."""
-    limit = session.scalar(select(Organization.max_running_jobs)
-                           .where(Organization.id == org_id))
+    limit = session.scalar(select(Organization.max_running_jobs).where(Organization.id == org_id))
     if limit is None:
         return None
     row = session.execute(
-        select(Job.id, Job.pool).where(Job.organization_id == org_id, Job.status == "queued")
-        .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1)).first()
+        select(Job.id, Job.pool)
+        .where(Job.organization_id == org_id, Job.status == "queued")
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+    ).first()
     return (row[0], row[1]) if row else None

@@ -51,15 +51,24 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
 
     Positions are simulated with the dispatch rule, assuming no running job ends meanwhile:
     each simulated dispatch counts as a running job of its organization."""
-    stmt = (select(Job, Organization).join(Organization, Organization.id == Job.organization_id)
-            .where(Job.status.in_(("queued", "running"))))
+    stmt = (
+        select(Job, Organization)
+        .join(Organization, Organization.id == Job.organization_id)
+        .where(Job.status.in_(("queued", "running")))
+    )
     if pool is not None:
         stmt = stmt.where(pool_filter(pool))
     rows = session.execute(stmt.order_by(Job.started_at, Job.created_at, Job.id)).all()
     orgs: dict[str, Organization] = {org.id: org for _, org in rows}
-    running_by_org = dict(session.execute(
-        select(Job.organization_id, func.count()).where(Job.status == "running")
-        .group_by(Job.organization_id)).tuples().all())
+    running_by_org = dict(
+        session.execute(
+            select(Job.organization_id, func.count())
+            .where(Job.status == "running")
+            .group_by(Job.organization_id)
+        )
+        .tuples()
+        .all()
+    )
     entries = [QueueEntry(job, org.name) for job, org in rows if job.status == "running"]
     queued_by_pool: dict[str, list[Job]] = {}
     for job, _ in rows:
@@ -69,15 +78,20 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
         queued = queued_by_pool[pool_name]
         state = _org_states(queued, orgs, running_by_org)
         for job, position in _replay(queued, state):
-            held = None if position is not None else (
-                f"organization at max_running_jobs ({state[job.organization_id].limit})")
-            entries.append(QueueEntry(job, orgs[job.organization_id].name, position=position,
-                                      held=held))
+            held = (
+                None
+                if position is not None
+                else (f"organization at max_running_jobs ({state[job.organization_id].limit})")
+            )
+            entries.append(
+                QueueEntry(job, orgs[job.organization_id].name, position=position, held=held)
+            )
     return entries
 
 
-def queue_positions(session: Session, pools: set[str],
-                    wanted: set[str] | None = None) -> dict[str, int]:
+def queue_positions(
+    session: Session, pools: set[str], wanted: set[str] | None = None
+) -> dict[str, int]:
     """1-based position of every dispatchable queued job of ``pools`` in its pool's dispatch
     order (held jobs are absent). With ``wanted`` (job ids), the replay of a pool stops once
     those are placed: a poll of one queued job does not place the jobs behind it.
@@ -87,22 +101,35 @@ def queue_positions(session: Session, pools: set[str],
     if not pools:
         return {}
     pool_of = func.coalesce(Job.pool, DEFAULT_POOL)
-    running = (select(Job.organization_id.label("org_id"), func.count().label("running"))
-               .where(Job.status == "running").group_by(Job.organization_id)
-               .subquery("running_by_org"))
+    running = (
+        select(Job.organization_id.label("org_id"), func.count().label("running"))
+        .where(Job.status == "running")
+        .group_by(Job.organization_id)
+        .subquery("running_by_org")
+    )
     queued = session.execute(
-        select(Job.id, Job.organization_id, Job.priority, Job.created_at, pool_of.label("pool"),
-               Organization.max_running_jobs, Organization.last_dispatched_at,
-               func.coalesce(running.c.running, 0).label("running"))
+        select(
+            Job.id,
+            Job.organization_id,
+            Job.priority,
+            Job.created_at,
+            pool_of.label("pool"),
+            Organization.max_running_jobs,
+            Organization.last_dispatched_at,
+            func.coalesce(running.c.running, 0).label("running"),
+        )
         .join(Organization, Organization.id == Job.organization_id)
         .outerjoin(running, running.c.org_id == Job.organization_id)
-        .where(Job.status == "queued", pool_of.in_(pools))).all()
+        .where(Job.status == "queued", pool_of.in_(pools))
+    ).all()
     state: dict[str, _OrgState] = {}
     for row in queued:
         if row.organization_id not in state:
-            state[row.organization_id] = _OrgState(running=row.running,
-                                                   limit=row.max_running_jobs,
-                                                   served=_timestamp(row.last_dispatched_at))
+            state[row.organization_id] = _OrgState(
+                running=row.running,
+                limit=row.max_running_jobs,
+                served=_timestamp(row.last_dispatched_at),
+            )
     positions: dict[str, int] = {}
     for pool in pools:
         in_pool = [row for row in queued if row.pool == pool]
@@ -110,8 +137,9 @@ def queue_positions(session: Session, pools: set[str],
         if left is not None and not left:
             continue
         # Each pool replays from the organizations' real state.
-        pool_state = {org_id: _OrgState(st.running, st.limit, st.served)
-                      for org_id, st in state.items()}
+        pool_state = {
+            org_id: _OrgState(st.running, st.limit, st.served) for org_id, st in state.items()
+        }
         for job, position in _replay(in_pool, pool_state):
             if position is None:
                 break  # only held jobs follow
@@ -123,13 +151,17 @@ def queue_positions(session: Session, pools: set[str],
     return positions
 
 
-def _org_states(queued: list[Job], orgs: dict[str, Organization],
-                running_by_org: dict[str, int]) -> dict[str, _OrgState]:
-    return {job.organization_id: _OrgState(
-                running=running_by_org.get(job.organization_id, 0),
-                limit=orgs[job.organization_id].max_running_jobs,
-                served=_timestamp(orgs[job.organization_id].last_dispatched_at))
-            for job in queued}
+def _org_states(
+    queued: list[Job], orgs: dict[str, Organization], running_by_org: dict[str, int]
+) -> dict[str, _OrgState]:
+    return {
+        job.organization_id: _OrgState(
+            running=running_by_org.get(job.organization_id, 0),
+            limit=orgs[job.organization_id].max_running_jobs,
+            served=_timestamp(orgs[job.organization_id].last_dispatched_at),
+        )
+        for job in queued
+    }
 
 
 def _replay(queued: list, state: dict[str, _OrgState]) -> Iterator[tuple[Any, int | None]]:
@@ -146,8 +178,13 @@ def _replay(queued: list, state: dict[str, _OrgState]) -> Iterator[tuple[Any, in
 
     def rank(org_id: str) -> tuple:
         head = by_org[org_id][0]
-        return (-head.priority, state[org_id].running, state[org_id].served, head.created_at,
-                head.id)
+        return (
+            -head.priority,
+            state[org_id].running,
+            state[org_id].served,
+            head.created_at,
+            head.id,
+        )
 
     # The claim rule picks the organization whose head job ranks first; only the organization
     # just served changes rank, so a heap replays the rule in O(n log organizations).
@@ -183,12 +220,18 @@ def queue_entry_dict(entry: QueueEntry, now: datetime | None = None) -> dict:
     adapter = job.adapter or {}
     since = job.started_at if job.status == "running" and job.started_at else job.created_at
     return {
-        "object": "queue.entry", "position": entry.position, "id": job.id,
-        "status": job.status, "pool": job.pool or DEFAULT_POOL, "priority": job.priority,
-        "organization_id": job.organization_id, "organization": entry.organization_name,
+        "object": "queue.entry",
+        "position": entry.position,
+        "id": job.id,
+        "status": job.status,
+        "pool": job.pool or DEFAULT_POOL,
+        "priority": job.priority,
+        "organization_id": job.organization_id,
+        "organization": entry.organization_name,
         "model": job.model,
         "adapter": f"{adapter.get('type', '?')} r{adapter.get('r', '?')}",
         "created_at": int(job.created_at.timestamp()),
         "age_seconds": int((now - since).total_seconds()),
-        "worker": job.worker, "held": entry.held,
+        "worker": job.worker,
+        "held": entry.held,
     }

@@ -58,30 +58,38 @@ def estimated_gpu_memory_mb(model: str) -> int | None:
     return math.ceil(weights_mb * TRAINING_OVERHEAD + CUDA_CONTEXT_MB)
 
 
-def pool_capacities(session: Session,
-                    declared: Mapping[str, int | None] | None = None) -> dict[str, int | None]:
+def pool_capacities(
+    session: Session, declared: Mapping[str, int | None] | None = None
+) -> dict[str, int | None]:
     """Every known pool (declared in DORADO_POOLS, or with a registered worker) with the GPU
     memory of its smallest GPU in MiB (None: unknown, or CPU workers)."""
-    rows = session.execute(select(Worker.pool, func.min(Worker.gpu_memory_mb))
-                           .group_by(Worker.pool)).all()
+    rows = session.execute(
+        select(Worker.pool, func.min(Worker.gpu_memory_mb)).group_by(Worker.pool)
+    ).all()
     known: dict[str, int | None] = dict(declared or {})
     for pool, memory in rows:
         given = known.get(pool)
-        known[pool] = memory if given is None else (given if memory is None
-                                                     else min(given, memory))
+        known[pool] = memory if given is None else (given if memory is None else min(given, memory))
     return known
 
 
 def validate_pool_name(pool: str) -> str:
     if not POOL_NAME.match(pool):
-        raise InvalidRequest(f"Invalid pool name '{pool}': lowercase letters, digits, '-', "
-                             "'_' and '.', at most 64 characters", param="pool",
-                             code="invalid_pool")
+        raise InvalidRequest(
+            f"Invalid pool name '{pool}': lowercase letters, digits, '-', "
+            "'_' and '.', at most 64 characters",
+            param="pool",
+            code="invalid_pool",
+        )
     return pool
 
 
-def choose_pool(session: Session, model: str, requested: str | None = None,
-                declared: Mapping[str, int | None] | None = None) -> str:
+def choose_pool(
+    session: Session,
+    model: str,
+    requested: str | None = None,
+    declared: Mapping[str, int | None] | None = None,
+) -> str:
     """The pool a new job of ``model`` goes to (see the module docstring for the rule);
     ``declared`` are the DORADO_POOLS."""
     capacities = pool_capacities(session, declared)
@@ -89,12 +97,18 @@ def choose_pool(session: Session, model: str, requested: str | None = None,
         validate_pool_name(requested)
         if requested != DEFAULT_POOL and requested not in capacities:
             known = ", ".join(sorted({DEFAULT_POOL, *capacities}))
-            raise InvalidRequest(f"Unknown pool '{requested}'. Known pools: {known}",
-                                 param="pool", code="unknown_pool")
+            raise InvalidRequest(
+                f"Unknown pool '{requested}'. Known pools: {known}",
+                param="pool",
+                code="unknown_pool",
+            )
         return requested
     need = estimated_gpu_memory_mb(model)
     if need is None:
         return DEFAULT_POOL
-    fitting = [(memory, pool) for pool, memory in capacities.items()
-               if memory is not None and memory >= need]
+    fitting = [
+        (memory, pool)
+        for pool, memory in capacities.items()
+        if memory is not None and memory >= need
+    ]
     return min(fitting)[1] if fitting else DEFAULT_POOL

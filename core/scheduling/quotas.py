@@ -14,19 +14,25 @@ WAITING_STATUSES = ("validating_files", "queued")
 
 
 def count_jobs(session: Session, org_id: str, statuses: tuple[str, ...]) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.organization_id == org_id, Job.status.in_(statuses))) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.organization_id == org_id, Job.status.in_(statuses))
+        )
+        or 0
+    )
 
 
 def check_can_queue(session: Session, org_id: str) -> None:
     """Raise QuotaExceeded when ``org_id`` already has ``max_queued_jobs`` jobs waiting."""
-    limit = session.scalar(select(Organization.max_queued_jobs)
-                           .where(Organization.id == org_id))
+    limit = session.scalar(select(Organization.max_queued_jobs).where(Organization.id == org_id))
     if limit is None:
         return
     # Lock the organization row: two concurrent creations cannot both take the last slot.
-    limit = session.scalar(select(Organization.max_queued_jobs)
-                           .where(Organization.id == org_id).with_for_update())
+    limit = session.scalar(
+        select(Organization.max_queued_jobs).where(Organization.id == org_id).with_for_update()
+    )
     if limit is None:
         return
     waiting = count_jobs(session, org_id, WAITING_STATUSES)
@@ -34,5 +40,6 @@ def check_can_queue(session: Session, org_id: str) -> None:
         raise QuotaExceeded(
             f"Your organization has {waiting} queued job(s), its limit (max_queued_jobs) is "
             f"{limit}. Wait for queued jobs to start, or cancel some, before creating more.",
-            param=None, code="quota_exceeded")
-
+            param=None,
+            code="quota_exceeded",
+        )

@@ -34,8 +34,9 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
         requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
-    published = [job_id for job_id, status, pool in to_publish
-                 if publish_now(settings, job_id, status, pool)]
+    published = [
+        job_id for job_id, status, pool in to_publish if publish_now(settings, job_id, status, pool)
+    ]
     if requeued or published:
         log.info("sweep: re-queued %s, published %s", requeued, published)
     return {"requeued": requeued, "published": published}

@@ -48,19 +48,26 @@ def register(session: Session, info: WorkerInfo) -> Worker:
 
 def heartbeat(session: Session, name: str, current_job_id: str | None) -> bool | None:
     """Refresh the worker's row; returns its ``draining`` flag (None if it has no row)."""
-    session.execute(update(Worker).where(Worker.name == name).values(
-        last_heartbeat_at=utcnow(), current_job_id=current_job_id, stopped_at=None))
+    session.execute(
+        update(Worker)
+        .where(Worker.name == name)
+        .values(last_heartbeat_at=utcnow(), current_job_id=current_job_id, stopped_at=None)
+    )
     return session.scalar(select(Worker.draining).where(Worker.name == name))
 
 
 def set_current_job(session: Session, name: str, job_id: str | None) -> None:
-    session.execute(update(Worker).where(Worker.name == name)
-                    .values(current_job_id=job_id, last_heartbeat_at=utcnow()))
+    session.execute(
+        update(Worker)
+        .where(Worker.name == name)
+        .values(current_job_id=job_id, last_heartbeat_at=utcnow())
+    )
 
 
 def mark_stopped(session: Session, name: str) -> None:
-    session.execute(update(Worker).where(Worker.name == name)
-                    .values(stopped_at=utcnow(), current_job_id=None))
+    session.execute(
+        update(Worker).where(Worker.name == name).values(stopped_at=utcnow(), current_job_id=None)
+    )
 
 
 def is_draining(session: Session, name: str) -> bool:
@@ -71,21 +78,26 @@ def get_worker(session: Session, name: str) -> Worker:
     row = session.get(Worker, name)
     if row is None:
         known = ", ".join(session.scalars(select(Worker.name).order_by(Worker.name))) or "none"
-        raise NotFound(f"No such worker: {name} (registered: {known})", param="name",
-                       code="worker_not_found")
+        raise NotFound(
+            f"No such worker: {name} (registered: {known})", param="name", code="worker_not_found"
+        )
     return row
 
 
 def set_draining(session: Session, name: str, draining: bool) -> Worker:
     """Drain (True) or undrain (False) a worker. Draining twice is an error the operator sees."""
     row = get_worker(session, name)
-    result = session.execute(update(Worker).where(Worker.name == name,
-                                                  Worker.draining == (not draining))
-                             .values(draining=draining))
+    result = session.execute(
+        update(Worker)
+        .where(Worker.name == name, Worker.draining == (not draining))
+        .values(draining=draining)
+    )
     if result.rowcount != 1:
-        raise Conflict(f"Worker {name} is already {'draining' if draining else 'not draining'}",
-                       param="name", code="worker_already_draining" if draining
-                       else "worker_not_draining")
+        raise Conflict(
+            f"Worker {name} is already {'draining' if draining else 'not draining'}",
+            param="name",
+            code="worker_already_draining" if draining else "worker_not_draining",
+        )
     session.refresh(row)
     return row
 
@@ -109,9 +121,12 @@ def forget(session: Session, name: str, heartbeat_seconds: float) -> None:
     row = get_worker(session, name)
     current = state(row, heartbeat_seconds)
     if current not in ("stopped", "lost"):
-        raise Conflict(f"Worker {name} is {current}; only a stopped or lost worker can be "
-                       "forgotten (drain and stop it first)", param="name",
-                       code="worker_alive")
+        raise Conflict(
+            f"Worker {name} is {current}; only a stopped or lost worker can be "
+            "forgotten (drain and stop it first)",
+            param="name",
+            code="worker_alive",
+        )
     session.delete(row)
     session.flush()
 
@@ -126,10 +141,17 @@ def list_workers(session: Session, *, include_stopped: bool = True) -> list[Work
 def worker_dict(row: Worker, heartbeat_seconds: float) -> dict:
     """The wire/CLI form of one worker."""
     return {
-        "object": "worker", "name": row.name, "state": state(row, heartbeat_seconds),
-        "pool": row.pool, "hostname": row.hostname, "pid": row.pid, "gpus": row.gpus,
-        "gpu_memory_mb": row.gpu_memory_mb, "current_job_id": row.current_job_id,
-        "draining": row.draining, "started_at": int(row.started_at.timestamp()),
+        "object": "worker",
+        "name": row.name,
+        "state": state(row, heartbeat_seconds),
+        "pool": row.pool,
+        "hostname": row.hostname,
+        "pid": row.pid,
+        "gpus": row.gpus,
+        "gpu_memory_mb": row.gpu_memory_mb,
+        "current_job_id": row.current_job_id,
+        "draining": row.draining,
+        "started_at": int(row.started_at.timestamp()),
         "last_heartbeat_at": int(row.last_heartbeat_at.timestamp()),
         "stopped_at": int(row.stopped_at.timestamp()) if row.stopped_at else None,
     }

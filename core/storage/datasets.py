@@ -15,8 +15,16 @@ MIN_EXAMPLES = 10
 MAX_REPORTED_PROBLEMS = 20
 
 CHAT_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "function_call",
-                "tool_call_id", "refusal"}
+MESSAGE_KEYS = {
+    "role",
+    "content",
+    "name",
+    "weight",
+    "tool_calls",
+    "function_call",
+    "tool_call_id",
+    "refusal",
+}
 CHAT_EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 COMPLETION_EXAMPLE_KEYS = {"prompt", "completion"}
 
@@ -186,7 +194,7 @@ def validate_lines(lines: Iterable[bytes]) -> ValidationReport:
         report.max_example_chars = max(report.max_example_chars, counts["chars"])
     if report.problem_count == 0 and report.example_count < MIN_EXAMPLES:
         report.add(
-            0, f"the file has {report.example_count} example(s); at least {MIN_EXAMPLES} "
-               "are required"
+            0,
+            f"the file has {report.example_count} example(s); at least {MIN_EXAMPLES} are required",
         )
     return report

@@ -34,8 +34,16 @@ def validate_upload(spooled: BinaryIO) -> ValidationReport:
     return report
 
 
-def create_file(session: Session, store: ObjectStore, org_id: str, *, filename: str,
-                purpose: str, content: BinaryIO, size: int) -> File:
+def create_file(
+    session: Session,
+    store: ObjectStore,
+    org_id: str,
+    *,
+    filename: str,
+    purpose: str,
+    content: BinaryIO,
+    size: int,
+) -> File:
     """Validate an upload and store it. Raises InvalidFile (nothing stored) when it is bad.
 
     ``content`` must be seekable (the API spools uploads to a temporary file).
@@ -46,16 +54,25 @@ def create_file(session: Session, store: ObjectStore, org_id: str, *, filename: 
             param="purpose",
         )
     if not filename.lower().endswith(".jsonl"):
-        raise InvalidFile(f"Invalid file format for fine-tuning: '{filename}' is not a .jsonl "
-                          "file", param="file")
+        raise InvalidFile(
+            f"Invalid file format for fine-tuning: '{filename}' is not a .jsonl file", param="file"
+        )
     report = validate_upload(content)
     if not report.ok:
-        raise InvalidFile(report.summary(), param="file",
-                          problems=[p.as_dict() for p in report.problems])
+        raise InvalidFile(
+            report.summary(), param="file", problems=[p.as_dict() for p in report.problems]
+        )
     row = File(
-        id=ids.file_id(), organization_id=org_id, filename=Path(filename).name[:512],
-        purpose=purpose, bytes=size, status="processed", created_at=utcnow(),
-        example_count=report.example_count, stats=report.stats(), storage_key="",
+        id=ids.file_id(),
+        organization_id=org_id,
+        filename=Path(filename).name[:512],
+        purpose=purpose,
+        bytes=size,
+        status="processed",
+        created_at=utcnow(),
+        example_count=report.example_count,
+        stats=report.stats(),
+        storage_key="",
     )
     row.storage_key = file_key(row.id)
     store.put_fileobj(row.storage_key, content)
@@ -65,12 +82,20 @@ def create_file(session: Session, store: ObjectStore, org_id: str, *, filename: 
     return row
 
 
-def create_system_file(session: Session, store: ObjectStore, org_id: str, *, filename: str,
-                       purpose: str, path: Path) -> File:
+def create_system_file(
+    session: Session, store: ObjectStore, org_id: str, *, filename: str, purpose: str, path: Path
+) -> File:
     """A file the platform writes for a user (e.g. a job's metrics CSV)."""
-    row = File(id=ids.file_id(), organization_id=org_id, filename=filename, purpose=purpose,
-               bytes=path.stat().st_size, status="processed", created_at=utcnow(),
-               storage_key="")
+    row = File(
+        id=ids.file_id(),
+        organization_id=org_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=path.stat().st_size,
+        status="processed",
+        created_at=utcnow(),
+        storage_key="",
+    )
     row.storage_key = file_key(row.id)
     store.put_file(row.storage_key, path)
     session.add(row)
@@ -85,8 +110,9 @@ def get_file(session: Session, org_id: str, file_id: str, *, param: str = "file_
     return row
 
 
-def list_files(session: Session, org_id: str, *, purpose: str | None, limit: int,
-               after: str | None, order: str) -> tuple[list[File], bool]:
+def list_files(
+    session: Session, org_id: str, *, purpose: str | None, limit: int, after: str | None, order: str
+) -> tuple[list[File], bool]:
     """A page of files, newest first by default; keyset pagination on (created_at, id)."""
     stmt = select(File).where(File.organization_id == org_id)
     if purpose:
@@ -96,8 +122,9 @@ def list_files(session: Session, org_id: str, *, purpose: str | None, limit: int
         cursor = session.get(File, after)
         if cursor is None or cursor.organization_id != org_id:
             raise InvalidRequest(f"No such File object: {after}", param="after")
-        stmt = stmt.where(after_cursor(File.created_at, File.id, cursor.created_at, cursor.id,
-                                       descending=desc))
+        stmt = stmt.where(
+            after_cursor(File.created_at, File.id, cursor.created_at, cursor.id, descending=desc)
+        )
     if desc:
         stmt = stmt.order_by(File.created_at.desc(), File.id.desc())
     else:

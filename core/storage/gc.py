@@ -89,15 +89,19 @@ class GcReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "object": "gc.report", "dry_run": self.dry_run,
-            "deleted_objects": len(self.objects), "deleted_bytes": self.bytes,
+            "object": "gc.report",
+            "dry_run": self.dry_run,
+            "deleted_objects": len(self.objects),
+            "deleted_bytes": self.bytes,
             "pruned_checkpoints": len(self.checkpoints),
-            "scanned_objects": self.scanned_objects, "scanned_bytes": self.scanned_bytes,
-            "kept_young_objects": self.young_objects, "kept_young_bytes": self.young_bytes,
-            "objects": [{"key": g.key, "bytes": g.bytes, "reason": g.reason}
-                        for g in self.objects],
-            "checkpoints": [{"id": c.id, "job_id": c.job_id, "step": c.step}
-                            for c in self.checkpoints],
+            "scanned_objects": self.scanned_objects,
+            "scanned_bytes": self.scanned_bytes,
+            "kept_young_objects": self.young_objects,
+            "kept_young_bytes": self.young_bytes,
+            "objects": [{"key": g.key, "bytes": g.bytes, "reason": g.reason} for g in self.objects],
+            "checkpoints": [
+                {"id": c.id, "job_id": c.job_id, "step": c.step} for c in self.checkpoints
+            ],
             "errors": self.errors,
         }
 
@@ -119,17 +123,30 @@ class _References:
 def _references(session: Session, policy: GcPolicy, now: datetime) -> _References:
     """Everything the database points to (in memory: fine for millions of rows)."""
     jobs = {jid: status for jid, status in session.execute(select(Job.id, Job.status))}
-    adapter_jobs = {jid for (jid,) in session.execute(
-        select(Job.id).where(Job.status == "succeeded", Job.adapter_key.is_not(None)))}
-    adapter_jobs |= {jid for (jid,) in session.execute(
-        select(Model.job_id).where(Model.kind != "base", Model.job_id.is_not(None)))}
-    old_finished = {jid for (jid,) in session.execute(
-        select(Job.id).where(Job.status.in_(FINISHED),
-                             Job.finished_at < now - policy.checkpoint_age))}
+    adapter_jobs = {
+        jid
+        for (jid,) in session.execute(
+            select(Job.id).where(Job.status == "succeeded", Job.adapter_key.is_not(None))
+        )
+    }
+    adapter_jobs |= {
+        jid
+        for (jid,) in session.execute(
+            select(Model.job_id).where(Model.kind != "base", Model.job_id.is_not(None))
+        )
+    }
+    old_finished = {
+        jid
+        for (jid,) in session.execute(
+            select(Job.id).where(
+                Job.status.in_(FINISHED), Job.finished_at < now - policy.checkpoint_age
+            )
+        )
+    }
     by_job: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for cid, jid, step, prefix in session.execute(
-            select(Checkpoint.id, Checkpoint.job_id, Checkpoint.step_number,
-                   Checkpoint.storage_prefix)):
+        select(Checkpoint.id, Checkpoint.job_id, Checkpoint.step_number, Checkpoint.storage_prefix)
+    ):
         by_job[jid].append((step, cid, prefix))
     kept, pruned = set(), []
     for jid, rows in by_job.items():
@@ -138,13 +155,18 @@ def _references(session: Session, policy: GcPolicy, now: datetime) -> _Reference
         kept.update(prefix for _, _, prefix in rows[:keep])
         pruned.extend(PrunedCheckpoint(cid, jid, step, prefix) for step, cid, prefix in rows[keep:])
     return _References(
-        file_keys=set(session.scalars(select(File.storage_key))), jobs=jobs,
-        adapter_jobs=adapter_jobs, checkpoint_prefixes=kept, pruned=pruned,
-        base_models=set(session.scalars(select(Model.id).where(Model.kind == "base"))))
+        file_keys=set(session.scalars(select(File.storage_key))),
+        jobs=jobs,
+        adapter_jobs=adapter_jobs,
+        checkpoint_prefixes=kept,
+        pruned=pruned,
+        base_models=set(session.scalars(select(Model.id).where(Model.kind == "base"))),
+    )
 
 
-def why_garbage(key: str, refs: _References, pruned_prefixes: frozenset[str] = frozenset()
-                ) -> str | None:
+def why_garbage(
+    key: str, refs: _References, pruned_prefixes: frozenset[str] = frozenset()
+) -> str | None:
     """Why ``key`` is unreferenced, or None when something still needs it."""
     parts = key.split("/")
     if parts[0] == "files":
@@ -170,8 +192,9 @@ def why_garbage(key: str, refs: _References, pruned_prefixes: frozenset[str] = f
     return None  # an artifact kind gc does not know: keep it
 
 
-def plan(session: Session, store: ObjectStore, policy: GcPolicy,
-         now: datetime | None = None) -> GcReport:
+def plan(
+    session: Session, store: ObjectStore, policy: GcPolicy, now: datetime | None = None
+) -> GcReport:
     """What gc would delete now (reads only)."""
     now = now or utcnow()
     refs = _references(session, policy, now)
@@ -200,12 +223,11 @@ def prune_checkpoints(session: Session, pruned: list[PrunedCheckpoint]) -> int:
         return 0
     ids = [p.id for p in pruned]
     for start in range(0, len(ids), 500):
-        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids[start:start + 500])))
+        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids[start : start + 500])))
     return len(ids)
 
 
-def run(database_url: str, store: ObjectStore, policy: GcPolicy, *,
-        dry_run: bool) -> GcReport:
+def run(database_url: str, store: ObjectStore, policy: GcPolicy, *, dry_run: bool) -> GcReport:
     """Plan (dry run), or prune checkpoint rows (committed), re-plan and delete.
 
     Its own units of work: rows must be gone before their objects are. The caller records the
@@ -230,13 +252,21 @@ def run(database_url: str, store: ObjectStore, policy: GcPolicy, *,
             log.warning("gc: could not delete %s: %s", garbage.key, exc)
             final.errors.append(f"{garbage.key}: {exc}")
     final.objects = deleted
-    log.info("gc: deleted %d objects (%d bytes), pruned %d checkpoints", len(deleted),
-             final.bytes, len(final.checkpoints))
+    log.info(
+        "gc: deleted %d objects (%d bytes), pruned %d checkpoints",
+        len(deleted),
+        final.bytes,
+        len(final.checkpoints),
+    )
     return final
 
 
 def audit_details(report: GcReport) -> dict[str, Any]:
     """The audit entry of a gc run: counts, not the whole list."""
-    return {"dry_run": report.dry_run, "deleted_objects": len(report.objects),
-            "deleted_bytes": report.bytes, "pruned_checkpoints": len(report.checkpoints),
-            "errors": len(report.errors)}
+    return {
+        "dry_run": report.dry_run,
+        "deleted_objects": len(report.objects),
+        "deleted_bytes": report.bytes,
+        "pruned_checkpoints": len(report.checkpoints),
+        "errors": len(report.errors),
+    }

@@ -117,7 +117,8 @@ class LocalStore:
         if not base.exists():
             return []
         return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*")
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".upload-")
         )
 
@@ -134,8 +135,11 @@ class LocalStore:
             except FileNotFoundError:  # deleted while listing
                 continue
             if path.is_file():
-                yield StoredObject(str(path.relative_to(self.root)), stat.st_size,
-                                   datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                yield StoredObject(
+                    str(path.relative_to(self.root)),
+                    stat.st_size,
+                    datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+                )
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -269,7 +273,7 @@ def download_dir(store: ObjectStore, prefix: str, dest: Path) -> int:
     """Download every object under ``prefix/`` into ``dest``; returns how many."""
     keys = store.list_keys(prefix)
     for key in keys:
-        store.download_file(key, dest / key[len(prefix) + 1:])
+        store.download_file(key, dest / key[len(prefix) + 1 :])
     return len(keys)
 
 

@@ -13,16 +13,21 @@ from core.errors import InvalidRequest, PayloadTooLarge
 
 def storage_used(session: Session, org_id: str) -> int:
     """Bytes of the organization's stored files."""
-    return int(session.scalar(select(func.coalesce(func.sum(File.bytes), 0))
-                              .where(File.organization_id == org_id)) or 0)
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(File.bytes), 0)).where(File.organization_id == org_id)
+        )
+        or 0
+    )
 
 
 def check_storage_quota(session: Session, org_id: str, incoming_bytes: int) -> None:
     """Raise InvalidRequest (``storage_quota_exceeded``) if storing ``incoming_bytes`` more
     would exceed the organization's quota. Concurrent uploads may each pass the check: the
     quota can be overshot by the uploads in flight at one moment, never more."""
-    quota = session.scalar(select(Organization.storage_quota_bytes)
-                           .where(Organization.id == org_id))
+    quota = session.scalar(
+        select(Organization.storage_quota_bytes).where(Organization.id == org_id)
+    )
     if quota is None:
         return
     used = storage_used(session, org_id)
@@ -30,12 +35,17 @@ def check_storage_quota(session: Session, org_id: str, incoming_bytes: int) -> N
         raise InvalidRequest(
             f"Storage quota exceeded: this organization stores {used} of its {quota} bytes "
             f"and the upload is {incoming_bytes} bytes. Delete files or ask an operator to "
-            "raise the quota.", param="file", code="storage_quota_exceeded")
+            "raise the quota.",
+            param="file",
+            code="storage_quota_exceeded",
+        )
 
 
 def check_upload(session: Session, org_id: str, size: int, *, max_upload_bytes: int) -> None:
     """An upload of ``size`` bytes must fit the per-file limit (413) and the quota (400)."""
     if size > max_upload_bytes:
-        raise PayloadTooLarge(f"The file is {size} bytes; the largest accepted upload is "
-                              f"{max_upload_bytes} bytes", param="file")
+        raise PayloadTooLarge(
+            f"The file is {size} bytes; the largest accepted upload is {max_upload_bytes} bytes",
+            param="file",
+        )
     check_storage_quota(session, org_id, size)

@@ -19,20 +19,37 @@ from core.errors import InvalidRequest
 from core.timeutil import utcnow
 
 
-def record(session: Session, *, action: str, object_type: str, object_id: str,
-           organization_id: str | None, actor: str, api_key_id: str | None = None,
-           details: dict[str, Any] | None = None, ip: str | None = None) -> None:
+def record(
+    session: Session,
+    *,
+    action: str,
+    object_type: str,
+    object_id: str,
+    organization_id: str | None,
+    actor: str,
+    api_key_id: str | None = None,
+    details: dict[str, Any] | None = None,
+    ip: str | None = None,
+) -> None:
     """Add one audit event to ``session`` (flushed and committed with the caller's work).
 
     ``actor`` names who acted: ``key:<visible prefix>`` for API keys, ``cli:<os user>`` for
     ``dorado-admin``. ``details`` must never hold secrets.
     """
-    session.add(AuditEvent(
-        id=ids.new_id("audit_"), created_at=utcnow(), organization_id=organization_id,
-        actor=actor[:256], api_key_id=api_key_id, action=action[:64],
-        object_type=object_type[:64], object_id=str(object_id)[:256],
-        ip=(ip or None) and ip[:64], details=details,
-    ))
+    session.add(
+        AuditEvent(
+            id=ids.new_id("audit_"),
+            created_at=utcnow(),
+            organization_id=organization_id,
+            actor=actor[:256],
+            api_key_id=api_key_id,
+            action=action[:64],
+            object_type=object_type[:64],
+            object_id=str(object_id)[:256],
+            ip=(ip or None) and ip[:64],
+            details=details,
+        )
+    )
     session.flush()
 
 
@@ -46,8 +63,9 @@ class AuditFilter:
     object_id: str | None = None
 
 
-def list_events(session: Session, flt: AuditFilter, *, limit: int,
-                after: str | None = None) -> tuple[list[AuditEvent], bool]:
+def list_events(
+    session: Session, flt: AuditFilter, *, limit: int, after: str | None = None
+) -> tuple[list[AuditEvent], bool]:
     """A page of events, newest first; ``after`` is the id of the last event already seen."""
     stmt = select(AuditEvent)
     if flt.organization_id:
@@ -70,10 +88,15 @@ def list_events(session: Session, flt: AuditFilter, *, limit: int,
 def event_dict(event: AuditEvent) -> dict[str, Any]:
     """The wire/CLI form of one event."""
     return {
-        "id": event.id, "object": "audit.event",
+        "id": event.id,
+        "object": "audit.event",
         "created_at": int(event.created_at.timestamp()),
-        "organization_id": event.organization_id, "actor": event.actor,
-        "api_key_id": event.api_key_id, "action": event.action,
-        "object_type": event.object_type, "object_id": event.object_id, "ip": event.ip,
+        "organization_id": event.organization_id,
+        "actor": event.actor,
+        "api_key_id": event.api_key_id,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "ip": event.ip,
         "details": event.details,
     }

@@ -39,13 +39,18 @@ def create_organization(session: Session, name: str, *, is_operator: bool = Fals
     return org
 
 
-def add_key(session: Session, org: Organization, key: str, *, name: str = "",
-            scope: str = "admin") -> ApiKey:
+def add_key(
+    session: Session, org: Organization, key: str, *, name: str = "", scope: str = "admin"
+) -> ApiKey:
     """Store ``key`` (already generated or supplied by an operator) for ``org``."""
     check_scope(scope)
     row = ApiKey(
-        id=ids.api_key_id(), organization_id=org.id, name=name,
-        prefix=key[:VISIBLE_PREFIX_CHARS], key_hash=hash_key(key), scope=scope,
+        id=ids.api_key_id(),
+        organization_id=org.id,
+        name=name,
+        prefix=key[:VISIBLE_PREFIX_CHARS],
+        key_hash=hash_key(key),
+        scope=scope,
         created_at=utcnow(),
     )
     session.add(row)
@@ -83,8 +88,11 @@ def authenticate(session: Session, key: str | None) -> ApiKey:
 def check_scope(scope: str) -> str:
     """``scope`` if it is one of SCOPES, else InvalidRequest."""
     if scope not in SCOPES:
-        raise InvalidRequest(f"Invalid scope '{scope}'. Use one of: {', '.join(SCOPES)}",
-                             param="scope", code="invalid_scope")
+        raise InvalidRequest(
+            f"Invalid scope '{scope}'. Use one of: {', '.join(SCOPES)}",
+            param="scope",
+            code="invalid_scope",
+        )
     return scope
 
 
@@ -97,15 +105,18 @@ def get_organization(session: Session, org_id: str) -> Organization:
 
 def list_organizations(session: Session) -> list[Organization]:
     """Every organization, oldest first (operators only: there are few)."""
-    return list(session.scalars(select(Organization).order_by(Organization.created_at,
-                                                              Organization.id)))
+    return list(
+        session.scalars(select(Organization).order_by(Organization.created_at, Organization.id))
+    )
 
 
 def active_key_counts(session: Session) -> dict[str, int]:
     """Number of unrevoked keys per organization id."""
-    rows = session.execute(select(ApiKey.organization_id, func.count())
-                           .where(ApiKey.revoked_at.is_(None))
-                           .group_by(ApiKey.organization_id))
+    rows = session.execute(
+        select(ApiKey.organization_id, func.count())
+        .where(ApiKey.revoked_at.is_(None))
+        .group_by(ApiKey.organization_id)
+    )
     return {org_id: count for org_id, count in rows}
 
 
@@ -121,8 +132,7 @@ def create_key(session: Session, org_id: str, *, name: str = "", scope: str = "m
     """A new random key for ``org_id``; only its hash is kept."""
     org = get_organization(session, org_id)
     secret = generate_key()
-    return NewKey(add_key(session, org, secret, name=name[:200], scope=check_scope(scope)),
-                  secret)
+    return NewKey(add_key(session, org, secret, name=name[:200], scope=check_scope(scope)), secret)
 
 
 def list_keys(session: Session, org_id: str, *, include_revoked: bool = True) -> list[ApiKey]:
@@ -156,13 +166,15 @@ class _Unset:
 
 UNSET = _Unset()
 # The largest value each quota column holds (INTEGER, INTEGER, BIGINT).
-QUOTA_MAXIMUM = {"max_running_jobs": 2**31 - 1, "max_queued_jobs": 2**31 - 1,
-                 "storage_quota_bytes": 2**63 - 1}
+QUOTA_MAXIMUM = {
+    "max_running_jobs": 2**31 - 1,
+    "max_queued_jobs": 2**31 - 1,
+    "storage_quota_bytes": 2**63 - 1,
+}
 QUOTA_FIELDS = tuple(QUOTA_MAXIMUM)
 
 
-def set_quotas(session: Session, org_id: str,
-               **quotas: int | None | _Unset) -> Organization:
+def set_quotas(session: Session, org_id: str, **quotas: int | None | _Unset) -> Organization:
     """Change an organization's quotas; a value of None means unlimited, UNSET leaves it."""
     org = get_organization(session, org_id)
     for field, value in quotas.items():
@@ -170,10 +182,16 @@ def set_quotas(session: Session, org_id: str,
             raise InvalidRequest(f"Unknown quota '{field}'", param=field)
         if isinstance(value, _Unset):
             continue
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 0 <= value <= QUOTA_MAXIMUM[field]):
-            raise InvalidRequest(f"'{field}' must be null or an integer from 0 to "
-                                 f"{QUOTA_MAXIMUM[field]}", param=field, code="invalid_value")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= QUOTA_MAXIMUM[field]
+        ):
+            raise InvalidRequest(
+                f"'{field}' must be null or an integer from 0 to {QUOTA_MAXIMUM[field]}",
+                param=field,
+                code="invalid_value",
+            )
         setattr(org, field, value)
     session.flush()
     return org
@@ -181,11 +199,16 @@ def set_quotas(session: Session, org_id: str,
 
 def organization_dict(org: Organization, *, active_keys: int | None = None) -> dict:
     """The wire/CLI form of an organization."""
-    out = {"id": org.id, "object": "organization", "name": org.name,
-           "created_at": to_unix(org.created_at),
-           "is_operator": bool(org.is_operator),
-           "max_running_jobs": org.max_running_jobs, "max_queued_jobs": org.max_queued_jobs,
-           "storage_quota_bytes": org.storage_quota_bytes}
+    out = {
+        "id": org.id,
+        "object": "organization",
+        "name": org.name,
+        "created_at": to_unix(org.created_at),
+        "is_operator": bool(org.is_operator),
+        "max_running_jobs": org.max_running_jobs,
+        "max_queued_jobs": org.max_queued_jobs,
+        "storage_quota_bytes": org.storage_quota_bytes,
+    }
     if active_keys is not None:
         out["active_keys"] = active_keys
     return out
@@ -194,10 +217,17 @@ def organization_dict(org: Organization, *, active_keys: int | None = None) -> d
 def key_dict(row: ApiKey, secret: str | None = None) -> dict:
     """The wire/CLI form of a key: the secret only when it was just created."""
     ts = to_unix
-    out = {"id": row.id, "object": "organization.api_key", "organization_id": row.organization_id,
-           "name": row.name, "prefix": row.prefix, "scope": row.scope,
-           "created_at": ts(row.created_at), "last_used_at": ts(row.last_used_at),
-           "revoked_at": ts(row.revoked_at)}
+    out = {
+        "id": row.id,
+        "object": "organization.api_key",
+        "organization_id": row.organization_id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "scope": row.scope,
+        "created_at": ts(row.created_at),
+        "last_used_at": ts(row.last_used_at),
+        "revoked_at": ts(row.revoked_at),
+    }
     if secret is not None:
         out["key"] = secret
     return out

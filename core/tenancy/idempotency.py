@@ -37,37 +37,58 @@ def request_fingerprint(method: str, path: str, body_digest: str) -> str:
 def begin(session: Session, org_id: str, key: str, fingerprint: str) -> Outcome:
     """Claim ``key`` for this request (commits), or say how the earlier request ended."""
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
-                             param="Idempotency-Key")
-    row = IdempotencyKey(organization_id=org_id, key=key, request_hash=fingerprint,
-                         state="in_progress", created_at=utcnow())
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters", param="Idempotency-Key"
+        )
+    row = IdempotencyKey(
+        organization_id=org_id,
+        key=key,
+        request_hash=fingerprint,
+        state="in_progress",
+        created_at=utcnow(),
+    )
     session.add(row)
     try:
         session.commit()
         return Outcome(record_id=row.id)
     except IntegrityError:
         session.rollback()
-    existing = session.scalar(select(IdempotencyKey).where(
-        IdempotencyKey.organization_id == org_id, IdempotencyKey.key == key))
+    existing = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.organization_id == org_id, IdempotencyKey.key == key
+        )
+    )
     if existing is None:  # released between our insert and this read: try once more
         return begin(session, org_id, key, fingerprint)
     if existing.request_hash != fingerprint:
-        raise InvalidRequest("This Idempotency-Key was already used with a different request",
-                             param="Idempotency-Key", code="idempotency_key_reused")
+        raise InvalidRequest(
+            "This Idempotency-Key was already used with a different request",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
     if existing.state == "done":
         return Outcome(replay=(existing.response_status or 200, existing.response_body or ""))
     if utcnow() - existing.created_at < STALE_AFTER:
         return Outcome(busy=True)
-    taken = session.execute(update(IdempotencyKey).where(
-        IdempotencyKey.id == existing.id, IdempotencyKey.state == "in_progress",
-        IdempotencyKey.created_at == existing.created_at).values(created_at=utcnow()))
+    taken = session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.id == existing.id,
+            IdempotencyKey.state == "in_progress",
+            IdempotencyKey.created_at == existing.created_at,
+        )
+        .values(created_at=utcnow())
+    )
     session.commit()
     return Outcome(record_id=existing.id) if taken.rowcount == 1 else Outcome(busy=True)
 
 
 def finish(session: Session, record_id: int, status: int, body: str) -> None:
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.id == record_id).values(
-        state="done", response_status=status, response_body=body))
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == record_id)
+        .values(state="done", response_status=status, response_body=body)
+    )
     session.commit()
 
 

@@ -40,9 +40,13 @@ class RateLimiter(Protocol):
 
 def _decision(allowed: bool, tokens: float, per_minute: int) -> Decision:
     rate = per_minute / 60.0
-    return Decision(allowed=allowed, limit=per_minute, remaining=max(int(tokens), 0),
-                    reset_seconds=max(per_minute - tokens, 0.0) / rate,
-                    retry_after_seconds=0.0 if allowed else max(1.0 - tokens, 0.0) / rate)
+    return Decision(
+        allowed=allowed,
+        limit=per_minute,
+        remaining=max(int(tokens), 0),
+        reset_seconds=max(per_minute - tokens, 0.0) / rate,
+        retry_after_seconds=0.0 if allowed else max(1.0 - tokens, 0.0) / rate,
+    )
 
 
 class MemoryLimiter:
@@ -65,8 +69,7 @@ class MemoryLimiter:
                 tokens -= 1.0
             self._buckets[key] = (tokens, now)
             if len(self._buckets) > 100_000:  # forget idle keys (their buckets are full)
-                self._buckets = {k: v for k, v in self._buckets.items()
-                                 if now - v[1] < 60.0}
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
         return _decision(allowed, tokens, self.per_minute)
 
 
@@ -116,16 +119,20 @@ class RedisLimiter:
         if time.monotonic() < self._skip_until:
             return self._open()
         try:
-            allowed, milli = self._script(keys=[self.PREFIX + key],
-                                          args=[self.per_minute, repr(self._clock())])
+            allowed, milli = self._script(
+                keys=[self.PREFIX + key], args=[self.per_minute, repr(self._clock())]
+            )
         except Exception as exc:  # redis errors, timeouts: fail open
             now = time.monotonic()
             # Do not make every request wait for a timeout while Redis is away.
             self._skip_until = now + RETRY_REDIS_AFTER_S
             if now - self._last_warning > WARN_EVERY_S:
                 self._last_warning = now
-                log.warning("rate limiter: Redis unreachable (%s); requests are not limited "
-                            "until it is back", exc)
+                log.warning(
+                    "rate limiter: Redis unreachable (%s); requests are not limited "
+                    "until it is back",
+                    exc,
+                )
             return self._open()
         return _decision(bool(allowed), int(milli) / 1000.0, self.per_minute)
 

@@ -40,8 +40,9 @@ def internal_token(settings: Settings) -> str:
 def internal_token_ok(settings: Settings, header: str | None) -> bool:
     """Whether an ``Authorization`` header carries the internal token."""
     scheme, _, token = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(),
-                                                              internal_token(settings))
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip(), internal_token(settings)
+    )
 
 
 def persistent_secret(path: Path) -> str:
@@ -72,7 +73,10 @@ def persistent_secret(path: Path) -> str:
                 tmp.unlink(missing_ok=True)
             time.sleep(0.01)
     except OSError as exc:
-        log.warning("cannot keep a secret in %s (%s): dashboard sessions will not survive a "
-                    "restart and processes will not trust each other: set DORADO_SECRET_KEY",
-                    path, exc)
+        log.warning(
+            "cannot keep a secret in %s (%s): dashboard sessions will not survive a "
+            "restart and processes will not trust each other: set DORADO_SECRET_KEY",
+            path,
+            exc,
+        )
     return secrets.token_hex(32)

@@ -17,24 +17,33 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = Path(sys.executable).parent / "dorado-admin"
 
 
-def store_env(home: Path, database_url: str, s3: dict[str, str] | None,
-              prefix: str | None = None) -> dict[str, str]:
+def store_env(
+    home: Path, database_url: str, s3: dict[str, str] | None, prefix: str | None = None
+) -> dict[str, str]:
     """DORADO_* variables for a platform on ``database_url`` and (if given) moto S3, under a
     prefix of its own (moto's buckets outlive one test's server: they live in the process)."""
     prefix = prefix or f"store-{uuid.uuid4().hex[:8]}"
-    env = {"DORADO_HOME": str(home), "DORADO_DATABASE_URL": database_url,
-           "DORADO_MODEL_CACHE": str(home / "model-cache")}
+    env = {
+        "DORADO_HOME": str(home),
+        "DORADO_DATABASE_URL": database_url,
+        "DORADO_MODEL_CACHE": str(home / "model-cache"),
+    }
     if s3 is not None:
-        env.update({"DORADO_STORAGE_URL": f"s3://{s3['bucket']}/{prefix}",
-                    "DORADO_S3_ENDPOINT_URL": s3["endpoint"],
-                    "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
-                    "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
-                    "AWS_DEFAULT_REGION": s3["AWS_DEFAULT_REGION"]})
+        env.update(
+            {
+                "DORADO_STORAGE_URL": f"s3://{s3['bucket']}/{prefix}",
+                "DORADO_S3_ENDPOINT_URL": s3["endpoint"],
+                "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+                "AWS_DEFAULT_REGION": s3["AWS_DEFAULT_REGION"],
+            }
+        )
     return env
 
 
-def prepare_platform(home: Path, database_url: str, s3: dict[str, str] | None, api_key: str,
-                     monkeypatch: Any) -> tuple[dict[str, str], Any]:
+def prepare_platform(
+    home: Path, database_url: str, s3: dict[str, str] | None, api_key: str, monkeypatch: Any
+) -> tuple[dict[str, str], Any]:
     """``store_env`` set in this process too, with ``api_key`` as the bootstrap key; the schema,
     built-in models and key created. Returns the env (for subprocesses) and the Settings."""
     from core.bootstrap import prepare_database
@@ -52,9 +61,14 @@ def prepare_platform(home: Path, database_url: str, s3: dict[str, str] | None, a
 def run_admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``dorado-admin ARGS`` in a subprocess (no check: tests assert the exit code)."""
     # Wide enough that tables do not fold ids.
-    return subprocess.run([str(ADMIN), *args], cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "250", **env},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(ADMIN), *args],
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "250", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def admin_json(env: dict[str, str], *args: str) -> Any:

@@ -25,8 +25,9 @@ from core.timeutil import utcnow
 from tests.admin.catalog_support import admin_json, prepare_platform, run_admin, store_env
 
 API_KEY = "dor-gc-test-key-0123456789"
-TRAIN = (b'{"messages": [{"role": "user", "content": "Hi"}, '
-         b'{"role": "assistant", "content": "Yo"}]}\n') * 10
+TRAIN = (
+    b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
+) * 10
 
 
 def _put(store: ObjectStore, key: str, size: int = 10) -> str:
@@ -34,42 +35,79 @@ def _put(store: ObjectStore, key: str, size: int = 10) -> str:
     return key
 
 
-def _job(session, org_id: str, file_id: str, status: str, *, finished_days_ago: float | None,
-         adapter: bool = False) -> Job:
+def _job(
+    session,
+    org_id: str,
+    file_id: str,
+    status: str,
+    *,
+    finished_days_ago: float | None,
+    adapter: bool = False,
+) -> Job:
     now = utcnow()
-    job = Job(id=f"ftjob-gc{status}{int((finished_days_ago or 0) * 10)}", organization_id=org_id,
-              model="tiny-random-llama", status=status, training_file=file_id,
-              hyperparameters={"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1},
-              adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
-                       "target_modules": "all-linear"},
-              method={"type": "supervised"}, seed=1, result_files=[], options={},
-              created_at=now - timedelta(days=40), started_at=now - timedelta(days=40),
-              finished_at=(now - timedelta(days=finished_days_ago)
-                           if finished_days_ago is not None else None),
-              attempt=1, pause_requested=False,
-              adapter_key=f"jobs/ftjob-gc{status}{int((finished_days_ago or 0) * 10)}"
-                          "/adapter.tar.gz" if adapter else None)
+    job = Job(
+        id=f"ftjob-gc{status}{int((finished_days_ago or 0) * 10)}",
+        organization_id=org_id,
+        model="tiny-random-llama",
+        status=status,
+        training_file=file_id,
+        hyperparameters={"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1},
+        adapter={
+            "type": "lora",
+            "r": 4,
+            "alpha": 8,
+            "dropout": 0.0,
+            "target_modules": "all-linear",
+        },
+        method={"type": "supervised"},
+        seed=1,
+        result_files=[],
+        options={},
+        created_at=now - timedelta(days=40),
+        started_at=now - timedelta(days=40),
+        finished_at=(
+            now - timedelta(days=finished_days_ago) if finished_days_ago is not None else None
+        ),
+        attempt=1,
+        pause_requested=False,
+        adapter_key=f"jobs/ftjob-gc{status}{int((finished_days_ago or 0) * 10)}/adapter.tar.gz"
+        if adapter
+        else None,
+    )
     session.add(job)
     session.flush()
     return job
 
 
-def _checkpoint(session, store: ObjectStore, job_id: str, step: int, *, row: bool = True
-                ) -> list[str]:
+def _checkpoint(
+    session, store: ObjectStore, job_id: str, step: int, *, row: bool = True
+) -> list[str]:
     prefix = checkpoint_prefix(job_id, step)
     keys = [_put(store, f"{prefix}/adapter.tar.gz", 30), _put(store, f"{prefix}/optimizer.pt", 50)]
     if row:
-        session.add(Checkpoint(id=f"ftckpt_{job_id[-8:]}{step}", job_id=job_id, step_number=step,
-                               epoch=1, reason="epoch", metrics={}, storage_prefix=prefix,
-                               adapter_key=keys[0], created_at=utcnow()))
+        session.add(
+            Checkpoint(
+                id=f"ftckpt_{job_id[-8:]}{step}",
+                job_id=job_id,
+                step_number=step,
+                epoch=1,
+                reason="epoch",
+                metrics={},
+                storage_prefix=prefix,
+                adapter_key=keys[0],
+                created_at=utcnow(),
+            )
+        )
     return keys
 
 
 def _outputs(store: ObjectStore, job_id: str) -> list[str]:
-    return [_put(store, f"jobs/{job_id}/adapter.tar.gz", 40),
-            _put(store, f"jobs/{job_id}/adapter/adapter_config.json", 20),
-            _put(store, f"jobs/{job_id}/adapter/adapter_model.safetensors", 60),
-            _put(store, f"jobs/{job_id}/merged.tar.gz", 70)]
+    return [
+        _put(store, f"jobs/{job_id}/adapter.tar.gz", 40),
+        _put(store, f"jobs/{job_id}/adapter/adapter_config.json", 20),
+        _put(store, f"jobs/{job_id}/adapter/adapter_model.safetensors", 60),
+        _put(store, f"jobs/{job_id}/merged.tar.gz", 70),
+    ]
 
 
 def build_world(store: ObjectStore, database_url: str) -> tuple[set[str], set[str], set[str]]:
@@ -79,11 +117,25 @@ def build_world(store: ObjectStore, database_url: str) -> tuple[set[str], set[st
     garbage: set[str] = set()
     with session_scope(database_url) as session:
         org = session.scalars(select(Organization)).first()
-        live = files.create_file(session, store, org.id, filename="train.jsonl",
-                                 purpose="fine-tune", content=io.BytesIO(TRAIN), size=len(TRAIN))
+        live = files.create_file(
+            session,
+            store,
+            org.id,
+            filename="train.jsonl",
+            purpose="fine-tune",
+            content=io.BytesIO(TRAIN),
+            size=len(TRAIN),
+        )
         keep.add(live.storage_key)
-        gone = files.create_file(session, store, org.id, filename="old.jsonl",
-                                 purpose="fine-tune", content=io.BytesIO(TRAIN), size=len(TRAIN))
+        gone = files.create_file(
+            session,
+            store,
+            org.id,
+            filename="old.jsonl",
+            purpose="fine-tune",
+            content=io.BytesIO(TRAIN),
+            size=len(TRAIN),
+        )
         garbage.add(files.delete_file(session, org.id, gone.id))  # row deleted, object stayed
         garbage.add(_put(store, "files/file-orphanupload"))  # an upload whose row never came
 
@@ -93,9 +145,17 @@ def build_world(store: ObjectStore, database_url: str) -> tuple[set[str], set[st
         for step in (10, 20, 30):
             keep.update(_checkpoint(session, store, recent.id, step))
         garbage.update(_checkpoint(session, store, recent.id, 5, row=False))
-        session.add(Model(id=f"ft:tiny-random-llama:default::{recent.id[-8:]}", kind="fine-tuned",
-                          owned_by=org.id, organization_id=org.id, job_id=recent.id,
-                          source=recent.adapter_key, created_at=utcnow()))
+        session.add(
+            Model(
+                id=f"ft:tiny-random-llama:default::{recent.id[-8:]}",
+                kind="fine-tuned",
+                owned_by=org.id,
+                organization_id=org.id,
+                job_id=recent.id,
+                source=recent.adapter_key,
+                created_at=utcnow(),
+            )
+        )
 
         # Succeeded 30 days ago: retention keeps its latest checkpoint and its adapter.
         old = _job(session, org.id, live.id, "succeeded", finished_days_ago=30, adapter=True)
@@ -119,25 +179,45 @@ def build_world(store: ObjectStore, database_url: str) -> tuple[set[str], set[st
         garbage.update(_outputs(store, "ftjob-deletedlongago"))
 
         # Models: a registered one stays, a removed one's weights and GGUF go.
-        session.add(Model(id="custom-model", kind="base", owned_by="dorado", builtin=False,
-                          source="dir:/x", created_at=utcnow()))
-        keep.update({_put(store, "models/custom-model/config.json"),
-                     _put(store, "models/custom-model/.complete", 0)})
-        garbage.update({_put(store, "models/removed-model/model.safetensors", 80),
-                        _put(store, "model-sources/removed-model/model.gguf", 90)})
+        session.add(
+            Model(
+                id="custom-model",
+                kind="base",
+                owned_by="dorado",
+                builtin=False,
+                source="dir:/x",
+                created_at=utcnow(),
+            )
+        )
+        keep.update(
+            {
+                _put(store, "models/custom-model/config.json"),
+                _put(store, "models/custom-model/.complete", 0),
+            }
+        )
+        garbage.update(
+            {
+                _put(store, "models/removed-model/model.safetensors", 80),
+                _put(store, "model-sources/removed-model/model.gguf", 90),
+            }
+        )
     outside = {_put(store, "backups/db.dump")}
     return keep, garbage, outside
 
 
 def all_keys(store: ObjectStore) -> set[str]:
-    return {o.key for ns in ("files", "jobs", "models", "model-sources", "backups")
-            for o in store.list_objects(ns)}
+    return {
+        o.key
+        for ns in ("files", "jobs", "models", "model-sources", "backups")
+        for o in store.list_objects(ns)
+    }
 
 
 @pytest.fixture
 def world(tmp_path, postgres_url, s3_server, monkeypatch):
-    env, settings = prepare_platform(tmp_path / "home", postgres_url, s3_server, API_KEY,
-                                     monkeypatch)
+    env, settings = prepare_platform(
+        tmp_path / "home", postgres_url, s3_server, API_KEY, monkeypatch
+    )
     store = open_store(settings)
     keep, garbage, outside = build_world(store, settings.database_url)
     return env, settings, store, keep, garbage, outside
@@ -152,8 +232,11 @@ def test_gc_deletes_exactly_the_unreferenced_objects(world):
     dry = admin_json(env, "gc", "--dry-run", "--grace", "0s")
     assert dry["dry_run"] is True
     assert {o["key"] for o in dry["objects"]} == garbage
-    sizes = {o.key: o.size for ns in ("files", "jobs", "models", "model-sources")
-             for o in store.list_objects(ns)}
+    sizes = {
+        o.key: o.size
+        for ns in ("files", "jobs", "models", "model-sources")
+        for o in store.list_objects(ns)
+    }
     assert dry["deleted_bytes"] == sum(sizes[k] for k in garbage) > 0
     assert len(dry["checkpoints"]) == 2  # the 30-day-old job's steps 10 and 20
     assert all_keys(store) == before, "--dry-run deleted something"
@@ -177,8 +260,7 @@ def test_gc_deletes_exactly_the_unreferenced_objects(world):
         assert ("ftjob-gcsucceeded10", 10) in steps and ("ftjob-gcfailed20", 4) in steps
         for row in session.scalars(select(Checkpoint)):  # every row's objects exist
             assert store.exists(row.adapter_key)
-        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "storage.gc")
-                                ).all()
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "storage.gc")).all()
         assert [a.details["deleted_objects"] for a in audit] == [0, len(garbage)]
         assert audit[-1].actor.startswith("cli:")
 
@@ -201,8 +283,11 @@ def test_gc_api_and_bad_options(world):
     with session_scope(settings.database_url) as session:
         other = auth.create_organization(session, "tenant")
         auth.add_key(session, other, "dor-gc-tenant-key-000000", scope="admin")
-    refused = client.post("/v1/admin/gc", json={"dry_run": True},
-                          headers={"Authorization": "Bearer dor-gc-tenant-key-000000"})
+    refused = client.post(
+        "/v1/admin/gc",
+        json={"dry_run": True},
+        headers={"Authorization": "Bearer dor-gc-tenant-key-000000"},
+    )
     assert refused.status_code == 403
 
     failed = run_admin(env, "gc", "--grace", "soon")
@@ -210,8 +295,7 @@ def test_gc_api_and_bad_options(world):
     assert all_keys(store) == keep | garbage | outside
 
 
-def test_grace_period_keeps_recent_objects_on_a_local_store(tmp_path, postgres_url,
-                                                            monkeypatch):
+def test_grace_period_keeps_recent_objects_on_a_local_store(tmp_path, postgres_url, monkeypatch):
     """Local-directory store: orphans aged by mtime go only once older than --grace."""
     env = store_env(tmp_path / "home", postgres_url, None)
     env["DORADO_STORAGE_URL"] = f"file://{tmp_path / 'objects'}"

@@ -53,18 +53,31 @@ def _variant(tmp: Path, name: str, **changes: bytes | str | None) -> Path:
 
 
 def _queued_job(session, org_id: str, model: str) -> str:
-    job = Job(id=f"ftjob-uses-{model}", organization_id=org_id, model=model, status="queued",
-              training_file="file-x", hyperparameters={}, adapter={}, method={}, seed=1,
-              result_files=[], options={}, created_at=utcnow(), attempt=0,
-              pause_requested=False)
+    job = Job(
+        id=f"ftjob-uses-{model}",
+        organization_id=org_id,
+        model=model,
+        status="queued",
+        training_file="file-x",
+        hyperparameters={},
+        adapter={},
+        method={},
+        seed=1,
+        result_files=[],
+        options={},
+        created_at=utcnow(),
+        attempt=0,
+        pause_requested=False,
+    )
     session.add(job)
     return job.id
 
 
 @pytest.fixture
 def platform_env(tmp_path, postgres_url, s3_server, monkeypatch):
-    env, settings = prepare_platform(tmp_path / "home", postgres_url, s3_server, API_KEY,
-                                     monkeypatch)
+    env, settings = prepare_platform(
+        tmp_path / "home", postgres_url, s3_server, API_KEY, monkeypatch
+    )
     with session_scope(settings.database_url) as session:
         tenant = auth.create_organization(session, "tenant")
         auth.add_key(session, tenant, TENANT_KEY, scope="member")
@@ -83,36 +96,56 @@ def test_models_add_list_remove(platform_env, tmp_path):
     assert store.exists("models/custom-tiny/model.safetensors")
 
     # From an S3 prefix (nested folders and hidden files are not copied).
-    s3_client = boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1",
-                             aws_access_key_id="test", aws_secret_access_key="test")
+    s3_client = boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
     for path in tiny.iterdir():
         if not path.name.startswith("."):
             s3_client.upload_file(str(path), s3["bucket"], f"incoming/tiny/{path.name}")
-    s3_client.put_object(Bucket=s3["bucket"], Key="incoming/tiny/original/consolidated.pth",
-                         Body=b"pickle")
+    s3_client.put_object(
+        Bucket=s3["bucket"], Key="incoming/tiny/original/consolidated.pth", Body=b"pickle"
+    )
     from_s3 = admin_json(env, "models", "add", f"s3://{s3['bucket']}/incoming/tiny/")
     assert from_s3["id"] == "tiny" and from_s3["source"].startswith("s3://")
     assert sorted(k.rsplit("/", 1)[1] for k in store.list_keys("models/tiny")) == sorted(
-        [p.name for p in tiny.iterdir() if not p.name.startswith(".")] + [".complete"])
+        [p.name for p in tiny.iterdir() if not p.name.startswith(".")] + [".complete"]
+    )
 
     gguf = tmp_path / "Small-Model.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
     with session_scope(settings.database_url) as session:  # in-process: fewer slow spawns
-        row = model_registry.add_model(session, store, settings, source=str(gguf),
-                                       name=model_registry.default_name(str(gguf)))
+        row = model_registry.add_model(
+            session, store, settings, source=str(gguf), name=model_registry.default_name(str(gguf))
+        )
         assert (row.id, row.source) == ("small-model", f"gguf:{gguf}")
     assert model_registry.stored_bytes(store, "small-model") == (64, False)
 
     refusals = {
-        "pickle": (_variant(tmp_path, "p", pytorch_model__bin=b"\x80\x04pickle"),
-                   "pickle-based formats"),
-        "remote": (_variant(tmp_path, "r", config__json=json.dumps(
-            {"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}})), "trust_remote_code"),
+        "pickle": (
+            _variant(tmp_path, "p", pytorch_model__bin=b"\x80\x04pickle"),
+            "pickle-based formats",
+        ),
+        "remote": (
+            _variant(
+                tmp_path,
+                "r",
+                config__json=json.dumps({"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}}),
+            ),
+            "trust_remote_code",
+        ),
         "code": (_variant(tmp_path, "c", modeling_custom__py="import os"), "custom code"),
-        "fake": (_variant(tmp_path, "f", model__safetensors=b"\x80\x04not a safetensors"),
-                 "not a safetensors"),
-        "notemplate": (_variant(tmp_path, "t", chat_template__jinja=None,
-                                tokenizer_config__json="{}"), "chat template"),
+        "fake": (
+            _variant(tmp_path, "f", model__safetensors=b"\x80\x04not a safetensors"),
+            "not a safetensors",
+        ),
+        "notemplate": (
+            _variant(tmp_path, "t", chat_template__jinja=None, tokenizer_config__json="{}"),
+            "chat template",
+        ),
         "noweights": (_variant(tmp_path, "w", model__safetensors=None), "safetensors"),
         "notgguf": (tmp_path / "x.gguf", "not a GGUF file"),
     }
@@ -123,14 +156,19 @@ def test_models_add_list_remove(platform_env, tmp_path):
             assert done.returncode == 1, (name, done.stdout, done.stderr)
             assert message in " ".join(done.stderr.split()), (name, done.stderr)
         else:
-            with session_scope(settings.database_url) as session, pytest.raises(
-                    InvalidRequest, match=message):
-                model_registry.add_model(session, store, settings, name=f"bad-{name}",
-                                         source=str(source))
+            with (
+                session_scope(settings.database_url) as session,
+                pytest.raises(InvalidRequest, match=message),
+            ):
+                model_registry.add_model(
+                    session, store, settings, name=f"bad-{name}", source=str(source)
+                )
         assert not store.list_keys(f"models/bad-{name}")
     for name, error in (("custom-tiny", "already exists"), ("Bad Name", "Invalid model name")):
-        with session_scope(settings.database_url) as session, pytest.raises(
-                DoradoError, match=error):
+        with (
+            session_scope(settings.database_url) as session,
+            pytest.raises(DoradoError, match=error),
+        ):
             model_registry.add_model(session, store, settings, name=name, source=str(tiny))
 
     # Every organization sees (and may train) the added base models.
@@ -143,8 +181,9 @@ def test_models_add_list_remove(platform_env, tmp_path):
         job_id = _queued_job(session, org.id, "custom-tiny")
     rows = {m["id"]: m for m in admin_json(env, "models", "list", "--jobs")}
     assert rows["custom-tiny"]["active_jobs"] == 1 and rows["custom-tiny"]["jobs"] == 1
-    assert rows["custom-tiny"]["job_ids"] == [{"id": job_id, "status": "queued",
-                                               "organization_id": org.id}]
+    assert rows["custom-tiny"]["job_ids"] == [
+        {"id": job_id, "status": "queued", "organization_id": org.id}
+    ]
     assert rows["tiny-random-llama"]["builtin"] is True
     assert rows["custom-tiny"]["bytes"] == added["bytes"]
     table = run_admin(env, "models", "list", "--jobs")
@@ -158,38 +197,52 @@ def test_models_add_list_remove(platform_env, tmp_path):
     assert not store.list_keys("models/custom-tiny")
     builtin = run_admin(env, "models", "remove", "tiny-random-llama")
     assert builtin.returncode == 1 and "built-in" in builtin.stderr
-    with session_scope(settings.database_url) as session, pytest.raises(
-            NotFound, match="No base model"):
+    with (
+        session_scope(settings.database_url) as session,
+        pytest.raises(NotFound, match="No base model"),
+    ):
         model_registry.remove_model(session, "custom-tiny")
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).status == "cancelled"
-        actions = [(a.action, a.object_id) for a in session.scalars(
-            select(AuditEvent).where(AuditEvent.action.like("model.%")).order_by(AuditEvent.seq))]
-    assert actions == [("model.add", "custom-tiny"), ("model.add", "tiny"),
-                       ("model.remove", "custom-tiny")]
+        actions = [
+            (a.action, a.object_id)
+            for a in session.scalars(
+                select(AuditEvent).where(AuditEvent.action.like("model.%")).order_by(AuditEvent.seq)
+            )
+        ]
+    assert actions == [
+        ("model.add", "custom-tiny"),
+        ("model.add", "tiny"),
+        ("model.remove", "custom-tiny"),
+    ]
 
     # The admin API: same services, operator keys only.
     admin = {"Authorization": f"Bearer {API_KEY}"}
-    resp = client.post("/v1/admin/models", json={"source": str(tiny), "name": "api-tiny"},
-                       headers=admin)
+    resp = client.post(
+        "/v1/admin/models", json={"source": str(tiny), "name": "api-tiny"}, headers=admin
+    )
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["bytes"] == added["bytes"]
-    bad = client.post("/v1/admin/models", json={"source": str(refusals["pickle"][0])},
-                      headers=admin)
+    bad = client.post(
+        "/v1/admin/models", json={"source": str(refusals["pickle"][0])}, headers=admin
+    )
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_model"
-    assert client.get("/v1/admin/models", headers={
-        "Authorization": f"Bearer {TENANT_KEY}"}).status_code == 403
-    ids = [m["id"] for m in client.get("/v1/admin/models?jobs=true", headers=admin)
-           .get_json()["data"]]
+    assert (
+        client.get(
+            "/v1/admin/models", headers={"Authorization": f"Bearer {TENANT_KEY}"}
+        ).status_code
+        == 403
+    )
+    ids = [
+        m["id"] for m in client.get("/v1/admin/models?jobs=true", headers=admin).get_json()["data"]
+    ]
     assert "api-tiny" in ids
     assert client.delete("/v1/admin/models/api-tiny", headers=admin).status_code == 200
-    assert client.delete("/v1/admin/models/tiny-random-llama",
-                         headers=admin).status_code == 403
+    assert client.delete("/v1/admin/models/tiny-random-llama", headers=admin).status_code == 403
     assert not store.list_keys("models/api-tiny")
 
 
-def test_worker_replaces_its_copy_of_a_re_registered_model(tmp_path, postgres_url,
-                                                           monkeypatch):
+def test_worker_replaces_its_copy_of_a_re_registered_model(tmp_path, postgres_url, monkeypatch):
     """Removed and registered again under the same name: workers use the new weights."""
     from worker.model_store import ensure_model
 
@@ -227,8 +280,9 @@ def test_a_registered_gguf_is_converted_once_by_a_worker(tmp_path, postgres_url,
     prepare_database(settings)
     store = LocalStore(tmp_path / "objects")
     with session_scope(settings.database_url) as session:
-        model_registry.add_model(session, store, settings, name="smol-gguf",
-                                 source=str(smollm2_gguf_path()))
+        model_registry.add_model(
+            session, store, settings, name="smol-gguf", source=str(smollm2_gguf_path())
+        )
         assert model_registry.stored_bytes(store, "smol-gguf")[1] is False
     local = ensure_model(settings, store, "smol-gguf")
     assert AutoConfig.from_pretrained(local).model_type == "llama"
@@ -238,14 +292,19 @@ def test_a_registered_gguf_is_converted_once_by_a_worker(tmp_path, postgres_url,
     assert store.exists("models/smol-gguf/tokenizer.json")
 
 
-def test_a_job_trains_on_a_model_added_from_a_directory(tmp_path, postgres_url, s3_server,
-                                                        redis_url):
+def test_a_job_trains_on_a_model_added_from_a_directory(
+    tmp_path, postgres_url, s3_server, redis_url
+):
     """`dorado run` (API, real worker, validator) on PostgreSQL, Redis and S3; the model is
     registered with dorado-admin and reaches the worker through the object store."""
     home = tmp_path / "home"
     env = {**store_env(home, postgres_url, s3_server), "DORADO_BROKER_URL": redis_url}
-    platform = Platform(home, API_KEY, tmp_path / "worker-cache", {
-        **env, "DORADO_MODEL_CACHE": str(tmp_path / "worker-cache")}).start()
+    platform = Platform(
+        home,
+        API_KEY,
+        tmp_path / "worker-cache",
+        {**env, "DORADO_MODEL_CACHE": str(tmp_path / "worker-cache")},
+    ).start()
     try:
         added = admin_json(env, "models", "add", str(tiny_model_dir()), "--name", "my-base")
         assert added["stored"]
@@ -254,17 +313,23 @@ def test_a_job_trains_on_a_model_added_from_a_directory(tmp_path, postgres_url, 
         with open(EXAMPLES / "pirate.jsonl", "rb") as handle:
             training = client.files.create(file=handle, purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
-            model="my-base", training_file=training.id,
+            model="my-base",
+            training_file=training.id,
             hyperparameters={"n_epochs": 1, "batch_size": 8},
-            extra_body={"adapter": {"type": "lora", "r": 4, "alpha": 8}})
+            extra_body={"adapter": {"type": "lora", "r": 4, "alpha": 8}},
+        )
         job = wait_for_job(client, job.id, 240, platform)
         assert job.status == "succeeded", (job.error, platform.log_tail())
         assert job.fine_tuned_model.startswith("ft:my-base:")
         assert (tmp_path / "worker-cache" / "my-base" / "model.safetensors").exists()
         rows = {m["id"]: m for m in admin_json(env, "models", "list", "--jobs")}
-        assert rows["my-base"]["job_ids"] == [{"id": job.id, "status": "succeeded",
-                                               "organization_id": rows["my-base"]["job_ids"][0]
-                                               ["organization_id"]}]
+        assert rows["my-base"]["job_ids"] == [
+            {
+                "id": job.id,
+                "status": "succeeded",
+                "organization_id": rows["my-base"]["job_ids"][0]["organization_id"],
+            }
+        ]
         removed = admin_json(env, "models", "remove", "my-base")
         assert removed["deleted_objects"] > 0
     finally:

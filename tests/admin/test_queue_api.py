@@ -29,8 +29,9 @@ def api(tmp_path, monkeypatch, postgres_url) -> Api:
 
 
 def _create(api: Api, file_id: str, **extra):
-    return api.post("/v1/fine_tuning/jobs", {"model": "tiny-random-llama",
-                                             "training_file": file_id, **extra})
+    return api.post(
+        "/v1/fine_tuning/jobs", {"model": "tiny-random-llama", "training_file": file_id, **extra}
+    )
 
 
 def test_max_queued_jobs_answers_429_quota_exceeded(api: Api, postgres_url):
@@ -77,8 +78,7 @@ def test_admin_queue_priority_bump_requeue_and_workers(api: Api, postgres_url):
     AdminJob.model_validate(bumped, strict=True)
     assert bumped["priority"] == 1
     assert api.get("/v1/admin/queue").get_json()["data"][0]["id"] == second
-    assert api.post(f"/v1/admin/jobs/{first}/priority",
-                    {"priority": 7}).get_json()["priority"] == 7
+    assert api.post(f"/v1/admin/jobs/{first}/priority", {"priority": 7}).get_json()["priority"] == 7
     assert api.get("/v1/admin/queue").get_json()["data"][0]["id"] == first
     bad = api.post(f"/v1/admin/jobs/{first}/priority", {"priority": "high"})
     assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "priority"
@@ -89,8 +89,7 @@ def test_admin_queue_priority_bump_requeue_and_workers(api: Api, postgres_url):
     assert api.post("/v1/admin/jobs/ftjob-nope/bump", {}).status_code == 404
 
     drained = api.post("/v1/admin/workers/w1@h/drain", {}).get_json()
-    assert (drained["name"], drained["draining"], drained["state"]) == ("w1@h", True,
-                                                                         "drained")
+    assert (drained["name"], drained["draining"], drained["state"]) == ("w1@h", True, "drained")
     again = api.post("/v1/admin/workers/w1@h/drain", {})
     assert again.status_code == 400
     WorkerList.model_validate(api.get("/v1/admin/workers").get_json(), strict=True)

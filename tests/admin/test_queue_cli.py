@@ -15,8 +15,12 @@ from tests.admin.helpers import dorado_admin, dorado_admin_json, make_job, make_
 def env(postgres_url, tmp_path):
     upgrade(postgres_url)
     # No broker is reachable: actions that re-queue must still succeed (the sweeper sends).
-    return {"DORADO_DATABASE_URL": postgres_url, "DORADO_HOME": str(tmp_path / "home"),
-            "DORADO_BROKER_URL": "redis://127.0.0.1:1/0", "COLUMNS": "220"}
+    return {
+        "DORADO_DATABASE_URL": postgres_url,
+        "DORADO_HOME": str(tmp_path / "home"),
+        "DORADO_BROKER_URL": "redis://127.0.0.1:1/0",
+        "COLUMNS": "220",
+    }
 
 
 def test_queue_and_jobs_commands(env):
@@ -27,7 +31,10 @@ def test_queue_and_jobs_commands(env):
 
     queue = dorado_admin_json(env, "queue")
     assert [(e["id"], e["position"], e["organization"]) for e in queue] == [
-        (a1, 1, "acme"), (b1, 2, "beta"), (a2, 3, "acme")]
+        (a1, 1, "acme"),
+        (b1, 2, "beta"),
+        (a2, 3, "acme"),
+    ]
     assert queue[0]["adapter"] == "dora r16" and queue[0]["model"] == "tiny-random-llama"
     human = dorado_admin(env, "queue").stdout
     assert "Queue: 0 running, 3 queued" in human and a1 in human
@@ -38,8 +45,7 @@ def test_queue_and_jobs_commands(env):
     assert [e["id"] for e in dorado_admin_json(env, "queue")] == [b1, a2, a1]
 
     shown = dorado_admin_json(env, "jobs", "show", a1)
-    assert (shown["status"], shown["organization"], shown["pool"]) == ("queued", "acme",
-                                                                       "default")
+    assert (shown["status"], shown["organization"], shown["pool"]) == ("queued", "acme", "default")
     assert "Files validated, moving job to queued state" in shown["recent_events"]
     assert "Job " + a1 in dorado_admin(env, "jobs", "show", a1).stdout
 
@@ -68,8 +74,7 @@ def test_failures_exit_non_zero_with_a_message(env):
     assert "only a failed or cancelled job can be retried" in illegal.stderr
     assert dorado_admin(env, "jobs", "priority", job, "high", ok=False).returncode == 2
     assert dorado_admin(env, "workers", "drain", "nobody", ok=False).returncode == 1
-    assert dorado_admin(env, "jobs", "requeue", job, "--pool", "nope",
-                        ok=False).returncode == 1
+    assert dorado_admin(env, "jobs", "requeue", job, "--pool", "nope", ok=False).returncode == 1
 
 
 def test_workers_commands(env):
@@ -80,9 +85,12 @@ def test_workers_commands(env):
         workers.mark_stopped(session, "old@host")
     listed = dorado_admin_json(env, "workers")
     assert [(w["name"], w["state"], w["pool"], w["gpus"]) for w in listed] == [
-        ("gpu1@host", "idle", "a100", 8)]
+        ("gpu1@host", "idle", "a100", 8)
+    ]
     assert {w["name"] for w in dorado_admin_json(env, "workers", "list", "--all")} == {
-        "gpu1@host", "old@host"}
+        "gpu1@host",
+        "old@host",
+    }
     assert "81000 MiB" in dorado_admin(env, "workers").stdout
     assert dorado_admin_json(env, "workers", "drain", "gpu1@host")["state"] == "drained"
     again = dorado_admin(env, "workers", "drain", "gpu1@host", ok=False)

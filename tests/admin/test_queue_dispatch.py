@@ -25,8 +25,11 @@ ACTOR = job_admin.Actor("cli:test")
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def url(request, tmp_path):
-    url = (request.getfixturevalue("postgres_url") if request.param == "postgres"
-           else f"sqlite:///{tmp_path / 'db.sqlite'}")
+    url = (
+        request.getfixturevalue("postgres_url")
+        if request.param == "postgres"
+        else f"sqlite:///{tmp_path / 'db.sqlite'}"
+    )
     upgrade(url)
     return url
 
@@ -193,6 +196,7 @@ def test_pool_rule_with_declared_pools(url, monkeypatch):
     declared = load_settings().declared_pools
     assert declared == {"default": 23034, "a100-80gb": 81920}
     with session_scope(url) as session:
+
         def choose(model: str, requested: str | None = None) -> str:
             return pools.choose_pool(session, model, requested, declared)
 

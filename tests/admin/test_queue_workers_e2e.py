@@ -20,9 +20,16 @@ from tests.faults.helpers import messages, wait_until
 
 @pytest.fixture
 def cluster(tmp_path, postgres_url, redis_url):
-    running = Cluster(tmp_path / "home", "dor-admin-e2e-key-0000000000", MODEL_CACHE, {
-        "DORADO_DATABASE_URL": postgres_url, "DORADO_BROKER_URL": redis_url,
-        "DORADO_WORKER_HEARTBEAT_SECONDS": "1"})
+    running = Cluster(
+        tmp_path / "home",
+        "dor-admin-e2e-key-0000000000",
+        MODEL_CACHE,
+        {
+            "DORADO_DATABASE_URL": postgres_url,
+            "DORADO_BROKER_URL": redis_url,
+            "DORADO_WORKER_HEARTBEAT_SECONDS": "1",
+        },
+    )
     running.migrate()
     running.start_api()
     running.start_scheduler()
@@ -33,9 +40,11 @@ def cluster(tmp_path, postgres_url, redis_url):
 
 def _job(client: OpenAI, training_id: str, epochs: int = 1, **extra):
     return client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=training_id,
+        model="tiny-random-llama",
+        training_file=training_id,
         hyperparameters={"n_epochs": epochs, "batch_size": 1},
-        extra_body={"adapter": {"type": "lora"}, **extra})
+        extra_body={"adapter": {"type": "lora"}, **extra},
+    )
 
 
 def _status(client: OpenAI, job_id: str) -> str:
@@ -43,17 +52,28 @@ def _status(client: OpenAI, job_id: str) -> str:
 
 
 def _worker(cluster: Cluster, prefix: str) -> dict:
-    return wait_until(lambda: next((w for w in dorado_admin_json(cluster.env, "workers")
-                                    if w["name"].startswith(prefix + "@")), None),
-                      60, f"worker {prefix} to register", interval=0.5)
+    return wait_until(
+        lambda: next(
+            (
+                w
+                for w in dorado_admin_json(cluster.env, "workers")
+                if w["name"].startswith(prefix + "@")
+            ),
+            None,
+        ),
+        60,
+        f"worker {prefix} to register",
+        interval=0.5,
+    )
 
 
 def test_pool_drain_undrain_and_retry_from_checkpoint(cluster: Cluster, tmp_path):
     env = cluster.env
     client = OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
     # One worker of pool "big": it consumes dorado.jobs.big, not dorado.jobs.
-    cluster.start_worker("main", env={"DORADO_WORKER_POOL": "big",
-                                      "DORADO_WORKER_GPU_MEMORY_MB": "81920"})
+    cluster.start_worker(
+        "main", env={"DORADO_WORKER_POOL": "big", "DORADO_WORKER_GPU_MEMORY_MB": "81920"}
+    )
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in chat_examples(12)))
     training = client.files.create(file=data.open("rb"), purpose="fine-tune")
@@ -78,8 +98,9 @@ def test_pool_drain_undrain_and_retry_from_checkpoint(cluster: Cluster, tmp_path
     wait_until(lambda: _status(client, second.id) == "running", 30, "the undrained worker")
 
     # Cancelled after a checkpoint, retried: it resumes from that checkpoint.
-    wait_until(lambda: list(client.fine_tuning.jobs.checkpoints.list(second.id)), 60,
-               "a checkpoint")
+    wait_until(
+        lambda: list(client.fine_tuning.jobs.checkpoints.list(second.id)), 60, "a checkpoint"
+    )
     assert dorado_admin_json(env, "jobs", "cancel", second.id)["status"] == "cancelled"
     saved = max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(second.id))
     retried = dorado_admin_json(env, "jobs", "retry", second.id)

@@ -18,50 +18,122 @@ API_KEY = "dor-stats-test-key-012345678"
 MIN, HOUR, DAY = 60, 3600, 86400
 
 
-def _job(session, org_id: str, name: str, status: str, *, created: float,
-         wait: float | None = None, run: float | None = None, tokens: int | None = None,
-         worker: str | None = None) -> None:
+def _job(
+    session,
+    org_id: str,
+    name: str,
+    status: str,
+    *,
+    created: float,
+    wait: float | None = None,
+    run: float | None = None,
+    tokens: int | None = None,
+    worker: str | None = None,
+) -> None:
     """A job created ``created`` seconds ago, started ``wait`` s later, finished ``run`` s after
     its start."""
     now = utcnow()
     created_at = now - timedelta(seconds=created)
     started_at = created_at + timedelta(seconds=wait) if wait is not None else None
     finished_at = started_at + timedelta(seconds=run) if run is not None else None
-    session.add(Job(id=f"ftjob-stats-{name}", organization_id=org_id, model="tiny-random-llama",
-                    status=status, training_file="file-x", hyperparameters={}, adapter={},
-                    method={}, seed=1, result_files=[], options={}, created_at=created_at,
-                    started_at=started_at, finished_at=finished_at, trained_tokens=tokens,
-                    worker=worker, attempt=1, pause_requested=False))
+    session.add(
+        Job(
+            id=f"ftjob-stats-{name}",
+            organization_id=org_id,
+            model="tiny-random-llama",
+            status=status,
+            training_file="file-x",
+            hyperparameters={},
+            adapter={},
+            method={},
+            seed=1,
+            result_files=[],
+            options={},
+            created_at=created_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            trained_tokens=tokens,
+            worker=worker,
+            attempt=1,
+            pause_requested=False,
+        )
+    )
 
 
 @pytest.fixture
 def known(tmp_path, postgres_url, monkeypatch):
-    env, settings = prepare_platform(tmp_path / "home", postgres_url, None, API_KEY,
-                                     monkeypatch)
+    env, settings = prepare_platform(tmp_path / "home", postgres_url, None, API_KEY, monkeypatch)
     with session_scope(settings.database_url) as session:
         alpha = auth.create_organization(session, "alpha")
         beta = auth.create_organization(session, "beta")
-        session.add_all([Worker(name="w-gpu", hostname="h1", pool="default", gpus=2),
-                         Worker(name="w-cpu", hostname="h2", pool="default", gpus=0)])
-        _job(session, alpha.id, "a1", "succeeded", created=3 * DAY, wait=MIN, run=HOUR,
-             tokens=1000, worker="w-gpu")
-        _job(session, alpha.id, "a2", "failed", created=2 * DAY, wait=2 * MIN, run=30 * MIN,
-             worker="w-gpu")
-        _job(session, alpha.id, "a3", "succeeded", created=DAY, wait=5 * MIN, run=10 * MIN,
-             tokens=500, worker="w-cpu")
+        session.add_all(
+            [
+                Worker(name="w-gpu", hostname="h1", pool="default", gpus=2),
+                Worker(name="w-cpu", hostname="h2", pool="default", gpus=0),
+            ]
+        )
+        _job(
+            session,
+            alpha.id,
+            "a1",
+            "succeeded",
+            created=3 * DAY,
+            wait=MIN,
+            run=HOUR,
+            tokens=1000,
+            worker="w-gpu",
+        )
+        _job(
+            session,
+            alpha.id,
+            "a2",
+            "failed",
+            created=2 * DAY,
+            wait=2 * MIN,
+            run=30 * MIN,
+            worker="w-gpu",
+        )
+        _job(
+            session,
+            alpha.id,
+            "a3",
+            "succeeded",
+            created=DAY,
+            wait=5 * MIN,
+            run=10 * MIN,
+            tokens=500,
+            worker="w-cpu",
+        )
         _job(session, alpha.id, "a4", "queued", created=HOUR)
         _job(session, beta.id, "b1", "running", created=2 * DAY, wait=30, worker="w-gpu")
         # Created and started before the period, finished inside it (one day of it).
-        _job(session, beta.id, "b2", "succeeded", created=10 * DAY, wait=MIN,
-             run=4 * DAY - MIN, tokens=7000, worker="w-gpu")
-        _job(session, beta.id, "b3", "succeeded", created=20 * DAY, wait=MIN, run=DAY,
-             tokens=99, worker="w-gpu")  # entirely before the period
+        _job(
+            session,
+            beta.id,
+            "b2",
+            "succeeded",
+            created=10 * DAY,
+            wait=MIN,
+            run=4 * DAY - MIN,
+            tokens=7000,
+            worker="w-gpu",
+        )
+        _job(
+            session,
+            beta.id,
+            "b3",
+            "succeeded",
+            created=20 * DAY,
+            wait=MIN,
+            run=DAY,
+            tokens=99,
+            worker="w-gpu",
+        )  # entirely before the period
     return env, settings, alpha.id, beta.id
 
 
 def test_percentiles_interpolate_between_ranks():
-    assert percentiles([30, 60, 120, 300]) == {"count": 4, "p50": 90.0, "p90": 246.0,
-                                               "p99": 294.6}
+    assert percentiles([30, 60, 120, 300]) == {"count": 4, "p50": 90.0, "p90": 246.0, "p99": 294.6}
     assert percentiles([]) == {"count": 0, "p50": None, "p90": None, "p99": None}
     assert percentiles([5]) == {"count": 1, "p50": 5, "p90": 5, "p99": 5}
 
@@ -103,9 +175,15 @@ def test_stats_from_known_rows(known):
         assert failed.returncode == 1 and "error" in failed.stderr
 
     client = create_app(settings).test_client()
-    resp = client.get(f"/v1/admin/stats?since=7d&organization_id={alpha}",
-                      headers={"Authorization": f"Bearer {API_KEY}"})
+    resp = client.get(
+        f"/v1/admin/stats?since=7d&organization_id={alpha}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
     assert resp.status_code == 200
     assert resp.get_json()["jobs_by_status"] == only_alpha["jobs_by_status"]
-    assert client.get("/v1/admin/stats?since=forever", headers={
-        "Authorization": f"Bearer {API_KEY}"}).status_code == 400
+    assert (
+        client.get(
+            "/v1/admin/stats?since=forever", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).status_code
+        == 400
+    )

@@ -24,8 +24,9 @@ class Api:
     def upload(self, lines: list, filename: str = "train.jsonl", purpose: str = "fine-tune"):
         body = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
         data = {"file": (io.BytesIO(body.encode()), filename), "purpose": purpose}
-        return self.client.post("/v1/files", data=data, headers=self.headers,
-                                content_type="multipart/form-data")
+        return self.client.post(
+            "/v1/files", data=data, headers=self.headers, content_type="multipart/form-data"
+        )
 
     def post(self, path: str, body: dict):
         return self.client.post(path, json=body, headers=self.headers)
@@ -35,8 +36,15 @@ class Api:
 
 
 def chat_examples(n: int = 12) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"Question {i}?"},
-                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -59,8 +59,11 @@ def test_file_without_assistant_message(api: Api):
 
 
 def test_upload_needs_file_purpose_and_jsonl(api: Api):
-    assert_envelope(api.client.post("/v1/files", data={"purpose": "fine-tune"},
-                                    headers=api.headers), 400, "file")
+    assert_envelope(
+        api.client.post("/v1/files", data={"purpose": "fine-tune"}, headers=api.headers),
+        400,
+        "file",
+    )
     assert_envelope(api.upload(chat_examples(), purpose="assistants"), 400, "purpose")
     assert_envelope(api.upload(chat_examples(), filename="train.csv"), 400, "file")
 
@@ -81,21 +84,24 @@ def file_id(api: Api) -> str:
     return api.upload(chat_examples(12)).get_json()["id"]
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": "no-such-model"}, "model"),
-    ({"training_file": "file-doesnotexist000000000000"}, "training_file"),
-    ({"adapter": {"type": "dora", "r": 0}}, "adapter.r"),
-    ({"adapter": {"type": "dora", "r": 100000}}, "adapter.r"),
-    ({"adapter": {"type": "qlora"}}, "adapter.type"),
-    ({"adapter": {"target_modules": []}}, "adapter.target_modules"),
-    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
-    ({"hyperparameters": {"batch_size": "big"}}, "hyperparameters.batch_size"),
-    ({"suffix": "x" * 65}, "suffix"),
-    ({"seed": -1}, "seed"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-    ({"method": {"type": "dpo"}}, "method.type"),
-    ({"unknown_field": 1}, "unknown_field"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"training_file": "file-doesnotexist000000000000"}, "training_file"),
+        ({"adapter": {"type": "dora", "r": 0}}, "adapter.r"),
+        ({"adapter": {"type": "dora", "r": 100000}}, "adapter.r"),
+        ({"adapter": {"type": "qlora"}}, "adapter.type"),
+        ({"adapter": {"target_modules": []}}, "adapter.target_modules"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"batch_size": "big"}}, "hyperparameters.batch_size"),
+        ({"suffix": "x" * 65}, "suffix"),
+        ({"seed": -1}, "seed"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
 def test_bad_job_requests(api: Api, file_id: str, body: dict, param: str):
     request = {"model": "tiny-random-llama", "training_file": file_id, **body}
     status = 404 if param in ("model", "training_file") else 400
@@ -104,8 +110,9 @@ def test_bad_job_requests(api: Api, file_id: str, body: dict, param: str):
 
 
 def test_missing_training_file_field_and_non_json_body(api: Api):
-    assert_envelope(api.post("/v1/fine_tuning/jobs", {"model": "tiny-random-llama"}), 400,
-                    "training_file")
+    assert_envelope(
+        api.post("/v1/fine_tuning/jobs", {"model": "tiny-random-llama"}), 400, "training_file"
+    )
     resp = api.client.post("/v1/fine_tuning/jobs", data="not json", headers=api.headers)
     assert_envelope(resp, 400)
 
@@ -119,17 +126,31 @@ def test_unknown_ids_are_404(api: Api):
 
 
 def test_job_create_resolves_auto_and_echoes_adapter(api: Api, file_id: str):
-    resp = api.post("/v1/fine_tuning/jobs", {
-        "model": "tiny-random-llama", "training_file": file_id,
-        "adapter": {"type": "lora", "r": 8}, "suffix": "demo", "seed": 7,
-    })
+    resp = api.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "tiny-random-llama",
+            "training_file": file_id,
+            "adapter": {"type": "lora", "r": 8},
+            "suffix": "demo",
+            "seed": 7,
+        },
+    )
     assert resp.status_code == 200, resp.get_json()
     job = resp.get_json()
     assert job["status"] == "validating_files"  # the validator tokenizes the files next
-    assert job["hyperparameters"] == {"n_epochs": 8, "batch_size": 1,
-                                      "learning_rate_multiplier": 1.0}
-    assert job["adapter"] == {"type": "lora", "r": 8, "alpha": 32, "dropout": 0.0,
-                              "target_modules": "all-linear"}
+    assert job["hyperparameters"] == {
+        "n_epochs": 8,
+        "batch_size": 1,
+        "learning_rate_multiplier": 1.0,
+    }
+    assert job["adapter"] == {
+        "type": "lora",
+        "r": 8,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+    }
     assert job["seed"] == 7 and job["fine_tuned_model"] is None
     events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").get_json()["data"]
     assert [e["message"] for e in reversed(events)] == [
@@ -141,10 +162,12 @@ def test_job_create_resolves_auto_and_echoes_adapter(api: Api, file_id: str):
 
 
 def test_cancel_finished_job_is_a_clear_4xx(api: Api, file_id: str):
-    job = api.post("/v1/fine_tuning/jobs", {"model": "tiny-random-llama",
-                                            "training_file": file_id}).get_json()
-    assert api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", {}).get_json()["status"] \
-        == "cancelled"
+    job = api.post(
+        "/v1/fine_tuning/jobs", {"model": "tiny-random-llama", "training_file": file_id}
+    ).get_json()
+    assert (
+        api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", {}).get_json()["status"] == "cancelled"
+    )
     err = assert_envelope(api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", {}), 400)
     assert "already cancelled" in err["message"]
 

@@ -27,19 +27,25 @@ def test_repeated_job_create_returns_the_first_job(api: Api):
     assert jobs_count() == 1
     # Without a key, or with another, a new job is created.
     api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers)
-    api.client.post("/v1/fine_tuning/jobs", json=body,
-                    headers={**api.headers, "Idempotency-Key": "create-2"})
+    api.client.post(
+        "/v1/fine_tuning/jobs", json=body, headers={**api.headers, "Idempotency-Key": "create-2"}
+    )
     assert jobs_count() == 3
 
 
 def test_key_reused_with_another_request_is_refused(api: Api):
     file_id = api.upload(chat_examples()).get_json()["id"]
     headers = {**api.headers, "Idempotency-Key": "k"}
-    api.client.post("/v1/fine_tuning/jobs", headers=headers,
-                    json={"model": "tiny-random-llama", "training_file": file_id})
-    resp = api.client.post("/v1/fine_tuning/jobs", headers=headers,
-                           json={"model": "tiny-random-llama", "training_file": file_id,
-                                 "suffix": "other"})
+    api.client.post(
+        "/v1/fine_tuning/jobs",
+        headers=headers,
+        json={"model": "tiny-random-llama", "training_file": file_id},
+    )
+    resp = api.client.post(
+        "/v1/fine_tuning/jobs",
+        headers=headers,
+        json={"model": "tiny-random-llama", "training_file": file_id, "suffix": "other"},
+    )
     assert resp.status_code == 400
     assert resp.get_json()["error"]["code"] == "idempotency_key_reused"
     assert jobs_count() == 1
@@ -62,9 +68,12 @@ def test_upload_with_key_stores_one_file(api: Api):
         import json
 
         body = "".join(json.dumps(x) + "\n" for x in chat_examples())
-        resp = api.client.post("/v1/files", headers=headers, content_type="multipart/form-data",
-                               data={"file": (io.BytesIO(body.encode()), "t.jsonl"),
-                                     "purpose": "fine-tune"})
+        resp = api.client.post(
+            "/v1/files",
+            headers=headers,
+            content_type="multipart/form-data",
+            data={"file": (io.BytesIO(body.encode()), "t.jsonl"), "purpose": "fine-tune"},
+        )
         ids.add(resp.get_json()["id"])
     assert len(ids) == 1
     assert len(api.get("/v1/files").get_json()["data"]) == 1

@@ -48,4 +48,4 @@ def test_poll_list_and_create_round_trips(api: Api):
     # Key, model, quota, pools, file; then the job, its events and the audit entry in one
     # transaction; the publish mark last: no audit transaction or progress query after it.
     assert seen.count("SELECT") == 5
-    assert seen[-1] == "UPDATE" and "INSERT" not in seen[seen.index("UPDATE"):]
+    assert seen[-1] == "UPDATE" and "INSERT" not in seen[seen.index("UPDATE") :]

@@ -6,8 +6,13 @@ from core.storage.datasets import MIN_EXAMPLES, validate_lines
 
 
 def chat(user: str = "Hi", assistant: str = "Hello!", **extra) -> dict:
-    return {"messages": [{"role": "user", "content": user},
-                         {"role": "assistant", "content": assistant}], **extra}
+    return {
+        "messages": [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        ],
+        **extra,
+    }
 
 
 def lines(*objs) -> list[bytes]:
@@ -26,8 +31,9 @@ def test_problems_name_their_line():
     objs = [chat() for _ in range(12)]
     objs[2] = "{not json"
     objs[5] = {"messages": [{"role": "user", "content": "only a question"}]}
-    objs[7] = {"messages": [{"role": "wizard", "content": "x"},
-                            {"role": "assistant", "content": "y"}]}
+    objs[7] = {
+        "messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]
+    }
     objs[9] = [1, 2]
     report = validate_lines(lines(*objs))
     assert not report.ok
@@ -46,21 +52,54 @@ def test_too_few_examples():
     assert f"at least {MIN_EXAMPLES}" in report.problems[0].message
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"messages": [{"role": "user", "content": "q"},
-                   {"role": "assistant", "content": ""}]}, "empty content"),
-    ({"messages": [{"role": "user", "content": "q", "weight": 1},
-                   {"role": "assistant", "content": "a"}]}, "only allowed on assistant"),
-    ({"messages": [{"role": "user", "content": "q"},
-                   {"role": "assistant", "content": "a", "weight": 2}]}, "must be 0 or 1"),
-    ({"messages": [{"role": "user", "content": "q"},
-                   {"role": "assistant", "content": "a", "colour": "red"}]}, "unrecognised key"),
-    ({"messages": [], "x": 1}, "unrecognised key"),
-    ({"messages": [{"role": "user", "content": "q"},
-                   {"role": "assistant", "content": "a", "weight": 0}]}, "weight 0"),
-    ({"prompt": "p", "completion": 3}, "'completion' must be a string"),
-    ({"text": "hello"}, "no 'messages'"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
+            "empty content",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q", "weight": 1},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "only allowed on assistant",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": 2},
+                ]
+            },
+            "must be 0 or 1",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "colour": "red"},
+                ]
+            },
+            "unrecognised key",
+        ),
+        ({"messages": [], "x": 1}, "unrecognised key"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": 0},
+                ]
+            },
+            "weight 0",
+        ),
+        ({"prompt": "p", "completion": 3}, "'completion' must be a string"),
+        ({"text": "hello"}, "no 'messages'"),
+    ],
+)
 def test_line_level_rules(bad, expected):
     objs = [chat() for _ in range(11)] + [bad]
     report = validate_lines(lines(*objs))

@@ -19,21 +19,44 @@ def make_running_job(url: str, retries: int) -> str:
     with session_scope(url) as session:
         catalog.register_builtin_models(session)
         org = auth.create_organization(session, "acme")
-        session.add(File(id="file-1", organization_id=org.id, filename="t.jsonl",
-                         purpose="fine-tune", bytes=1, status="processed", storage_key="k",
-                         example_count=20, created_at=utcnow()))
+        session.add(
+            File(
+                id="file-1",
+                organization_id=org.id,
+                filename="t.jsonl",
+                purpose="fine-tune",
+                bytes=1,
+                status="processed",
+                storage_key="k",
+                example_count=20,
+                created_at=utcnow(),
+            )
+        )
         session.flush()
-        job = jobs.create_job(session, org.id, jobs.NewJob(
-            model="tiny-random-llama", training_file="file-1", validation_file=None,
-            hyperparameters=Hyperparameters(), adapter=AdapterConfig(), seed=1, suffix=None,
-            metadata=None))
+        job = jobs.create_job(
+            session,
+            org.id,
+            jobs.NewJob(
+                model="tiny-random-llama",
+                training_file="file-1",
+                validation_file=None,
+                hyperparameters=Hyperparameters(),
+                adapter=AdapterConfig(),
+                seed=1,
+                suffix=None,
+                metadata=None,
+            ),
+        )
         job_id = job.id
     with session_scope(url) as session:
         assert jobs.finish_validation(session, job_id, {"examples": 20})
     with session_scope(url) as session:
         assert jobs.claim_job(session, job_id, "w", lease_seconds=60) == 1
-        session.execute(update(Job).where(Job.id == job_id).values(
-            retries=retries, lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(retries=retries, lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
     return job_id
 
 
@@ -45,10 +68,14 @@ def test_expired_lease_requeues_then_gives_up(database_url):
         job = session.get(Job, job_id)
         assert (job.status, job.retries, job.worker) == ("queued", 1, None)
         assert jobs.jobs_to_publish(session, republish_after_seconds=60) == [
-            (job_id, "queued", "default")]
+            (job_id, "queued", "default")
+        ]
         assert jobs.claim_job(session, job_id, "w2", lease_seconds=60) == 2
-        session.execute(update(Job).where(Job.id == job_id).values(
-            lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
     with session_scope(database_url) as session:
         assert jobs.requeue_expired_leases(session, max_retries=1) == []
     with session_scope(database_url) as session:
@@ -65,8 +92,10 @@ def test_stale_worker_cannot_write_after_takeover(database_url):
     with session_scope(database_url) as session:  # the old worker (attempt 1) wakes up
         assert not jobs.renew_lease(session, job_id, 1, 60)
         assert not jobs.record_event(session, job_id, 1, "late write")
-        assert jobs.succeed_job(session, job_id, 1, trained_tokens=1, adapter_key="x",
-                                result_files=[]) is None
+        assert (
+            jobs.succeed_job(session, job_id, 1, trained_tokens=1, adapter_key="x", result_files=[])
+            is None
+        )
         assert not jobs.fail_job(session, job_id, 1, code="x", message="late")
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)

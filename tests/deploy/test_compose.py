@@ -65,7 +65,8 @@ def test_validates_against_compose_spec(compose: dict[str, Any], compose_schema)
     validator = Draft202012Validator(compose_schema)
     errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+    )
 
 
 def test_schema_rejects_a_broken_file(compose: dict[str, Any], compose_schema) -> None:
@@ -79,8 +80,19 @@ def test_schema_rejects_a_broken_file(compose: dict[str, Any], compose_schema) -
 
 def test_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) >= {
-        "postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "worker-cpu",
-        "validator", "scheduler", "inference", "inference-cpu"}
+        "postgres",
+        "redis",
+        "minio",
+        "minio-init",
+        "migrate",
+        "api",
+        "worker",
+        "worker-cpu",
+        "validator",
+        "scheduler",
+        "inference",
+        "inference-cpu",
+    }
 
 
 def test_start_order(compose: dict[str, Any]) -> None:
@@ -90,8 +102,10 @@ def test_start_order(compose: dict[str, Any]) -> None:
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
     for name in ("api", "worker", "worker-cpu"):
-        assert (services[name]["depends_on"]["minio-init"]["condition"]
-                == "service_completed_successfully")
+        assert (
+            services[name]["depends_on"]["minio-init"]["condition"]
+            == "service_completed_successfully"
+        )
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
     for name in ("postgres", "redis", "minio", "api", "worker"):
@@ -127,7 +141,9 @@ def test_service_wiring(compose: dict[str, Any]) -> None:
     assert env["DORADO_S3_ENDPOINT_URL"] == "http://minio:9000"
     minio = compose["services"]["minio"]["environment"]
     assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == (
-        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+    )
     # Published on loopback unless API_BIND_ADDRESS says otherwise.
     assert compose["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]
     assert set(compose["volumes"]) >= {"pgdata", "miniodata", "models"}

@@ -26,8 +26,13 @@ from tests.deploy.conftest import ROOT
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
-    for name in ("DORADO_DATABASE_URL", "DORADO_BROKER_URL", "DORADO_STORAGE_URL",
-                 "PROMETHEUS_MULTIPROC_DIR", "DORADO_METRICS_DIR"):
+    for name in (
+        "DORADO_DATABASE_URL",
+        "DORADO_BROKER_URL",
+        "DORADO_STORAGE_URL",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "DORADO_METRICS_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     prepare_database(settings)
@@ -41,18 +46,28 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def add_job(settings: Settings, status: str, *, tokens: int | None = None,
-            seconds: float | None = None) -> None:
+def add_job(
+    settings: Settings, status: str, *, tokens: int | None = None, seconds: float | None = None
+) -> None:
     with session_scope(settings.database_url) as session:
         org = session.query(Organization).first()
         now = utcnow()
-        session.add(Job(
-            id=f"ftjob-{os.urandom(8).hex()}", organization_id=org.id, model="tiny-random-llama",
-            status=status, training_file="file-x", hyperparameters={}, adapter={}, method={},
-            seed=1, trained_tokens=tokens,
-            started_at=now - timedelta(seconds=seconds) if seconds is not None else None,
-            finished_at=now if seconds is not None else None,
-        ))
+        session.add(
+            Job(
+                id=f"ftjob-{os.urandom(8).hex()}",
+                organization_id=org.id,
+                model="tiny-random-llama",
+                status=status,
+                training_file="file-x",
+                hyperparameters={},
+                adapter={},
+                method={},
+                seed=1,
+                trained_tokens=tokens,
+                started_at=now - timedelta(seconds=seconds) if seconds is not None else None,
+                finished_at=now if seconds is not None else None,
+            )
+        )
 
 
 def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,7 +80,8 @@ def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_healthz_needs_no_key_nor_database(settings) -> None:
     broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x")
+        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    )
     response = create_app(broken).test_client().get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
@@ -77,20 +93,27 @@ def test_readyz_ok(settings) -> None:
     body = response.get_json()
     assert body["status"] == "ready"
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
-        "database": True, "object_store": True, "broker": True}
+        "database": True,
+        "object_store": True,
+        "broker": True,
+    }
     assert body["checks"]["broker"]["skipped"] == "filesystem transport"
 
 
 def test_readyz_503_when_database_is_down(settings) -> None:
     broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x")
+        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    )
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "unavailable"
     assert body["failing"] == ["database"]
     assert body["checks"]["database"] == {
-        "ok": False, "error": "OperationalError", "ms": body["checks"]["database"]["ms"]}
+        "ok": False,
+        "error": "OperationalError",
+        "ms": body["checks"]["database"]["ms"],
+    }
     # Unauthenticated endpoint: no host names or credentials in the answer.
     assert "127.0.0.1" not in response.get_data(as_text=True)
 
@@ -142,8 +165,15 @@ def test_metrics(settings) -> None:
     assert got[("dorado_job_duration_window_jobs", (("status", "succeeded"),))] == 2
     assert got[("dorado_queue_oldest_age_seconds", (("pool", "default"),))] >= 0
     # The /healthz request above, by route template, method and status.
-    assert got[("dorado_http_request_duration_seconds_count",
-                (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")))] >= 1
+    assert (
+        got[
+            (
+                "dorado_http_request_duration_seconds_count",
+                (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")),
+            )
+        ]
+        >= 1
+    )
 
 
 def test_metrics_and_probes_need_no_api_key(settings) -> None:
@@ -158,15 +188,19 @@ def test_http_latency_uses_route_templates(settings) -> None:
     client.get("/v1/fine_tuning/jobs/ftjob-doesnotexist")
     client.get("/no/such/page")
     got = samples(client.get("/metrics").get_data(as_text=True))
-    endpoints = {dict(labels).get("endpoint") for name, labels in got
-                 if name == "dorado_http_request_duration_seconds_count"}
+    endpoints = {
+        dict(labels).get("endpoint")
+        for name, labels in got
+        if name == "dorado_http_request_duration_seconds_count"
+    }
     assert "<unmatched>" in endpoints
     assert not any(e and "ftjob-doesnotexist" in e for e in endpoints)
 
 
 def test_metrics_when_database_is_down(settings) -> None:
     broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x")
+        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    )
     response = create_app(broken).test_client().get("/metrics")
     assert response.status_code == 200
     assert samples(response.get_data(as_text=True))[("dorado_database_up", ())] == 0
@@ -188,16 +222,30 @@ sys.stdout.write(client.get("/metrics").get_data(as_text=True))
 def test_multiprocess_mode_via_dorado_metrics_dir(tmp_path) -> None:
     # A fresh interpreter: prometheus-client picks its value storage once per process.
     metrics_dir = tmp_path / "metrics"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DORADO_", "PROMETHEUS_MULTIPROC"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DORADO_", "PROMETHEUS_MULTIPROC"))
+    }
     env.update(DORADO_HOME=str(tmp_path / "home"), DORADO_METRICS_DIR=str(metrics_dir))
-    result = subprocess.run([sys.executable, "-c", MULTIPROCESS_SCRIPT], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert list(metrics_dir.glob("histogram_*.db")), "no multiprocess files written"
     got = samples(result.stdout)
-    assert got[("dorado_http_request_duration_seconds_count",
-                (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")))] == 1
+    assert (
+        got[
+            (
+                "dorado_http_request_duration_seconds_count",
+                (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")),
+            )
+        ]
+        == 1
+    )
     assert got[("dorado_database_up", ())] == 1
 
 

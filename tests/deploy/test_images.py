@@ -33,8 +33,11 @@ def test_runs_as_non_root(name: str) -> None:
 def test_dependencies_installed_before_source_is_copied(name: str) -> None:
     steps = instructions(name)
     deps = next(i for i, (w, a) in enumerate(steps) if w == "RUN" and "-r /tmp/requirements" in a)
-    first_source = next(i for i, (w, a) in enumerate(steps)
-                        if w == "COPY" and a.split()[0] in ("core", "api", "worker", "."))
+    first_source = next(
+        i
+        for i, (w, a) in enumerate(steps)
+        if w == "COPY" and a.split()[0] in ("core", "api", "worker", ".")
+    )
     assert deps < first_source
     copies_before = [a for w, a in steps[:deps] if w == "COPY"]
     assert copies_before == ["pyproject.toml ./"]

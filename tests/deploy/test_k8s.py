@@ -55,8 +55,9 @@ def render(build: str) -> list[dict[str, Any]]:
         if build != "base":
             pytest.skip("neither kubectl nor kustomize is installed")
         return _render_base_by_hand()
-    out = subprocess.run([*command, str(K8S / build)], check=True, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [*command, str(K8S / build)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -80,8 +81,10 @@ def test_validates_against_kubernetes_schemas(rendered) -> None:
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at "
-                        f"{'/'.join(map(str, exc.path))}")
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at "
+                f"{'/'.join(map(str, exc.path))}"
+            )
 
 
 def test_validator_rejects_a_typo() -> None:
@@ -114,8 +117,10 @@ def test_references_resolve(rendered) -> None:
                 assert path["backend"]["service"]["name"] in services
     for pdb in by_kind(docs, "PodDisruptionBudget").values():
         selector = pdb["spec"]["selector"]["matchLabels"]
-        assert any(selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
-                   for d in deployments.values()), pdb["metadata"]["name"]
+        assert any(
+            selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            for d in deployments.values()
+        ), pdb["metadata"]["name"]
     for deployment in deployments.values():
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -124,8 +129,14 @@ def test_references_resolve(rendered) -> None:
 def test_base_components() -> None:
     docs = render("base")
     deployments = by_kind(docs, "Deployment")
-    assert set(deployments) == {"dorado-api", "dorado-scheduler", "dorado-worker-a100-80gb",
-                                "dorado-worker-l4", "dorado-validator", "dorado-inference"}
+    assert set(deployments) == {
+        "dorado-api",
+        "dorado-scheduler",
+        "dorado-worker-a100-80gb",
+        "dorado-worker-l4",
+        "dorado-validator",
+        "dorado-inference",
+    }
     validator = deployments["dorado-validator"]["spec"]["template"]["spec"]["containers"][0]
     assert validator["command"][validator["command"].index("-Q") + 1] == "dorado.validate"
     assert "nvidia.com/gpu" not in validator["resources"].get("limits", {})
@@ -154,10 +165,15 @@ def test_overlays() -> None:
         pytest.skip("neither kubectl nor kustomize is installed")
     production = render("overlays/production")
     assert "dorado-secrets" not in by_kind(production, "Secret")
-    images = {c["image"] for d in by_kind(production, "Deployment").values()
-              for c in d["spec"]["template"]["spec"]["containers"]}
-    assert images == {"registry.example.com/dorado/api:0.1.0",
-                      "registry.example.com/dorado/worker:0.1.0"}
+    images = {
+        c["image"]
+        for d in by_kind(production, "Deployment").values()
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {
+        "registry.example.com/dorado/api:0.1.0",
+        "registry.example.com/dorado/worker:0.1.0",
+    }
     cpu = render("overlays/cpu-only")
     assert not by_kind(cpu, "ScaledObject")
     for deployment in by_kind(cpu, "Deployment").values():
@@ -175,7 +191,8 @@ def test_inference_service_reached_by_the_api_only() -> None:
     config = by_kind(docs, "ConfigMap")["dorado-config"]["data"]
     service = by_kind(docs, "Service")["dorado-inference"]
     assert config["DORADO_INFERENCE_URL"] == (
-        f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}")
+        f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    )
     pod = by_kind(docs, "Deployment")["dorado-inference"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert container["command"][:2] == ["dorado-worker", "serve-inference"]
@@ -184,5 +201,7 @@ def test_inference_service_reached_by_the_api_only() -> None:
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     policy = by_kind(docs, "NetworkPolicy")["dorado-inference"]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert [rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-            for rule in policy["ingress"]] == ["api"]
+    assert [
+        rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for rule in policy["ingress"]
+    ] == ["api"]

@@ -27,7 +27,8 @@ def k8s_config_names() -> set[str]:
 def test_code_reads_settings() -> None:
     # Guards the grep itself: an empty set would make the other tests pass vacuously.
     assert {"DORADO_DATABASE_URL", "DORADO_BROKER_URL", "DORADO_STORAGE_URL"} <= (
-        settings_read_by_code())
+        settings_read_by_code()
+    )
 
 
 def test_every_setting_in_env_example() -> None:
@@ -52,6 +53,11 @@ def test_every_setting_in_k8s_configmap_or_secret() -> None:
 
 def test_secrets_are_not_in_the_configmap() -> None:
     config = yaml.safe_load((ROOT / "infra/k8s/base/configmap.yaml").read_text())["data"]
-    for name in ("DORADO_DATABASE_URL", "DORADO_BOOTSTRAP_API_KEY", "DORADO_SECRET_KEY",
-                 "AWS_SECRET_ACCESS_KEY", "DORADO_BROKER_URL"):
+    for name in (
+        "DORADO_DATABASE_URL",
+        "DORADO_BOOTSTRAP_API_KEY",
+        "DORADO_SECRET_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "DORADO_BROKER_URL",
+    ):
         assert name not in config

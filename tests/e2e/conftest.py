@@ -12,8 +12,9 @@ from tests.e2e.platform import Platform
 def platform(tmp_path_factory) -> Iterator[Platform]:
     """One platform (embedded defaults, real processes) shared by a test module."""
     home = tmp_path_factory.mktemp("platform") / "home"
-    running = Platform(home, "dor-e2e-module-key-000000000", MODEL_CACHE,
-                       {"DORADO_LEASE_SECONDS": "20"}).start()
+    running = Platform(
+        home, "dor-e2e-module-key-000000000", MODEL_CACHE, {"DORADO_LEASE_SECONDS": "20"}
+    ).start()
     try:
         yield running
     finally:

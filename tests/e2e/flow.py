@@ -32,8 +32,11 @@ def wait_for_job(client: OpenAI, job_id: str, timeout: float, platform: Platform
 
 
 def download_adapter(platform: Platform, job_id: str, dest: Path) -> Path:
-    resp = requests.get(f"{platform.base_url}/fine_tuning/jobs/{job_id}/adapter",
-                        headers=platform.headers(), timeout=60)
+    resp = requests.get(
+        f"{platform.base_url}/fine_tuning/jobs/{job_id}/adapter",
+        headers=platform.headers(),
+        timeout=60,
+    )
     assert resp.status_code == 200, resp.text
     assert resp.headers["Content-Type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tar:

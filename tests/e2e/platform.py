@@ -22,8 +22,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def platform_env(home: Path, api_key: str, model_cache: Path, port: int,
-                 extra_env: dict[str, str] | None = None) -> dict[str, str]:
+def platform_env(
+    home: Path, api_key: str, model_cache: Path, port: int, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of every process of one test platform."""
     return {
         **os.environ,
@@ -39,8 +40,9 @@ def platform_env(home: Path, api_key: str, model_cache: Path, port: int,
 class Platform:
     """``dorado run`` in its own process group, with its output in a log file."""
 
-    def __init__(self, home: Path, api_key: str, model_cache: Path,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, home: Path, api_key: str, model_cache: Path, extra_env: dict[str, str] | None = None
+    ):
         self.home = home
         self.api_key = api_key
         self.port = free_port()
@@ -52,9 +54,14 @@ class Platform:
     def start(self, timeout: float = 90) -> Platform:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(BIN / "dorado"), "run", "--skip-models"],
-                                     cwd=ROOT, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "dorado"), "run", "--skip-models"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -74,8 +74,12 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
     training = upload(client)
     validation = upload(client, b"".join(PIRATE.splitlines(keepends=True)[:12]), "v.jsonl")
     job = client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=training.id, validation_file=validation.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 8}, seed=42, suffix="sdk-test",
+        model="tiny-random-llama",
+        training_file=training.id,
+        validation_file=validation.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 8},
+        seed=42,
+        suffix="sdk-test",
         metadata={"team": "sdk", "run": "1"},
         extra_body={"adapter": {"type": "lora", "r": 4}},
     )
@@ -103,18 +107,30 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
         assert event.id.startswith("ftevent-") and event.object == "fine_tuning.job.event"
     messages = [e.message for e in reversed(events)]
     assert messages[:5] == [
-        f"Created fine-tuning job: {job.id}", f"Validating training file: {training.id}",
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {training.id}",
         f"Validating validation file: {validation.id}",
-        "Files validated, moving job to queued state", "Fine-tuning job started"]
+        "Files validated, moving job to queued state",
+        "Fine-tuning job started",
+    ]
     validated = next(e for e in events if e.message.startswith("Files validated"))
     assert validated.data["examples"] == 52 and validated.data["validation_file"]["examples"] == 12
     assert done.model_extra["validation"]["tokens"] * 2 == done.trained_tokens  # exact count
-    assert messages[-2:] == [f"New fine-tuned model created: {done.fine_tuned_model}",
-                             "The job has successfully completed"]
+    assert messages[-2:] == [
+        f"New fine-tuned model created: {done.fine_tuned_model}",
+        "The job has successfully completed",
+    ]
     metrics = [e for e in reversed(events) if e.type == "metrics"]
-    assert {"step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss",
-            "valid_mean_token_accuracy", "full_valid_loss",
-            "full_valid_mean_token_accuracy"} <= set(metrics[-1].data)
+    assert {
+        "step",
+        "total_steps",
+        "train_loss",
+        "train_mean_token_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+        "full_valid_loss",
+        "full_valid_mean_token_accuracy",
+    } <= set(metrics[-1].data)
     assert metrics[-1].data["full_valid_loss"] is not None  # last step ends an epoch
     assert any("Checkpoint saved" in m for m in messages)
 
@@ -123,16 +139,20 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
     for ckpt in checkpoints:
         assert_complete(ckpt)
         assert ckpt.id.startswith("ftckpt_") and ckpt.fine_tuning_job_id == job.id
-        assert ckpt.fine_tuned_model_checkpoint == \
-            f"{done.fine_tuned_model}:ckpt-step-{ckpt.step_number}"
+        assert (
+            ckpt.fine_tuned_model_checkpoint
+            == f"{done.fine_tuned_model}:ckpt-step-{ckpt.step_number}"
+        )
         assert ckpt.metrics.train_loss is not None and ckpt.metrics.full_valid_loss is not None
     assert checkpoints[0].step_number > checkpoints[1].step_number  # newest first
     assert checkpoints[0].step_number == metrics[-1].data["total_steps"]
 
     (results_id,) = done.result_files
     csv_text = client.files.content(results_id).text
-    assert csv_text.splitlines()[0] == \
-        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert (
+        csv_text.splitlines()[0]
+        == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    )
     assert client.files.retrieve(results_id).purpose == "fine-tune-results"
 
     first_page = client.fine_tuning.jobs.list(limit=1)
@@ -159,16 +179,17 @@ def test_job_lifecycle_checkpoints_and_models(client: OpenAI, platform: Platform
 
 def test_job_list_pagination(client: OpenAI):
     training = upload(client)
-    created = [client.fine_tuning.jobs.create(model="tiny-random-llama",
-                                              training_file=training.id,
-                                              metadata={"batch": "pagination"})
-               for _ in range(3)]
+    created = [
+        client.fine_tuning.jobs.create(
+            model="tiny-random-llama", training_file=training.id, metadata={"batch": "pagination"}
+        )
+        for _ in range(3)
+    ]
     for job in created:  # keep the worker free for the other tests
         client.fine_tuning.jobs.cancel(job.id)
     page = client.fine_tuning.jobs.list(limit=2, metadata={"batch": "pagination"})
     assert len(page.data) == 2 and page.has_more
-    ids = [j.id for j in client.fine_tuning.jobs.list(limit=2,
-                                                       metadata={"batch": "pagination"})]
+    ids = [j.id for j in client.fine_tuning.jobs.list(limit=2, metadata={"batch": "pagination"})]
     assert ids == [j.id for j in reversed(created)]
 
 
@@ -184,8 +205,11 @@ def wait_for_status(client: OpenAI, job_id: str, wanted: str, timeout: float = 1
 
 def test_pause_resume_then_cancel_a_running_job(client: OpenAI, platform: Platform):
     training = upload(client)
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         hyperparameters={"n_epochs": 50, "batch_size": 1})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 50, "batch_size": 1},
+    )
     running = wait_for_status(client, job.id, "running")
     assert_complete(running)
     time.sleep(1.0)
@@ -212,12 +236,14 @@ def test_pause_resume_then_cancel_a_running_job(client: OpenAI, platform: Platfo
     assert "already cancelled" in err.value.message
 
 
-def test_paused_job_resumes_to_success_without_repeating_steps(client: OpenAI,
-                                                               platform: Platform):
+def test_paused_job_resumes_to_success_without_repeating_steps(client: OpenAI, platform: Platform):
     training = upload(client)
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         hyperparameters={"n_epochs": 6, "batch_size": 1},
-                                         extra_body={"adapter": {"type": "lora"}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 6, "batch_size": 1},
+        extra_body={"adapter": {"type": "lora"}},
+    )
     wait_for_status(client, job.id, "running")
     time.sleep(1.0)
     client.fine_tuning.jobs.pause(job.id)
@@ -259,23 +285,32 @@ def test_errors_map_to_sdk_exceptions(client: OpenAI, platform: Platform):
 
     training = upload(client)
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                       hyperparameters={"n_epochs": 0})
+        client.fine_tuning.jobs.create(
+            model="tiny-random-llama", training_file=training.id, hyperparameters={"n_epochs": 0}
+        )
     assert err.value.param == "hyperparameters.n_epochs"
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                       method={"type": "dpo"})
+        client.fine_tuning.jobs.create(
+            model="tiny-random-llama", training_file=training.id, method={"type": "dpo"}
+        )
     assert "not supported" in err.value.message
     with pytest.raises(openai.BadRequestError):
-        client.fine_tuning.jobs.resume(client.fine_tuning.jobs.cancel(
-            client.fine_tuning.jobs.create(model="tiny-random-llama",
-                                           training_file=training.id).id).id)
+        client.fine_tuning.jobs.resume(
+            client.fine_tuning.jobs.cancel(
+                client.fine_tuning.jobs.create(
+                    model="tiny-random-llama", training_file=training.id
+                ).id
+            ).id
+        )
 
 
 def test_failed_job_names_the_problem(client: OpenAI, platform: Platform):
     training = upload(client)
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         extra_body={"adapter": {"target_modules": ["nope"]}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama",
+        training_file=training.id,
+        extra_body={"adapter": {"target_modules": ["nope"]}},
+    )
     failed = wait_for_job(client, job.id, timeout=120, platform=platform)
     assert failed.status == "failed"
     assert_complete(failed)
@@ -285,9 +320,12 @@ def test_failed_job_names_the_problem(client: OpenAI, platform: Platform):
 
 def test_job_past_its_time_limit_fails_clearly(client: OpenAI, platform: Platform):
     training = upload(client)
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         hyperparameters={"n_epochs": 50, "batch_size": 1},
-                                         extra_body={"max_run_seconds": 6})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 50, "batch_size": 1},
+        extra_body={"max_run_seconds": 6},
+    )
     failed = wait_for_job(client, job.id, timeout=120, platform=platform)
     assert failed.status == "failed"
     assert failed.error.code == "max_run_time_exceeded"

@@ -28,7 +28,9 @@ def run_quickstart(platform: Platform, tmp_path) -> None:
     jobs = {}
     for kind in ("dora", "lora"):
         jobs[kind] = client.fine_tuning.jobs.create(
-            model="tiny-random-llama", training_file=uploaded.id, suffix=kind,
+            model="tiny-random-llama",
+            training_file=uploaded.id,
+            suffix=kind,
             hyperparameters={"n_epochs": 2},
             extra_body={"adapter": {"type": kind, "r": 8, "alpha": 16}},
         )
@@ -100,12 +102,15 @@ def test_quickstart_on_postgres_redis_and_s3(tmp_path, postgres_url, redis_url, 
         assert not (tmp_path / "home" / "objects").exists()
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_server["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dorado-test")["Contents"]]
         assert any(k.startswith("dorado/files/") for k in keys)
         assert any(k.endswith("/adapter.tar.gz") for k in keys)
     finally:
         assert_stops_cleanly(platform)
-
-

@@ -29,12 +29,15 @@ def readme_snippet() -> str:
 def greedy_answer(model, tokenizer, question: str) -> str:
     import torch
 
-    enc = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                        add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.slow
@@ -45,10 +48,15 @@ def test_readme_snippet_teaches_smollm2_pirate_speak(tmp_path):
     assert HELD_OUT not in (EXAMPLES / "pirate.jsonl").read_text()
     platform = Platform(tmp_path / "home", "dor-e2e-smollm2-key-000000", MODEL_CACHE).start()
     try:
-        env = {**os.environ, "DORADO_URL": platform.base_url,
-               "DORADO_API_KEY": platform.api_key}
-        run = subprocess.run([sys.executable, "-c", readme_snippet()], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=1200)
+        env = {**os.environ, "DORADO_URL": platform.base_url, "DORADO_API_KEY": platform.api_key}
+        run = subprocess.run(
+            [sys.executable, "-c", readme_snippet()],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert run.returncode == 0, run.stderr + platform.log_tail()
         job_id, status = run.stdout.split()[:2]
         assert status == "succeeded", run.stdout + platform.log_tail()

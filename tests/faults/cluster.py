@@ -18,30 +18,52 @@ BIN = Path(sys.executable).parent
 
 
 class Cluster:
-    def __init__(self, home: Path, api_key: str, model_cache: Path,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, home: Path, api_key: str, model_cache: Path, extra_env: dict[str, str] | None = None
+    ):
         self.home = home
         self.api_key = api_key
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         # Short lease and sweeps: a lost worker's job is noticed within seconds.
-        self.env = platform_env(home, api_key, model_cache, self.port, {
-            "DORADO_LEASE_SECONDS": "6", "DORADO_SWEEP_INTERVAL_SECONDS": "1",
-            "DORADO_REPUBLISH_AFTER_SECONDS": "3", **(extra_env or {})})
+        self.env = platform_env(
+            home,
+            api_key,
+            model_cache,
+            self.port,
+            {
+                "DORADO_LEASE_SECONDS": "6",
+                "DORADO_SWEEP_INTERVAL_SECONDS": "1",
+                "DORADO_REPUBLISH_AFTER_SECONDS": "3",
+                **(extra_env or {}),
+            },
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         home.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str, command: list[str],
-               env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.home.parent / f"{self.home.name}-{name}.log", "ab")
-        proc = subprocess.Popen(command, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def migrate(self) -> None:
-        subprocess.run([str(BIN / "dorado"), "migrate"], cwd=ROOT, env=self.env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(BIN / "dorado"), "migrate"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
 
     def start_api(self, timeout: float = 60) -> None:
         self._spawn("api", api_command("127.0.0.1", self.port, workers=1))

@@ -24,8 +24,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.3):
 
 def messages(client: OpenAI, job_id: str) -> list[str]:
     """Every event message of a job, oldest first."""
-    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id,
-                                                                               limit=100)))]
+    return [
+        e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))
+    ]
 
 
 def csv_steps(client: OpenAI, file_id: str) -> list[int]:

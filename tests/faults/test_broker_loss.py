@@ -12,8 +12,9 @@ from tests.faults.helpers import messages, upload_pirate, wait_until
 
 
 def test_flushed_broker_loses_no_job(tmp_path, redis_url):
-    cluster = Cluster(tmp_path / "home", "dor-broker-key-000000000", MODEL_CACHE,
-                      {"DORADO_BROKER_URL": redis_url})
+    cluster = Cluster(
+        tmp_path / "home", "dor-broker-key-000000000", MODEL_CACHE, {"DORADO_BROKER_URL": redis_url}
+    )
     cluster.migrate()
     cluster.start_api()
     try:
@@ -22,27 +23,41 @@ def test_flushed_broker_loses_no_job(tmp_path, redis_url):
 
         def create(epochs: int):
             return client.fine_tuning.jobs.create(
-                model="tiny-random-llama", training_file=training.id,
+                model="tiny-random-llama",
+                training_file=training.id,
                 hyperparameters={"n_epochs": epochs, "batch_size": 1},
-                extra_body={"adapter": {"type": "lora"}})
+                extra_body={"adapter": {"type": "lora"}},
+            )
 
         cluster.start_validator()
         cluster.start_worker("worker")
         running = create(4)
-        wait_until(lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running",
-                   90, "the first job to run")
+        wait_until(
+            lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running",
+            90,
+            "the first job to run",
+        )
         queued = [create(1) for _ in range(2)]
-        wait_until(lambda: all(client.fine_tuning.jobs.retrieve(j.id).status == "queued"
-                               for j in queued), 90, "the others to be validated and queued")
+        wait_until(
+            lambda: all(client.fine_tuning.jobs.retrieve(j.id).status == "queued" for j in queued),
+            90,
+            "the others to be validated and queued",
+        )
         assert redis.Redis.from_url(redis_url).dbsize() > 0  # their messages wait in Redis
         redis.Redis.from_url(redis_url).flushdb()
 
         cluster.start_scheduler()  # re-publishes queued jobs whose message is gone
         for job in [running, *queued]:
             done = wait_until(
-                lambda job=job: (j := client.fine_tuning.jobs.retrieve(job.id)).status in (
-                    "succeeded", "failed", "cancelled") and j, 600, f"{job.id} to finish",
-                interval=0.5)
+                lambda job=job: (
+                    (j := client.fine_tuning.jobs.retrieve(job.id)).status
+                    in ("succeeded", "failed", "cancelled")
+                    and j
+                ),
+                600,
+                f"{job.id} to finish",
+                interval=0.5,
+            )
             assert done.status == "succeeded", (done.error, cluster.logs())
             events = messages(client, job.id)
             assert events.count("Fine-tuning job started") == 1  # ran once, not twice

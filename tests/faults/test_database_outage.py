@@ -22,8 +22,7 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 
 
 def as_postgres(*command: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True,
-                   capture_output=True)
+    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -36,8 +35,14 @@ def own_postgres():
     shutil.chown(data, "postgres", "postgres")
     port = free_port()
     as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-o",
-           f"-p {port} -k {data} -c listen_addresses=127.0.0.1"]
+    ctl = [
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+    ]
 
     def start() -> None:
         as_postgres(*ctl[:4], *ctl[4:], "-l", str(data / "log"), "start")
@@ -47,23 +52,31 @@ def own_postgres():
 
     start()
     as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "dorado")
-    yield {"url": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dorado?connect_timeout=3",
-           "start": start, "stop": stop}
-    subprocess.run(["runuser", "-u", "postgres", "--", *ctl[:4], "-m", "immediate", "stop"],
-                   capture_output=True)
+    yield {
+        "url": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dorado?connect_timeout=3",
+        "start": start,
+        "stop": stop,
+    }
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *ctl[:4], "-m", "immediate", "stop"],
+        capture_output=True,
+    )
     shutil.rmtree(data, ignore_errors=True)
 
 
 def test_api_answers_503_while_postgres_is_down_and_recovers(tmp_path, own_postgres):
-    cluster = Cluster(tmp_path / "home", "dor-outage-key-000000000", MODEL_CACHE,
-                      {"DORADO_DATABASE_URL": own_postgres["url"]})
+    cluster = Cluster(
+        tmp_path / "home",
+        "dor-outage-key-000000000",
+        MODEL_CACHE,
+        {"DORADO_DATABASE_URL": own_postgres["url"]},
+    )
     cluster.migrate()
     cluster.start_api()
     try:
         client = OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
         training = upload_pirate(client)
-        job = client.fine_tuning.jobs.create(model="tiny-random-llama",
-                                             training_file=training.id)
+        job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id)
         headers = {"Authorization": f"Bearer {cluster.api_key}"}
         url = f"{cluster.base_url}/fine_tuning/jobs/{job.id}"
         assert requests.get(url, headers=headers, timeout=10).status_code == 200

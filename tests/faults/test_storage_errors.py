@@ -15,8 +15,10 @@ from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
 from tests.faults.helpers import upload_pirate, wait_until
 
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 class FlakyS3Proxy:
@@ -77,10 +79,14 @@ class FlakyS3Proxy:
 @pytest.fixture
 def flaky_cluster(tmp_path, s3_server):
     proxy = FlakyS3Proxy(s3_server["endpoint"], fail_every=3)
-    env = {"DORADO_STORAGE_URL": f"s3://{s3_server['bucket']}/flaky",
-           "DORADO_S3_ENDPOINT_URL": proxy.url,
-           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "DORADO_MAX_JOB_RETRIES": "1"}
+    env = {
+        "DORADO_STORAGE_URL": f"s3://{s3_server['bucket']}/flaky",
+        "DORADO_S3_ENDPOINT_URL": proxy.url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DORADO_MAX_JOB_RETRIES": "1",
+    }
     cluster = Cluster(tmp_path / "home", "dor-s3-faults-key-0000000", MODEL_CACHE, env)
     cluster.migrate()
     cluster.start_api()
@@ -93,25 +99,37 @@ def flaky_cluster(tmp_path, s3_server):
 
 
 def finished(client: OpenAI, job_id: str):
-    return wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in (
-        "succeeded", "failed", "cancelled") and j, 300, "the job to finish", interval=0.5)
+    return wait_until(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job_id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        300,
+        "the job to finish",
+        interval=0.5,
+    )
 
 
 def test_transient_failures_are_retried_and_permanent_ones_classified(flaky_cluster):
     cluster, proxy = flaky_cluster
     client = OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
     training = upload_pirate(client)
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         hyperparameters={"n_epochs": 1},
-                                         extra_body={"adapter": {"type": "lora"}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1},
+        extra_body={"adapter": {"type": "lora"}},
+    )
     done = finished(client, job.id)
     assert done.status == "succeeded", (done.error, cluster.logs())
     assert proxy.failed >= 3  # failures really happened, and were ridden out
     assert client.files.content(done.result_files[0]).text.startswith("step,")
 
     proxy.broken = True
-    job = client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training.id,
-                                         hyperparameters={"n_epochs": 1})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-random-llama", training_file=training.id, hyperparameters={"n_epochs": 1}
+    )
     failed = finished(client, job.id)
     assert failed.status == "failed"
     assert failed.error.code == "storage_unavailable", failed.error

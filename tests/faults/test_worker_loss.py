@@ -31,9 +31,11 @@ def cluster(tmp_path):
 def start_long_job(client: OpenAI):
     training = upload_pirate(client)
     return client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=training.id,
+        model="tiny-random-llama",
+        training_file=training.id,
         hyperparameters={"n_epochs": EPOCHS, "batch_size": 1},
-        extra_body={"adapter": {"type": "lora"}, "checkpoint_every_n_steps": 20})
+        extra_body={"adapter": {"type": "lora"}, "checkpoint_every_n_steps": 20},
+    )
 
 
 def checkpointed_step(client: OpenAI, job_id: str) -> int:
@@ -42,8 +44,16 @@ def checkpointed_step(client: OpenAI, job_id: str) -> int:
 
 
 def finish(client: OpenAI, cluster: Cluster, job_id: str):
-    job = wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in (
-        "succeeded", "failed", "cancelled") and j, 600, "the job to finish", interval=0.5)
+    job = wait_until(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job_id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        600,
+        "the job to finish",
+        interval=0.5,
+    )
     assert job.status == "succeeded", (job.error, cluster.logs())
     assert csv_steps(client, job.result_files[0]) == list(range(1, TOTAL + 1))
     return job
@@ -74,10 +84,12 @@ def test_sigterm_checkpoints_and_requeues(cluster: Cluster):
     client = OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
     cluster.start_worker("first")
     job = start_long_job(client)
-    wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running", 60,
-               "the job to run")
-    wait_until(lambda: any(m.startswith("Step ") for m in messages(client, job.id)), 60,
-               "training steps")
+    wait_until(
+        lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running", 60, "the job to run"
+    )
+    wait_until(
+        lambda: any(m.startswith("Step ") for m in messages(client, job.id)), 60, "training steps"
+    )
     cluster.signal("first", signal.SIGTERM)
     assert cluster.wait("first", timeout=60) == 0
     after = messages(client, job.id)

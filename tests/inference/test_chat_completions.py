@@ -42,15 +42,20 @@ def client(platform: Platform) -> OpenAI:
 @pytest.fixture(scope="module")
 def submitted(platform: Platform, client: OpenAI, request) -> dict[str, str]:
     """Both jobs, submitted at once: the worker trains them one after the other."""
-    training = client.files.create(file=open(EXAMPLES / "pirate.jsonl", "rb"),
-                                   purpose="fine-tune")
-    ids = {"tiny": client.fine_tuning.jobs.create(
-        model=TINY, training_file=training.id, hyperparameters={"n_epochs": 1},
-        suffix="tiny").id}
-    if any(item.get_closest_marker("slow") for item in request.session.items
-           if item.module is request.module):
-        ids["pirate"] = client.fine_tuning.jobs.create(model=SMOL, training_file=training.id,
-                                                       suffix="pirate").id
+    training = client.files.create(file=open(EXAMPLES / "pirate.jsonl", "rb"), purpose="fine-tune")
+    ids = {
+        "tiny": client.fine_tuning.jobs.create(
+            model=TINY, training_file=training.id, hyperparameters={"n_epochs": 1}, suffix="tiny"
+        ).id
+    }
+    if any(
+        item.get_closest_marker("slow")
+        for item in request.session.items
+        if item.module is request.module
+    ):
+        ids["pirate"] = client.fine_tuning.jobs.create(
+            model=SMOL, training_file=training.id, suffix="pirate"
+        ).id
     return ids
 
 
@@ -87,8 +92,7 @@ def stream_text(client: OpenAI, **kwargs) -> tuple[str, list]:
 
 
 def test_base_model_chat_completion(submitted, client: OpenAI) -> None:
-    answer = client.chat.completions.create(model=TINY, messages=ask(), max_tokens=6,
-                                            temperature=0)
+    answer = client.chat.completions.create(model=TINY, messages=ask(), max_tokens=6, temperature=0)
     assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-")
     assert answer.model == TINY
     choice = answer.choices[0]
@@ -98,8 +102,14 @@ def test_base_model_chat_completion(submitted, client: OpenAI) -> None:
     assert usage.completion_tokens == 6 and usage.prompt_tokens > 10
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
-    text, chunks = stream_text(client, model=TINY, messages=ask(), max_completion_tokens=6,
-                               temperature=0, stream_options={"include_usage": True})
+    text, chunks = stream_text(
+        client,
+        model=TINY,
+        messages=ask(),
+        max_completion_tokens=6,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
     assert text == choice.message.content
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -109,15 +119,19 @@ def test_base_model_chat_completion(submitted, client: OpenAI) -> None:
 
 
 def test_sse_wire_format(platform: Platform) -> None:
-    resp = requests.post(f"{platform.base_url}/chat/completions", headers=platform.headers(),
-                         json={"model": TINY, "messages": ask(), "max_tokens": 4,
-                               "stream": True, "seed": 3}, stream=True, timeout=120)
+    resp = requests.post(
+        f"{platform.base_url}/chat/completions",
+        headers=platform.headers(),
+        json={"model": TINY, "messages": ask(), "max_tokens": 4, "stream": True, "seed": 3},
+        stream=True,
+        timeout=120,
+    )
     assert resp.status_code == 200, resp.text
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     events = [line for line in resp.iter_lines(decode_unicode=True) if line]
     assert all(line.startswith("data: ") for line in events)
     assert events[-1] == "data: [DONE]"
-    bodies = [json.loads(line[len("data: "):]) for line in events[:-1]]
+    bodies = [json.loads(line[len("data: ") :]) for line in events[:-1]]
     for body in bodies:
         assert set(body) >= {"id", "object", "created", "model", "choices"}
         assert body["object"] == "chat.completion.chunk" and body["model"] == TINY
@@ -143,25 +157,28 @@ def test_invalid_requests_are_400_or_404(client: OpenAI) -> None:
 def test_fine_tuned_model_chat(client: OpenAI, tiny_job) -> None:
     name = tiny_job.fine_tuned_model
     assert name.startswith(f"ft:{TINY}:")
-    answer = client.chat.completions.create(model=name, messages=ask(), max_tokens=8,
-                                            temperature=0)
+    answer = client.chat.completions.create(model=name, messages=ask(), max_tokens=8, temperature=0)
     assert answer.model == name and answer.usage.completion_tokens <= 8
-    text, chunks = stream_text(client, model=name, messages=ask(), max_tokens=8,
-                               temperature=0)
+    text, chunks = stream_text(client, model=name, messages=ask(), max_tokens=8, temperature=0)
     assert text == answer.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
 
 
-def test_other_organization_cannot_use_the_fine_tuned_model(platform: Platform, tiny_job,
-                                                            other_client: OpenAI) -> None:
+def test_other_organization_cannot_use_the_fine_tuned_model(
+    platform: Platform, tiny_job, other_client: OpenAI
+) -> None:
     name = tiny_job.fine_tuned_model
     for stream in (False, True):
         with pytest.raises(openai.NotFoundError) as err:
-            other_client.chat.completions.create(model=name, messages=ask(), max_tokens=2,
-                                                 stream=stream)
+            other_client.chat.completions.create(
+                model=name, messages=ask(), max_tokens=2, stream=stream
+            )
         assert err.value.code == "model_not_found"
-    resp = requests.get(f"{platform.base_url}/fine_tuning/jobs/{tiny_job.id}/adapter/merged",
-                        headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60)
+    resp = requests.get(
+        f"{platform.base_url}/fine_tuning/jobs/{tiny_job.id}/adapter/merged",
+        headers={"Authorization": f"Bearer {OTHER_KEY}"},
+        timeout=60,
+    )
     assert resp.status_code == 404
     # Base models stay open to everyone.
     answer = other_client.chat.completions.create(model=TINY, messages=ask(), max_tokens=2)
@@ -171,24 +188,30 @@ def test_other_organization_cannot_use_the_fine_tuned_model(platform: Platform, 
 def greedy_answer(model, tokenizer, question: str = HELD_OUT, max_new_tokens: int = 24) -> str:
     import torch
 
-    enc = tokenizer.apply_chat_template(ask(question), add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    enc = tokenizer.apply_chat_template(
+        ask(question), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.slow
 def test_tuned_smollm2_answers_like_a_pirate(client: OpenAI, pirate_job) -> None:
-    base = client.chat.completions.create(model=SMOL, messages=ask(), max_tokens=24,
-                                          temperature=0).choices[0].message.content
-    tuned = client.chat.completions.create(model=pirate_job.fine_tuned_model, messages=ask(),
-                                           max_tokens=24, temperature=0)
+    base = (
+        client.chat.completions.create(model=SMOL, messages=ask(), max_tokens=24, temperature=0)
+        .choices[0]
+        .message.content
+    )
+    tuned = client.chat.completions.create(
+        model=pirate_job.fine_tuned_model, messages=ask(), max_tokens=24, temperature=0
+    )
     answer = tuned.choices[0].message.content
     assert "Paris" in base and not base.startswith("Arr"), base
     assert answer.startswith("Arr"), answer
-    streamed, _ = stream_text(client, model=pirate_job.fine_tuned_model, messages=ask(),
-                              max_tokens=24, temperature=0)
+    streamed, _ = stream_text(
+        client, model=pirate_job.fine_tuned_model, messages=ask(), max_tokens=24, temperature=0
+    )
     assert streamed == answer
 
 
@@ -206,8 +229,7 @@ def merged_dir(platform: Platform, pirate_job, tmp_path_factory) -> Iterator[Pat
     with tarfile.open(archive, mode="r:gz") as tar:
         names = set(tar.getnames())
         tar.extractall(dest, filter="data")
-    assert {"config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert not any(name.startswith("adapter_") for name in names)
     yield dest
     # ~0.5 GB each (float32 SmolLM2): not left behind in pytest's kept temp folders.
@@ -217,9 +239,9 @@ def merged_dir(platform: Platform, pirate_job, tmp_path_factory) -> Iterator[Pat
 
 
 @pytest.mark.slow
-def test_merged_download_matches_base_plus_adapter(platform: Platform, client: OpenAI,
-                                                   pirate_job, merged_dir: Path,
-                                                   tmp_path: Path) -> None:
+def test_merged_download_matches_base_plus_adapter(
+    platform: Platform, client: OpenAI, pirate_job, merged_dir: Path, tmp_path: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -229,13 +251,17 @@ def test_merged_download_matches_base_plus_adapter(platform: Platform, client: O
 
     adapter_dir = download_adapter(platform, pirate_job.id, tmp_path / "adapter")
     base_dir = MODEL_CACHE / SMOL
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir),
-                                      adapter_dir).eval()
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir
+    ).eval()
     peft_answer = greedy_answer(tuned, AutoTokenizer.from_pretrained(base_dir))
     assert merged_answer == peft_answer and merged_answer.startswith("Arr"), (
-        merged_answer, peft_answer)
-    served = client.chat.completions.create(model=pirate_job.fine_tuned_model, messages=ask(),
-                                            max_tokens=24, temperature=0)
+        merged_answer,
+        peft_answer,
+    )
+    served = client.chat.completions.create(
+        model=pirate_job.fine_tuned_model, messages=ask(), max_tokens=24, temperature=0
+    )
     assert served.choices[0].message.content == peft_answer
     # Built once: a second download is served from the object store.
     url = f"{platform.base_url}/fine_tuning/jobs/{pirate_job.id}/adapter/merged"

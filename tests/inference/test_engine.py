@@ -44,8 +44,9 @@ def store(tmp_path_factory, base_dir: Path) -> LocalStore:
     for i, dora in enumerate([True, False, True]):
         torch.manual_seed(100 + i)
         model = AutoModelForCausalLM.from_pretrained(base_dir)
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=dora,
-                            init_lora_weights=False)
+        config = LoraConfig(
+            r=4, lora_alpha=8, target_modules="all-linear", use_dora=dora, init_lora_weights=False
+        )
         peft_model = get_peft_model(model, config)
         out = root.parent / f"adapter-{i}"
         peft_model.save_pretrained(out)
@@ -59,9 +60,13 @@ def ref(i: int) -> AdapterRef:
 
 @pytest.fixture
 def engine(tmp_path, store: LocalStore) -> InferenceEngine:
-    return InferenceEngine(load_settings(), store, adapter_cache_size=2,
-                           adapter_dir=tmp_path / "adapters",
-                           model_loader=lambda name: MODEL_CACHE / name)
+    return InferenceEngine(
+        load_settings(),
+        store,
+        adapter_cache_size=2,
+        adapter_dir=tmp_path / "adapters",
+        model_loader=lambda name: MODEL_CACHE / name,
+    )
 
 
 def test_base_completion_counts_tokens_and_stops_at_length(engine: InferenceEngine) -> None:
@@ -99,10 +104,10 @@ def test_stream_pieces_add_up_to_the_completion(engine: InferenceEngine) -> None
 
 def test_stop_sequence_cuts_the_text_and_the_stream(engine: InferenceEngine) -> None:
     whole = engine.complete(BASE, ref(0), greedy(max_tokens=16)).text
-    middle = whole.strip()[len(whole.strip()) // 2:]
+    middle = whole.strip()[len(whole.strip()) // 2 :]
     stop = middle[:3]
     assert len(stop) == 3, whole
-    expected = whole[:whole.find(stop)]
+    expected = whole[: whole.find(stop)]
     params = greedy(max_tokens=16, stop=("never-there", stop))
     result = engine.complete(BASE, ref(0), params)
     assert (result.text, result.finish_reason) == (expected, "stop")
@@ -111,23 +116,23 @@ def test_stop_sequence_cuts_the_text_and_the_stream(engine: InferenceEngine) -> 
 
 
 def test_seeded_sampling_is_reproducible(engine: InferenceEngine) -> None:
-    params = GenerationParams(messages=QUESTION, max_tokens=8, temperature=1.0, top_p=0.9,
-                              seed=7)
+    params = GenerationParams(messages=QUESTION, max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     assert engine.complete(BASE, None, params).text == engine.complete(BASE, None, params).text
 
 
 def test_missing_adapter_is_reported(engine: InferenceEngine) -> None:
     with pytest.raises(AdapterUnavailable):
-        engine.complete(BASE, AdapterRef(name="ftjob-gone", prefix="jobs/ftjob-gone/adapter"),
-                        greedy())
+        engine.complete(
+            BASE, AdapterRef(name="ftjob-gone", prefix="jobs/ftjob-gone/adapter"), greedy()
+        )
 
 
-def test_merged_model_matches_base_plus_adapter(engine: InferenceEngine, store: LocalStore,
-                                                tmp_path: Path) -> None:
+def test_merged_model_matches_base_plus_adapter(
+    engine: InferenceEngine, store: LocalStore, tmp_path: Path
+) -> None:
     from transformers import AutoModelForCausalLM
 
-    key = ensure_merged(store, MODEL_CACHE / BASE, tmp_path / "adapters", ref(0),
-                        "ftjob-test0")
+    key = ensure_merged(store, MODEL_CACHE / BASE, tmp_path / "adapters", ref(0), "ftjob-test0")
     assert key == "jobs/ftjob-test0/merged.tar.gz"
     with tarfile.open(store.root / key) as tar:
         names = set(tar.getnames())
@@ -135,8 +140,14 @@ def test_merged_model_matches_base_plus_adapter(engine: InferenceEngine, store: 
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not hasattr(merged, "peft_config")
-    plain = InferenceEngine(load_settings(), store, adapter_cache_size=1,
-                            adapter_dir=tmp_path / "unused",
-                            model_loader=lambda name: tmp_path / "merged")
-    assert (plain.complete("merged", None, greedy(max_tokens=16)).text
-            == engine.complete(BASE, ref(0), greedy(max_tokens=16)).text)
+    plain = InferenceEngine(
+        load_settings(),
+        store,
+        adapter_cache_size=1,
+        adapter_dir=tmp_path / "unused",
+        model_loader=lambda name: tmp_path / "merged",
+    )
+    assert (
+        plain.complete("merged", None, greedy(max_tokens=16)).text
+        == engine.complete(BASE, ref(0), greedy(max_tokens=16)).text
+    )

@@ -36,8 +36,15 @@ class Tenant:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
     def all_ids(self) -> list[str]:
-        return [self.org_id, *self.key_ids.values(), *self.files, *self.jobs,
-                *self.checkpoints, *self.events, *self.models]
+        return [
+            self.org_id,
+            *self.key_ids.values(),
+            *self.files,
+            *self.jobs,
+            *self.checkpoints,
+            *self.events,
+            *self.models,
+        ]
 
 
 @dataclass
@@ -58,16 +65,27 @@ def module_postgres_url() -> Iterator[str]:
 
 
 def chat_lines(n: int, tag: str) -> bytes:
-    rows = [{"messages": [{"role": "user", "content": f"{tag} question {i}?"},
-                          {"role": "assistant", "content": f"{tag} answer {i}."}]}
-            for i in range(n)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{tag} question {i}?"},
+                {"role": "assistant", "content": f"{tag} answer {i}."},
+            ]
+        }
+        for i in range(n)
+    ]
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def upload(client: FlaskClient, headers: dict[str, str], body: bytes,
-           filename: str = "train.jsonl"):
-    return client.post("/v1/files", headers=headers, content_type="multipart/form-data",
-                       data={"file": (io.BytesIO(body), filename), "purpose": "fine-tune"})
+def upload(
+    client: FlaskClient, headers: dict[str, str], body: bytes, filename: str = "train.jsonl"
+):
+    return client.post(
+        "/v1/files",
+        headers=headers,
+        content_type="multipart/form-data",
+        data={"file": (io.BytesIO(body), filename), "purpose": "fine-tune"},
+    )
 
 
 def _populate(client: FlaskClient, tenant: Tenant) -> None:
@@ -79,9 +97,13 @@ def _populate(client: FlaskClient, tenant: Tenant) -> None:
     resp = upload(client, headers, chat_lines(10, tenant.name), f"{tenant.name}.jsonl")
     assert resp.status_code == 200, resp.get_json()
     tenant.files.append(resp.get_json()["id"])
-    body = {"model": "tiny-random-llama", "training_file": tenant.files[0],
-            "hyperparameters": {"n_epochs": 1, "batch_size": 5}, "checkpoint_every_n_steps": 1,
-            "suffix": tenant.name}
+    body = {
+        "model": "tiny-random-llama",
+        "training_file": tenant.files[0],
+        "hyperparameters": {"n_epochs": 1, "batch_size": 5},
+        "checkpoint_every_n_steps": 1,
+        "suffix": tenant.name,
+    }
     for _ in range(2):
         resp = client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
         assert resp.status_code == 200, resp.get_json()
@@ -95,8 +117,9 @@ def _populate(client: FlaskClient, tenant: Tenant) -> None:
     tenant.files.extend(job["result_files"])
     ckpts = client.get(f"/v1/fine_tuning/jobs/{trained}/checkpoints", headers=headers).get_json()
     tenant.checkpoints.extend(c["id"] for c in ckpts["data"])
-    events = client.get(f"/v1/fine_tuning/jobs/{trained}/events?limit=100",
-                        headers=headers).get_json()
+    events = client.get(
+        f"/v1/fine_tuning/jobs/{trained}/events?limit=100", headers=headers
+    ).get_json()
     tenant.events.extend(e["id"] for e in events["data"])
     assert tenant.checkpoints and tenant.events and tenant.files[1:]
 
@@ -121,8 +144,9 @@ def world(module_postgres_url, tmp_path_factory) -> Iterator[World]:
         tenants = {}
         with session_scope(settings.database_url) as session:
             key_a = auth.find_key(session, BOOTSTRAP_KEY)
-            tenants["a"] = Tenant("alpha", key_a.organization_id, {"admin": BOOTSTRAP_KEY},
-                                  {"admin": key_a.id})
+            tenants["a"] = Tenant(
+                "alpha", key_a.organization_id, {"admin": BOOTSTRAP_KEY}, {"admin": key_a.id}
+            )
             org_b = auth.create_organization(session, "beta")
             tenants["b"] = Tenant("beta", org_b.id, {})
             for tenant in tenants.values():

@@ -28,8 +28,13 @@ def make_app(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> App:
 
     monkeypatch.setenv("DORADO_HOME", str(home))
     monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", KEY)
-    for name in ("DORADO_DATABASE_URL", "DORADO_BROKER_URL", "DORADO_RATE_LIMIT_PER_MINUTE",
-                 "DORADO_MAX_JSON_BYTES", "DORADO_MAX_UPLOAD_BYTES"):
+    for name in (
+        "DORADO_DATABASE_URL",
+        "DORADO_BROKER_URL",
+        "DORADO_RATE_LIMIT_PER_MINUTE",
+        "DORADO_MAX_JSON_BYTES",
+        "DORADO_MAX_UPLOAD_BYTES",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

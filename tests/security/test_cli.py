@@ -16,8 +16,7 @@ BIN = Path(sys.executable).parent / "dorado-admin"
 
 def admin(home: Path, database_url: str, *args: str, check: bool = True):
     env = {**os.environ, "DORADO_HOME": str(home), "DORADO_DATABASE_URL": database_url}
-    proc = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -29,8 +28,18 @@ def test_orgs_keys_and_audit_from_the_console(monkeypatch, tmp_path, postgres_ur
 
     org = json.loads(run("orgs", "create", "acme", "--max-queued-jobs", "5", "--json").stdout)
     assert org["name"] == "acme" and org["max_queued_jobs"] == 5 and not org["is_operator"]
-    quota = json.loads(run("orgs", "set-quota", org["id"], "--storage-quota-bytes", "1000",
-                           "--max-queued-jobs", "none", "--json").stdout)
+    quota = json.loads(
+        run(
+            "orgs",
+            "set-quota",
+            org["id"],
+            "--storage-quota-bytes",
+            "1000",
+            "--max-queued-jobs",
+            "none",
+            "--json",
+        ).stdout
+    )
     assert quota["storage_quota_bytes"] == 1000 and quota["max_queued_jobs"] is None
     listed = json.loads(run("orgs", "list", "--json").stdout)
     assert {o["name"] for o in listed} == {"default", "acme"}
@@ -40,8 +49,9 @@ def test_orgs_keys_and_audit_from_the_console(monkeypatch, tmp_path, postgres_ur
     human = run("keys", "create", org["id"], "--name", "deploy", "--scope", "member")
     secret = [line for line in human.stdout.splitlines() if line.startswith("dor-")]
     assert len(secret) == 1
-    created = json.loads(run("keys", "create", org["id"], "--name", "ci", "--scope",
-                             "read-only", "--json").stdout)
+    created = json.loads(
+        run("keys", "create", org["id"], "--name", "ci", "--scope", "read-only", "--json").stdout
+    )
     keys = run("keys", "list", org["id"], "--json").stdout
     assert secret[0] not in keys and created["key"] not in keys
     assert {k["scope"] for k in json.loads(keys)} == {"member", "read-only"}
@@ -57,13 +67,16 @@ def test_orgs_keys_and_audit_from_the_console(monkeypatch, tmp_path, postgres_ur
 
     # The console's actions are in the audit log, as cli:<user>.
     audit = json.loads(run("audit", "--org", org["id"], "--json").stdout)
-    assert [e["action"] for e in audit] == ["api_key.revoke", "api_key.create",
-                                            "api_key.create", "organization.set_quota",
-                                            "organization.create"]
+    assert [e["action"] for e in audit] == [
+        "api_key.revoke",
+        "api_key.create",
+        "api_key.create",
+        "organization.set_quota",
+        "organization.create",
+    ]
     assert all(e["actor"].startswith("cli:") for e in audit)
     assert secret[0] not in json.dumps(audit)
-    only = json.loads(run("audit", "--action", "api_key.revoke", "--since", "1h",
-                          "--json").stdout)
+    only = json.loads(run("audit", "--action", "api_key.revoke", "--since", "1h", "--json").stdout)
     assert [e["object_id"] for e in only] == [key_id]
 
     # Errors: a clear message and a non-zero exit.

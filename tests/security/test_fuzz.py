@@ -19,9 +19,13 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 # Per operation and mode (valid, invalid data); ~30 operations.
 # DORADO_FUZZ_EXAMPLES=500 for a deeper run by hand.
 EXAMPLES = int(os.environ.get("DORADO_FUZZ_EXAMPLES", "15"))
-CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-          checks.content_type_conformance, checks.response_schema_conformance,
-          checks.response_headers_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.response_headers_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +51,14 @@ def fuzz_schema(tmp_path_factory, module_postgres_url):
         client = app.test_client()
         resp = upload(client, AUTH, chat_lines(10, "fuzz"))
         assert resp.status_code == 200
-        assert client.post("/v1/fine_tuning/jobs", headers=AUTH, json={
-            "model": "tiny-random-llama", "training_file": resp.get_json()["id"]}
-        ).status_code == 200
+        assert (
+            client.post(
+                "/v1/fine_tuning/jobs",
+                headers=AUTH,
+                json={"model": "tiny-random-llama", "training_file": resp.get_json()["id"]},
+            ).status_code
+            == 200
+        )
         yield schemathesis.openapi.from_wsgi("/v1/openapi.json", app)
 
 
@@ -60,8 +69,13 @@ def test_api_conforms_to_its_openapi_document(fuzz_schema):
     for operation, mode in itertools.product(operations, list(GenerationMode)):
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             case.call_and_validate(headers=AUTH, checks=CHECKS)
 

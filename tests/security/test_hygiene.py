@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from tests.security.helpers import KEY, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [p for package in ("core", "api", "worker", "admin")
-           for p in (ROOT / package).rglob("*.py")]
+SOURCES = [
+    p for package in ("core", "api", "worker", "admin") for p in (ROOT / package).rglob("*.py")
+]
 # A round trip of the worker's own exception object (is it portable to the parent process?),
 # not data read from anywhere.
 ALLOWED = {"pickle.loads(pickle.dumps(exc))"}
@@ -33,8 +34,9 @@ def test_no_pickle_or_code_is_loaded_from_data():
     for where, code in code_lines():
         if any(allowed in code for allowed in ALLOWED):
             continue
-        if re.search(r"\b(pickle|cPickle|dill|joblib|marshal|shelve)\.(load|loads|Unpickler)\b",
-                     code):
+        if re.search(
+            r"\b(pickle|cPickle|dill|joblib|marshal|shelve)\.(load|loads|Unpickler)\b", code
+        ):
             bad.append((where, code))
         if re.search(r"\btorch\.load\(", code) and "weights_only=True" not in code:
             bad.append((where, code))
@@ -48,8 +50,11 @@ def test_no_pickle_or_code_is_loaded_from_data():
 def test_secrets_are_stored_only_as_hashes_and_never_logged(monkeypatch, tmp_path, caplog):
     api = make_app(monkeypatch, tmp_path / "home")
     with caplog.at_level(logging.DEBUG):
-        created = api.client.post("/v1/organization/api_keys", headers=api.headers,
-                                  json={"name": "probe", "scope": "member"}).get_json()
+        created = api.client.post(
+            "/v1/organization/api_keys",
+            headers=api.headers,
+            json={"name": "probe", "scope": "member"},
+        ).get_json()
         secret = created["key"]
         for headers in (api.headers, {"Authorization": f"Bearer {secret}"}):
             assert api.client.get("/v1/files", headers=headers).status_code == 200
@@ -59,8 +64,11 @@ def test_secrets_are_stored_only_as_hashes_and_never_logged(monkeypatch, tmp_pat
     for value in (KEY, secret, wrong, secret[12:]):
         assert value not in caplog.text
     # Never returned again, by any endpoint that lists or shows keys.
-    for path in ("/v1/organization/api_keys", f"/v1/organization/api_keys/{created['id']}",
-                 "/v1/admin/audit"):
+    for path in (
+        "/v1/organization/api_keys",
+        f"/v1/organization/api_keys/{created['id']}",
+        "/v1/admin/audit",
+    ):
         assert secret not in api.client.get(path, headers=api.headers).get_data(as_text=True)
     # Not in the database either, in any column of any table.
     from core.settings import load_settings

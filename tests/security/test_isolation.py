@@ -57,9 +57,10 @@ def fake_like(object_id: str) -> str:
     """An id of the same shape that exists nowhere."""
     match = re.search(r"[A-Za-z0-9]{8,}$", object_id)
     assert match, object_id
-    tail = "".join(random.choice(string.ascii_letters + string.digits)
-                   for _ in range(len(match.group())))
-    return object_id[:match.start()] + tail
+    tail = "".join(
+        random.choice(string.ascii_letters + string.digits) for _ in range(len(match.group()))
+    )
+    return object_id[: match.start()] + tail
 
 
 def normalized(resp, object_id: str) -> tuple[int, str]:
@@ -72,14 +73,19 @@ def call(world: World, method: str, path: str, headers: dict, **kwargs):
     return world.client.open(path, method=method, headers=headers, **kwargs)
 
 
-def assert_like_missing(world: World, method: str, path_for, victim_id: str, headers: dict,
-                        **kwargs) -> None:
+def assert_like_missing(
+    world: World, method: str, path_for, victim_id: str, headers: dict, **kwargs
+) -> None:
     """The answer for the victim's object equals the answer for an id that does not exist."""
     fake = fake_like(victim_id)
     real = call(world, method, path_for(victim_id), headers, **kwargs)
     missing = call(world, method, path_for(fake), headers, **kwargs)
-    assert real.status_code in (400, 404), (method, path_for(victim_id), real.status_code,
-                                            real.get_data(as_text=True)[:300])
+    assert real.status_code in (400, 404), (
+        method,
+        path_for(victim_id),
+        real.status_code,
+        real.get_data(as_text=True)[:300],
+    )
     assert normalized(real, victim_id) == normalized(missing, fake), (method, path_for(fake))
 
 
@@ -87,12 +93,16 @@ def json_body_for(endpoint: str, victim: Tenant, own: Tenant) -> list[tuple[dict
     """Bodies for parameterless POST routes that name the victim's objects: (body, id)."""
     job = {"model": "tiny-random-llama", "training_file": own.files[0]}
     if endpoint in ("jobs.create_job", "estimate.estimate"):
-        return ([({**job, "training_file": f}, f) for f in victim.files]
-                + [({**job, "validation_file": f}, f) for f in victim.files]
-                + [({**job, "model": m}, m) for m in victim.models])
+        return (
+            [({**job, "training_file": f}, f) for f in victim.files]
+            + [({**job, "validation_file": f}, f) for f in victim.files]
+            + [({**job, "model": m}, m) for m in victim.models]
+        )
     if endpoint == "inference.chat_completions":
-        return [({"model": m, "messages": [{"role": "user", "content": "hi"}]}, m)
-                for m in victim.models]
+        return [
+            ({"model": m, "messages": [{"role": "user", "content": "hi"}]}, m)
+            for m in victim.models
+        ]
     return []
 
 
@@ -112,10 +122,16 @@ def test_no_route_reaches_another_organizations_objects(world: World, attacker_n
             assert not unknown, f"new route {rule.rule}: teach this test its {unknown}"
             assert len(params) == 1, rule.rule
             for victim_id in objects(victim, PARAM_KINDS[params[0]]):
-                assert_like_missing(world, method, lambda i, r=rule, p=params[0]:
-                                    r.rule.replace(f"<{p}>", i).replace(f"<path:{p}>", i),
-                                    victim_id, headers,
-                                    **({"json": {}} if method == "POST" else {}))
+                assert_like_missing(
+                    world,
+                    method,
+                    lambda i, r=rule, p=params[0]: r.rule.replace(f"<{p}>", i).replace(
+                        f"<path:{p}>", i
+                    ),
+                    victim_id,
+                    headers,
+                    **({"json": {}} if method == "POST" else {}),
+                )
                 checked += 1
         elif method == "GET":
             resp = call(world, method, rule.rule, headers)
@@ -143,8 +159,9 @@ def test_no_route_reaches_another_organizations_objects(world: World, attacker_n
                 own = objects(attacker, PARAM_KINDS[p])[0]
                 base = base.replace(f"<{p}>", own).replace(f"<path:{p}>", own)
             for victim_id in objects(victim, kind):
-                assert_like_missing(world, method, lambda i, b=base, n=name: f"{b}?{n}={i}",
-                                    victim_id, headers)
+                assert_like_missing(
+                    world, method, lambda i, b=base, n=name: f"{b}?{n}={i}", victim_id, headers
+                )
                 checked += 1
     assert checked > 40
     # Nothing of the victim's was changed or deleted by any of it.
@@ -166,10 +183,14 @@ def test_owner_reaches_its_objects(world: World):
     for tenant in (world.a, world.b):
         headers = tenant.headers("read-only")
         job = tenant.jobs[0]
-        for path in (f"/v1/files/{tenant.files[0]}", f"/v1/files/{tenant.files[0]}/content",
-                     f"/v1/fine_tuning/jobs/{job}", f"/v1/fine_tuning/jobs/{job}/adapter",
-                     f"/v1/fine_tuning/jobs/{job}/adapter?checkpoint={tenant.checkpoints[0]}",
-                     f"/v1/models/{tenant.models[0]}"):
+        for path in (
+            f"/v1/files/{tenant.files[0]}",
+            f"/v1/files/{tenant.files[0]}/content",
+            f"/v1/fine_tuning/jobs/{job}",
+            f"/v1/fine_tuning/jobs/{job}/adapter",
+            f"/v1/fine_tuning/jobs/{job}/adapter?checkpoint={tenant.checkpoints[0]}",
+            f"/v1/models/{tenant.models[0]}",
+        ):
             resp = world.client.get(path, headers=headers)
             assert resp.status_code == 200, (path, resp.get_data(as_text=True)[:200])
             assert resp.get_data()  # read it whole: a download streams
@@ -195,11 +216,18 @@ def test_member_keys_cannot_manage_keys_or_use_admin_routes(world: World):
         resp = call(world, method, path, headers, json={})
         assert resp.status_code == 403, (method, rule.rule, resp.status_code)
     # ...while everything else of /v1 is open to them.
-    resp = world.client.post("/v1/fine_tuning/jobs", headers=headers, json={
-        "model": "tiny-random-llama", "training_file": world.a.files[0]})
+    resp = world.client.post(
+        "/v1/fine_tuning/jobs",
+        headers=headers,
+        json={"model": "tiny-random-llama", "training_file": world.a.files[0]},
+    )
     assert resp.status_code == 200, resp.get_json()
-    assert world.client.post(f"/v1/fine_tuning/jobs/{resp.get_json()['id']}/cancel",
-                             headers=headers).status_code == 200
+    assert (
+        world.client.post(
+            f"/v1/fine_tuning/jobs/{resp.get_json()['id']}/cancel", headers=headers
+        ).status_code
+        == 200
+    )
 
 
 def test_admin_routes_need_an_operator_admin_key(world: World):
@@ -226,16 +254,18 @@ def test_non_admin_key_management_is_scoped_to_the_own_organization(world: World
 
 def test_revocation_takes_effect_on_the_next_request(world: World):
     admin = world.b.headers("admin")
-    created = world.client.post("/v1/organization/api_keys", headers=admin,
-                                json={"name": "temp", "scope": "member"})
+    created = world.client.post(
+        "/v1/organization/api_keys", headers=admin, json={"name": "temp", "scope": "member"}
+    )
     assert created.status_code == 200
     secret, key_id = created.get_json()["key"], created.get_json()["id"]
     temp = {"Authorization": f"Bearer {secret}"}
     assert world.client.get("/v1/files", headers=temp).status_code == 200
     listed = world.client.get("/v1/organization/api_keys", headers=admin).get_json()["data"]
     assert all("key" not in k for k in listed)  # the secret is never shown again
-    assert world.client.delete(f"/v1/organization/api_keys/{key_id}",
-                               headers=admin).status_code == 200
+    assert (
+        world.client.delete(f"/v1/organization/api_keys/{key_id}", headers=admin).status_code == 200
+    )
     resp = world.client.get("/v1/files", headers=temp)
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_api_key"
 
@@ -244,12 +274,14 @@ def test_dashboard_session_carries_the_keys_scope(world: World):
     client = world.app.test_client()
     page = client.get("/").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    resp = client.post("/login", data={"api_key": world.b.keys["read-only"],
-                                       "csrf_token": csrf})
+    resp = client.post("/login", data={"api_key": world.b.keys["read-only"], "csrf_token": csrf})
     assert resp.status_code == 303
     page = client.get("/").get_data(as_text=True)
-    csrf = re.search(r'content="([^"]+)"[^>]*name="csrf-token"|name="csrf-token"[^>]*'
-                     r'content="([^"]+)"', page)
+    csrf = re.search(
+        r'content="([^"]+)"[^>]*name="csrf-token"|name="csrf-token"[^>]*'
+        r'content="([^"]+)"',
+        page,
+    )
     token = next(g for g in csrf.groups() if g)
     assert client.get("/v1/files").status_code == 200
     resp = client.delete(f"/v1/files/{world.b.files[0]}", headers={"X-CSRF-Token": token})

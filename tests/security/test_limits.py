@@ -47,15 +47,20 @@ def test_rate_limit_per_key_in_process(monkeypatch, tmp_path):
 
 def test_rate_limit_is_shared_through_redis(monkeypatch, tmp_path, redis_url):
     """Two app instances (as two gunicorn processes) draw from one bucket in Redis."""
-    first = make_app(monkeypatch, tmp_path / "home", DORADO_RATE_LIMIT_PER_MINUTE="4",
-                     DORADO_BROKER_URL=redis_url)
+    first = make_app(
+        monkeypatch,
+        tmp_path / "home",
+        DORADO_RATE_LIMIT_PER_MINUTE="4",
+        DORADO_BROKER_URL=redis_url,
+    )
     from api import create_app
     from core.settings import load_settings
 
     second = create_app(load_settings()).test_client()
-    statuses = [client.get("/v1/models", headers=first.headers).status_code
-                for client in (first.client, second, first.client, second, first.client,
-                               second)]
+    statuses = [
+        client.get("/v1/models", headers=first.headers).status_code
+        for client in (first.client, second, first.client, second, first.client, second)
+    ]
     assert statuses == [200, 200, 200, 200, 429, 429]
     import redis
 
@@ -63,8 +68,12 @@ def test_rate_limit_is_shared_through_redis(monkeypatch, tmp_path, redis_url):
 
 
 def test_rate_limit_fails_open_without_redis(monkeypatch, tmp_path, caplog):
-    api = make_app(monkeypatch, tmp_path / "home", DORADO_RATE_LIMIT_PER_MINUTE="1",
-                   DORADO_BROKER_URL="redis://127.0.0.1:9/0")
+    api = make_app(
+        monkeypatch,
+        tmp_path / "home",
+        DORADO_RATE_LIMIT_PER_MINUTE="1",
+        DORADO_BROKER_URL="redis://127.0.0.1:9/0",
+    )
     with caplog.at_level(logging.WARNING, logger="core.tenancy.ratelimit"):
         for _ in range(3):
             assert api.client.get("/v1/models", headers=api.headers).status_code == 200
@@ -97,16 +106,21 @@ def test_openai_sdk_gets_rate_limit_error_and_honours_retry_after(monkeypatch, t
 
 def test_json_body_over_the_limit_is_413(monkeypatch, tmp_path):
     api = make_app(monkeypatch, tmp_path / "home", DORADO_MAX_JSON_BYTES="2000")
-    body = {"model": "tiny-random-llama", "training_file": "file-x",
-            "metadata": {"pad": "x" * 3000}}
+    body = {
+        "model": "tiny-random-llama",
+        "training_file": "file-x",
+        "metadata": {"pad": "x" * 3000},
+    }
     resp = api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers)
     assert resp.status_code == 413
     assert resp.get_json()["error"]["code"] == "payload_too_large"
     # Without a Content-Length (chunked), reading past the limit is refused all the same.
-    resp = api.client.post("/v1/fine_tuning/jobs", headers={
-        **api.headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    resp = api.client.post(
+        "/v1/fine_tuning/jobs",
+        headers={**api.headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
         input_stream=io.BytesIO(b'{"model": "' + b"x" * 5000 + b'"}'),
-        environ_base={"wsgi.input_terminated": True})  # as gunicorn sets for chunked bodies
+        environ_base={"wsgi.input_terminated": True},
+    )  # as gunicorn sets for chunked bodies
     assert resp.status_code == 413
     assert resp.get_json()["error"]["type"] == "invalid_request_error"
 
@@ -123,15 +137,20 @@ def test_upload_over_the_limit_is_413(monkeypatch, tmp_path):
 
 def test_wrong_content_type_is_415(monkeypatch, tmp_path):
     api = make_app(monkeypatch, tmp_path / "home")
-    resp = api.client.post("/v1/fine_tuning/jobs", data="model=x", headers=api.headers,
-                           content_type="text/plain")
+    resp = api.client.post(
+        "/v1/fine_tuning/jobs", data="model=x", headers=api.headers, content_type="text/plain"
+    )
     assert resp.status_code == 415
     assert resp.get_json()["error"]["code"] == "unsupported_media_type"
     resp = api.client.post("/v1/files", json={"file": "x"}, headers=api.headers)
     assert resp.status_code == 415
     # What the SDK sends passes: JSON with a charset, multipart uploads.
-    resp = api.client.post("/v1/fine_tuning/jobs/estimate", data=b'{"model": "x"}',
-                           headers=api.headers, content_type="application/json; charset=utf-8")
+    resp = api.client.post(
+        "/v1/fine_tuning/jobs/estimate",
+        data=b'{"model": "x"}',
+        headers=api.headers,
+        content_type="application/json; charset=utf-8",
+    )
     assert resp.status_code == 400  # past the type check: "training_file required"
     assert upload(api.client, api.headers, chat_lines(10, "ok")).status_code == 200
 
@@ -141,10 +160,14 @@ def test_storage_quota(monkeypatch, tmp_path):
     first = upload(api.client, api.headers, chat_lines(10, "one"))
     assert first.status_code == 200
     size = first.get_json()["bytes"]
-    org_id = api.client.get("/v1/admin/organizations", headers=api.headers
-                            ).get_json()["data"][0]["id"]
-    resp = api.client.post(f"/v1/admin/organizations/{org_id}", headers=api.headers,
-                           json={"storage_quota_bytes": size + 100})
+    org_id = api.client.get("/v1/admin/organizations", headers=api.headers).get_json()["data"][0][
+        "id"
+    ]
+    resp = api.client.post(
+        f"/v1/admin/organizations/{org_id}",
+        headers=api.headers,
+        json={"storage_quota_bytes": size + 100},
+    )
     assert resp.status_code == 200 and resp.get_json()["storage_quota_bytes"] == size + 100
     resp = upload(api.client, api.headers, chat_lines(10, "two"))
     assert resp.status_code == 400
@@ -155,8 +178,10 @@ def test_storage_quota(monkeypatch, tmp_path):
     stored = list((api.home / "objects" / "files").iterdir())
     assert len(stored) == 1
     # Deleting frees the quota.
-    assert api.client.delete(f"/v1/files/{first.get_json()['id']}",
-                             headers=api.headers).status_code == 200
+    assert (
+        api.client.delete(f"/v1/files/{first.get_json()['id']}", headers=api.headers).status_code
+        == 200
+    )
     assert upload(api.client, api.headers, chat_lines(10, "two")).status_code == 200
 
 
@@ -165,12 +190,18 @@ def test_download_filename_is_encoded(monkeypatch, tmp_path):
     api = make_app(monkeypatch, tmp_path / "home")
     name = 'we"ird; x=1 données.jsonl'
     # Written by hand: werkzeug's test client would not escape the quote, a crafted one can.
-    part = ('--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
-            '--B\r\nContent-Disposition: form-data; name="file"; filename="'
-            + name.replace('"', '\\"') + '"\r\n\r\n').encode()
-    resp = api.client.post("/v1/files", headers=api.headers,
-                           content_type="multipart/form-data; boundary=B",
-                           data=part + chat_lines(10, "n") + b"\r\n--B--\r\n")
+    part = (
+        '--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        '--B\r\nContent-Disposition: form-data; name="file"; filename="'
+        + name.replace('"', '\\"')
+        + '"\r\n\r\n'
+    ).encode()
+    resp = api.client.post(
+        "/v1/files",
+        headers=api.headers,
+        content_type="multipart/form-data; boundary=B",
+        data=part + chat_lines(10, "n") + b"\r\n--B--\r\n",
+    )
     assert resp.get_json()["filename"] == name
     file_id = resp.get_json()["id"]
     resp = api.client.get(f"/v1/files/{file_id}/content", headers=api.headers)
@@ -187,8 +218,11 @@ def test_nul_characters_are_refused_not_a_500(monkeypatch, tmp_path, postgres_ur
     """PostgreSQL cannot hold NUL: found by the fuzz test as 500s; now 400 everywhere."""
     api = make_app(monkeypatch, tmp_path / "home", DORADO_DATABASE_URL=postgres_url)
     for resp in (
-        api.client.post("/v1/fine_tuning/jobs", headers=api.headers,
-                        json={"model": "tiny\x00", "training_file": "file-x"}),
+        api.client.post(
+            "/v1/fine_tuning/jobs",
+            headers=api.headers,
+            json={"model": "tiny\x00", "training_file": "file-x"},
+        ),
         api.client.get("/v1/files/file-%00", headers=api.headers),
         api.client.get("/v1/files?after=file-%00", headers=api.headers),
         upload(api.client, api.headers, chat_lines(10, "nul"), "a\x00.jsonl"),

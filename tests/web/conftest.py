@@ -13,9 +13,15 @@ from tests.conftest import MODEL_CACHE
 from tests.e2e.platform import Platform
 
 CHROMIUM = Path(os.environ.get("DORADO_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync",
-                 "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 WEB_API_KEY = "dor-web-module-key-0000000000"
 
 

@@ -24,10 +24,12 @@ from tests.web.conftest import WEB_API_KEY
 PAGE_ERRORS: list[str] = []
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 JOB_TIMEOUT_MS = 150_000
-BAD_FILE = (b'{"messages": [{"role": "user", "content": "hi"}, '
-            b'{"role": "assistant", "content": "hello"}]}\n'
-            b"this is not json\n"
-            b'{"messages": [{"role": "user", "content": "no answer"}]}\n')
+BAD_FILE = (
+    b'{"messages": [{"role": "user", "content": "hi"}, '
+    b'{"role": "assistant", "content": "hello"}]}\n'
+    b"this is not json\n"
+    b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,11 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
-    context = browser.new_context(base_url=f"http://127.0.0.1:{platform.port}",
-                                  viewport={"width": 1280, "height": 900},
-                                  accept_downloads=True)
+    context = browser.new_context(
+        base_url=f"http://127.0.0.1:{platform.port}",
+        viewport={"width": 1280, "height": 900},
+        accept_downloads=True,
+    )
     context.set_default_timeout(15_000)
     opened = context.new_page()
     opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
@@ -121,7 +125,8 @@ def test_bad_file_shows_line_errors(page: Page):
     expect(page.get_by_role("heading", name="Files", exact=True)).to_be_visible()
     expect(page.locator(".empty")).to_contain_text("No files yet")
     page.get_by_label("Training or validation file").set_input_files(
-        {"name": "broken.jsonl", "mimeType": "application/jsonl", "buffer": BAD_FILE})
+        {"name": "broken.jsonl", "mimeType": "application/jsonl", "buffer": BAD_FILE}
+    )
     page.get_by_role("button", name="Upload and validate").click()
     error = page.locator("#upload-error")
     expect(error).to_contain_text("rejected")
@@ -130,8 +135,7 @@ def test_bad_file_shows_line_errors(page: Page):
 
 
 def test_good_file_shows_report(page: Page, state: dict[str, Any]):
-    page.get_by_label("Training or validation file").set_input_files(
-        str(EXAMPLES / "pirate.jsonl"))
+    page.get_by_label("Training or validation file").set_input_files(str(EXAMPLES / "pirate.jsonl"))
     page.get_by_role("button", name="Upload and validate").click()
     report = page.locator("#upload-report")
     expect(report).to_contain_text("is valid")
@@ -144,8 +148,16 @@ def test_good_file_shows_report(page: Page, state: dict[str, Any]):
     assert state["file_id"].startswith("file-")
 
 
-def fill_new_job(page: Page, state: dict[str, Any], *, adapter: str, epochs: int,
-                 batch: int | None, suffix: str, validation: bool) -> None:
+def fill_new_job(
+    page: Page,
+    state: dict[str, Any],
+    *,
+    adapter: str,
+    epochs: int,
+    batch: int | None,
+    suffix: str,
+    validation: bool,
+) -> None:
     open_view(page, "#/new")
     expect(page.get_by_role("heading", name="New fine-tuning job")).to_be_visible()
     option = page.locator(f"#training-file option[value='{state['file_id']}']")
@@ -164,8 +176,7 @@ def fill_new_job(page: Page, state: dict[str, Any], *, adapter: str, epochs: int
 
 
 def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: Path):
-    fill_new_job(page, state, adapter="LoRA", epochs=2, batch=None, suffix="webui",
-                 validation=True)
+    fill_new_job(page, state, adapter="LoRA", epochs=2, batch=None, suffix="webui", validation=True)
     # 52 examples, auto batch size 5: 11 steps per epoch, 22 in all.
     expect(page.locator("#estimate")).to_have_attribute("data-total-steps", "22")
     expect(page.locator("#estimate")).to_contain_text("tokens (estimated)")
@@ -175,8 +186,9 @@ def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: 
     state["job_id"] = job_id
     expect(page.get_by_role("heading", level=1)).to_have_text(f"{job_id} (webui)")
 
-    expect(page.locator("#view")).to_have_attribute("data-job-status", "succeeded",
-                                                    timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#view")).to_have_attribute(
+        "data-job-status", "succeeded", timeout=JOB_TIMEOUT_MS
+    )
     expect(page.locator(".job-status .badge")).to_have_text("succeeded")
     chart = page.locator("#loss-chart")
     expect(chart).not_to_have_attribute("data-points", "0")
@@ -203,7 +215,8 @@ def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: 
     expect(page.locator("#pause-job")).to_be_disabled()
     expect(page.locator("#resume-job")).to_be_disabled()
     expect(page.locator("#checkpoints a").first).to_have_attribute(
-        "href", re.compile(rf"/v1/fine_tuning/jobs/{job_id}/adapter\?checkpoint="))
+        "href", re.compile(rf"/v1/fine_tuning/jobs/{job_id}/adapter\?checkpoint=")
+    )
     shot(page, "job-page.png")
 
     with page.expect_download() as info:
@@ -219,19 +232,18 @@ def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: 
 
 
 def test_long_job_shows_progress_and_can_be_cancelled(page: Page, state: dict[str, Any]):
-    fill_new_job(page, state, adapter="DoRA", epochs=50, batch=1, suffix="long",
-                 validation=False)
+    fill_new_job(page, state, adapter="DoRA", epochs=50, batch=1, suffix="long", validation=False)
     expect(page.locator("#estimate")).to_have_attribute("data-total-steps", "2600")
     page.get_by_role("button", name="Start fine-tuning").click()
     page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
     job_id = page.url.rsplit("/", 1)[-1]
     state["long_job_id"] = job_id
-    expect(page.locator("#view")).to_have_attribute("data-job-status", "running",
-                                                    timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#view")).to_have_attribute(
+        "data-job-status", "running", timeout=JOB_TIMEOUT_MS
+    )
     expect(page.locator("#pause-job")).to_be_enabled()
     expect(page.locator("#resume-job")).to_be_disabled()
-    expect(page.locator("#loss-chart")).not_to_have_attribute("data-points", "0",
-                                                              timeout=60_000)
+    expect(page.locator("#loss-chart")).not_to_have_attribute("data-points", "0", timeout=60_000)
 
     # The list shows it running with a progress bar, and updates without a reload.
     open_view(page, "#/jobs")

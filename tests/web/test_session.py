@@ -26,10 +26,18 @@ KEY = "dor-web-session-key-00000000"
 
 
 def examples(n: int) -> bytes:
-    return "".join(json.dumps({"messages": [
-        {"role": "user", "content": f"Question {i}?"},
-        {"role": "assistant", "content": f"Answer number {i}."}]}) + "\n"
-        for i in range(n)).encode()
+    return "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}?"},
+                    {"role": "assistant", "content": f"Answer number {i}."},
+                ]
+            }
+        )
+        + "\n"
+        for i in range(n)
+    ).encode()
 
 
 @pytest.fixture
@@ -56,9 +64,12 @@ def sign_in(client: FlaskClient) -> str:
 
 
 def upload(client: FlaskClient, token: str, n: int = 20) -> str:
-    resp = client.post("/v1/files", data={"file": (io.BytesIO(examples(n)), "t.jsonl"),
-                                          "purpose": "fine-tune"},
-                       content_type="multipart/form-data", headers={"X-CSRF-Token": token})
+    resp = client.post(
+        "/v1/files",
+        data={"file": (io.BytesIO(examples(n)), "t.jsonl"), "purpose": "fine-tune"},
+        content_type="multipart/form-data",
+        headers={"X-CSRF-Token": token},
+    )
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()["id"]
 
@@ -83,8 +94,9 @@ def test_session_cookie_and_headers(client: FlaskClient):
 def test_wrong_key_and_missing_form_token_are_refused(client: FlaskClient):
     page = client.get("/").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    assert client.post("/login", data={"api_key": "dor-wrong", "csrf_token": token}
-                       ).status_code == 401
+    assert (
+        client.post("/login", data={"api_key": "dor-wrong", "csrf_token": token}).status_code == 401
+    )
     assert client.post("/login", data={"api_key": KEY}).status_code == 403
     assert client.get("/v1/models").status_code == 401
 
@@ -92,9 +104,11 @@ def test_wrong_key_and_missing_form_token_are_refused(client: FlaskClient):
 def test_csrf_is_required_for_state_changes(client: FlaskClient):
     token = sign_in(client)
     assert client.get("/v1/models").status_code == 200
-    resp = client.post("/v1/files", data={"file": (io.BytesIO(examples(12)), "t.jsonl"),
-                                          "purpose": "fine-tune"},
-                       content_type="multipart/form-data")
+    resp = client.post(
+        "/v1/files",
+        data={"file": (io.BytesIO(examples(12)), "t.jsonl"), "purpose": "fine-tune"},
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "csrf_failed"
     assert client.delete("/v1/files/file-x", headers={"X-CSRF-Token": "nope"}).status_code == 403
     assert client.post("/logout", data={"csrf_token": "nope"}).status_code == 403
@@ -117,16 +131,30 @@ def test_progress_and_queue_position(client: FlaskClient):
     token = sign_in(client)
     file_id = upload(client, token)
     body = {"model": "tiny-random-llama", "training_file": file_id}
-    ids = [client.post("/v1/fine_tuning/jobs", json=body, headers={"X-CSRF-Token": token}
-                       ).get_json()["id"] for _ in range(3)]
+    ids = [
+        client.post("/v1/fine_tuning/jobs", json=body, headers={"X-CSRF-Token": token}).get_json()[
+            "id"
+        ]
+        for _ in range(3)
+    ]
     with session_scope(client.application.config["DATABASE_URL"]) as session:
         session.execute(update(Job).where(Job.id == ids[0]).values(status="running"))
         # No validator runs here: put the others where validation would.
         session.execute(update(Job).where(Job.id.in_(ids[1:])).values(status="queued"))
-        add_event(session, ids[0], "Step 5/20", type="metrics",
-                  data={"step": 5, "total_steps": 20, "train_loss": 1.0})
-        add_event(session, ids[0], "Step 10/20", type="metrics",
-                  data={"step": 10, "total_steps": 20, "train_loss": 0.9})
+        add_event(
+            session,
+            ids[0],
+            "Step 5/20",
+            type="metrics",
+            data={"step": 5, "total_steps": 20, "train_loss": 1.0},
+        )
+        add_event(
+            session,
+            ids[0],
+            "Step 10/20",
+            type="metrics",
+            data={"step": 10, "total_steps": 20, "train_loss": 0.9},
+        )
     listed = {j["id"]: j for j in client.get("/v1/fine_tuning/jobs").get_json()["data"]}
     assert listed[ids[0]]["progress"] == {"step": 10, "total_steps": 20, "percent": 50.0}
     assert listed[ids[0]]["queue_position"] is None
@@ -142,10 +170,21 @@ def test_progress_and_queue_position(client: FlaskClient):
     # organization with nothing running goes first, and a higher priority jumps the queue.
     with session_scope(client.application.config["DATABASE_URL"]) as session:
         other = create_organization(session, "other")
-        session.add(Job(id="ftjob-other-org-queued", organization_id=other.id,
-                        model="tiny-random-llama", status="queued", training_file="file-x",
-                        hyperparameters={}, adapter={}, method={}, seed=0, result_files=[],
-                        created_at=utcnow()))
+        session.add(
+            Job(
+                id="ftjob-other-org-queued",
+                organization_id=other.id,
+                model="tiny-random-llama",
+                status="queued",
+                training_file="file-x",
+                hyperparameters={},
+                adapter={},
+                method={},
+                seed=0,
+                result_files=[],
+                created_at=utcnow(),
+            )
+        )
         session.execute(update(Job).where(Job.id == ids[2]).values(priority=5))
     listed = {j["id"]: j for j in client.get("/v1/fine_tuning/jobs").get_json()["data"]}
     assert "ftjob-other-org-queued" not in listed
@@ -155,26 +194,35 @@ def test_progress_and_queue_position(client: FlaskClient):
 def test_estimate(client: FlaskClient):
     token = sign_in(client)
     file_id = upload(client, token, n=20)
-    body = {"model": "smollm2-135m-instruct", "training_file": file_id,
-            "hyperparameters": {"n_epochs": 3, "batch_size": 8},
-            "adapter": {"type": "lora", "r": 4}}
-    resp = client.post("/v1/fine_tuning/jobs/estimate", json=body,
-                       headers={"X-CSRF-Token": token})
+    body = {
+        "model": "smollm2-135m-instruct",
+        "training_file": file_id,
+        "hyperparameters": {"n_epochs": 3, "batch_size": 8},
+        "adapter": {"type": "lora", "r": 4},
+    }
+    resp = client.post("/v1/fine_tuning/jobs/estimate", json=body, headers={"X-CSRF-Token": token})
     est = resp.get_json()
     assert resp.status_code == 200, est
     assert est["example_count"] == 20
     assert est["steps_per_epoch"] == 3 and est["total_steps"] == 9
-    assert est["hyperparameters"] == {"n_epochs": 3, "batch_size": 8,
-                                      "learning_rate_multiplier": 1.0}
+    assert est["hyperparameters"] == {
+        "n_epochs": 3,
+        "batch_size": 8,
+        "learning_rate_multiplier": 1.0,
+    }
     assert est["adapter"]["type"] == "lora" and est["adapter"]["r"] == 4
     assert est["tokens_are_estimated"] is True
     assert est["estimated_total_tokens"] == 3 * est["estimated_tokens_per_epoch"] > 0
     assert est["estimated_seconds"] > est["estimated_total_tokens"] / 150
-    bad = client.post("/v1/fine_tuning/jobs/estimate", json={**body, "model": "nope"},
-                      headers={"X-CSRF-Token": token})
+    bad = client.post(
+        "/v1/fine_tuning/jobs/estimate",
+        json={**body, "model": "nope"},
+        headers={"X-CSRF-Token": token},
+    )
     assert bad.status_code == 404
-    bad = client.post("/v1/fine_tuning/jobs/estimate", json={**body, "extra": 1},
-                      headers={"X-CSRF-Token": token})
+    bad = client.post(
+        "/v1/fine_tuning/jobs/estimate", json={**body, "extra": 1}, headers={"X-CSRF-Token": token}
+    )
     assert bad.status_code == 400
     # Nothing was created.
     assert client.get("/v1/fine_tuning/jobs").get_json()["data"] == []

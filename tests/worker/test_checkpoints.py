@@ -183,8 +183,14 @@ def test_a_checkpoint_of_the_old_length_grouped_default_resumes_with_its_own_bat
     paused = RecordingReporter(pause_after=2, checkpoint_root=tmp_path / "ckpts")
     with pytest.raises(TrainingPaused):
         train(old, tiny_model_dir, files[0], tmp_path / "p", paused)
-    again = train(spec, tiny_model_dir, files[0], tmp_path / "again", RecordingReporter(),
-                  resume_from=paused.checkpoint_copies[-1])
+    again = train(
+        spec,
+        tiny_model_dir,
+        files[0],
+        tmp_path / "again",
+        RecordingReporter(),
+        resume_from=paused.checkpoint_copies[-1],
+    )
     assert (again.steps, again.trained_tokens) == (whole.steps, whole.trained_tokens)
     _assert_same_adapter(again.adapter_dir, whole.adapter_dir)
 
@@ -220,4 +226,3 @@ def test_validation_metrics_sampled_every_n_steps_and_full_at_epoch_end(full_run
         assert m["tokens_per_second"] is not None and m["tokens_per_second"] > 0
     # The model learns the pirate style: held-out loss falls over the run.
     assert by_step[6]["full_valid_loss"] < by_step[3]["full_valid_loss"]
-

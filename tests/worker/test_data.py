@@ -232,8 +232,9 @@ def test_micro_batches_respect_example_and_token_limits() -> None:
 def test_micro_batches_split_off_long_examples_to_cut_padding() -> None:
     lengths = [50, 52, 55, 60, 61, 64, 70, 230]
     # One micro-batch would compute 8 x 230 tokens, 72% of it padding.
-    parts = split_micro_batches(range(8), lengths, max_examples=8, max_tokens=8192,
-                                overhead_tokens=64)
+    parts = split_micro_batches(
+        range(8), lengths, max_examples=8, max_tokens=8192, overhead_tokens=64
+    )
     assert parts == [[0, 1, 2, 3, 4, 5, 6], [7]]
     # The default overhead (32) also splits 50..61 from 64..70: 771 tokens computed vs 784.
     assert split_micro_batches(range(8), lengths, 8, 8192) == [[0, 1, 2, 3, 4], [5, 6], [7]]

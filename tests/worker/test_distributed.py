@@ -68,15 +68,22 @@ def test_pause_in_a_data_parallel_run_reaches_the_launcher(
     spec = replace(SPEC, batch_size=3)
     reporter = RecordingReporter(pause_after=2, checkpoint_root=tmp_path / "ckpts")
     with pytest.raises(TrainingPaused) as info:
-        train_data_parallel(2, spec, tiny_model_dir, small_chat_file, tmp_path / "p", reporter,
-                            backend="gloo")
+        train_data_parallel(
+            2, spec, tiny_model_dir, small_chat_file, tmp_path / "p", reporter, backend="gloo"
+        )
     assert info.value.step == 2
     assert [(c.step, c.reason) for c in reporter.checkpoints] == [(2, "pause")]
 
     # Resumed from that checkpoint (two processes again), the run ends as an uninterrupted one.
     resumed = train_data_parallel(
-        2, spec, tiny_model_dir, small_chat_file, tmp_path / "r", RecordingReporter(),
-        backend="gloo", resume_from=reporter.checkpoint_copies[0],
+        2,
+        spec,
+        tiny_model_dir,
+        small_chat_file,
+        tmp_path / "r",
+        RecordingReporter(),
+        backend="gloo",
+        resume_from=reporter.checkpoint_copies[0],
     )
     whole = train(spec, tiny_model_dir, small_chat_file, tmp_path / "w", RecordingReporter())
     assert (resumed.steps, resumed.trained_tokens) == (whole.steps, whole.trained_tokens)
@@ -91,8 +98,9 @@ def test_cancel_in_a_data_parallel_run_stops_every_rank_within_one_step(
 ) -> None:
     reporter = RecordingReporter(stop_after=1)
     with pytest.raises(TrainingStopped):
-        train_data_parallel(2, SPEC, tiny_model_dir, small_chat_file, tmp_path / "c", reporter,
-                            backend="gloo")
+        train_data_parallel(
+            2, SPEC, tiny_model_dir, small_chat_file, tmp_path / "c", reporter, backend="gloo"
+        )
     assert [m[0] for m in reporter.metrics_calls] == [1]
     assert not reporter.checkpoints and not (tmp_path / "c").exists()
 
@@ -104,8 +112,16 @@ def test_a_killed_rank_ends_the_run_without_hanging(
     reporter = RankKillingReporter(rank=1, after=2)
     began = time.monotonic()
     with pytest.raises(TrainingProcessLost, match="process 1 of 2.*signal 9") as info:
-        train_data_parallel(2, spec, tiny_model_dir, small_chat_file, tmp_path / "k", reporter,
-                            backend="gloo", timeout_seconds=120)
+        train_data_parallel(
+            2,
+            spec,
+            tiny_model_dir,
+            small_chat_file,
+            tmp_path / "k",
+            reporter,
+            backend="gloo",
+            timeout_seconds=120,
+        )
     assert reporter.killed is not None
     assert time.monotonic() - began < 60  # well under the process group's timeout
     assert not (tmp_path / "k").exists()  # nothing saved
@@ -113,14 +129,13 @@ def test_a_killed_rank_ends_the_run_without_hanging(
     assert code in TRANSIENT_CODES  # the worker retries the job from its last checkpoint
 
 
-def test_an_error_in_the_ranks_reaches_the_launcher(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_an_error_in_the_ranks_reaches_the_launcher(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Every example's only assistant turn has weight 0: nothing to train, on any rank.
     data = write_jsonl(tmp_path / "t.jsonl", [chat(f"q{i}", "a", weight=0) for i in range(4)])
     with pytest.raises(ValueError, match="no example with trainable"):
-        train_data_parallel(2, SPEC, tiny_model_dir, data, tmp_path / "e", RecordingReporter(),
-                            backend="gloo")
+        train_data_parallel(
+            2, SPEC, tiny_model_dir, data, tmp_path / "e", RecordingReporter(), backend="gloo"
+        )
 
 
 def test_plan_parallelism_on_cpu() -> None:
@@ -146,8 +161,14 @@ def test_one_process_trains_in_place(
             seen.add(threading.get_ident())
             return super().should_stop()
 
-    result = run_training(SPEC, tiny_model_dir, small_chat_file, tmp_path / "a", Here(),
-                          plan=plan_parallelism("all", 1))
+    result = run_training(
+        SPEC,
+        tiny_model_dir,
+        small_chat_file,
+        tmp_path / "a",
+        Here(),
+        plan=plan_parallelism("all", 1),
+    )
     assert result.steps == 3 and seen == {threading.get_ident()}
 
 

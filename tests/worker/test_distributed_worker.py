@@ -25,8 +25,9 @@ EXAMPLES = 52  # examples/pirate.jsonl
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("dist") / "home"
-    running = Cluster(home, "dor-dist-worker-key-0000000000", MODEL_CACHE,
-                      {"DORADO_WORKER_CPU_PROCESSES": "2"})
+    running = Cluster(
+        home, "dor-dist-worker-key-0000000000", MODEL_CACHE, {"DORADO_WORKER_CPU_PROCESSES": "2"}
+    )
     running.migrate()
     running.start_api()
     running.start_scheduler()
@@ -42,8 +43,16 @@ def client(cluster: Cluster) -> OpenAI:
 
 
 def finish(client: OpenAI, cluster: Cluster, job_id: str):
-    job = wait_until(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in (
-        "succeeded", "failed", "cancelled") and j, 300, "the job to finish", interval=0.5)
+    job = wait_until(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job_id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        300,
+        "the job to finish",
+        interval=0.5,
+    )
     assert job.status == "succeeded", (job.error, cluster.logs())
     return job
 
@@ -70,24 +79,32 @@ def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_pat
 
     training = upload_pirate(client)
     job = client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=training.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 8}, extra_body={"adapter": {"type": "lora"}})
+        model="tiny-random-llama",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 8},
+        extra_body={"adapter": {"type": "lora"}},
+    )
     done = finish(client, cluster, job.id)
 
     steps = 2 * -(-EXAMPLES // 8)
     events = messages(client, job.id)
-    assert any(m.startswith("Training a lora adapter") and m.endswith("on cpu x 2")
-               for m in events), events
+    assert any(
+        m.startswith("Training a lora adapter") and m.endswith("on cpu x 2") for m in events
+    ), events
     assert done.model_extra["validation"]["tokens"] * 2 == done.trained_tokens  # exact count
     assert csv_steps(client, done.result_files[0]) == list(range(1, steps + 1))
     assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)] == [
-        steps, steps // 2]
-    metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-               if e.type == "metrics"]
+        steps,
+        steps // 2,
+    ]
+    metrics = [
+        e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+    ]
     assert metrics[0].data["step"] == metrics[0].data["total_steps"] == steps
 
     response = client.with_options(max_retries=0).get(
-        f"/fine_tuning/jobs/{job.id}/adapter", cast_to=bytes)  # raw .tar.gz
+        f"/fine_tuning/jobs/{job.id}/adapter", cast_to=bytes
+    )  # raw .tar.gz
     with tarfile.open(fileobj=io.BytesIO(response), mode="r:gz") as archive:
         archive.extractall(tmp_path / "adapter", filter="data")
     base = AutoModelForCausalLM.from_pretrained(MODEL_CACHE / "tiny-random-llama")
@@ -98,13 +115,17 @@ def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_pat
 def test_a_killed_rank_retries_the_job_from_its_checkpoint(client: OpenAI, cluster: Cluster):
     training = upload_pirate(client)
     job = client.fine_tuning.jobs.create(
-        model="tiny-random-llama", training_file=training.id,
+        model="tiny-random-llama",
+        training_file=training.id,
         hyperparameters={"n_epochs": 2, "batch_size": 2},
-        extra_body={"adapter": {"type": "lora"}, "checkpoint_every_n_steps": 6})
+        extra_body={"adapter": {"type": "lora"}, "checkpoint_every_n_steps": 6},
+    )
     total = 2 * EXAMPLES // 2
-    wait_until(lambda: any(c.step_number >= 6
-                           for c in client.fine_tuning.jobs.checkpoints.list(job.id)),
-               120, "a first checkpoint")
+    wait_until(
+        lambda: any(c.step_number >= 6 for c in client.fine_tuning.jobs.checkpoints.list(job.id)),
+        120,
+        "a first checkpoint",
+    )
     ranks = rank_pids(cluster.procs["dist"].pid)
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)

@@ -42,7 +42,8 @@ def test_only_the_small_files_are_fetched(published, tiny_model_dir: Path) -> No
     ours, full = AutoTokenizer.from_pretrained(local), AutoTokenizer.from_pretrained(tiny_model_dir)
     chat = [{"role": "user", "content": "Ahoy?"}, {"role": "assistant", "content": "Arr!"}]
     assert ours.apply_chat_template(chat, tokenize=False) == full.apply_chat_template(
-        chat, tokenize=False)
+        chat, tokenize=False
+    )
     assert ours("Arr, matey")["input_ids"] == full("Arr, matey")["input_ids"]
     assert AutoConfig.from_pretrained(local).max_position_embeddings == 2048
 

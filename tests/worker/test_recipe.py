@@ -156,8 +156,9 @@ def test_head_on_loss_positions_only_gives_the_full_forwards_loss_and_gradients(
     def run(positions_only: bool):
         model.zero_grad(set_to_none=True)
         batch = collate(examples, pad_token_id=2)  # padded rows: padding must stay out
-        stats = forward_backward(model, [batch], torch.device("cpu"),
-                                 loss_positions_only=positions_only)
+        stats = forward_backward(
+            model, [batch], torch.device("cpu"), loss_positions_only=positions_only
+        )
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         return stats, grads
 
@@ -275,8 +276,10 @@ def test_evaluate_is_token_weighted_and_restores_train_mode(
     whole = evaluate(model, examples, 2, cpu, micro_batch_size=8)
     one_by_one = evaluate(model, examples, 2, cpu, micro_batch_size=1)
     assert model.training
-    assert whole.n_loss_tokens == one_by_one.n_loss_tokens == sum(
-        ex.n_predicted_tokens for ex in examples
+    assert (
+        whole.n_loss_tokens
+        == one_by_one.n_loss_tokens
+        == sum(ex.n_predicted_tokens for ex in examples)
     )
     assert whole.loss == pytest.approx(one_by_one.loss, rel=1e-5)
     assert whole.accuracy == pytest.approx(one_by_one.accuracy)

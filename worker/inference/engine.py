@@ -68,8 +68,15 @@ class _Base:
 class InferenceEngine:
     """Chat completions for base models and ``base + adapter``; thread-safe."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, *, adapter_cache_size: int,
-                 adapter_dir: Path, model_loader: Callable[[str], Path] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        *,
+        adapter_cache_size: int,
+        adapter_dir: Path,
+        model_loader: Callable[[str], Path] | None = None,
+    ):
         from worker.model_store import ensure_model
 
         self.settings = settings
@@ -127,15 +134,15 @@ class InferenceEngine:
         if not base.has_peft:
             from peft import PeftModel
 
-            base.model = PeftModel.from_pretrained(base.model, str(path),
-                                                   adapter_name=ref.name).eval()
+            base.model = PeftModel.from_pretrained(
+                base.model, str(path), adapter_name=ref.name
+            ).eval()
         else:
             base.model.load_adapter(str(path), adapter_name=ref.name)
         base.model.set_adapter(ref.name)
         base.adapters.add(ref.name)
         self._adapters[ref.name] = base.name
-        log.info("adapter %s attached to %s (%d loaded)", ref.name, base.name,
-                 len(self._adapters))
+        log.info("adapter %s attached to %s (%d loaded)", ref.name, base.name, len(self._adapters))
         self._evict()
 
     def _evict(self) -> None:
@@ -150,14 +157,16 @@ class InferenceEngine:
 
     # --- generation ----------------------------------------------------------------------
 
-    def complete(self, base_name: str, adapter: AdapterRef | None,
-                 params: GenerationParams) -> Completion:
+    def complete(
+        self, base_name: str, adapter: AdapterRef | None, params: GenerationParams
+    ) -> Completion:
         """Generate the whole answer."""
         with self._lock:
             return self._generate(base_name, adapter, params, None, threading.Event())
 
-    def stream(self, base_name: str, adapter: AdapterRef | None,
-               params: GenerationParams) -> Iterator[str | Completion]:
+    def stream(
+        self, base_name: str, adapter: AdapterRef | None, params: GenerationParams
+    ) -> Iterator[str | Completion]:
         """Yield text pieces as they are generated, then the final Completion.
 
         Closing the iterator early (the client went away) stops the generation.
@@ -185,8 +194,14 @@ class InferenceEngine:
         finally:
             cancel.set()
 
-    def _generate(self, base_name: str, adapter: AdapterRef | None, params: GenerationParams,
-                  on_text: Callable[[str], None] | None, cancel: threading.Event) -> Completion:
+    def _generate(
+        self,
+        base_name: str,
+        adapter: AdapterRef | None,
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event,
+    ) -> Completion:
         import torch
 
         base = self._base(base_name)
@@ -194,22 +209,27 @@ class InferenceEngine:
             self._attach(base, adapter)
         self._snapshot = tuple(self._adapters)
         tokenizer = base.tokenizer
-        enc = tokenizer.apply_chat_template(params.messages, add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+        enc = tokenizer.apply_chat_template(
+            params.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         prompt_tokens = int(enc["input_ids"].shape[1])
         room = base.context_length - prompt_tokens
         if room < 1:
-            raise PromptTooLong(f"The prompt is {prompt_tokens} tokens; this model's context is "
-                                f"{base.context_length} tokens")
+            raise PromptTooLong(
+                f"The prompt is {prompt_tokens} tokens; this model's context is "
+                f"{base.context_length} tokens"
+            )
         max_new = min(params.max_tokens or DEFAULT_MAX_TOKENS, room)
         stopper = _StopWatcher(tokenizer, prompt_tokens, params.stop, cancel, on_text)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new,
-                                  "pad_token_id": tokenizer.pad_token_id
-                                  or tokenizer.eos_token_id,
-                                  "stopping_criteria": _criteria(stopper)}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+            "stopping_criteria": _criteria(stopper),
+        }
         if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                          top_k=0)
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.seed is not None:
@@ -226,8 +246,12 @@ class InferenceEngine:
             reason = "length"
         else:
             reason = "stop"
-        return Completion(text=text, finish_reason=reason, prompt_tokens=prompt_tokens,
-                          completion_tokens=len(new_ids))
+        return Completion(
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(new_ids),
+        )
 
 
 def _adapter_scope(base: _Base, adapter: AdapterRef | None):
@@ -243,7 +267,8 @@ def _eos_ids(base: _Base) -> set[int]:
     ids = base.model.generation_config.eos_token_id
     ids = ids if isinstance(ids, list) else [ids]
     return {int(i) for i in ids if i is not None} | (
-        {base.tokenizer.eos_token_id} if base.tokenizer.eos_token_id is not None else set())
+        {base.tokenizer.eos_token_id} if base.tokenizer.eos_token_id is not None else set()
+    )
 
 
 def _criteria(stopper: _StopWatcher) -> Any:
@@ -263,8 +288,14 @@ class _StopWatcher:
     shows a stop sequence that the final answer does not contain.
     """
 
-    def __init__(self, tokenizer: Any, prompt_tokens: int, stop: tuple[str, ...],
-                 cancel: threading.Event, on_text: Callable[[str], None] | None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_tokens: int,
+        stop: tuple[str, ...],
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None,
+    ):
         self.tokenizer = tokenizer
         self.prompt_tokens = prompt_tokens
         self.stop = tuple(s for s in stop if s)
@@ -286,7 +317,7 @@ class _StopWatcher:
             return True
         if not self.stop and self.on_text is None:
             return False
-        text = self._decode(sequence[self.prompt_tokens:].tolist())
+        text = self._decode(sequence[self.prompt_tokens :].tolist())
         cut = self._stop_at(text)
         if cut is not None:
             self._cut = cut
@@ -295,14 +326,21 @@ class _StopWatcher:
             return True
         # A trailing U+FFFD is half of a multi-byte character: wait for the rest.
         safe = len(text.rstrip("\ufffd"))
-        held = max((k for s in self.stop for k in range(1, min(len(s) - 1, safe) + 1)
-                    if text[:safe].endswith(s[:k])), default=0)
-        self._emit(text[:safe - held])
+        held = max(
+            (
+                k
+                for s in self.stop
+                for k in range(1, min(len(s) - 1, safe) + 1)
+                if text[:safe].endswith(s[:k])
+            ),
+            default=0,
+        )
+        self._emit(text[: safe - held])
         return False
 
     def _emit(self, text: str) -> None:
         if self.on_text is not None and len(text) > self.emitted:
-            self.on_text(text[self.emitted:])
+            self.on_text(text[self.emitted :])
             self.emitted = len(text)
 
     def finish(self, new_ids: list[int]) -> str:

@@ -56,8 +56,9 @@ def pack_dir(directory: Path, dest: Path) -> Path:
     return dest
 
 
-def ensure_merged(store: ObjectStore, base_dir: Path, adapter_cache: Path,
-                  ref: AdapterRef, job_id: str) -> str:
+def ensure_merged(
+    store: ObjectStore, base_dir: Path, adapter_cache: Path, ref: AdapterRef, job_id: str
+) -> str:
     """The object-store key of the merged model of ``job_id``, building it the first time."""
     key = merged_key(job_id)
     with _locks_guard:
@@ -71,6 +72,7 @@ def ensure_merged(store: ObjectStore, base_dir: Path, adapter_cache: Path,
             model_dir = merge_adapter(base_dir, adapter_dir, Path(tmp) / "model")
             archive = pack_dir(model_dir, Path(tmp) / "merged.tar.gz")
             store.put_file(key, archive)
-            log.info("job %s: merged model stored at %s (%d bytes)", job_id, key,
-                     archive.stat().st_size)
+            log.info(
+                "job %s: merged model stored at %s (%d bytes)", job_id, key, archive.stat().st_size
+            )
     return key

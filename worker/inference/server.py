@@ -47,18 +47,23 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     settings = settings or load_settings()
     if engine is None:
         configure_logging()
-        engine = InferenceEngine(settings, open_store(settings),
-                                 adapter_cache_size=settings.adapter_cache_size,
-                                 adapter_dir=settings.home / "cache" / "adapters")
+        engine = InferenceEngine(
+            settings,
+            open_store(settings),
+            adapter_cache_size=settings.adapter_cache_size,
+            adapter_dir=settings.home / "cache" / "adapters",
+        )
     app = Flask(__name__)
     app.extensions["dorado_inference"] = engine
 
     @app.before_request
     def _internal_only():
         if request.path.startswith("/internal/") and not internal_token_ok(
-                settings, request.headers.get("Authorization")):
-            return _error(401, "This endpoint serves the Dorado API only.",
-                          "invalid_internal_token")
+            settings, request.headers.get("Authorization")
+        ):
+            return _error(
+                401, "This endpoint serves the Dorado API only.", "invalid_internal_token"
+            )
         return None
 
     @app.get("/healthz")
@@ -70,9 +75,11 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         body = request.get_json(force=True)
         adapter = _adapter(body.get("adapter"))
         params = GenerationParams(
-            messages=body["messages"], max_tokens=body.get("max_tokens"),
+            messages=body["messages"],
+            max_tokens=body.get("max_tokens"),
             temperature=float(body.get("temperature", 1.0)),
-            top_p=float(body.get("top_p", 1.0)), stop=tuple(body.get("stop") or ()),
+            top_p=float(body.get("top_p", 1.0)),
+            stop=tuple(body.get("stop") or ()),
             seed=body.get("seed"),
         )
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -85,10 +92,19 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         # Pull the first piece now: a model or adapter that cannot load is still an HTTP
         # error, not a 200 stream that breaks off.
         first = next(pieces)
-        events = sse_events(completion_id, created, model, first, pieces,
-                            include_usage=bool(body.get("include_usage")))
-        return Response(stream_with_context(events), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        events = sse_events(
+            completion_id,
+            created,
+            model,
+            first,
+            pieces,
+            include_usage=bool(body.get("include_usage")),
+        )
+        return Response(
+            stream_with_context(events),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/internal/merged")
     def merged():
@@ -106,8 +122,12 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
 
     @app.errorhandler(AdapterUnavailable)
     def _no_adapter(exc: AdapterUnavailable):
-        return _error(404, f"The fine-tuned model's adapter is unavailable: {exc}",
-                      "adapter_unavailable", "model")
+        return _error(
+            404,
+            f"The fine-tuned model's adapter is unavailable: {exc}",
+            "adapter_unavailable",
+            "model",
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -120,8 +140,12 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         if isinstance(exc, ModelUnavailable):
             return _error(404, str(exc), "model_not_found", "model")
         log.exception("inference failed")
-        return _error(500, f"Inference failed: {type(exc).__name__}: {exc}", "inference_error",
-                      type="server_error")
+        return _error(
+            500,
+            f"Inference failed: {type(exc).__name__}: {exc}",
+            "inference_error",
+            type="server_error",
+        )
 
     return app
 
@@ -130,47 +154,70 @@ def _adapter(spec: dict[str, Any] | None) -> AdapterRef | None:
     return None if not spec else AdapterRef(name=spec["name"], prefix=spec["prefix"])
 
 
-def _error(status: int, message: str, code: str, param: str | None = None, *,
-           type: str = "invalid_request_error"):
+def _error(
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    *,
+    type: str = "invalid_request_error",
+):
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return jsonify(body), status
 
 
 def usage(result: Completion) -> dict[str, int]:
     """OpenAI's ``usage`` object."""
-    return {"prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
-def completion_object(completion_id: str, created: int, model: str,
-                      result: Completion) -> dict[str, Any]:
+def completion_object(
+    completion_id: str, created: int, model: str, result: Completion
+) -> dict[str, Any]:
     """A non-streamed ``chat.completion``."""
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": result.text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": result.finish_reason,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
         "usage": usage(result),
         "system_fingerprint": None,
     }
 
 
-def sse_events(completion_id: str, created: int, model: str, first: str | Completion,
-               rest: Iterator[str | Completion], *, include_usage: bool) -> Iterator[str]:
+def sse_events(
+    completion_id: str,
+    created: int,
+    model: str,
+    first: str | Completion,
+    rest: Iterator[str | Completion],
+    *,
+    include_usage: bool,
+) -> Iterator[str]:
     """``chat.completion.chunk`` events: role, content deltas, finish_reason, ``[DONE]``."""
 
     def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": model, "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish}], **extra}
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
@@ -180,9 +227,15 @@ def sse_events(completion_id: str, created: int, model: str, first: str | Comple
             if isinstance(item, Completion):
                 yield chunk({}, item.finish_reason)
                 if include_usage:
-                    body = {"id": completion_id, "object": "chat.completion.chunk",
-                            "created": created, "model": model, "system_fingerprint": None,
-                            "choices": [], "usage": usage(item)}
+                    body = {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": None,
+                        "choices": [],
+                        "usage": usage(item),
+                    }
                     yield f"data: {json.dumps(body)}\n\n"
                 break
             if item:
@@ -190,8 +243,14 @@ def sse_events(completion_id: str, created: int, model: str, first: str | Comple
             item = next(rest)
     except Exception as exc:
         log.exception("generation failed mid-stream")
-        error = {"error": {"message": f"Inference failed: {exc}", "type": "server_error",
-                           "param": None, "code": "inference_error"}}
+        error = {
+            "error": {
+                "message": f"Inference failed: {exc}",
+                "type": "server_error",
+                "param": None,
+                "code": "inference_error",
+            }
+        }
         yield f"data: {json.dumps(error)}\n\n"
         return
     finally:

@@ -136,7 +136,8 @@ def load_training_checkpoint(
     state = read_training_state(directory)
     if state.fingerprint != fingerprint:
         diff = sorted(
-            k for k in set(fingerprint) | set(state.fingerprint)
+            k
+            for k in set(fingerprint) | set(state.fingerprint)
             if fingerprint.get(k) != state.fingerprint.get(k)
         )
         raise CheckpointMismatch(f"checkpoint does not match this run (differs in {diff})")

@@ -74,7 +74,7 @@ class ParallelPlan:
 
     @property
     def device_type(self) -> str:
-        """"cuda" for NCCL (one GPU per rank), else "cpu"."""
+        """ "cuda" for NCCL (one GPU per rank), else "cpu"."""
         return "cuda" if self.backend == "nccl" else "cpu"
 
 
@@ -96,8 +96,9 @@ def plan_parallelism(gpus_per_job: str, cpu_processes: int) -> ParallelPlan:
         value = gpus_per_job.strip().lower()
         wanted = n_gpus if value in ("", "all") else _count(value, "DORADO_WORKER_GPUS_PER_JOB")
         if wanted > n_gpus:
-            logger.warning("%d GPUs per job configured but %d visible; using %d",
-                           wanted, n_gpus, n_gpus)
+            logger.warning(
+                "%d GPUs per job configured but %d visible; using %d", wanted, n_gpus, n_gpus
+            )
         return ParallelPlan(min(wanted, n_gpus), "nccl")
     return ParallelPlan(_count(str(cpu_processes), "DORADO_WORKER_CPU_PROCESSES"), "gloo")
 
@@ -324,8 +325,9 @@ def train_data_parallel(
 class _Supervisor:
     """Serves rank 0's reporter calls and watches every rank until all have finished."""
 
-    def __init__(self, ranks: list[Any], conns: list[connection.Connection],
-                 reporter: Reporter) -> None:
+    def __init__(
+        self, ranks: list[Any], conns: list[connection.Connection], reporter: Reporter
+    ) -> None:
         self.ranks = ranks
         self.conns = conns
         self.reporter = reporter
@@ -350,8 +352,9 @@ class _Supervisor:
                 self._receive(rank, item, open_conns)
         return self._result()
 
-    def _receive(self, rank: int, conn: connection.Connection,
-                 open_conns: dict[int, connection.Connection]) -> bool:
+    def _receive(
+        self, rank: int, conn: connection.Connection, open_conns: dict[int, connection.Connection]
+    ) -> bool:
         """Handle one message from ``rank``; False when its pipe is closed."""
         try:
             message = conn.recv()
@@ -445,12 +448,32 @@ def run_training(
     if plan is None or plan.world_size == 1:
         from worker.training.recipe import train
 
-        return train(spec, base_model_dir, training_file, output_dir, reporter,
-                     validation_file=validation_file, resume_from=resume_from)
-    logger.info("[job %s] training on %d %s processes (%s)", spec.extra.get("job_id", "-"),
-                plan.world_size, plan.device_type, plan.backend)
+        return train(
+            spec,
+            base_model_dir,
+            training_file,
+            output_dir,
+            reporter,
+            validation_file=validation_file,
+            resume_from=resume_from,
+        )
+    logger.info(
+        "[job %s] training on %d %s processes (%s)",
+        spec.extra.get("job_id", "-"),
+        plan.world_size,
+        plan.device_type,
+        plan.backend,
+    )
     return train_data_parallel(
-        plan.world_size, spec, base_model_dir, training_file, output_dir, reporter,
-        validation_file=validation_file, resume_from=resume_from, backend=plan.backend,
-        timeout_seconds=timeout_seconds, log_setup=log_setup,
+        plan.world_size,
+        spec,
+        base_model_dir,
+        training_file,
+        output_dir,
+        reporter,
+        validation_file=validation_file,
+        resume_from=resume_from,
+        backend=plan.backend,
+        timeout_seconds=timeout_seconds,
+        log_setup=log_setup,
     )
