@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import click
 from sqlalchemy.orm import Session
@@ -34,7 +34,9 @@ class AdminContext:
             yield session
 
     def with_database_url(self, url: str | None) -> AdminContext:
-        return self if not url else AdminContext(replace(self.settings, database_url=url))
+        if not url:
+            return self
+        return AdminContext(self.settings.model_copy(update={"database_url": url}))
 
 
 def _os_user() -> str:

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
         SECRET_KEY=platform_secret(settings),
-        **websession.session_config(),
+        **websession.session_config(settings),
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False

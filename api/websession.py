@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import ApiKey
 from core.errors import PermissionDenied
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,7 @@ CSRF_FIELD = "csrf_token"
 SESSION_LIFETIME = timedelta(hours=12)
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def session_config() -> dict[str, Any]:
+def session_config(settings: Settings) -> dict[str, Any]:
     """Flask config for the session cookie. ``DORADO_SESSION_COOKIE_SECURE=1`` adds the Secure
     flag (set it whenever the dashboard is served over HTTPS; it is off for plain-http
     localhost, where a Secure cookie would never be sent back)."""
@@ -42,7 +38,7 @@ def session_config() -> dict[str, Any]:
         "SESSION_COOKIE_NAME": "dorado_session",
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": _truthy(os.environ.get("DORADO_SESSION_COOKIE_SECURE")),
+        "SESSION_COOKIE_SECURE": settings.session_cookie_secure,
         "PERMANENT_SESSION_LIFETIME": SESSION_LIFETIME,
     }
 

@@ -16,6 +16,8 @@ import time
 import click
 
 from core.bootstrap import prepare_database
+from core.db.engine import check_database
+from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
 from core.settings import load_settings
 
@@ -115,7 +117,17 @@ def validator_command(name: str | None = None) -> list[str]:
     ]
 
 
-@click.group()
+class _Launcher(click.Group):
+    """A setting that cannot work ends the command with its one-line message (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Launcher)
 def main() -> None:
     """Dorado: a self-hosted LoRA/DoRA fine-tuning platform."""
     configure_logging()
@@ -125,6 +137,7 @@ def main() -> None:
 def migrate() -> None:
     """Create or upgrade the database schema, register built-in models, ensure an API key."""
     settings = load_settings()
+    check_database(settings.database_url)
     key = prepare_database(settings)
     _announce_key(key)
 
@@ -156,6 +169,7 @@ def run(skip_models: bool) -> None:
     """Set up what is missing and start API, worker, scheduler and inference service; Ctrl-C
     stops them all."""
     settings = load_settings()
+    check_database(settings.database_url)
     key = prepare_database(settings)
     if not skip_models:
         _prepare_models()

@@ -58,3 +58,16 @@ class QuotaExceeded(DoradoError):
     """An organization reached one of its limits (queued jobs, storage...)."""
 
     code = "quota_exceeded"
+
+
+class ConfigurationError(Exception):
+    """A setting that cannot work. Its message is one line that names the variable, the bad
+    value and the fix: entry points print it and exit non-zero (no traceback)."""
+
+
+class DatabaseUrlError(ConfigurationError):
+    """A database URL with an unknown scheme or a driver that is not installed."""
+
+
+class DatabaseUnavailable(ConfigurationError):
+    """The database URL is well-formed but nothing answers there."""

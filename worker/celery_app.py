@@ -6,18 +6,38 @@ from celery import Celery
 from celery.signals import (
     celeryd_after_setup,
     setup_logging,
+    worker_init,
     worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
 
+from core.db.engine import check_database
+from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
 from core.scheduling.broker import celery_config
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 from worker import registry, shutdown
 
+
+def _settings_or_exit() -> Settings:
+    # A setting that cannot work stops the worker with its one-line message, no traceback.
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        raise SystemExit(f"dorado worker: {exc}") from None
+
+
 app = Celery("dorado-worker", include=["worker.tasks"])
-app.conf.update(celery_config(load_settings()))
+app.conf.update(celery_config(_settings_or_exit()))
+
+
+@worker_init.connect
+def _check_database(**_kwargs) -> None:
+    try:
+        check_database(load_settings().database_url)
+    except ConfigurationError as exc:
+        raise SystemExit(f"dorado worker: {exc}") from None
 
 
 @setup_logging.connect

@@ -8,7 +8,12 @@ from functools import lru_cache
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from core.db.urls import masked, normalize_database_url, parse_database_url
+from core.errors import DatabaseUnavailable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -35,12 +40,43 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - dr
 
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
-    """One pooled engine per database URL and process."""
+    """One pooled engine per database URL and process (PostgreSQL URLs in any spelling
+    ``core.db.urls`` accepts)."""
+    url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+#: Seconds a start-up check waits for PostgreSQL (a firewalled host never answers).
+CHECK_CONNECT_TIMEOUT = 5
+
+
+def check_database(url: str, variable: str = "DORADO_DATABASE_URL") -> None:
+    """Connect once to a server database, so that a wrong host or port stops a process at
+    start with one line (DatabaseUnavailable) instead of a traceback at its first query.
+
+    SQLite is not checked: its file is created on first use.
+    """
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        return
+    query = parse_database_url(url).query
+    timeout = {} if "connect_timeout" in query else {"connect_timeout": CHECK_CONNECT_TIMEOUT}
+    engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        lines = str(exc.orig or exc).strip().splitlines() or ["no answer"]
+        raise DatabaseUnavailable(
+            f"{variable}: cannot connect to {masked(url)} ({lines[0].strip()}); check the "
+            "host, port, database name and credentials, and that PostgreSQL is running"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 @lru_cache(maxsize=8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from datetime import datetime, timezone
 
@@ -26,7 +25,9 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 
 def json_logging_requested() -> bool:
     """True when ``DORADO_LOG_FORMAT`` asks for JSON lines."""
-    return os.environ.get("DORADO_LOG_FORMAT", "").strip().lower() == "json"
+    from core.settings import load_settings
+
+    return load_settings().json_logs
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
+
+from core.settings import Settings, load_settings
 
 
-def configure_logging(level: str | None = None) -> None:
+def configure_logging(level: str | None = None, settings: Settings | None = None) -> None:
+    """Root logging at ``level`` (default DORADO_LOG_LEVEL), as JSON lines when
+    DORADO_LOG_FORMAT=json. Raises SettingsError when the settings cannot be read."""
+    settings = settings or load_settings()
     logging.basicConfig(
-        level=(level or os.environ.get("DORADO_LOG_LEVEL", "INFO")).upper(),
+        level=(level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    from core.observability.jsonlog import JsonFormatter, json_logging_requested
+    from core.observability.jsonlog import JsonFormatter
 
-    if json_logging_requested():  # DORADO_LOG_FORMAT=json: one JSON object per line
+    if settings.json_logs:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())

@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.db.models import Job
+from core.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,15 @@ _lock = threading.Lock()
 
 
 def multiprocess_dir() -> str | None:
-    """The multiprocess folder, if configured (``PROMETHEUS_MULTIPROC_DIR`` wins)."""
-    return (
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        or os.environ.get("prometheus_multiproc_dir")
-        or os.environ.get("DORADO_METRICS_DIR")
-        or None
+    """The multiprocess folder, if configured (prometheus-client's own
+    ``PROMETHEUS_MULTIPROC_DIR`` wins over ``DORADO_METRICS_DIR``)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"
     )
+    if folder:
+        return folder
+    configured = load_settings().metrics_dir
+    return str(configured) if configured else None
 
 
 def configure_multiprocess() -> str | None:

@@ -81,7 +81,6 @@ def admin_json(env: dict[str, str], *args: str) -> Any:
 def tiny_model_dir() -> Path:
     """The built tiny model (Hugging Face layout) in the test model cache, built if missing."""
     import tempfile
-    from dataclasses import replace
 
     from core.settings import load_settings
     from core.storage.objects import LocalStore
@@ -90,7 +89,7 @@ def tiny_model_dir() -> Path:
     if not (path / ".complete").exists():
         from worker.model_store import ensure_model
 
-        settings = replace(load_settings(), model_cache_dir=MODEL_CACHE)
+        settings = load_settings().model_copy(update={"model_cache_dir": MODEL_CACHE})
         with tempfile.TemporaryDirectory() as tmp:
             ensure_model(settings, LocalStore(Path(tmp)), "tiny-random-llama")
     return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -248,7 +247,7 @@ def test_worker_replaces_its_copy_of_a_re_registered_model(tmp_path, postgres_ur
 
     monkeypatch.setenv("DORADO_DATABASE_URL", postgres_url)
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
-    settings = replace(load_settings(), model_cache_dir=tmp_path / "cache")
+    settings = load_settings().model_copy(update={"model_cache_dir": tmp_path / "cache"})
     prepare_database(settings)
     store = LocalStore(tmp_path / "objects")
     first = _variant(tmp_path, "v1", generation_config__json='{"max_length": 11}')
@@ -276,7 +275,7 @@ def test_a_registered_gguf_is_converted_once_by_a_worker(tmp_path, postgres_url,
 
     monkeypatch.setenv("DORADO_DATABASE_URL", postgres_url)
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
-    settings = replace(load_settings(), model_cache_dir=tmp_path / "cache")
+    settings = load_settings().model_copy(update={"model_cache_dir": tmp_path / "cache"})
     prepare_database(settings)
     store = LocalStore(tmp_path / "objects")
     with session_scope(settings.database_url) as session:

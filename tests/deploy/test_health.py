@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -79,8 +78,8 @@ def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_healthz_needs_no_key_nor_database(settings) -> None:
-    broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    broken = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"}
     )
     response = create_app(broken).test_client().get("/healthz")
     assert response.status_code == 200
@@ -101,8 +100,8 @@ def test_readyz_ok(settings) -> None:
 
 
 def test_readyz_503_when_database_is_down(settings) -> None:
-    broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    broken = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"}
     )
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
@@ -119,7 +118,7 @@ def test_readyz_503_when_database_is_down(settings) -> None:
 
 
 def test_readyz_503_when_broker_is_down(settings) -> None:
-    broken = dataclasses.replace(settings, broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{closed_port()}/0"})
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["failing"] == ["broker"]
@@ -198,8 +197,8 @@ def test_http_latency_uses_route_templates(settings) -> None:
 
 
 def test_metrics_when_database_is_down(settings) -> None:
-    broken = dataclasses.replace(
-        settings, database_url=f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"
+    broken = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg2://x@127.0.0.1:{closed_port()}/x"}
     )
     response = create_app(broken).test_client().get("/metrics")
     assert response.status_code == 200

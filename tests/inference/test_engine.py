@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def base_dir(tmp_path_factory) -> Path:
     """The built-in tiny model, from the tests' model cache (built there if missing)."""
     from worker.model_store import ensure_model
 
-    settings = replace(load_settings(), model_cache_dir=MODEL_CACHE)
+    settings = load_settings().model_copy(update={"model_cache_dir": MODEL_CACHE})
     return ensure_model(settings, LocalStore(tmp_path_factory.mktemp("models")), BASE)
 
 
