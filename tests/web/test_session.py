@@ -7,6 +7,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
 
 import pytest
 from flask.testing import FlaskClient
@@ -17,6 +18,13 @@ from core.bootstrap import prepare_database
 from core.db.engine import session_scope
 from core.db.models import ApiKey, Job
 from core.jobs.lifecycle import add_event
+from core.jobs.status import (
+    FAILURE_HELP,
+    FINAL_STATUSES,
+    NON_FINAL_STATUSES,
+    FailureCode,
+    JobStatus,
+)
 from core.settings import load_settings
 from core.tenancy.auth import create_organization
 from core.tenancy.secret import persistent_secret
@@ -89,6 +97,50 @@ def test_session_cookie_and_headers(client: FlaskClient):
     for path in ("/docs", "/v1/openapi.json", "/healthz", "/static/app.js"):
         assert client.get(path).status_code == 200, path
     assert "/v1/fine_tuning/jobs/estimate" in client.get("/v1/openapi.json").get_json()["paths"]
+
+
+class _ScriptTags(HTMLParser):
+    """The attributes and text of each <script> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._inside = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = self._inside and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+
+def dashboard_scripts(client: FlaskClient) -> list[tuple[dict[str, str | None], str]]:
+    sign_in(client)
+    parser = _ScriptTags()
+    parser.feed(client.get("/").get_data(as_text=True))
+    return parser.scripts
+
+
+def test_page_carries_statuses_and_failure_help_from_core(client: FlaskClient):
+    blocks = [
+        json.loads(text)
+        for attrs, text in dashboard_scripts(client)
+        if attrs.get("id") == "dorado-enums"
+    ]
+    assert len(blocks) == 1
+    enums = blocks[0]
+    assert enums["status"] == {status.name: status.value for status in JobStatus}
+    assert enums["statuses"] == [status.value for status in JobStatus]
+    assert enums["groups"]["final"] == [status.value for status in FINAL_STATUSES]
+    assert enums["groups"]["non_final"] == [status.value for status in NON_FINAL_STATUSES]
+    assert enums["failure_help"] == {code.value: FAILURE_HELP[code] for code in FailureCode}
 
 
 def test_wrong_key_and_missing_form_token_are_refused(client: FlaskClient):
