@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from api import websession
 from api.context import db
@@ -162,12 +163,12 @@ def index() -> Response:
 
 
 @bp.get("/login")
-def login_form() -> Response:
+def login_form() -> BaseResponse:
     return redirect("/", code=303)
 
 
 @bp.post("/login")
-def login() -> Response:
+def login() -> BaseResponse:
     """Check the API key once; the session keeps only its id."""
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
         return _sign_in_page(
@@ -182,7 +183,7 @@ def login() -> Response:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> BaseResponse:
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
         return _no_store(
             Response("Missing or invalid CSRF token", status=403, mimetype="text/plain")
@@ -192,10 +193,12 @@ def logout() -> Response:
 
 
 @bp.get("/v1/openapi.json")
-def openapi_json():
+def openapi_json() -> dict[str, Any]:
+    """The OpenAPI document, as JSON."""
     return openapi_document()
 
 
 @bp.get("/docs")
-def api_docs():
+def api_docs() -> str:
+    """The API reference, rendered from the OpenAPI document."""
     return render_template("docs.html", spec=openapi_document())
