@@ -8,16 +8,27 @@ the shell, with security headers on every page.
 from __future__ import annotations
 
 import copy
+import mimetypes
 from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from api import websession
 from api.context import db
 from api.openapi import build_openapi
 from core.db.models import Organization
 from core.errors import AuthenticationFailed
+from core.jobs.status import (
+    ACTIVE_STATUSES,
+    ALL_STATUSES,
+    FAILURE_HELP,
+    FINAL_STATUSES,
+    NON_FINAL_STATUSES,
+    WAITING_STATUSES,
+    JobStatus,
+)
 from core.tenancy.auth import authenticate
 
 bp = Blueprint("dashboard", __name__)
@@ -46,7 +57,13 @@ PAGE_HEADERS = {
 
 
 def init_app(app: Flask) -> None:
-    """Security headers: nosniff on everything, the page policies on non-API responses."""
+    """Security headers: nosniff on everything, the page policies on non-API responses.
+
+    Also maps ``.js`` to ``text/javascript``: browsers run module scripts only when served
+    with a JavaScript type, and Python takes the type from the host's mime.types (or the
+    Windows registry), which can say ``text/plain``.
+    """
+    mimetypes.add_type("text/javascript", ".js")
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
@@ -100,6 +117,24 @@ def openapi_document() -> dict[str, Any]:
     return spec
 
 
+@lru_cache(maxsize=1)
+def dashboard_enums() -> dict[str, Any]:
+    """Job statuses, their groups and each failure code's help text, as the dashboard's
+    scripts read them (``web/static/js/enums.js``) from a JSON block in the page: one list,
+    ``core.jobs.status``, and no copy in the JavaScript to keep in step."""
+    return {
+        "status": {status.name: status.value for status in JobStatus},
+        "statuses": [status.value for status in ALL_STATUSES],
+        "groups": {
+            "active": [status.value for status in ACTIVE_STATUSES],
+            "waiting": [status.value for status in WAITING_STATUSES],
+            "final": [status.value for status in FINAL_STATUSES],
+            "non_final": [status.value for status in NON_FINAL_STATUSES],
+        },
+        "failure_help": {code.value: text for code, text in FAILURE_HELP.items()},
+    }
+
+
 def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -122,17 +157,18 @@ def index() -> Response:
         csrf=websession.csrf_token(),
         org_name=org.name if org else key.organization_id,
         key_prefix=key.prefix,
+        enums=dashboard_enums(),
     )
     return _no_store(Response(html, mimetype="text/html"))
 
 
 @bp.get("/login")
-def login_form() -> Response:
+def login_form() -> BaseResponse:
     return redirect("/", code=303)
 
 
 @bp.post("/login")
-def login() -> Response:
+def login() -> BaseResponse:
     """Check the API key once; the session keeps only its id."""
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
         return _sign_in_page(
@@ -147,7 +183,7 @@ def login() -> Response:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> BaseResponse:
     if not websession.csrf_ok(request.form.get(websession.CSRF_FIELD)):
         return _no_store(
             Response("Missing or invalid CSRF token", status=403, mimetype="text/plain")
@@ -157,10 +193,12 @@ def logout() -> Response:
 
 
 @bp.get("/v1/openapi.json")
-def openapi_json():
+def openapi_json() -> dict[str, Any]:
+    """The OpenAPI document, as JSON."""
     return openapi_document()
 
 
 @bp.get("/docs")
-def api_docs():
+def api_docs() -> str:
+    """The API reference, rendered from the OpenAPI document."""
     return render_template("docs.html", spec=openapi_document())

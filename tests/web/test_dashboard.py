@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from core.jobs.status import FAILURE_HELP, FailureCode
 from tests.conftest import EXAMPLES, ROOT
 from tests.e2e.platform import Platform
 from tests.web.conftest import WEB_API_KEY
@@ -297,6 +298,40 @@ def test_compare_two_jobs(page: Page, state: dict[str, Any]):
     page.locator(f"#pick-{state['long_job_id']}").uncheck()
     expect(page.locator("#view")).to_contain_text("Select at least two jobs")
     expect(chart).to_have_attribute("data-series", "2")
+
+
+def test_failed_job_says_what_to_do(page: Page, state: dict[str, Any]):
+    """The help under "Why it failed" is the server's text for the job's error code."""
+    body = {
+        "model": "tiny-random-llama",
+        "training_file": state["file_id"],
+        "hyperparameters": {"n_epochs": 50, "batch_size": 1},
+        "max_run_seconds": 6,
+    }
+    created = page.evaluate(
+        """async (body) => {
+        const token = document.querySelector('meta[name="csrf-token"]').content;
+        const r = await fetch('/v1/fine_tuning/jobs', {method: 'POST', body: JSON.stringify(body),
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': token}});
+        return [r.status, await r.json()];
+    }""",
+        body,
+    )
+    assert created[0] == 200, created
+    job_id = created[1]["id"]
+    open_view(page, f"#/jobs/{job_id}")
+    expect(page.locator("#view")).to_have_attribute(
+        "data-job-status", "failed", timeout=JOB_TIMEOUT_MS
+    )
+    failure = page.locator("#job-error")
+    expect(failure.get_by_role("heading")).to_have_text("Why it failed")
+    expect(failure.locator(".failure-help")).to_have_text(
+        FAILURE_HELP[FailureCode.MAX_RUN_TIME_EXCEEDED]
+    )
+    expect(failure).to_contain_text("max_run_time_exceeded: ")
+    expect(failure.locator("code")).to_have_text("max_run_seconds")
+    expect(page.locator("#resume-job")).to_be_disabled()
+    expect(page.locator("#cancel-job")).to_be_disabled()
 
 
 def test_phone_width_and_delete_file(page: Page, state: dict[str, Any]):

@@ -7,6 +7,8 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
@@ -17,12 +19,20 @@ from core.bootstrap import prepare_database
 from core.db.engine import session_scope
 from core.db.models import ApiKey, Job
 from core.jobs.lifecycle import add_event
+from core.jobs.status import (
+    FAILURE_HELP,
+    FINAL_STATUSES,
+    NON_FINAL_STATUSES,
+    FailureCode,
+    JobStatus,
+)
 from core.settings import load_settings
 from core.tenancy.auth import create_organization
 from core.tenancy.secret import persistent_secret
 from core.timeutil import utcnow
 
 KEY = "dor-web-session-key-00000000"
+SCRIPTS = Path(__file__).resolve().parents[2] / "web" / "static" / "js"
 
 
 def examples(n: int) -> bytes:
@@ -86,9 +96,89 @@ def test_session_cookie_and_headers(client: FlaskClient):
     cookie = client.get_cookie("dorado_session")
     assert cookie.http_only and cookie.same_site == "Lax" and not cookie.secure
     assert KEY not in cookie.value
-    for path in ("/docs", "/v1/openapi.json", "/healthz", "/static/app.js"):
+    for path in ("/docs", "/v1/openapi.json", "/healthz", "/static/js/main.js"):
         assert client.get(path).status_code == 200, path
     assert "/v1/fine_tuning/jobs/estimate" in client.get("/v1/openapi.json").get_json()["paths"]
+
+
+class _ScriptTags(HTMLParser):
+    """The attributes and text of each <script> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._inside = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = self._inside and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+
+def dashboard_scripts(client: FlaskClient) -> list[tuple[dict[str, str | None], str]]:
+    sign_in(client)
+    parser = _ScriptTags()
+    parser.feed(client.get("/").get_data(as_text=True))
+    return parser.scripts
+
+
+def test_page_carries_statuses_and_failure_help_from_core(client: FlaskClient):
+    blocks = [
+        json.loads(text)
+        for attrs, text in dashboard_scripts(client)
+        if attrs.get("id") == "dorado-enums"
+    ]
+    assert len(blocks) == 1
+    enums = blocks[0]
+    assert enums["status"] == {status.name: status.value for status in JobStatus}
+    assert enums["statuses"] == [status.value for status in JobStatus]
+    assert enums["groups"]["final"] == [status.value for status in FINAL_STATUSES]
+    assert enums["groups"]["non_final"] == [status.value for status in NON_FINAL_STATUSES]
+    assert enums["failure_help"] == {code.value: FAILURE_HELP[code] for code in FailureCode}
+
+
+def without_comments(source: str) -> str:
+    """JavaScript source less its /* */ and // comments (which may quote values)."""
+    return re.sub(r"(^|\s)//[^\n]*", "", re.sub(r"/\*.*?\*/", "", source, flags=re.S))
+
+
+def test_scripts_keep_no_copy_of_the_statuses_or_failure_help():
+    sources = {path.name: without_comments(path.read_text()) for path in SCRIPTS.rglob("*.js")}
+    assert "main.js" in sources and "job.js" in sources
+    for name, source in sources.items():
+        for status in JobStatus:
+            assert f'"{status.value}"' not in source, (name, status)
+        for code, help_text in FAILURE_HELP.items():
+            assert f'"{code.value}"' not in source, (name, code)
+            assert help_text[:40] not in source, (name, code)
+
+
+def test_scripts_are_same_origin_modules_the_policy_allows(client: FlaskClient):
+    """Module scripts run only with a JavaScript MIME type; the page has no inline code
+    (its one inline block is JSON data, which CSP does not treat as script)."""
+    scripts = dashboard_scripts(client)
+    policy = client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "'unsafe-inline'" not in policy
+    for attrs, text in scripts:
+        if attrs.get("type") == "application/json":
+            continue
+        assert attrs.get("type") == "module" and not text.strip()
+        assert attrs["src"].startswith("/static/")
+    modules = [attrs["src"] for attrs, _ in scripts if attrs.get("type") == "module"]
+    assert modules == ["/static/js/main.js"]
+    for path in SCRIPTS.rglob("*.js"):
+        url = "/static/js/" + path.relative_to(SCRIPTS).as_posix()
+        resp = client.get(url)
+        assert resp.status_code == 200, url
+        assert resp.mimetype == "text/javascript", (url, resp.mimetype)
 
 
 def test_wrong_key_and_missing_form_token_are_refused(client: FlaskClient):
