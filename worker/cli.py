@@ -50,7 +50,7 @@ def serve_inference(host: str, port: int | None) -> None:
     """Run the inference service (chat completions, merged models) in the foreground."""
     import os
 
-    from cli.main import inference_command
+    from core.processes import inference_command
     from core.settings import DEFAULT_INFERENCE_PORT
 
     command = inference_command(

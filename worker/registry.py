@@ -16,6 +16,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from celery import Celery
+
 from core.db.engine import session_scope
 from core.scheduling import workers
 from core.scheduling.broker import JOBS_QUEUE, jobs_queue
@@ -71,13 +73,13 @@ def setup(nodename: str, worker) -> None:
     log.info("worker %s serves pool %s (queue %s)", nodename, _state.pool, _state.queue)
 
 
-def start(app) -> None:
+def start(app: Celery) -> None:
     """On ``worker_ready``: start the heartbeat thread (training workers only)."""
     if _state.name is None or _state.thread is not None:
         return
     settings = load_settings()
     _state.thread = threading.Thread(
-        target=_run, args=(app, settings), daemon=True, name="dorado-heartbeat"
+        target=_run, args=(app, settings, _state.name), daemon=True, name="dorado-heartbeat"
     )
     _state.thread.start()
 
@@ -114,10 +116,10 @@ def detect_gpus(settings: Settings) -> tuple[int, int | None]:
     return count, memory
 
 
-def _register(settings: Settings) -> None:
+def _register(settings: Settings, name: str) -> None:
     gpus, memory = detect_gpus(settings)
     info = workers.WorkerInfo(
-        name=_state.name,
+        name=name,
         hostname=socket.gethostname(),
         pid=os.getpid(),
         pool=_state.pool,
@@ -131,34 +133,34 @@ def _register(settings: Settings) -> None:
     )
 
 
-def _run(app, settings: Settings) -> None:
+def _run(app: Celery, settings: Settings, name: str) -> None:
     registered = False
     while not _state.stop.is_set():
         try:
             if not registered:
-                _register(settings)
+                _register(settings, name)
                 registered = True
             with session_scope(settings.database_url) as session:
-                draining = workers.heartbeat(session, _state.name, _state.current_job)
+                draining = workers.heartbeat(session, name, _state.current_job)
             _state.draining = bool(draining)
-            _follow_drain(app)
+            _follow_drain(app, name)
         except Exception:  # database briefly down: keep beating
             log.exception("worker heartbeat failed")
         _state.stop.wait(settings.worker_heartbeat_seconds)
 
 
-def _follow_drain(app) -> None:
+def _follow_drain(app: Celery, name: str) -> None:
     """Stop consuming the pool's queue while draining (messages stay in the broker for other
     workers), resume when undrained. Remote control reaches this worker's own consumer."""
     want = not _state.draining
     if want == _state.consuming:
         return
     if want:
-        app.control.add_consumer(_state.queue, destination=[_state.name], reply=False)
-        log.info("worker %s undrained: consuming %s again", _state.name, _state.queue)
+        app.control.add_consumer(_state.queue, destination=[name], reply=False)
+        log.info("worker %s undrained: consuming %s again", name, _state.queue)
     else:
-        app.control.cancel_consumer(_state.queue, destination=[_state.name], reply=False)
-        log.info("worker %s draining: stopped consuming %s", _state.name, _state.queue)
+        app.control.cancel_consumer(_state.queue, destination=[name], reply=False)
+        log.info("worker %s draining: stopped consuming %s", name, _state.queue)
     _state.consuming = want
 
 

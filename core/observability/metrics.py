@@ -209,6 +209,8 @@ class JobsCollector:
         ).all()
         durations: dict[str, list[float]] = {}
         for status, started, finished in rows:
+            if started is None or finished is None:  # excluded by the query; narrows the type
+                continue
             durations.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
         quantiles = GaugeMetricFamily(
             "dorado_job_duration_seconds",

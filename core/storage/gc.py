@@ -134,6 +134,7 @@ def _references(session: Session, policy: GcPolicy, now: datetime) -> _Reference
         for (jid,) in session.execute(
             select(Model.job_id).where(Model.kind != "base", Model.job_id.is_not(None))
         )
+        if jid is not None
     }
     old_finished = {
         jid
@@ -148,7 +149,8 @@ def _references(session: Session, policy: GcPolicy, now: datetime) -> _Reference
         select(Checkpoint.id, Checkpoint.job_id, Checkpoint.step_number, Checkpoint.storage_prefix)
     ):
         by_job[jid].append((step, cid, prefix))
-    kept, pruned = set(), []
+    kept: set[str] = set()
+    pruned: list[PrunedCheckpoint] = []
     for jid, rows in by_job.items():
         rows.sort(reverse=True)
         keep = max(policy.keep_checkpoints, 0) if jid in old_finished else len(rows)

@@ -11,6 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.db.dml import rows_matched
 from core.db.models import IdempotencyKey
 from core.errors import InvalidRequest
 from core.timeutil import utcnow
@@ -70,17 +71,18 @@ def begin(session: Session, org_id: str, key: str, fingerprint: str) -> Outcome:
         return Outcome(replay=(existing.response_status or 200, existing.response_body or ""))
     if utcnow() - existing.created_at < STALE_AFTER:
         return Outcome(busy=True)
-    taken = session.execute(
+    taken = rows_matched(
+        session,
         update(IdempotencyKey)
         .where(
             IdempotencyKey.id == existing.id,
             IdempotencyKey.state == "in_progress",
             IdempotencyKey.created_at == existing.created_at,
         )
-        .values(created_at=utcnow())
+        .values(created_at=utcnow()),
     )
     session.commit()
-    return Outcome(record_id=existing.id) if taken.rowcount == 1 else Outcome(busy=True)
+    return Outcome(record_id=existing.id) if taken == 1 else Outcome(busy=True)
 
 
 def finish(session: Session, record_id: int, status: int, body: str) -> None:

@@ -111,7 +111,9 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         from worker.inference.merge import ensure_merged
 
         body = request.get_json(force=True)
-        ref = _adapter(body["adapter"])
+        ref = _adapter(body.get("adapter"))
+        if ref is None:
+            return _error(400, "A merge needs an adapter", "missing_adapter", "adapter")
         base_dir = engine.model_dir(body["base_model"])
         key = ensure_merged(engine.store, base_dir, engine.adapter_dir, ref, body["job_id"])
         return {"key": key, "bytes": engine.store.size(key)}
