@@ -28,7 +28,39 @@ def _bin(name: str) -> str:
     return candidate if os.path.exists(candidate) else (shutil.which(name) or name)
 
 
+# gunicorn's default keep-alive (2 s) is shorter than the pause of a client polling every few
+# seconds: the client then reuses its connection just as the server closes it, and the request
+# fails with "Server disconnected without sending a response". An idle connection must be
+# closed by the side in front (client pools: 5 s for httpx/openai; load balancers: typically
+# 60 s), never by the API first, hence a keep-alive longer than both. infra/gunicorn.conf.py
+# uses the same value (GUNICORN_KEEPALIVE); docs/deploy.md "Timeouts" lists them all.
+KEEPALIVE_S = 75
+# A request may take this long (large uploads stream through a worker thread).
+API_TIMEOUT_S = 300
+# On SIGTERM, requests in progress get this long to finish.
+GRACEFUL_TIMEOUT_S = 30
+
+
+def _gunicorn_options(keepalive_s: int = KEEPALIVE_S) -> list[str]:
+    """Options every gunicorn the launcher starts shares.
+
+    No control socket: gunicorn's default path ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl)
+    is one per user, so the API's and the inference service's masters (and a second platform
+    on the machine) would take it from each other; Dorado stops its servers with signals.
+    """
+    return [
+        "--keep-alive",
+        str(keepalive_s),
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT_S),
+        "--no-control-socket",
+        "--access-logfile",
+        "-",
+    ]
+
+
 def api_command(host: str, port: int, workers: int = 2) -> list[str]:
+    """The API's gunicorn command line (the container images use infra/gunicorn.conf.py)."""
     return [
         _bin("gunicorn"),
         "--bind",
@@ -38,9 +70,8 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
         "--threads",
         "4",
         "--timeout",
-        "300",
-        "--access-logfile",
-        "-",
+        str(API_TIMEOUT_S),
+        *_gunicorn_options(),
         "api.wsgi:app",
     ]
 
@@ -81,8 +112,7 @@ def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "8",
         "--timeout",
         "600",
-        "--access-logfile",
-        "-",
+        *_gunicorn_options(),
         "worker.inference.server:create_app()",
     ]
 
