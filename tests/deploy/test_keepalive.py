@@ -89,7 +89,9 @@ def poll_on_kept_connections(
 def api_url(tmp_path) -> Iterator[str]:
     """The API, started with the launcher's gunicorn command on a temp SQLite home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DORADO_")}
-    env.update(DORADO_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    # gunicorn's default control socket would be ~/.gunicorn/gunicorn.ctl: HOME is this test's.
+    env.pop("XDG_RUNTIME_DIR", None)
+    env.update(DORADO_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), HOME=str(tmp_path))
     subprocess.run(
         [sys.executable, "-m", "cli.main", "migrate"], env=env, check=True, capture_output=True
     )
@@ -114,6 +116,9 @@ def api_url(tmp_path) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    # No control socket: two gunicorn masters of one user would otherwise share that path.
+    assert "Control socket" not in (tmp_path / "api.log").read_text()
+    assert not (tmp_path / ".gunicorn").exists()
 
 
 @pytest.mark.timeout(120)
