@@ -41,7 +41,7 @@ API_TIMEOUT_S = 300
 GRACEFUL_TIMEOUT_S = 30
 
 
-def _gunicorn_options(keepalive_s: int = KEEPALIVE_S) -> list[str]:
+def _gunicorn_options() -> list[str]:
     """Options every gunicorn the launcher starts shares.
 
     No control socket: gunicorn's default path ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl)
@@ -50,7 +50,7 @@ def _gunicorn_options(keepalive_s: int = KEEPALIVE_S) -> list[str]:
     """
     return [
         "--keep-alive",
-        str(keepalive_s),
+        str(KEEPALIVE_S),
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
         "--no-control-socket",
