@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 # huggingface_hub (and transformers through it) for models, datasets for data sets.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -23,7 +24,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 def stay_off_model_hubs() -> None:
     """Switch the Hugging Face libraries to offline mode in this process and its children."""
     os.environ.update(OFFLINE_ENV)
-    constants = sys.modules.get("huggingface_hub.constants")
+    constants: Any = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         # Imported before this call (a test runner, an embedding application): the module
         # already read the environment, and its functions check this attribute.
