@@ -223,6 +223,9 @@ BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 }
 GZIP = {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+# A merged download goes through the inference service: 502 when it refuses the API's token
+# or fails, 503 while it is unreachable.
+MERGED_ERRORS = (400, 401, 404, 502, 503)
 
 
 @lru_cache(maxsize=1)
@@ -352,7 +355,26 @@ def build_openapi() -> dict[str, Any]:
             "get": _op(
                 "Download the adapter (.tar.gz, PEFT layout); ?checkpoint=<id> for a checkpoint's",
                 GZIP,
-                params=[job_id, _query("checkpoint", {"type": "string"})],
+                params=[
+                    job_id,
+                    _query("checkpoint", {"type": "string"}),
+                    _query(
+                        "format",
+                        {"type": "string", "enum": ["peft", "merged"], "default": "peft"},
+                        "merged: the final adapter merged into the base weights, as "
+                        "/adapter/merged",
+                    ),
+                ],
+                errors=MERGED_ERRORS,
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/adapter/merged": {
+            "get": _op(
+                "Download the final adapter merged into its base model (.tar.gz of a Hugging "
+                "Face model directory; built by the inference service on first use)",
+                GZIP,
+                params=[job_id],
+                errors=MERGED_ERRORS,
             ),
         },
         "/v1/chat/completions": {

@@ -19,14 +19,15 @@ from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
+from core.processes import API_TIMEOUT_S, gunicorn_options, inference_command
 from core.processes import executable as _bin
-from core.processes import inference_command
 from core.settings import load_settings
 
 log = logging.getLogger("dorado")
 
 
 def api_command(host: str, port: int, workers: int = 2) -> list[str]:
+    """The API's gunicorn command line (the container images use infra/gunicorn.conf.py)."""
     return [
         _bin("gunicorn"),
         "--bind",
@@ -36,9 +37,8 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
         "--threads",
         "4",
         "--timeout",
-        "300",
-        "--access-logfile",
-        "-",
+        str(API_TIMEOUT_S),
+        *gunicorn_options(),
         "api.wsgi:app",
     ]
 

@@ -315,7 +315,10 @@ def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | Non
         # byte-for-byte reproducible.
         if isinstance(cfg.target_modules, set):
             cfg.target_modules = sorted(cfg.target_modules)
-    model.save_pretrained(output_dir)
+    # Dorado never resizes the vocabulary, so the embedding layers need no saving; PEFT's
+    # default ("auto") would find that out by fetching the base model's config.json from the
+    # Hugging Face Hub under base_model_name_or_path (a Dorado name, not a Hub repository).
+    model.save_pretrained(output_dir, save_embedding_layers=False)
     # PEFT also writes a boilerplate model card; the adapter directory is meant to hold exactly
     # the two files that loaders read.
     card = output_dir / "README.md"
