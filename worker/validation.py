@@ -13,6 +13,7 @@ from sqlalchemy import select
 from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
+from core.jobs.status import JobStatus
 from core.scheduling.broker import publish_job
 from core.settings import Settings
 from core.storage.objects import ObjectNotFound, open_store
@@ -48,7 +49,7 @@ def validate(settings: Settings, job_id: str) -> None:
 
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status != "validating_files":
+        if job is None or job.status != JobStatus.VALIDATING_FILES:
             return
         files = {"training_file": session.get(File, job.training_file)}
         if job.validation_file:

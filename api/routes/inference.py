@@ -28,6 +28,7 @@ from core.catalog import lookup as catalog
 from core.db.models import Job
 from core.errors import InvalidRequest
 from core.jobs import lifecycle as jobs
+from core.jobs.status import JobStatus
 from core.tenancy import idempotency as idempotency_records
 from core.tenancy.secret import internal_token
 
@@ -144,7 +145,7 @@ def resolve_model(org_id: str, name: str) -> tuple[str, dict[str, str] | None]:
 
 def _adapter_job(org_id: str, job_id: str) -> Job:
     job = jobs.get_job(db(), org_id, job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise InvalidRequest(
             f"Job {job.id} has no final adapter (status '{job.status}')",
             param="model",

@@ -17,6 +17,7 @@ from api.serializers import checkpoint_object, event_object, job_object, page
 from core.errors import InvalidRequest
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
+from core.jobs.status import JobStatus
 from core.scheduling.broker import publish_for_status
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def download_adapter(job_id: str):
     if checkpoint_id:
         ckpt = checkpoints.get_checkpoint(db(), job, checkpoint_id)
         key, filename = ckpt.adapter_key, f"{job.id}-step-{ckpt.step_number}-adapter.tar.gz"
-    elif job.status != "succeeded" or not job.adapter_key:
+    elif job.status != JobStatus.SUCCEEDED or not job.adapter_key:
         raise InvalidRequest(
             f"Job {job.id} has no final adapter yet (status '{job.status}'); "
             "download a checkpoint with ?checkpoint=<id>",
