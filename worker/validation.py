@@ -14,7 +14,7 @@ from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
 from core.jobs.status import JobStatus
-from core.scheduling.broker import publish_job
+from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
 from core.storage.objects import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
@@ -106,11 +106,10 @@ def validate(settings: Settings, job_id: str) -> None:
     }
     with session_scope(settings.database_url) as session:
         moved = jobs.finish_validation(session, job_id, summary)
-        pool = session.scalar(select(Job.pool).where(Job.id == job_id))
+        if moved:  # queued now: wake a training worker of its pool
+            queued = session.scalars(select(Job).where(Job.id == job_id)).all()
+            commit_and_publish(session, settings, queued)
     if moved:
-        publish_job(settings, job_id, pool)
-        with session_scope(settings.database_url) as session:
-            jobs.mark_published(session, job_id)
         log.info(
             "job %s: validated (%s examples, %s tokens)",
             job_id,

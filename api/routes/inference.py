@@ -20,7 +20,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, g, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.context import db, dorado
+from api.context import commit_early, db, dorado
 from api.downloads import stored_object
 from api.errors import envelope, pydantic_error
 from api.request_body import json_object
@@ -177,9 +177,7 @@ def chat_completions():
     except ValidationError as exc:
         return pydantic_error(exc)
     base_model, adapter = resolve_model(g.org_id, req.model)
-    # Nothing is held open while the model generates (on SQLite the auth step's write would
-    # block the workers for as long).
-    db().commit()
+    commit_early()  # nothing is held open while the model generates
     payload: dict[str, Any] = {
         "model": req.model,
         "base_model": base_model,
@@ -219,7 +217,7 @@ def merged_adapter_response(org_id: str, job_id: str) -> Response:
     For ``GET /v1/fine_tuning/jobs/<id>/adapter?format=merged`` in ``api.routes.jobs``.
     """
     job = _adapter_job(org_id, job_id)
-    db().commit()
+    commit_early()  # a merge can take many minutes
     store = dorado().store
     key = f"jobs/{job.id}/merged.tar.gz"
     if not store.exists(key):

@@ -3,7 +3,7 @@
 Each action is a conditional update from the states it allows (an illegal transition is a
 Conflict naming the job's state) and leaves a job event and an audit event. Callers (the
 admin API and ``dorado-admin``) commit, then wake a worker for a job that went back to the
-queue (core.scheduling.sweeper.publish_now; the sweeper does it anyway if that fails).
+queue (core.scheduling.wakeups.commit_and_publish; the sweeper does it anyway if that fails).
 """
 
 from __future__ import annotations

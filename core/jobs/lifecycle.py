@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
@@ -715,19 +715,24 @@ def retry_after_transient_error(
     return True
 
 
-def jobs_to_publish(
-    session: Session, republish_after_seconds: int
-) -> list[tuple[str, str, str | None]]:
-    """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
-    never sent, or sent long ago and not acted on."""
+class Unpublished(NamedTuple):
+    """A job waiting for the message that wakes its worker (see :func:`jobs_to_publish`)."""
+
+    id: str
+    status: str
+    pool: str | None
+
+
+def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[Unpublished]:
+    """Jobs waiting for a message (queued, or validating_files) that was never sent, or sent
+    long ago and not acted on; oldest first."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
-    return list(
-        session.execute(
-            select(Job.id, Job.status, Job.pool)
-            .where(
-                Job.status.in_(WAITING_STATUSES),
-                (Job.published_at.is_(None)) | (Job.published_at < cutoff),
-            )
-            .order_by(Job.created_at)
-        ).tuples()
+    rows = session.execute(
+        select(Job.id, Job.status, Job.pool)
+        .where(
+            Job.status.in_(WAITING_STATUSES),
+            (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+        )
+        .order_by(Job.created_at)
     )
+    return [Unpublished(*row) for row in rows]
