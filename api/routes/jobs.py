@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
+from api.adapters import merged_adapter_response
 from api.audit import audit_request
 from api.context import db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.request_body import json_object
-from api.routes.inference import merged_adapter_response
 from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
 from core.db.models import Job
