@@ -16,6 +16,7 @@ from core.db.models import File, Job
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.hyperparams import learning_rate
+from core.jobs.status import FailureCode
 from core.scheduling import dispatch as scheduling
 from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
@@ -175,7 +176,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
                     session,
                     job_id,
                     attempt,
-                    code="max_run_time_exceeded",
+                    code=FailureCode.MAX_RUN_TIME_EXCEEDED,
                     message=f"The job ran longer than its limit of {limit} s",
                     param="max_run_seconds",
                 )

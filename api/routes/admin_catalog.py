@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from api.audit import audit
-from api.context import db, dorado
+from api.context import commit_early, db, dorado
 from api.request_body import json_object
 from api.serializers import page
 from core.catalog import registry as model_registry
@@ -89,7 +89,7 @@ def remove_model(name: str):
         name,
         details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)},
     )
-    db().commit()
+    commit_early()  # the rows are gone for good before their objects go
     deleted = sum(delete_prefix(dorado().store, prefix) for prefix in removed.prefixes)
     return {
         "id": name,

@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, g, request
 
-from api.context import db, dorado
+from api.context import commit_early, db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.serializers import file_object, page
@@ -76,6 +76,6 @@ def file_content(file_id: str):
 @bp.delete("/<file_id>")
 def delete_file(file_id: str):
     key = files.delete_file(db(), g.org_id, file_id)
-    db().commit()
+    commit_early()  # the rows are gone for good before their objects go
     dorado().store.delete(key)
     return {"id": file_id, "object": "file", "deleted": True}

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
@@ -26,14 +26,19 @@ from core.db.models import Job, JobEvent, Model, Organization
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.jobs import progress
 from core.jobs.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.jobs.status import (
+    ALL_STATUSES,
+    NON_FINAL_STATUSES,
+    WAITING_STATUSES,
+    FailureCode,
+    JobStatus,
+)
 from core.scheduling import pools, quotas
 from core.storage.files import get_file
 from core.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 MAX_SEED = 2_147_483_647
 
 
@@ -117,7 +122,7 @@ def create_job(
         id=ids.job_id(),
         organization_id=org_id,
         model=new.model,
-        status="validating_files",
+        status=JobStatus.VALIDATING_FILES,
         training_file=training.id,
         validation_file=new.validation_file,
         hyperparameters=hyper,
@@ -149,8 +154,8 @@ def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> b
     (cancelled meanwhile, or a duplicate message already did this)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files")
-        .values(status="queued", validation=stats, published_at=None)
+        .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
+        .values(status=JobStatus.QUEUED, validation=stats, published_at=None)
     )
     if result.rowcount != 1:
         return False
@@ -171,13 +176,15 @@ def fail_validation(
     job_id: str,
     message: str,
     param: str | None = "training_file",
-    code: str = "invalid_training_file",
+    code: FailureCode = FailureCode.INVALID_TRAINING_FILE,
 ) -> bool:
+    """A ``validating_files`` job whose files cannot be used fails with ``code``. False if it
+    had left validating_files (cancelled meanwhile, or a duplicate message)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files")
+        .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
         .values(
-            status="failed",
+            status=JobStatus.FAILED,
             finished_at=utcnow(),
             error={"code": code, "message": message, "param": param},
         )
@@ -206,17 +213,6 @@ def read_job(session: Session, org_id: str, job_id: str) -> Job:
     if row is None or row[0].organization_id != org_id:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return progress.remember_latest_metrics(session, [row.tuple()])[0]
-
-
-JOB_STATUSES = (
-    "validating_files",
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
 
 
 @cache
@@ -254,9 +250,9 @@ def list_jobs(
 ) -> tuple[list[Job], bool]:
     """A page of jobs, newest first (optionally of one status: a Dorado extra), read with
     their progress."""
-    if status is not None and status not in JOB_STATUSES:
+    if status is not None and status not in ALL_STATUSES:
         raise InvalidRequest(
-            f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}", param="status"
+            f"Unknown status '{status}'. One of: {', '.join(ALL_STATUSES)}", param="status"
         )
     params = {"org_id": org_id, "status": status, "after": after, "limit": limit + 1}
     if not metadata:
@@ -307,7 +303,9 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
     job = get_job(session, org_id, job_id)
     if (
         session.execute(
-            update(Job).where(Job.id == job.id, Job.status == "queued").values(status="paused")
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.PAUSED)
         ).rowcount
         == 1
     ):
@@ -315,7 +313,9 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
     elif (
         session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "running", Job.pause_requested.is_(False))
+            .where(
+                Job.id == job.id, Job.status == JobStatus.RUNNING, Job.pause_requested.is_(False)
+            )
             .values(pause_requested=True)
         ).rowcount
         == 1
@@ -325,7 +325,7 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
             job.id,
             "Pause requested: the job will save a checkpoint and pause at its next step",
         )
-    elif not (job.status == "running" and job.pause_requested):
+    elif not (job.status == JobStatus.RUNNING and job.pause_requested):
         raise Conflict(
             f"Job {job.id} is {job.status}; only a queued or running job can be paused",
             param="fine_tuning_job_id",
@@ -340,8 +340,8 @@ def resume_job(session: Session, org_id: str, job_id: str) -> Job:
     job = get_job(session, org_id, job_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == "paused")
-        .values(status="queued", published_at=None)
+        .where(Job.id == job.id, Job.status == JobStatus.PAUSED)
+        .values(status=JobStatus.QUEUED, published_at=None)
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -367,9 +367,12 @@ def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
     job = get_job(session, org_id, job_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status.in_(ACTIVE_STATUSES + ("paused",)))
+        .where(Job.id == job.id, Job.status.in_(NON_FINAL_STATUSES))
         .values(
-            status="cancelled", finished_at=utcnow(), estimated_finish=None, lease_expires_at=None
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+            estimated_finish=None,
+            lease_expires_at=None,
         )
     )
     if result.rowcount == 0:
@@ -394,9 +397,9 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             worker=worker,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -413,7 +416,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
 
 
 def _fence(job_id: str, attempt: int):
-    return (Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+    return (Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
 
 
 def renew_lease(
@@ -440,7 +443,7 @@ def job_control(session: Session, job_id: str, attempt: int) -> str:
     row = session.execute(
         select(Job.status, Job.attempt, Job.pause_requested).where(Job.id == job_id)
     ).one_or_none()
-    if row is None or row.status != "running" or row.attempt != attempt:
+    if row is None or row.status != JobStatus.RUNNING or row.attempt != attempt:
         return "stop"
     return "pause" if row.pause_requested else "run"
 
@@ -451,7 +454,7 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="queued",
+            status=JobStatus.QUEUED,
             worker=None,
             lease_expires_at=None,
             estimated_finish=None,
@@ -471,7 +474,7 @@ def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="paused",
+            status=JobStatus.PAUSED,
             pause_requested=False,
             worker=None,
             lease_expires_at=None,
@@ -526,7 +529,7 @@ def succeed_job(
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="succeeded",
+            status=JobStatus.SUCCEEDED,
             fine_tuned_model=name,
             trained_tokens=trained_tokens,
             adapter_key=adapter_key,
@@ -559,15 +562,17 @@ def fail_job(
     job_id: str,
     attempt: int,
     *,
-    code: str,
+    code: FailureCode,
     message: str,
     param: str | None = None,
 ) -> bool:
+    """The worker holding ``attempt`` gives up on the job: failed with ``code``. False if
+    fenced off (cancelled, or taken over by another attempt)."""
     result = session.execute(
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="failed",
+            status=JobStatus.FAILED,
             error={"code": code, "message": message, "param": param},
             finished_at=utcnow(),
             estimated_finish=None,
@@ -588,21 +593,23 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
     from their last checkpoint), up to ``max_retries`` times; then they fail."""
     now = utcnow()
     expired = list(
-        session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now))
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        )
     )
     requeued = []
     for job_id in expired:
-        lost = (Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+        lost = (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
         given_up = session.execute(
             update(Job)
             .where(*lost, Job.retries >= max_retries)
             .values(
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=now,
                 lease_expires_at=None,
                 estimated_finish=None,
                 error={
-                    "code": "worker_lost",
+                    "code": FailureCode.WORKER_LOST,
                     "param": None,
                     "message": f"The worker running this job stopped responding {max_retries + 1} "
                     "times; giving up",
@@ -622,7 +629,9 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
             .where(*lost)
             # A pause the lost worker never carried out is honoured now.
             .values(
-                status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
+                status=case(
+                    (Job.pause_requested.is_(True), JobStatus.PAUSED), else_=JobStatus.QUEUED
+                ),
                 retries=Job.retries + 1,
                 pause_requested=False,
                 worker=None,
@@ -637,7 +646,7 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 session,
                 job_id,
                 "The worker running this job stopped responding; the "
-                f"job was {'paused' if status == 'paused' else 're-queued'} and will "
+                f"job was {'paused' if status == JobStatus.PAUSED else 're-queued'} and will "
                 "continue from its last checkpoint",
                 level="warn",
             )
@@ -646,13 +655,15 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
 
 
 def retry_validation(
-    session: Session, job_id: str, *, code: str, message: str, max_retries: int
+    session: Session, job_id: str, *, code: FailureCode, message: str, max_retries: int
 ) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
     the sweeper. False when its retries are spent: the caller fails it."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files", Job.retries < max_retries)
+        .where(
+            Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES, Job.retries < max_retries
+        )
         .values(retries=Job.retries + 1, published_at=None)
     )
     if result.rowcount != 1:
@@ -669,7 +680,13 @@ def retry_validation(
 
 
 def retry_after_transient_error(
-    session: Session, job_id: str, attempt: int, *, code: str, message: str, max_retries: int
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    code: FailureCode,
+    message: str,
+    max_retries: int,
 ) -> bool:
     """Re-queue a job stopped by an error that may pass (it resumes from its last
     checkpoint). False when its retries are spent: the caller fails it."""
@@ -677,7 +694,7 @@ def retry_after_transient_error(
         update(Job)
         .where(*_fence(job_id, attempt), Job.retries < max_retries)
         .values(
-            status="queued",
+            status=JobStatus.QUEUED,
             retries=Job.retries + 1,
             worker=None,
             lease_expires_at=None,
@@ -698,19 +715,24 @@ def retry_after_transient_error(
     return True
 
 
-def jobs_to_publish(
-    session: Session, republish_after_seconds: int
-) -> list[tuple[str, str, str | None]]:
-    """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
-    never sent, or sent long ago and not acted on."""
+class Unpublished(NamedTuple):
+    """A job waiting for the message that wakes its worker (see :func:`jobs_to_publish`)."""
+
+    id: str
+    status: str
+    pool: str | None
+
+
+def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[Unpublished]:
+    """Jobs waiting for a message (queued, or validating_files) that was never sent, or sent
+    long ago and not acted on; oldest first."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
-    return list(
-        session.execute(
-            select(Job.id, Job.status, Job.pool)
-            .where(
-                Job.status.in_(("queued", "validating_files")),
-                (Job.published_at.is_(None)) | (Job.published_at < cutoff),
-            )
-            .order_by(Job.created_at)
-        ).tuples()
+    rows = session.execute(
+        select(Job.id, Job.status, Job.pool)
+        .where(
+            Job.status.in_(WAITING_STATUSES),
+            (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+        )
+        .order_by(Job.created_at)
     )
+    return [Unpublished(*row) for row in rows]
