@@ -3,7 +3,6 @@ of it. The broker is Celery's real filesystem transport (or a Redis port nobody 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from tests.core.jobs_support import make_job
 def settings(database_url, tmp_path, monkeypatch) -> Settings:
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DORADO_BROKER_URL", "filesystem://")
-    return replace(load_settings(), database_url=database_url)
+    return load_settings().model_copy(update={"database_url": database_url})
 
 
 def messages(settings: Settings) -> list[Path]:
@@ -61,7 +60,7 @@ def test_a_job_no_worker_waits_for_is_committed_but_not_published(settings):
 
 def test_a_broker_failure_is_logged_not_raised(settings, caplog):
     job_id = make_job(settings.database_url)  # validating_files: for the validators
-    down = replace(settings, broker_url="redis://127.0.0.1:1/0")
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         job.priority = 3
