@@ -55,12 +55,20 @@ def receiver() -> Iterator[Receiver]:
 
 
 def new_org(url: str, name: str = "acme") -> str:
+    """An organization with a training file (see :func:`add_training_file`)."""
     with session_scope(url) as session:
-        org = auth.create_organization(session, name)
+        org_id = auth.create_organization(session, name).id
+    add_training_file(url, org_id)
+    return org_id
+
+
+def add_training_file(url: str, org_id: str) -> None:
+    """A processed file ``file-<org id>`` for :func:`running_job` to train on."""
+    with session_scope(url) as session:
         session.add(
             File(
-                id=f"file-{org.id}",
-                organization_id=org.id,
+                id=f"file-{org_id}",
+                organization_id=org_id,
                 filename="t.jsonl",
                 purpose="fine-tune",
                 bytes=1,
@@ -70,7 +78,6 @@ def new_org(url: str, name: str = "acme") -> str:
                 created_at=utcnow(),
             )
         )
-        return org.id
 
 
 def running_job(url: str, org_id: str) -> tuple[str, int]:
