@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from core.catalog import lookup as catalog  # noqa: E402
 from core.db.engine import get_engine, session_scope  # noqa: E402
 from core.db.migrate import upgrade  # noqa: E402
-from core.db.models import File, Job  # noqa: E402
+from core.db.models import File, Job, WebhookDelivery  # noqa: E402
 from core.jobs import lifecycle as jobs  # noqa: E402
 from core.jobs.hyperparams import AdapterConfig, Hyperparameters  # noqa: E402
 from core.tenancy import auth  # noqa: E402
@@ -43,6 +43,10 @@ from core.webhooks.signing import SecretBox  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 PLATFORM_SECRET = "bench-platform-secret"
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of deliveries must not overflow the listen backlog
 
 
 class Receiver:
@@ -68,7 +72,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -205,6 +209,9 @@ def main() -> None:
             )
             print(f"last receipt {max(a for a, _, _ in receiver.got) - started:.2f} s after "
                   "the first commit")  # fmt: skip
+        with session_scope(url) as session:
+            attempts = session.scalar(sa.select(sa.func.sum(WebhookDelivery.attempts)))
+        print(f"attempts made: {attempts} (more than deliveries: some were retried)")
         if len(delays) < len(committed):
             sys.exit(1)
     finally:

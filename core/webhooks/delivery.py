@@ -31,6 +31,7 @@ from core.webhooks.endpoints import secret_box
 from core.webhooks.events import payload
 from core.webhooks.signing import SecretBox, signed_headers
 from core.webhooks.urls import check_url
+from core.webhooks.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class DeliveryLoop:
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="webhook")
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._slot_freed = threading.Event()
 
     def run_once(self) -> int:
         """Claim what is due (up to the free slots) and hand it to the pool."""
@@ -195,17 +197,27 @@ class DeliveryLoop:
         finally:
             with self._lock:
                 self._in_flight -= 1
+            self._slot_freed.set()
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("webhook delivery started (%d at once)", self.config.concurrency)
+        wakeup = Wakeup(self.database_url)
         while not stop.is_set():
             try:
                 claimed = self.run_once()
             except Exception:  # database briefly down: keep going
                 log.exception("claiming webhook deliveries failed")
                 claimed = 0
-            if claimed == 0:
-                stop.wait(self.config.poll_seconds)
+            if claimed:
+                continue
+            with self._lock:
+                full = self._in_flight >= self.config.concurrency
+                self._slot_freed.clear()
+            if full:  # what is due waits for a slot, not for the next poll
+                self._slot_freed.wait(self.config.poll_seconds)
+            else:
+                wakeup.wait(self.config.poll_seconds)
+        wakeup.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

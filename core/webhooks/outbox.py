@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from core import ids
 from core.db.models import Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from core.timeutil import utcnow
+from core.webhooks.wakeup import notify
 
 
 def emit_job_event(session: Session, job_id: str, event_type: str) -> WebhookEvent | None:
@@ -45,4 +46,5 @@ def emit_job_event(session: Session, job_id: str, event_type: str) -> WebhookEve
         )
         for row in wanted
     )
+    notify(session)
     return event

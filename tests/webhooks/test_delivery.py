@@ -249,3 +249,35 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     assert backoff_seconds(20, config, rng=lambda: 1.0) == 4 * 3600
     total = sum(backoff_seconds(n, config, rng=lambda: 0.5) for n in range(1, 12))
     assert 3 * 3600 < total < 24 * 3600  # retries spread over hours
+
+
+def test_a_commit_wakes_the_loop_without_waiting_for_its_poll(db_url, box, receiver, run_loop):
+    org = new_org(db_url)
+    add_endpoint(db_url, box, org, receiver.url(), [events.CANCELLED])
+    job, _ = running_job(db_url, org)
+    run_loop(replace(FAST, poll_seconds=10))
+    time.sleep(0.5)  # the loop found nothing and waits
+    with session_scope(db_url) as session:
+        jobs.cancel_job(session, org, job)
+    committed = time.time()
+    (got,) = receiver.wait_for(1, timeout=5)
+    assert got.at - committed < 2  # LISTEN/NOTIFY, not the 10 s poll
+
+
+def test_delivery_works_on_sqlite(tmp_path, box, receiver):
+    from core.catalog import lookup as catalog
+    from core.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        catalog.register_builtin_models(session)
+    org = new_org(url)
+    _, secret = add_endpoint(url, box, org, receiver.url(), [events.CANCELLED])
+    job, _ = running_job(url, org)
+    with session_scope(url) as session:
+        jobs.cancel_job(session, org, job)
+    loop = DeliveryLoop(url, box, FAST)
+    assert loop.run_once() == 1
+    (got,) = receiver.wait_for(1)
+    assert unwrap(got, secret).data.id == job
