@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.openapi_models import ClosedObject, OpenObject
 from core.webhooks.urls import MAX_URL_LENGTH
@@ -52,7 +52,17 @@ class WebhookEndpointCreate(ClosedObject):
     name: str = Field("", max_length=200)
 
 
+def _absent_means_unchanged(schema: dict[str, Any]) -> None:
+    """No ``default`` in the document: an absent field is left as it is, not set to null."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
 class WebhookEndpointUpdate(ClosedObject):
+    """Fields to change; an absent field is left as it is."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_absent_means_unchanged)
+
     url: str = Field(None, max_length=MAX_URL_LENGTH)
     event_types: list[EventType] = Field(None, min_length=1)
     name: str = Field(None, max_length=200)

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8, help="threads committing endings")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for all")
     args = parser.parse_args()
 
@@ -171,8 +173,9 @@ def main() -> None:
         time.sleep(3)  # started and idle: what follows measures delivery, not start-up
 
         committed: dict[str, float] = {}
-        started = time.time()
-        for i, (job_id, attempt) in enumerate(claimed):
+
+        def end(i: int) -> None:
+            job_id, attempt = claimed[i]
             with session_scope(url) as session:
                 if i % 3 == 0:
                     jobs.succeed_job(
@@ -184,6 +187,11 @@ def main() -> None:
                 else:
                     jobs.cancel_job(session, org_id, job_id)
             committed[job_id] = time.time()
+
+        started = time.time()
+        # Several clients ending jobs at once (the engine pool holds 5 + 10 connections).
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(end, range(len(claimed))))
         burst = time.time() - started
         print(f"committed {len(committed)} job endings in {burst:.2f} s", flush=True)
 
@@ -211,7 +219,7 @@ def main() -> None:
                   "the first commit")  # fmt: skip
         with session_scope(url) as session:
             attempts = session.scalar(sa.select(sa.func.sum(WebhookDelivery.attempts)))
-        print(f"attempts made: {attempts} (more than deliveries: some were retried)")
+        print(f"attempts made: {attempts} for {len(committed)} deliveries")
         if len(delays) < len(committed):
             sys.exit(1)
     finally:
