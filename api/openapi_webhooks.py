@@ -53,9 +53,12 @@ class WebhookEndpointCreate(ClosedObject):
 
 
 def _absent_means_unchanged(schema: dict[str, Any]) -> None:
-    """No ``default`` in the document: an absent field is left as it is, not set to null."""
-    for prop in schema.get("properties", {}).values():
+    """Optional, but not nullable: an absent field is left as it is (no null default)."""
+    for name, prop in schema.get("properties", {}).items():
         prop.pop("default", None)
+        not_null = [s for s in prop.pop("anyOf", []) if s.get("type") != "null"]
+        if not_null:
+            schema["properties"][name] = {**not_null[0], **prop}
 
 
 class WebhookEndpointUpdate(ClosedObject):
@@ -63,10 +66,10 @@ class WebhookEndpointUpdate(ClosedObject):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_absent_means_unchanged)
 
-    url: str = Field(None, max_length=MAX_URL_LENGTH)
-    event_types: list[EventType] = Field(None, min_length=1)
-    name: str = Field(None, max_length=200)
-    enabled: bool = Field(None, description="false: no deliveries until enabled again")
+    url: str | None = Field(None, max_length=MAX_URL_LENGTH)
+    event_types: list[EventType] | None = Field(None, min_length=1)
+    name: str | None = Field(None, max_length=200)
+    enabled: bool | None = Field(None, description="false: no deliveries until enabled again")
 
 
 class WebhookEndpointDeleted(OpenObject):

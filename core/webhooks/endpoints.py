@@ -209,8 +209,8 @@ def list_deliveries(
             )
         )
     stmt = stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-    rows = [tuple(r) for r in session.execute(stmt.limit(limit + 1)).all()]
-    return rows[:limit], len(rows) > limit  # type: ignore[return-value]
+    rows = list(session.execute(stmt.limit(limit + 1)).tuples())
+    return rows[:limit], len(rows) > limit
 
 
 def get_delivery(

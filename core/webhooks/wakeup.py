@@ -39,7 +39,7 @@ class Wakeup:
     def _connection(self) -> Any:
         if self._conn is None and self._engine is not None:
             raw = self._engine.raw_connection()
-            conn = raw.driver_connection
+            conn: Any = raw.driver_connection
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(f"LISTEN {CHANNEL}")
