@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, NewConnectionError
 
 from core.webhooks.urls import Target
 
@@ -37,12 +37,37 @@ def _host_header(target: Target) -> str:
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Outcome:
-    """POST ``body`` to ``target``; never raises for network trouble (it is the outcome)."""
+    """POST ``body`` to ``target``; never raises for network trouble (it is the outcome).
+    An address that refuses the connection is skipped for the next one (nothing was sent)."""
+    started = time.monotonic()
+    error = "no address"
+    for address in target.addresses:
+        try:
+            return _post_to(address, target, body, headers, timeout, started)
+        except NewConnectionError as exc:
+            error = _describe(exc)
+        except (HTTPError, OSError) as exc:
+            return Outcome(None, _ms_since(started), None, _describe(exc))
+    return Outcome(None, _ms_since(started), None, error)
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _post_to(
+    address: str,
+    target: Target,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    started: float,
+) -> Outcome:
     timeouts = urllib3.Timeout(connect=timeout, read=timeout)
     pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
-            target.address,
+            address,
             target.port,
             timeout=timeouts,
             retries=False,
@@ -53,9 +78,8 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
         )
     else:
         pool = urllib3.HTTPConnectionPool(
-            target.address, target.port, timeout=timeouts, retries=False, maxsize=1
+            address, target.port, timeout=timeouts, retries=False, maxsize=1
         )
-    started = time.monotonic()
     try:
         response = pool.urlopen(
             "POST",
@@ -76,9 +100,7 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
             excerpt = response.read(EXCERPT_BYTES).decode("utf-8", errors="replace")
         finally:
             response.release_conn()
-        return Outcome(response.status, int((time.monotonic() - started) * 1000), excerpt or None)
-    except (HTTPError, OSError) as exc:
-        return Outcome(None, int((time.monotonic() - started) * 1000), None, _describe(exc))
+        return Outcome(response.status, _ms_since(started), excerpt or None)
     finally:
         pool.close()
 

@@ -21,13 +21,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL: where to connect (``address``) and what to ask for."""
+    """A checked URL: where to connect (``addresses``, in the resolver's order) and what to
+    ask for."""
 
     scheme: str
     host: str
     port: int
     path: str
-    address: str
+    addresses: tuple[str, ...]
 
 
 def _refuse(message: str) -> InvalidRequest:
@@ -85,4 +86,4 @@ def check_url(url: object, *, allow_private: bool) -> Target:
                 "metadata addresses are refused (an operator may allow them with "
                 "DORADO_WEBHOOKS_ALLOW_PRIVATE=1)"
             )
-    return Target(scheme, host, port, path, str(addresses[0]))
+    return Target(scheme, host, port, path, tuple(dict.fromkeys(str(a) for a in addresses)))

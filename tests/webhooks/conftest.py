@@ -3,6 +3,7 @@ job, a real receiver on loopback."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +46,22 @@ def db_url(postgres_url: str) -> str:
 @pytest.fixture
 def box() -> SecretBox:
     return SecretBox(PLATFORM_SECRET)
+
+
+@pytest.fixture
+def resolver(monkeypatch) -> dict[str, list[str]]:
+    """Names the test's DNS answers (as a resolver inside a private network would); every
+    other name goes to the system resolver."""
+    names: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in names[host]]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
 
 
 @pytest.fixture

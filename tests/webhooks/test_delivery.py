@@ -281,3 +281,19 @@ def test_delivery_works_on_sqlite(tmp_path, box, receiver):
     assert loop.run_once() == 1
     (got,) = receiver.wait_for(1)
     assert unwrap(got, secret).data.id == job
+
+
+def test_an_address_refusing_the_connection_is_skipped_for_the_next(
+    db_url, box, receiver, resolver
+):
+    resolver["two.test"] = ["127.0.0.2", "127.0.0.1"]  # nothing listens on the first
+    org = new_org(db_url)
+    port = receiver.server.server_address[1]
+    _, secret = add_endpoint(db_url, box, org, f"http://two.test:{port}/hook", [events.FAILED])
+    job, attempt = running_job(db_url, org)
+    with session_scope(db_url) as session:
+        jobs.fail_job(session, job, attempt, code="boom", message="it broke")
+    DeliveryLoop(db_url, box, FAST).run_once()
+    (got,) = receiver.wait_for(1)
+    assert got.headers["host"] == f"two.test:{port}"  # the name, not the address
+    assert unwrap(got, secret).data.id == job
