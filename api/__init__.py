@@ -66,5 +66,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     from api.routes import admin_queue
 
     app.register_blueprint(admin_queue.bp)
+    from api.routes import webhooks
+
+    app.register_blueprint(webhooks.bp)
     dashboard.init_app(app)
     return app

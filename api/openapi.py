@@ -231,11 +231,15 @@ MERGED_ERRORS = (400, 401, 404, 502, 503)
 @lru_cache(maxsize=1)
 def build_openapi() -> dict[str, Any]:
     """The whole API as an OpenAPI 3.1 document."""
-    from api import openapi_catalog, openapi_queue, openapi_security
+    from api import openapi_catalog, openapi_queue, openapi_security, openapi_webhooks
 
     schemas: dict[str, Any] = {}
     for model in (
-        SCHEMAS + openapi_security.SCHEMAS + openapi_catalog.SCHEMAS + openapi_queue.SCHEMAS
+        SCHEMAS
+        + openapi_security.SCHEMAS
+        + openapi_catalog.SCHEMAS
+        + openapi_queue.SCHEMAS
+        + openapi_webhooks.SCHEMAS
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -421,6 +425,7 @@ def build_openapi() -> dict[str, Any]:
     paths.update(openapi_security.paths(_op, _json, _path_param, _query))
     paths.update(openapi_catalog.paths(_op, _json, _path_param, _query))
     paths.update(openapi_queue.paths(_op, _json, _path_param, _query))
+    paths.update(openapi_webhooks.paths(_op, _json, _path_param, _query))
     return {
         "openapi": "3.1.0",
         "info": {

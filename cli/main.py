@@ -131,13 +131,17 @@ def _announce_key(key: str | None) -> None:
 
 @main.command()
 def scheduler() -> None:
-    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages)."""
+    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages) and the
+    webhook delivery loop."""
     from core.scheduling.sweeper import run_forever
+    from core.webhooks.delivery import start_in_thread
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_forever(load_settings(), stop)
+    settings = load_settings()
+    start_in_thread(settings, stop)
+    run_forever(settings, stop)
 
 
 @main.command()

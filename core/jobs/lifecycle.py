@@ -36,6 +36,8 @@ from core.jobs.status import (
 from core.scheduling import pools, quotas
 from core.storage.files import get_file
 from core.timeutil import utcnow
+from core.webhooks import events as webhook_events
+from core.webhooks.outbox import emit_job_event
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,7 @@ def fail_validation(
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"File validation failed: {message}", level="error")
+    emit_job_event(session, job_id, webhook_events.FAILED)
     return True
 
 
@@ -310,6 +313,7 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
         == 1
     ):
         add_event(session, job.id, "Fine-tuning job paused")
+        emit_job_event(session, job.id, webhook_events.PAUSED)
     elif (
         session.execute(
             update(Job)
@@ -384,6 +388,7 @@ def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
             code="job_not_cancellable",
         )
     add_event(session, job.id, "Fine-tuning job cancelled")
+    emit_job_event(session, job.id, webhook_events.CANCELLED)
     session.refresh(job)
     return job
 
@@ -484,6 +489,7 @@ def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"Fine-tuning job paused at step {step}")
+    emit_job_event(session, job_id, webhook_events.PAUSED)
     return True
 
 
@@ -554,6 +560,7 @@ def succeed_job(
     )
     add_event(session, job_id, f"New fine-tuned model created: {name}")
     add_event(session, job_id, "The job has successfully completed")
+    emit_job_event(session, job_id, webhook_events.SUCCEEDED)
     return name
 
 
@@ -582,6 +589,7 @@ def fail_job(
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"Fine-tuning job failed: {message}", level="error")
+    emit_job_event(session, job_id, webhook_events.FAILED)
     return True
 
 
@@ -623,6 +631,7 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 "The worker running this job stopped responding again; the job failed",
                 level="error",
             )
+            emit_job_event(session, job_id, webhook_events.FAILED)
             continue
         result = session.execute(
             update(Job)
@@ -650,6 +659,8 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 "continue from its last checkpoint",
                 level="warn",
             )
+            if status == "paused":
+                emit_job_event(session, job_id, webhook_events.PAUSED)
             requeued.append(job_id)
     return requeued
 
