@@ -33,7 +33,7 @@ def _job_response(job: Job, *, requeued: bool = False):
     """Commit (waking a worker for a job back in the queue), then answer the job."""
     session = db()
     commit_and_publish(session, dorado().settings, [job] if requeued else [])
-    return job_admin.job_dict(session, session.get(Job, job.id))
+    return job_admin.job_dict(session, session.get_one(Job, job.id))
 
 
 @bp.get("/queue")

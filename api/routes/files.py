@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO, cast
 
 from flask import Blueprint, g, request
 
@@ -27,7 +28,7 @@ def create_file():
     purpose = request.form.get("purpose")
     if not purpose:
         raise InvalidRequest("Missing 'purpose' (use 'fine-tune')", param="purpose")
-    stream = upload.stream
+    stream = cast(BinaryIO, upload.stream)  # werkzeug types it as the wider IO[bytes]
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)

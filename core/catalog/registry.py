@@ -102,7 +102,7 @@ class ModelInfo:
     job_ids: list[dict[str, str]] | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "object": "model",
             "source": self.source,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.db.dml import execute_dml
 from core.db.models import Job, Organization
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.jobs import checkpoints
@@ -75,7 +76,8 @@ def retry(session: Session, job_id: str, actor: Actor) -> tuple[Job, int | None]
     job = find_job(session, job_id)
     latest = checkpoints.latest_checkpoint(session, job.id)
     target = JobStatus.QUEUED if job.validation is not None else JobStatus.VALIDATING_FILES
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status.in_((JobStatus.FAILED, JobStatus.CANCELLED)))
         .values(
@@ -92,7 +94,7 @@ def retry(session: Session, job_id: str, actor: Actor) -> tuple[Job, int | None]
             fine_tuned_model=None,
             trained_tokens=None,
             result_files=[],
-        )
+        ),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -133,10 +135,11 @@ def requeue(
     if pool is not None:
         values["pool"] = pools.choose_pool(session, job.model, pool, declared_pools)
     before = job.status
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
-        .values(**values)
+        .values(**values),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -167,10 +170,11 @@ def set_priority(session: Session, job_id: str, priority: int, actor: Actor) -> 
         )
     job = find_job(session, job_id)
     before = job.priority
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status.in_(NON_FINAL_STATUSES))
-        .values(priority=priority)
+        .values(priority=priority),
     )
     if result.rowcount != 1:
         raise Conflict(

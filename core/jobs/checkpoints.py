@@ -42,7 +42,7 @@ def record_checkpoint(
     ``keep_checkpoints``. Returns the row (None if fenced off) and storage prefixes to delete."""
     if not still_ours(session, job_id, attempt):
         return None, []
-    job = session.get(Job, job_id)
+    job = session.get_one(Job, job_id)  # still_ours found it
     existing = session.scalar(
         select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
     )

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core import ids
 from core.catalog import lookup as catalog
+from core.db.dml import execute_dml
 from core.db.keyset import after_cursor
 from core.db.models import Job, JobEvent, Model, Organization
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
@@ -154,10 +155,11 @@ def create_job(
 def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> bool:
     """Files tokenized fine: the job moves to the queue. False if it left validating_files
     (cancelled meanwhile, or a duplicate message already did this)."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
-        .values(status=JobStatus.QUEUED, validation=stats, published_at=None)
+        .values(status=JobStatus.QUEUED, validation=stats, published_at=None),
     )
     if result.rowcount != 1:
         return False
@@ -182,14 +184,15 @@ def fail_validation(
 ) -> bool:
     """A ``validating_files`` job whose files cannot be used fails with ``code``. False if it
     had left validating_files (cancelled meanwhile, or a duplicate message)."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
         .values(
             status=JobStatus.FAILED,
             finished_at=utcnow(),
             error={"code": code, "message": message, "param": param},
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -305,22 +308,24 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
     """Queued jobs pause at once; running ones at their next step, after a checkpoint."""
     job = get_job(session, org_id, job_id)
     if (
-        session.execute(
+        execute_dml(
+            session,
             update(Job)
             .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
-            .values(status=JobStatus.PAUSED)
+            .values(status=JobStatus.PAUSED),
         ).rowcount
         == 1
     ):
         add_event(session, job.id, "Fine-tuning job paused")
         emit_job_event(session, job.id, webhook_events.PAUSED)
     elif (
-        session.execute(
+        execute_dml(
+            session,
             update(Job)
             .where(
                 Job.id == job.id, Job.status == JobStatus.RUNNING, Job.pause_requested.is_(False)
             )
-            .values(pause_requested=True)
+            .values(pause_requested=True),
         ).rowcount
         == 1
     ):
@@ -342,10 +347,11 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
 def resume_job(session: Session, org_id: str, job_id: str) -> Job:
     """A paused job goes back to the queue and continues from its last checkpoint."""
     job = get_job(session, org_id, job_id)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status == JobStatus.PAUSED)
-        .values(status=JobStatus.QUEUED, published_at=None)
+        .values(status=JobStatus.QUEUED, published_at=None),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -369,7 +375,8 @@ def mark_published(session: Session, job_id: str) -> None:
 
 def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
     job = get_job(session, org_id, job_id)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status.in_(NON_FINAL_STATUSES))
         .values(
@@ -377,7 +384,7 @@ def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
             finished_at=utcnow(),
             estimated_finish=None,
             lease_expires_at=None,
-        )
+        ),
     )
     if result.rowcount == 0:
         session.refresh(job)
@@ -400,7 +407,8 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
     """Move a queued job to running for this worker; returns its new attempt, or None if the
     job was not queued (duplicate delivery, cancelled, already done)."""
     now = utcnow()
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
@@ -411,7 +419,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
             started_at=func.coalesce(Job.started_at, now),
             estimated_finish=None,
             pause_requested=False,
-        )
+        ),
     )
     if result.rowcount != 1:
         return None
@@ -435,7 +443,7 @@ def renew_lease(
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     if estimated_finish is not None:
         values["estimated_finish"] = estimated_finish
-    result = session.execute(update(Job).where(*_fence(job_id, attempt)).values(**values))
+    result = execute_dml(session, update(Job).where(*_fence(job_id, attempt)).values(**values))
     return result.rowcount == 1
 
 
@@ -455,7 +463,8 @@ def job_control(session: Session, job_id: str, attempt: int) -> str:
 
 def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker is stopping: the job (checkpointed at ``step``) goes back to the queue."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
@@ -464,7 +473,7 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
             lease_expires_at=None,
             estimated_finish=None,
             published_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -475,7 +484,8 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
 
 def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker saved a checkpoint for a requested pause and lets the job go."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
@@ -484,7 +494,7 @@ def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
             worker=None,
             lease_expires_at=None,
             estimated_finish=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -531,7 +541,8 @@ def succeed_job(
     if job is None:
         return None
     name = fine_tuned_model_name(session, job)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
@@ -543,7 +554,7 @@ def succeed_job(
             finished_at=utcnow(),
             estimated_finish=None,
             lease_expires_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return None
@@ -575,7 +586,8 @@ def fail_job(
 ) -> bool:
     """The worker holding ``attempt`` gives up on the job: failed with ``code``. False if
     fenced off (cancelled, or taken over by another attempt)."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
@@ -584,7 +596,7 @@ def fail_job(
             finished_at=utcnow(),
             estimated_finish=None,
             lease_expires_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -608,7 +620,8 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
     requeued = []
     for job_id in expired:
         lost = (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        given_up = session.execute(
+        given_up = execute_dml(
+            session,
             update(Job)
             .where(*lost, Job.retries >= max_retries)
             .values(
@@ -622,7 +635,7 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                     "message": f"The worker running this job stopped responding {max_retries + 1} "
                     "times; giving up",
                 },
-            )
+            ),
         )
         if given_up.rowcount == 1:
             add_event(
@@ -633,7 +646,8 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
             )
             emit_job_event(session, job_id, webhook_events.FAILED)
             continue
-        result = session.execute(
+        result = execute_dml(
+            session,
             update(Job)
             .where(*lost)
             # A pause the lost worker never carried out is honoured now.
@@ -647,7 +661,7 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 lease_expires_at=None,
                 published_at=None,
                 estimated_finish=None,
-            )
+            ),
         )
         if result.rowcount == 1:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
@@ -670,12 +684,13 @@ def retry_validation(
 ) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
     the sweeper. False when its retries are spent: the caller fails it."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(
             Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES, Job.retries < max_retries
         )
-        .values(retries=Job.retries + 1, published_at=None)
+        .values(retries=Job.retries + 1, published_at=None),
     )
     if result.rowcount != 1:
         return False
@@ -701,7 +716,8 @@ def retry_after_transient_error(
 ) -> bool:
     """Re-queue a job stopped by an error that may pass (it resumes from its last
     checkpoint). False when its retries are spent: the caller fails it."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt), Job.retries < max_retries)
         .values(
@@ -711,7 +727,7 @@ def retry_after_transient_error(
             lease_expires_at=None,
             published_at=None,
             estimated_finish=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
