@@ -60,7 +60,11 @@ def upload(client: DoradoClient, path: Path, purpose: str, as_json: bool) -> Non
     """Upload a JSONL file; the API validates every line and names the bad ones.
 
     A rejected file exits with code 1 and lists each problem as ``line N: message``."""
-    with transfer_bar(f"uploading {path.name}", enabled=not as_json) as progress:
+    with transfer_bar(
+        f"uploading {path.name}",
+        enabled=not as_json,
+        after_done=f"validating {path.name} on the server",
+    ) as progress:
         uploaded = client.upload_file(path, purpose, progress)
     if as_json:
         echo_json(uploaded)

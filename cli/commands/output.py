@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
@@ -34,6 +34,9 @@ EXIT_JOB_FAILED = 5  # `jobs follow` / `jobs create --follow`: the job failed
 EXIT_JOB_CANCELLED = 6  # ... the job was cancelled
 EXIT_JOB_PAUSED = 7  # ... the job was paused (resume it, then follow again)
 EXIT_INTERRUPTED = 130  # Ctrl-C while following: the job itself goes on
+
+# Names copied into the next command: never folded over two lines in a table.
+UNFOLDED = ("id",)
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print machine-readable JSON (no tables or bars)."
@@ -89,7 +92,7 @@ def print_table(
         return
     out = Table(header_style="bold")
     for key, header in columns:
-        if key == "id":  # ids are copied into the next command: never folded
+        if key in UNFOLDED:
             width = max(len(cell(row.get(key))) for row in rows)
             out.add_column(header, no_wrap=True, min_width=width)
         else:
@@ -118,8 +121,11 @@ def fail(message: str, *, code: int = EXIT_API_ERROR, details: Sequence[str] = (
 
 
 @contextmanager
-def transfer_bar(description: str, *, enabled: bool):
+def transfer_bar(
+    description: str, *, enabled: bool, after_done: str | None = None
+) -> Iterator[Callable[[int, int | None], None]]:
     """A rich progress bar for an upload or download; yields the callback to advance it.
+    ``after_done`` replaces the description once every byte went (the server still works).
     Disabled (``--json``, or not a terminal) it yields a callback that does nothing."""
     if not enabled or not err_console.is_terminal:
         yield lambda done, total: None
@@ -142,6 +148,8 @@ def transfer_bar(description: str, *, enabled: bool):
             return  # a 64 KiB chunk at a time: redraw at most 20 times a second
         last[0] = now
         bar.update(task, completed=done, total=total)
+        if total is not None and done >= total and after_done:
+            bar.update(task, description=after_done)
 
     with bar:
         yield advance
