@@ -3,6 +3,8 @@ the follow display."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import click
 import pytest
 from rich.console import Console
 
-from cli.client import ConfigError, load_config, normalize_base_url
+from cli.client import ClientError, ConfigError, load_config, normalize_base_url
+from cli.commands.adapters import unpack
 from cli.commands.follow import OUTCOME_EXIT_CODES, Metrics, render
 from cli.commands.jobs import job_request
 
@@ -141,3 +144,25 @@ def test_each_outcome_has_its_own_exit_code():
     assert OUTCOME_EXIT_CODES["succeeded"] == 0
     codes = [OUTCOME_EXIT_CODES[s] for s in ("failed", "cancelled", "paused")]
     assert 0 not in codes and len(set(codes)) == 3
+
+
+def _archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unpack_lists_the_files(tmp_path: Path):
+    archive = _archive(tmp_path / "a.tar.gz", {"adapter_config.json": b"{}", "b.bin": b"x"})
+    assert unpack(archive, tmp_path / "out") == ["adapter_config.json", "b.bin"]
+    assert (tmp_path / "out" / "adapter_config.json").read_bytes() == b"{}"
+
+
+def test_unpack_refuses_paths_outside_the_folder(tmp_path: Path):
+    archive = _archive(tmp_path / "evil.tar.gz", {"../escaped.txt": b"x"})
+    with pytest.raises(ClientError, match="not a valid"):
+        unpack(archive, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()

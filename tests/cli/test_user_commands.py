@@ -83,6 +83,14 @@ def test_create_follow_download_and_load_with_peft(user: Dorado, tmp_path: Path)
     again = user("adapters", "download", job_id, "-o", str(adapter_dir))
     assert again.code == 2 and "is not empty" in again.stderr
 
+    merged_dir = tmp_path / "merged"
+    merged = user("adapters", "download", job_id, "--merged", "-o", str(merged_dir))
+    assert merged.code == 0, merged.stderr
+    assert AutoModelForCausalLM.from_pretrained(merged_dir).config.model_type == "llama"
+
+    answer = user("chat", job["fine_tuned_model"], "-m", "Ahoy", "--max-tokens", "3")
+    assert answer.code == 0 and answer.stdout.strip(), answer.stderr
+
     # Following a finished job replays its events and ends at once; --json for scripts.
     replay = user("jobs", "follow", job_id, "--json")
     assert replay.code == 0
