@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from cli.client import DoradoClient
+from cli.client import ApiError, ClientError, ConnectionFailed, DoradoClient
 from cli.commands.output import (
     EXIT_INTERRUPTED,
     EXIT_JOB_CANCELLED,
@@ -26,6 +26,7 @@ from cli.commands.output import (
     EXIT_OK,
     console,
     echo_json,
+    err_console,
     human_duration,
 )
 from core.jobs.status import FAILURE_HELP, FailureCode, JobStatus
@@ -37,6 +38,8 @@ OUTCOME_EXIT_CODES: dict[str, int] = {
     JobStatus.CANCELLED.value: EXIT_JOB_CANCELLED,
     JobStatus.PAUSED.value: EXIT_JOB_PAUSED,
 }
+# Once the job has been seen, how long an unanswering API is waited for before giving up.
+RECONNECT_PATIENCE_S = 180.0
 LEVEL_STYLES = {"warn": "yellow", "warning": "yellow", "error": "bold red"}
 
 
@@ -139,27 +142,71 @@ def outcome_lines(job: dict[str, Any]) -> list[Text]:
 
 
 def _stop(live: Live | None) -> None:
-    if live is None:
+    if live is None or not live.is_started:
         return
     live.stop()
     if not live.console.is_terminal:  # rich ends the last frame with a newline on a terminal only
         live.console.line()
 
 
+class _Outage:
+    """Rides out an API that stops answering for a while (a restart, a database failover: it
+    answers 503 then) once the job has been seen; a longer outage ends the follow."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self.since: float | None = None
+
+    def tolerate(self, exc: ClientError) -> bool:
+        transient = isinstance(exc, ConnectionFailed) or (
+            isinstance(exc, ApiError) and exc.status >= 500
+        )
+        if not transient:
+            return False
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            err_console.print(
+                f"lost the API ({exc.message}); retrying for up to {self.patience:.0f} s",
+                style="yellow",
+                soft_wrap=True,
+            )
+        return now - self.since <= self.patience
+
+    def over(self) -> None:
+        if self.since is not None:
+            err_console.print("the API answers again", style="yellow")
+        self.since = None
+
+
 def follow_job(
-    client: DoradoClient, job_id: str, *, interval: float = 2.0, as_json: bool = False
+    client: DoradoClient,
+    job_id: str,
+    *,
+    interval: float = 2.0,
+    as_json: bool = False,
+    patience: float = RECONNECT_PATIENCE_S,
 ) -> int:
     """Show the job until it ends (or pauses); the exit code for its outcome."""
     metrics = Metrics()
     last_seen: str | None = None
+    outage = _Outage(patience)
+    job: dict[str, Any] | None = None
     live = None if as_json else Live(console=console, refresh_per_second=4, transient=False)
     try:
         if live is not None:
             live.start()
         while True:
-            # The job first: its final status is then never read before its last events.
-            job = client.get(f"/fine_tuning/jobs/{job_id}")
-            events = client.new_events(job_id, last_seen)
+            try:
+                # The job first: its final status is then never read before its last events.
+                job = client.get(f"/fine_tuning/jobs/{job_id}")
+                events = client.new_events(job_id, last_seen)
+            except ClientError as exc:
+                if job is None or not outage.tolerate(exc):
+                    raise
+                time.sleep(interval)
+                continue
+            outage.over()
             for event in events:
                 if event.get("type") == "metrics" and isinstance(event.get("data"), dict):
                     metrics.update(event["data"])
@@ -178,7 +225,8 @@ def follow_job(
         _stop(live)
         console.print(f"Stopped following; the job goes on. Again: dorado jobs follow {job_id}")
         return EXIT_INTERRUPTED
-    _stop(live)
+    finally:
+        _stop(live)
     if as_json:
         echo_json(job, compact=True)
     else:
