@@ -15,6 +15,7 @@ import time
 
 import click
 
+from cli.commands import adapters, chat, files, jobs
 from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
@@ -234,6 +235,12 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
             proc.kill()
             proc.wait()
 
+
+# The user commands: REST clients of a running platform (docs/cli.md).
+main.add_command(files.files_group)
+main.add_command(jobs.jobs_group)
+main.add_command(adapters.adapters_group)
+main.add_command(chat.chat)
 
 if __name__ == "__main__":
     main()
