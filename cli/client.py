@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import IO, Any
 
 import httpx2 as httpx
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    tomllib = None  # type: ignore[assignment]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"  # `dorado run` serves the API on DORADO_PORT=8000
 # Reads may wait on a busy CPU-bound server; connecting should not take long.
@@ -91,8 +92,6 @@ def config_path() -> Path:
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    if tomllib is None:  # pragma: no cover - Python 3.10
-        raise ConfigError(f"reading {path} needs Python 3.11+; set DORADO_API_KEY instead")
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
