@@ -22,6 +22,7 @@ from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
 from core.storage.files import create_system_file
 from core.storage.objects import ObjectNotFound, ObjectStore, download_dir, open_store
+from core.timeutil import utcnow
 from worker import artifacts, registry, shutdown
 from worker.celery_app import app
 from worker.failures import TRANSIENT_CODES, classify
@@ -85,7 +86,7 @@ class Claimed:
 
 def _load(settings: Settings, job_id: str) -> Claimed:
     with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)  # claimed: the row exists
         training = session.get(File, job.training_file)
         if training is None:
             raise ObjectNotFound(job.training_file)
@@ -162,9 +163,10 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
     log.info("job %s: claimed (attempt %s)", job_id, attempt)
     store = open_store(settings)
     with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         limit = int((job.options or {}).get("max_run_seconds") or settings.max_job_seconds)
-        deadline = job.started_at + timedelta(seconds=limit)
+        started = job.started_at or utcnow()  # the claim set it
+        deadline = started + timedelta(seconds=limit)
     reporter = JobReporter(settings, store, job_id, attempt, deadline=deadline)
     reporter.start()
     try:
@@ -273,7 +275,7 @@ def _train(
                 purpose="fine-tune-results",
                 path=csv_path,
             )
-            name = jobs.succeed_job(
+            model_name = jobs.succeed_job(
                 session,
                 job_id,
                 attempt,
@@ -281,6 +283,6 @@ def _train(
                 adapter_key=key,
                 result_files=[results.id],
             )
-            if name is None:
+            if model_name is None:
                 raise TrainingStopped()
-        log.info("job %s: succeeded as %s (%s tokens)", job_id, name, result.trained_tokens)
+        log.info("job %s: succeeded as %s (%s tokens)", job_id, model_name, result.trained_tokens)

@@ -180,15 +180,15 @@ def _render(
     tools: Sequence[Any] | None,
     add_generation_prompt: bool,
 ) -> str:
-    text = tokenizer.apply_chat_template(
+    rendered: Any = tokenizer.apply_chat_template(
         list(messages),
         tools=list(tools) if tools else None,
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
     )
-    if not isinstance(text, str):  # some versions wrap a single rendering in a list
-        text = text[0]
-    return text
+    if not isinstance(rendered, str):  # some versions wrap a single rendering in a list
+        rendered = rendered[0]
+    return str(rendered)
 
 
 def _common_prefix_len(a: str, b: str) -> int:

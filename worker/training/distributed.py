@@ -217,7 +217,7 @@ def _rank_main(
     rank: int,
     config: _RankConfig,
     conn: connection.Connection,
-    args: tuple[Any, ...],
+    args: tuple[TrainSpec, Path, Path, Path],
     kwargs: dict[str, Any],
 ) -> None:
     """Entry point of one rank process."""
@@ -349,7 +349,7 @@ class _Supervisor:
                     self._exited(rank, open_conns)
                     continue
                 rank = next(r for r, c in open_conns.items() if c is item)
-                self._receive(rank, item, open_conns)
+                self._receive(rank, open_conns[rank], open_conns)
         return self._result()
 
     def _receive(

@@ -78,6 +78,9 @@ class FastDoraLinearLayer(DoraLinearLayer):
     falls back to PEFT's own forward.
     """
 
+    # (key of the tensors it was computed from, norm); see _adapted_norm.
+    _fast_norm: tuple[tuple[object, ...], torch.Tensor] | None
+
     def _base_norm(self, weight: torch.Tensor) -> torch.Tensor:
         # Keyed on the tensor's identity and version: a merge or reload writes a new weight.
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
@@ -108,12 +111,12 @@ class FastDoraLinearLayer(DoraLinearLayer):
             self._fast_norm = cached
         return cached[1]
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         x: torch.Tensor,
         *,
-        lora_A: torch.nn.Module,
-        lora_B: torch.nn.Module,
+        lora_A: torch.nn.Linear,
+        lora_B: torch.nn.Linear,
         scaling: float,
         base_layer: torch.nn.Module,
         base_result: torch.Tensor | None = None,
@@ -121,6 +124,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
     ) -> torch.Tensor:
         """The DoRA term to add to the base layer's output (same contract as PEFT's)."""
         weight = getattr(base_layer, "weight", None)
+        magnitude = self.weight
         plain = (
             isinstance(weight, torch.nn.Parameter)
             and weight.ndim == 2
@@ -128,7 +132,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
             and not self.fan_in_fan_out
             and type(base_layer) is torch.nn.Linear
         )
-        if not plain:
+        if not plain or weight is None or not isinstance(magnitude, torch.Tensor):
             return super().forward(
                 x,
                 lora_A=lora_A,
@@ -139,10 +143,10 @@ class FastDoraLinearLayer(DoraLinearLayer):
                 adapter_name=adapter_name,
             )
         norm = self._adapted_norm(weight, lora_A.weight, lora_B.weight, scaling).to(x.dtype)
-        mag_norm_scale = (self.weight / norm).view(1, -1)
+        mag_norm_scale = (magnitude / norm).view(1, -1)
         lora_result = lora_B(lora_A(x))
         if base_result is not None:
-            bias = base_layer.bias
+            bias = getattr(base_layer, "bias", None)
             if bias is not None:
                 base_result = base_result - bias
         else:

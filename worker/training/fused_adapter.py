@@ -28,7 +28,7 @@ untouched: the layers keep their class's state dict and only their forward chang
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,18 +72,20 @@ class FusedLoraLinear(LoraLinear):
         name = None if args else self._plain_adapter(x, kwargs)
         if name is None:
             return super().forward(x, *args, **kwargs)
+        # _plain_adapter checked these are plain linear layers' tensors.
         base = self.get_base_layer()
-        weight, bias = base.weight, base.bias
+        weight = cast(torch.Tensor, base.weight)
+        bias = cast("torch.Tensor | None", base.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        lora_a = self.lora_A[name].weight
-        lora_b = self.lora_B[name].weight
+        lora_a = cast(torch.Tensor, self.lora_A[name].weight)
+        lora_b = cast(torch.Tensor, self.lora_B[name].weight)
         scaling = self.scaling[name]
         down = F.linear(x2, lora_a)  # [tokens, r]
         if name in self.lora_magnitude_vector:
-            magnitude = self.lora_magnitude_vector[name]
+            magnitude = cast(FastDoraLinearLayer, self.lora_magnitude_vector[name])
             norm = magnitude._adapted_norm(weight, lora_a, lora_b, scaling).to(x.dtype)
-            gain = magnitude.weight / norm  # [out]; the norm is detached, as in PEFT
+            gain = cast(torch.Tensor, magnitude.weight) / norm  # [out]; detached, as in PEFT
             plain = F.linear(x2, weight)
             scaled = plain * gain if bias is None else torch.addcmul(bias, plain, gain)
             up = lora_b * (scaling * gain).unsqueeze(1)

@@ -34,7 +34,8 @@ class HeadSplit:
 def split_head(model: torch.nn.Module) -> HeadSplit | None:
     """The decoder and head of ``model`` (a transformers causal LM, PEFT-wrapped or not), or
     None when its logits are more than a linear map of the decoder's output."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper
+    base = get_base_model() if get_base_model is not None else model
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None

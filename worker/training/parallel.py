@@ -59,15 +59,17 @@ class DataParallel:
         """Sum the gradients of ``params`` over ranks with a single flat all-reduce."""
         if self.world_size == 1:
             return
+        grads = []
         for p in params:
             if p.grad is None:  # a rank that got no example in this step
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+            grads.append(p.grad)
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
         self.sum_(flat)
         offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        for grad in grads:
+            n = grad.numel()
+            grad.copy_(flat[offset : offset + n].view_as(grad))
             offset += n
 
     def agree(self, flag: bool) -> bool:

@@ -203,7 +203,7 @@ def _load_model(
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' typed wrapper of Module.to is wrong
     return model, tokenizer
 
 
@@ -313,12 +313,13 @@ def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | Non
             cfg.base_model_name_or_path = base_model_name
         # PEFT stores resolved "all-linear" targets as a set; sorted, the saved config is
         # byte-for-byte reproducible.
-        if isinstance(cfg.target_modules, set):
-            cfg.target_modules = sorted(cfg.target_modules)
+        targets = getattr(cfg, "target_modules", None)  # LoRA and DoRA configs have them
+        if isinstance(targets, set):
+            cfg.target_modules = sorted(targets)  # type: ignore[attr-defined]
     # Dorado never resizes the vocabulary, so the embedding layers need no saving; PEFT's
     # default ("auto") would find that out by fetching the base model's config.json from the
     # Hugging Face Hub under base_model_name_or_path (a Dorado name, not a Hub repository).
-    model.save_pretrained(output_dir, save_embedding_layers=False)
+    model.save_pretrained(str(output_dir), save_embedding_layers=False)
     # PEFT also writes a boilerplate model card; the adapter directory is meant to hold exactly
     # the two files that loaders read.
     card = output_dir / "README.md"
