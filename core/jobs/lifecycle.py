@@ -150,7 +150,9 @@ def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> b
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "validating_files")
-        .values(status="queued", validation=stats, published_at=None)
+        .values(
+            status="queued", validation=stats, published_at=None, worker=None, lease_expires_at=None
+        )
     )
     if result.rowcount != 1:
         return False
@@ -180,6 +182,8 @@ def fail_validation(
             status="failed",
             finished_at=utcnow(),
             error={"code": code, "message": message, "param": param},
+            worker=None,
+            lease_expires_at=None,
         )
     )
     if result.rowcount != 1:
@@ -646,14 +650,22 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
 
 
 def retry_validation(
-    session: Session, job_id: str, *, code: str, message: str, max_retries: int
+    session: Session,
+    job_id: str,
+    *,
+    code: str,
+    message: str,
+    max_retries: int,
+    validator: str | None = None,
 ) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
-    the sweeper. False when its retries are spent: the caller fails it."""
+    the sweeper. False when its retries are spent: the caller fails it. ``validator``: only
+    while the job is still leased to it (see core.scheduling.validation)."""
+    mine = () if validator is None else (Job.worker == validator,)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files", Job.retries < max_retries)
-        .values(retries=Job.retries + 1, published_at=None)
+        .where(Job.id == job_id, Job.status == "validating_files", Job.retries < max_retries, *mine)
+        .values(retries=Job.retries + 1, published_at=None, worker=None, lease_expires_at=None)
     )
     if result.rowcount != 1:
         return False
@@ -702,14 +714,19 @@ def jobs_to_publish(
     session: Session, republish_after_seconds: int
 ) -> list[tuple[str, str, str | None]]:
     """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
-    never sent, or sent long ago and not acted on."""
-    cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
+    never sent, or sent long ago and not acted on. A job a validator holds a live lease on is
+    being acted on: sending it again would only wake another validator for nothing."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=republish_after_seconds)
     return list(
         session.execute(
             select(Job.id, Job.status, Job.pool)
             .where(
                 Job.status.in_(("queued", "validating_files")),
                 (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+                (Job.status != "validating_files")
+                | Job.lease_expires_at.is_(None)
+                | (Job.lease_expires_at < now),
             )
             .order_by(Job.created_at)
         ).tuples()
