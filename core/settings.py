@@ -30,6 +30,9 @@ HOME_PLACEHOLDER = "$DORADO_HOME"
 DEFAULT_INFERENCE_PORT = 8001
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+# Caps on one line of a training file (core.storage.datasets reads them from here).
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_EXAMPLE_MESSAGES = 1000
 
 
 class SettingsError(ConfigurationError):
@@ -163,6 +166,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest accepted upload in bytes (512 MiB)."
     )
+    max_line_bytes: int = Field(
+        default=DEFAULT_MAX_LINE_BYTES,
+        gt=0,
+        description="Longest accepted line of a training file in bytes (4 MiB): an upload "
+        "with a longer line gets a 400 naming it, and no line is ever read whole beyond it.",
+    )
+    max_example_messages: int = Field(
+        default=DEFAULT_MAX_EXAMPLE_MESSAGES,
+        gt=0,
+        description="Most messages one training example may hold; an upload with more gets "
+        "a 400 naming the line (bounds the cost of validating one example).",
+    )
     max_json_bytes: int = Field(
         default=2 * 1024 * 1024,
         description="Largest accepted JSON request body in bytes (2 MiB; 413 above it).",
@@ -240,6 +255,13 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(
         default=10.0, description="How often the scheduler sweeps (seconds)."
+    )
+    validation_timeout_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="Longest a validator may tokenize one job's files, in seconds; beyond it "
+        "the job fails as validation_timeout. A validator holds a job for this long plus "
+        "DORADO_LEASE_SECONDS, so no other validator takes it meanwhile.",
     )
     max_job_seconds: int = Field(
         default=86400,

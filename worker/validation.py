@@ -1,10 +1,21 @@
 """The ``validating_files`` step: tokenize a job's files with its base model's tokenizer, exactly
-as training will, so the job shows real token counts (and truncation) before it queues."""
+as training will, so the job shows real token counts (and truncation) before it queues.
+
+A validation message is a wake-up: the validator leases the fairest waiting job
+(core.scheduling.validation), not necessarily the one named, and has
+``DORADO_VALIDATION_TIMEOUT_SECONDS`` to finish it. The file is checked line by line first
+(the upload caps, in bounded memory), then tokenized in time linear in its length.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +24,11 @@ from sqlalchemy import select
 from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
-from core.jobs.status import JobStatus
+from core.jobs.status import FailureCode, JobStatus
+from core.scheduling.validation import claim_next_validation
 from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
+from core.storage.datasets import DatasetLimits, validate_stream
 from core.storage.objects import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_files import ensure_tokenizer_files
@@ -26,11 +39,50 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SEQ_LENGTH = 2048
 
 
-def file_stats(path: Path, tokenizer, max_seq_length: int) -> dict[str, int]:
-    """Examples, tokens and truncations of one file, tokenized as the engine does."""
-    from worker.training.data import load_dataset
+class ValidationTimeout(Exception):
+    """The job's files took longer than the validation time budget."""
 
-    dataset = load_dataset(path, tokenizer, max_seq_length)
+
+def validator_name() -> str:
+    """``host:pid:thread``: a validator runs several threads, each holding its own lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _before(deadline: float, conversations: Iterable[Any], budget: float) -> Iterator[Any]:
+    for conversation in conversations:
+        if time.monotonic() > deadline:
+            raise ValidationTimeout(
+                f"validating the files took longer than {budget:.0f} s "
+                "(DORADO_VALIDATION_TIMEOUT_SECONDS); split the file or shorten its examples"
+            )
+        yield conversation
+
+
+def file_stats(
+    path: Path,
+    tokenizer,
+    max_seq_length: int,
+    *,
+    limits: DatasetLimits = DatasetLimits(),
+    deadline: float = float("inf"),
+    budget: float = 0.0,
+) -> dict[str, int]:
+    """Examples, tokens and truncations of one file, tokenized as the engine does.
+
+    Raises:
+        ValueError: a line breaks the upload rules (a file stored before a cap was lowered) or
+            cannot be tokenized, naming it.
+        ValidationTimeout: ``deadline`` (``time.monotonic()``) passed.
+    """
+    from worker.training.data import read_jsonl, tokenize_dataset
+
+    with path.open("rb") as handle:
+        report = validate_stream(handle, limits)
+    if not report.ok:
+        raise ValueError(report.summary())
+    dataset = tokenize_dataset(
+        tokenizer, _before(deadline, read_jsonl(path), budget), max_seq_length
+    )
     if not dataset.examples:
         raise ValueError("no example has any assistant token to train on")
     return {
@@ -44,9 +96,28 @@ def file_stats(path: Path, tokenizer, max_seq_length: int) -> dict[str, int]:
 
 
 def validate(settings: Settings, job_id: str) -> None:
-    """Validate a ``validating_files`` job and queue it for training (or fail it)."""
+    """A wake-up for the validators (sent for ``job_id``): lease the fairest waiting job and
+    validate it; nothing when no job waits or all are leased."""
+    name = validator_name()
+    with session_scope(settings.database_url) as session:
+        claimed = claim_next_validation(
+            session,
+            validator=name,
+            lease_seconds=settings.validation_timeout_seconds + settings.lease_seconds,
+            max_retries=settings.max_job_retries,
+        )
+    if claimed is None:
+        log.info("wake-up for job %s: no job waits for validation", job_id)
+        return
+    validate_claimed(settings, claimed, name)
+
+
+def validate_claimed(settings: Settings, job_id: str, validator: str) -> None:
+    """Validate a job leased to ``validator`` and queue it for training (or fail it)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    budget = float(settings.validation_timeout_seconds)
+    deadline = time.monotonic() + budget
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         if job is None or job.status != JobStatus.VALIDATING_FILES:
@@ -61,6 +132,7 @@ def validate(settings: Settings, job_id: str) -> None:
         )
         keys = {param: (row.storage_key if row else None) for param, row in files.items()}
     store = open_store(settings)
+    limits = DatasetLimits.from_settings(settings)
     stats: dict[str, Any] = {}
     try:
         base_dir = ensure_tokenizer_files(settings, store, model)  # no weights needed
@@ -77,11 +149,16 @@ def validate(settings: Settings, job_id: str) -> None:
                 path = Path(tmp) / f"{param}.jsonl"
                 try:
                     store.download_file(key, path)
-                    found = file_stats(path, tokenizer, int(limit))
+                    found = file_stats(
+                        path, tokenizer, int(limit), limits=limits, deadline=deadline, budget=budget
+                    )
                 except ValueError as exc:
                     _fail(settings, job_id, f"{param.replace('_', ' ')}: {exc}", param)
                     return
                 stats[param] = found
+    except ValidationTimeout as exc:
+        _fail(settings, job_id, str(exc), "training_file", code=FailureCode.VALIDATION_TIMEOUT)
+        return
     except ObjectNotFound as exc:
         _fail(settings, job_id, f"a file of this job no longer exists ({exc})", "training_file")
         return
@@ -89,14 +166,19 @@ def validate(settings: Settings, job_id: str) -> None:
         _fail(settings, job_id, str(exc), "model")
         return
     except Exception as exc:
-        code, message, param = classify(exc)
+        code, message, blamed = classify(exc)
         log.warning("job %s: validation error %s: %s", job_id, code, message)
         with session_scope(settings.database_url) as session:
             if code in TRANSIENT_CODES and jobs.retry_validation(
-                session, job_id, code=code, message=message, max_retries=settings.max_job_retries
+                session,
+                job_id,
+                code=code,
+                message=message,
+                max_retries=settings.max_job_retries,
+                validator=validator,
             ):
                 return
-            jobs.fail_validation(session, job_id, message, param, code=code)
+            jobs.fail_validation(session, job_id, message, blamed, code=code)
         return
     training = stats["training_file"]
     summary = {
@@ -118,7 +200,13 @@ def validate(settings: Settings, job_id: str) -> None:
         )
 
 
-def _fail(settings: Settings, job_id: str, message: str, param: str) -> None:
+def _fail(
+    settings: Settings,
+    job_id: str,
+    message: str,
+    param: str,
+    code: FailureCode = FailureCode.INVALID_TRAINING_FILE,
+) -> None:
     log.info("job %s: validation failed: %s", job_id, message)
     with session_scope(settings.database_url) as session:
-        jobs.fail_validation(session, job_id, message, param)
+        jobs.fail_validation(session, job_id, message, param, code=code)

@@ -14,6 +14,7 @@ from api.serializers import file_object, page
 from core.errors import InvalidRequest
 from core.storage import files
 from core.storage import quota as storage_quota
+from core.storage.datasets import DatasetLimits
 
 bp = Blueprint("files", __name__, url_prefix="/v1/files")
 
@@ -43,6 +44,7 @@ def create_file():
         purpose=purpose,
         content=stream,
         size=size,
+        limits=DatasetLimits.from_settings(dorado().settings),
     )
     return file_object(row)
 

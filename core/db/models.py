@@ -40,6 +40,8 @@ class Organization(Base):
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # When a job of this organization was last dispatched (fair-share tie-break).
     last_dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When a validator last took a job of this organization (validators take them in turn).
+    last_validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Bytes of uploaded files plus trained adapters this organization may keep; None: no limit.
     storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 

@@ -159,7 +159,13 @@ def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> b
         session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
-        .values(status=JobStatus.QUEUED, validation=stats, published_at=None),
+        .values(
+            status=JobStatus.QUEUED,
+            validation=stats,
+            published_at=None,
+            worker=None,
+            lease_expires_at=None,
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -192,6 +198,8 @@ def fail_validation(
             status=JobStatus.FAILED,
             finished_at=utcnow(),
             error={"code": code, "message": message, "param": param},
+            worker=None,
+            lease_expires_at=None,
         ),
     )
     if result.rowcount != 1:
@@ -680,17 +688,28 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
 
 
 def retry_validation(
-    session: Session, job_id: str, *, code: FailureCode, message: str, max_retries: int
+    session: Session,
+    job_id: str,
+    *,
+    code: FailureCode,
+    message: str,
+    max_retries: int,
+    validator: str | None = None,
 ) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
-    the sweeper. False when its retries are spent: the caller fails it."""
+    the sweeper. False when its retries are spent: the caller fails it. ``validator``: only
+    while the job is still leased to it (see core.scheduling.validation)."""
+    mine = () if validator is None else (Job.worker == validator,)
     result = execute_dml(
         session,
         update(Job)
         .where(
-            Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES, Job.retries < max_retries
+            Job.id == job_id,
+            Job.status == JobStatus.VALIDATING_FILES,
+            Job.retries < max_retries,
+            *mine,
         )
-        .values(retries=Job.retries + 1, published_at=None),
+        .values(retries=Job.retries + 1, published_at=None, worker=None, lease_expires_at=None),
     )
     if result.rowcount != 1:
         return False
@@ -752,13 +771,18 @@ class Unpublished(NamedTuple):
 
 def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[Unpublished]:
     """Jobs waiting for a message (queued, or validating_files) that was never sent, or sent
-    long ago and not acted on; oldest first."""
-    cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
+    long ago and not acted on; oldest first. A job a validator holds a live lease on is being
+    acted on: sending it again would only wake another validator for nothing."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=republish_after_seconds)
     rows = session.execute(
         select(Job.id, Job.status, Job.pool)
         .where(
             Job.status.in_(WAITING_STATUSES),
             (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+            (Job.status != JobStatus.VALIDATING_FILES)
+            | Job.lease_expires_at.is_(None)
+            | (Job.lease_expires_at < now),
         )
         .order_by(Job.created_at)
     )

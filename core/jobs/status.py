@@ -64,6 +64,7 @@ class FailureCode(str, Enum):
     TRAINING_PROCESS_LOST = "training_process_lost"
     WORKER_LOST = "worker_lost"
     MAX_RUN_TIME_EXCEEDED = "max_run_time_exceeded"
+    VALIDATION_TIMEOUT = "validation_timeout"
     INTERNAL_ERROR = "internal_error"
 
     def __str__(self) -> str:
@@ -100,6 +101,10 @@ FAILURE_HELP: dict[FailureCode, str] = {
     ),
     FailureCode.MAX_RUN_TIME_EXCEEDED: (
         "The job ran longer than its time limit. Ask for fewer epochs or a higher limit."
+    ),
+    FailureCode.VALIDATION_TIMEOUT: (
+        "Checking the files took longer than the validation time budget. Split the file or "
+        "shorten its longest examples."
     ),
     FailureCode.INTERNAL_ERROR: (
         "The worker hit an unexpected error. The message below has the details."

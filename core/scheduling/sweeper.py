@@ -1,6 +1,7 @@
 """The periodic scheduler: re-queues jobs whose worker vanished and re-publishes queued jobs
-whose message a broker lost. Every step is an idempotent conditional update, so running two
-schedulers at once does no harm."""
+whose message a broker lost. A ``validating_files`` job is sent again only while no validator
+holds a live lease on it (core.scheduling.validation): a slow validation is not a lost message.
+Every step is an idempotent conditional update, so running two schedulers at once does no harm."""
 
 from __future__ import annotations
 

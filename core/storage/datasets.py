@@ -1,18 +1,26 @@
 """Line-level validation of fine-tuning JSONL files (shared by the API and the worker).
 
-Validation streams the file: memory stays flat whatever its size. Every problem names its
-line; the report keeps the first ``MAX_REPORTED_PROBLEMS`` and counts the rest.
+Validation streams the file: memory stays flat whatever its size, because no line longer than
+``DORADO_MAX_LINE_BYTES`` is ever read whole (:func:`read_lines`), and the cost of one example
+is bounded by ``DORADO_MAX_EXAMPLE_MESSAGES``. Every problem names its line; the report keeps
+the first ``MAX_REPORTED_PROBLEMS`` and counts the rest.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from core.settings import DEFAULT_MAX_EXAMPLE_MESSAGES, DEFAULT_MAX_LINE_BYTES
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 MIN_EXAMPLES = 10
 MAX_REPORTED_PROBLEMS = 20
+_SKIP_CHUNK_BYTES = 64 * 1024
 
 CHAT_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MESSAGE_KEYS = {
@@ -27,6 +35,47 @@ MESSAGE_KEYS = {
 }
 CHAT_EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 COMPLETION_EXAMPLE_KEYS = {"prompt", "completion"}
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """What one line of a training file may hold (see ``core.settings``)."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_example_messages: int = DEFAULT_MAX_EXAMPLE_MESSAGES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatasetLimits:
+        return cls(settings.max_line_bytes, settings.max_example_messages)
+
+
+@dataclass(frozen=True)
+class OverlongLine:
+    """A line longer than the limit, skipped unread; ``size`` in bytes, newline excluded."""
+
+    size: int
+
+
+def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes | OverlongLine]:
+    """The lines of ``stream``; a line over ``max_line_bytes`` is skipped in small chunks and
+    reported as an :class:`OverlongLine`, so memory stays bounded by the limit."""
+    while True:
+        line = stream.readline(max_line_bytes + 1)
+        if not line:
+            return
+        if line.endswith(b"\n") or len(line) <= max_line_bytes:
+            yield line
+            continue
+        size = len(line)
+        while True:
+            part = stream.readline(_SKIP_CHUNK_BYTES)
+            size += len(part)
+            if not part:
+                break
+            if part.endswith(b"\n"):
+                size -= 1
+                break
+        yield OverlongLine(size)
 
 
 @dataclass
@@ -92,6 +141,65 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
+def _check_function(function: Any, where: str) -> str | None:
+    """A called function as OpenAI sends it: a name and its arguments as a JSON string."""
+    if not isinstance(function, dict):
+        return f"{where} must be an object with 'name' and 'arguments'"
+    name, arguments = function.get("name"), function.get("arguments")
+    if not isinstance(name, str) or not name.strip():
+        return f"{where} needs a non-empty string 'name'"
+    if not isinstance(arguments, str):
+        return f"{where}.arguments must be a string holding JSON"
+    try:
+        json.loads(arguments)
+    except json.JSONDecodeError:
+        return f"{where}.arguments is not valid JSON"
+    return None
+
+
+def _check_calls(msg: dict[str, Any], where: str, role: str) -> str | None:
+    """``tool_calls`` / ``function_call``: only on assistant messages, in OpenAI's shape (a
+    chat template reads these fields, and one that is malformed cannot be rendered)."""
+    for key in ("tool_calls", "function_call"):
+        if key in msg and role != "assistant":
+            return f"{where}: '{key}' is only allowed on assistant messages"
+    if "tool_calls" in msg:
+        calls = msg["tool_calls"]
+        if not isinstance(calls, list) or not calls:
+            return f"{where}: 'tool_calls' must be a non-empty list"
+        for n, call in enumerate(calls):
+            at = f"{where} tool_calls[{n}]"
+            if not isinstance(call, dict):
+                return f"{at} is not an object"
+            if not isinstance(call.get("id"), str) or not call["id"]:
+                return f"{at} needs a non-empty string 'id'"
+            if call.get("type", "function") != "function":
+                return f"{at} has type {call.get('type')!r}; only 'function' is supported"
+            error = _check_function(call.get("function"), f"{at}.function")
+            if error:
+                return error
+    if "function_call" in msg:
+        return _check_function(msg["function_call"], f"{where} function_call")
+    if "tool_call_id" in msg and (not isinstance(msg["tool_call_id"], str) or role != "tool"):
+        return f"{where}: 'tool_call_id' must be a string, on a tool message"
+    return None
+
+
+def _check_tools(obj: dict[str, Any]) -> str | None:
+    tools = obj.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        return "'tools' must be a list"
+    for n, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            return f"tools[{n}] must be an object of type 'function'"
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return f"tools[{n}].function needs a string 'name'"
+    return None
+
+
 def _check_message(msg: Any, index: int) -> tuple[str | None, str | None]:
     """Returns (error, role) for one message."""
     where = f"message {index + 1}"
@@ -103,6 +211,9 @@ def _check_message(msg: Any, index: int) -> tuple[str | None, str | None]:
     role = msg.get("role")
     if role not in CHAT_ROLES:
         return f"{where} has an unrecognised role {role!r}", None
+    call_error = _check_calls(msg, where, role)
+    if call_error:
+        return call_error, role
     has_call = bool(msg.get("tool_calls") or msg.get("function_call"))
     if "content" not in msg and not has_call:
         return f"{where} ({role}) is missing 'content'", role
@@ -122,7 +233,9 @@ def _check_message(msg: Any, index: int) -> tuple[str | None, str | None]:
     return None, role
 
 
-def check_example(obj: Any) -> tuple[str | None, str | None, dict[str, int]]:
+def check_example(
+    obj: Any, limits: DatasetLimits = DatasetLimits()
+) -> tuple[str | None, str | None, dict[str, int]]:
     """Validate one parsed line. Returns (error, format, counts)."""
     if not isinstance(obj, dict):
         return "line is not a JSON object", None, {}
@@ -133,6 +246,16 @@ def check_example(obj: Any) -> tuple[str | None, str | None, dict[str, int]]:
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
             return "'messages' must be a non-empty list", "chat", {}
+        if len(messages) > limits.max_example_messages:
+            return (
+                f"example has {len(messages)} messages; at most {limits.max_example_messages} "
+                "are allowed (DORADO_MAX_EXAMPLE_MESSAGES)",
+                "chat",
+                {},
+            )
+        tools_error = _check_tools(obj)
+        if tools_error:
+            return tools_error, "chat", {}
         assistants = 0
         chars = 0
         for i, msg in enumerate(messages):
@@ -163,10 +286,21 @@ def check_example(obj: Any) -> tuple[str | None, str | None, dict[str, int]]:
     return "example has no 'messages' (or 'prompt'/'completion')", None, {}
 
 
-def validate_lines(lines: Iterable[bytes]) -> ValidationReport:
-    """Validate a JSONL stream of raw lines (blank lines are ignored)."""
+def validate_lines(
+    lines: Iterable[bytes | OverlongLine], limits: DatasetLimits = DatasetLimits()
+) -> ValidationReport:
+    """Validate a JSONL stream of raw lines (blank lines are ignored); read a file with
+    :func:`read_lines` so that an overlong line is never held whole."""
     report = ValidationReport()
     for number, raw in enumerate(lines, start=1):
+        size = raw.size if isinstance(raw, OverlongLine) else len(raw.rstrip(b"\r\n"))
+        if isinstance(raw, OverlongLine) or size > limits.max_line_bytes:
+            report.add(
+                number,
+                f"line is {size} bytes long; at most {limits.max_line_bytes} are allowed "
+                "(DORADO_MAX_LINE_BYTES)",
+            )
+            continue
         if not raw.strip():
             continue
         try:
@@ -179,7 +313,7 @@ def validate_lines(lines: Iterable[bytes]) -> ValidationReport:
         except json.JSONDecodeError as exc:
             report.add(number, f"invalid JSON ({exc.msg} at column {exc.colno})")
             continue
-        error, fmt, counts = check_example(obj)
+        error, fmt, counts = check_example(obj, limits)
         if fmt and report.format is None:
             report.format = fmt
         elif fmt and fmt != report.format and not error:
@@ -198,3 +332,8 @@ def validate_lines(lines: Iterable[bytes]) -> ValidationReport:
             f"the file has {report.example_count} example(s); at least {MIN_EXAMPLES} are required",
         )
     return report
+
+
+def validate_stream(stream: BinaryIO, limits: DatasetLimits = DatasetLimits()) -> ValidationReport:
+    """Validate a JSONL file object from its current position, in bounded memory."""
+    return validate_lines(read_lines(stream, limits.max_line_bytes), limits)

@@ -13,7 +13,7 @@ from core import ids
 from core.db.keyset import after_cursor
 from core.db.models import File
 from core.errors import InvalidFile, InvalidRequest, NotFound
-from core.storage.datasets import ValidationReport, validate_lines
+from core.storage.datasets import DatasetLimits, ValidationReport, validate_stream
 from core.storage.objects import ObjectStore
 from core.timeutil import utcnow
 
@@ -27,9 +27,10 @@ def file_key(file_id: str) -> str:
     return f"files/{file_id}"
 
 
-def validate_upload(spooled: BinaryIO) -> ValidationReport:
+def validate_upload(spooled: BinaryIO, limits: DatasetLimits = DatasetLimits()) -> ValidationReport:
+    """Validate a whole seekable upload in bounded memory; leaves it rewound."""
     spooled.seek(0)
-    report = validate_lines(iter(spooled.readline, b""))
+    report = validate_stream(spooled, limits)
     spooled.seek(0)
     return report
 
@@ -43,10 +44,12 @@ def create_file(
     purpose: str,
     content: BinaryIO,
     size: int,
+    limits: DatasetLimits = DatasetLimits(),
 ) -> File:
     """Validate an upload and store it. Raises InvalidFile (nothing stored) when it is bad.
 
-    ``content`` must be seekable (the API spools uploads to a temporary file).
+    ``content`` must be seekable (the API spools uploads to a temporary file); ``limits`` are
+    the operator's caps on one line (``DatasetLimits.from_settings``).
     """
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
@@ -57,7 +60,7 @@ def create_file(
         raise InvalidFile(
             f"Invalid file format for fine-tuning: '{filename}' is not a .jsonl file", param="file"
         )
-    report = validate_upload(content)
+    report = validate_upload(content, limits)
     if not report.ok:
         raise InvalidFile(
             report.summary(), param="file", problems=[p.as_dict() for p in report.problems]

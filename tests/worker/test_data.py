@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import pytest
 
 from tests.worker.helpers import PIRATE, chat, write_jsonl
+from worker.training import data
 from worker.training.data import (
     IGNORE_INDEX,
+    ChatTemplateError,
     DatasetFormatError,
     TokenizedExample,
     collate,
@@ -271,3 +274,112 @@ def test_iter_steps_covers_each_example_once_per_epoch() -> None:
     assert len(steps) == 3
     assert all(len(mbs) <= 2 for mbs in steps)
     assert sum(mb.n_tokens for mbs in steps for mb in mbs) == sum(len(e) for e in examples)
+
+
+TOOL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if message.content %}{{ message.content }}{% endif %}"
+    "{% for call in message.tool_calls or [] %}<tool_call>\n{{ call.function | tojson }}\n"
+    "</tool_call>{% endfor %}<|im_end|>\n"
+    "{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}"
+    "\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TRIM_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message.role }}"
+    "<|end_header_id|>\n\n{{ message.content | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CONTENTS = [
+    "Arr! Ahoy.",
+    "Arr! Ahoy.",  # repeated by another turn on purpose
+    "ends with spaces   ",
+    "ends with a newline\n",
+    "  leading spaces",
+    "It be <|im_start|>assistant\nno more.<|im_end|>",
+    "héllo wörld 🏴‍☠️ 海賊",
+    "multi\nline\n\ncontent",
+    "x",
+]
+
+
+def varied_conversation(rng: random.Random, tools: bool) -> dict:
+    """A random conversation: optional system prompt, several turns, weights, tool calls."""
+    messages: list[dict] = []
+    if rng.random() < 0.5:
+        messages.append({"role": "system", "content": rng.choice(CONTENTS)})
+    for turn in range(rng.randint(1, 6)):
+        messages.append({"role": "user", "content": rng.choice(CONTENTS)})
+        if tools and rng.random() < 0.4:
+            call = {
+                "id": f"call_{turn}",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": json.dumps({"q": turn})},
+            }
+            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            messages.append(
+                {"role": "tool", "tool_call_id": f"call_{turn}", "content": rng.choice(CONTENTS)}
+            )
+        reply = {"role": "assistant", "content": rng.choice(CONTENTS)}
+        if rng.random() < 0.25:
+            reply["weight"] = 0
+        messages.append(reply)
+    if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant"):
+        messages[-1].pop("weight")
+    return {"messages": messages}
+
+
+def prefix_diff_tokenize(tokenizer, conv, monkeypatch: pytest.MonkeyPatch) -> TokenizedExample:
+    """The tokenization as it was before spans were located: a prefix diff for every turn."""
+    with monkeypatch.context() as patched:
+        patched.setattr(data, "_located_spans", lambda *args: None)
+        return tokenize_conversation(tokenizer, conv)
+
+
+@pytest.mark.parametrize("template", ["model", "tools", "trim"])
+def test_located_spans_give_exactly_the_prefix_diff_tokens_and_labels(
+    tiny_model_dir: Path, template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if template == "tools":
+        tokenizer.chat_template = TOOL_TEMPLATE
+    elif template == "trim":
+        tokenizer.chat_template = TRIM_TEMPLATE
+    rng = random.Random(f"spans-{template}")
+    located = 0
+    for _ in range(120):
+        conv = parse_line(varied_conversation(rng, tools=True))
+        full = data._render(tokenizer, conv.messages, conv.tools, False)
+        spans = data._located_spans(tokenizer, conv, full)
+        reference = prefix_diff_tokenize(tokenizer, conv, monkeypatch)
+        assert tokenize_conversation(tokenizer, conv) == reference
+        if spans is not None:
+            located += 1
+            assert spans == data._prefix_spans(tokenizer, conv, full)
+    if template == "model":
+        assert located == 120  # the platform's ChatML template never needs the fallback
+    else:
+        # Tool calls without content (tools) and trimmed whitespace (trim) fall back; the rest
+        # of the conversations are located.
+        assert 10 < located < 120
+
+
+def test_pirate_file_tokenizes_exactly_as_the_prefix_diff(tokenizer, monkeypatch) -> None:
+    for conv in read_jsonl(PIRATE):
+        assert tokenize_conversation(tokenizer, conv) == prefix_diff_tokenize(
+            tokenizer, conv, monkeypatch
+        )
+
+
+def test_a_template_that_cannot_render_a_line_names_it(tokenizer, tmp_path: Path) -> None:
+    rows = [chat(f"q{i}", f"a{i}") for i in range(3)]
+    # The model's template concatenates strings: a tool call without content cannot render.
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    rows[1]["messages"][1] = {"role": "assistant", "content": None, "tool_calls": [call]}
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ChatTemplateError, match=r"^line 2: the model's chat template cannot"):
+        load_dataset(path, tokenizer, 256)

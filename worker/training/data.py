@@ -13,10 +13,18 @@ template's closing tag (``<|im_end|>`` for ChatML), which teaches the model to s
 else, including the ``<|im_start|>assistant\\n`` header and the newline after the closing tag,
 is labelled ``IGNORE_INDEX``.
 
-The assistant spans are found by rendering prefixes of the conversation (``messages[:i]`` with
-the generation prompt, then ``messages[:i+1]``) and diffing the rendered texts, then mapping the
-character spans to tokens with the tokenizer's offsets. No string search over the content, so a
-reply that repeats the user's words, or contains template-like text, is still masked right.
+The conversation is rendered once, and once more with every string ``content`` replaced by a
+unique marker: the markers show exactly where each message's content sits in the rendered text
+(no string search, so a reply that repeats the user's words, or contains template-like text, is
+still masked right). What a trained turn adds around its content (nothing before it and
+``<|im_end|>`` after it, for ChatML) is taken from the first and last trained turns, whose spans
+are computed by rendering prefixes of the conversation (``messages[:i]`` with the generation
+prompt, then ``messages[:i+1]``) and diffing the texts. A handful of renderings per example
+instead of two per assistant turn: validation and training are linear in the conversation's
+length. A template this cannot follow (it rewrites content, or renders turns unevenly) gets the
+prefix diff for every turn, which is quadratic but exact; the cap on messages per example
+(``DORADO_MAX_EXAMPLE_MESSAGES``) bounds it. Character spans become token labels through the
+tokenizer's offsets.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +58,11 @@ class DatasetFormatError(ValueError):
     """A training file line that is not a usable chat example (names the 1-based line)."""
 
 
+class ChatTemplateError(DatasetFormatError):
+    """The base model's chat template cannot render an example (e.g. a tool call it does not
+    support): a problem of the data for this model, not of the platform."""
+
+
 @dataclass(frozen=True)
 class Conversation:
     """One training example: chat messages plus which assistant turns carry loss.
@@ -61,6 +75,8 @@ class Conversation:
     messages: tuple[Message, ...]
     trained: tuple[bool, ...]
     tools: tuple[Any, ...] | None = None
+    line: int = 0
+    """1-based line of the file it came from (0: not from a file)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,10 @@ def parse_line(obj: Any, line_no: int = 0) -> Conversation:
             trained.append(msg["role"] == "assistant" and weight == 1)
         tools = obj.get("tools")
         return Conversation(
-            tuple(messages), tuple(trained), tuple(tools) if isinstance(tools, list) else None
+            tuple(messages),
+            tuple(trained),
+            tuple(tools) if isinstance(tools, list) else None,
+            line_no,
         )
     if "prompt" in obj and "completion" in obj:
         prompt, completion = obj["prompt"], obj["completion"]
@@ -153,7 +172,7 @@ def parse_line(obj: Any, line_no: int = 0) -> Conversation:
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": completion.lstrip()},
         ]
-        return Conversation(tuple(messages), (False, True))
+        return Conversation(tuple(messages), (False, True), line=line_no)
     raise DatasetFormatError(f"{where}expected 'messages' or 'prompt' and 'completion'")
 
 
@@ -180,12 +199,17 @@ def _render(
     tools: Sequence[Any] | None,
     add_generation_prompt: bool,
 ) -> str:
-    rendered: Any = tokenizer.apply_chat_template(
-        list(messages),
-        tools=list(tools) if tools else None,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    try:
+        rendered: Any = tokenizer.apply_chat_template(
+            list(messages),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except Exception as exc:  # the template runs on user data: any failure is about the data
+        raise ChatTemplateError(
+            f"the model's chat template cannot render this example ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(rendered, str):  # some versions wrap a single rendering in a list
         rendered = rendered[0]
     return str(rendered)
@@ -202,33 +226,137 @@ def _common_prefix_len(a: str, b: str) -> int:
     return n
 
 
+def _prefix_span(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, full: str, i: int
+) -> tuple[int, int]:
+    """The loss span of assistant message ``i``, by rendering prefixes of the conversation.
+
+    It starts where the rendering of ``messages[:i]`` plus the generation prompt ends and stops
+    where the rendering of ``messages[:i+1]`` ends, minus trailing whitespace (the newline after
+    the closing tag is not something the model should learn to emit; the closing tag is). Two
+    renderings of up to ``i`` messages: exact for any template, but quadratic over all turns.
+    """
+    messages, tools = conversation.messages, conversation.tools
+    before = _render(tokenizer, messages[:i], tools, add_generation_prompt=True)
+    through = _render(tokenizer, messages[: i + 1], tools, add_generation_prompt=False)
+    start = _common_prefix_len(before, full)
+    end = _common_prefix_len(through, full)
+    if start != len(before) or end != len(through):
+        # Templates that rewrite earlier turns (e.g. drop old reasoning) still work, but the
+        # span is only as good as the common prefix; worth knowing when debugging.
+        logger.debug("chat template rendering is not prefix-stable at message %d", i)
+    return start, start + len(full[start:end].rstrip())
+
+
+def _prefix_spans(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, full: str
+) -> list[tuple[int, int]]:
+    """Every trained span by :func:`_prefix_span`: the reference, and the fallback."""
+    spans = []
+    for i, trained in enumerate(conversation.trained):
+        if trained:
+            start, end = _prefix_span(tokenizer, conversation, full, i)
+            if end > start:
+                spans.append((start, end))
+    return spans
+
+
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # Unicode private use: no template emits them
+_MARK = re.compile(f"{_MARK_OPEN}(\\d+){_MARK_CLOSE}")
+
+
+def _content_positions(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, full: str
+) -> dict[int, tuple[int, int]] | None:
+    """Where each string ``content`` sits in ``full``: message index -> (start, end).
+
+    One more rendering, with each content replaced by a numbered marker; the text between the
+    markers must be the same as in ``full`` and each content must appear verbatim, once, in
+    order. None when the template does not render content that way (it trims, escapes or
+    repeats it, or branches on it).
+    """
+    contents: dict[int, str] = {}
+    marked: list[Message] = []
+    for i, message in enumerate(conversation.messages):
+        content = message.get("content")
+        if isinstance(content, str):
+            if _MARK_OPEN in content or _MARK_CLOSE in content:
+                return None
+            contents[i] = content
+            message = {**message, "content": f"{_MARK_OPEN}{i}{_MARK_CLOSE}"}
+        marked.append(message)
+    pieces = _MARK.split(_render(tokenizer, marked, conversation.tools, False))
+    positions: dict[int, tuple[int, int]] = {}
+    at, previous = 0, -1
+    for k in range(0, len(pieces) - 1, 2):
+        between, index = pieces[k], int(pieces[k + 1])
+        if index <= previous or index not in contents or not full.startswith(between, at):
+            return None
+        at += len(between)
+        if not full.startswith(contents[index], at):
+            return None
+        previous = index
+        positions[index] = (at, at + len(contents[index]))
+        at += len(contents[index])
+    if full[at:] != pieces[-1]:
+        return None
+    return positions
+
+
+def _located_spans(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, full: str
+) -> list[tuple[int, int]] | None:
+    """The trained spans from one marked rendering (see the module docstring), or None when
+    the template cannot be followed that way.
+
+    The first and last trained turns get the exact prefix span; what it adds before and after
+    the content (``lead``, ``trail``) must then surround every other trained content too.
+    """
+    trained = [i for i, t in enumerate(conversation.trained) if t]
+    if not trained:
+        return []
+    positions = _content_positions(tokenizer, conversation, full)
+    if positions is None or any(i not in positions for i in trained):
+        return None
+    exact = {i: _prefix_span(tokenizer, conversation, full, i) for i in {trained[0], trained[-1]}}
+    last_start, last_end = exact[trained[-1]]
+    content_start, content_end = positions[trained[-1]]
+    if not last_start <= content_start <= content_end <= last_end:
+        return None
+    lead, trail = full[last_start:content_start], full[content_end:last_end]
+    spans = []
+    for i in trained:
+        content_start, content_end = positions[i]
+        start, end = content_start - len(lead), content_end + len(trail)
+        if full[start:content_start] != lead or full[content_end:end] != trail:
+            return None
+        if end > start and full[end - 1].isspace():
+            return None  # the prefix diff would strip it: only it knows how far
+        if i in exact and exact[i] != (start, end):
+            return None
+        if end > start:
+            spans.append((start, end))
+    return spans
+
+
 def assistant_char_spans(
     tokenizer: PreTrainedTokenizerBase, conversation: Conversation
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render ``conversation`` and return the text and the character spans that carry loss.
 
-    For each trained assistant message ``i`` the span starts where the rendering of
-    ``messages[:i]`` plus the generation prompt ends and stops where the rendering of
-    ``messages[:i+1]`` ends, minus trailing whitespace (the newline after the closing tag is
-    not something the model should learn to emit; the closing tag is).
+    A trained assistant turn's span runs from the end of the generation prompt before it to
+    the end of its closing tag (trailing whitespace excluded): the model learns to write the
+    reply and to stop, never the headers. Found in a few renderings whatever the length (see
+    the module docstring); a template that defeats that gets the exact prefix diff per turn.
+
+    Raises:
+        ChatTemplateError: the template cannot render the conversation.
     """
-    messages, tools = conversation.messages, conversation.tools
-    full = _render(tokenizer, messages, tools, add_generation_prompt=False)
-    spans: list[tuple[int, int]] = []
-    for i, trained in enumerate(conversation.trained):
-        if not trained:
-            continue
-        before = _render(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        through = _render(tokenizer, messages[: i + 1], tools, add_generation_prompt=False)
-        start = _common_prefix_len(before, full)
-        end = _common_prefix_len(through, full)
-        if start != len(before) or end != len(through):
-            # Templates that rewrite earlier turns (e.g. drop old reasoning) still work, but the
-            # span is only as good as the common prefix; worth knowing when debugging.
-            logger.debug("chat template rendering is not prefix-stable at message %d", i)
-        end = start + len(full[start:end].rstrip())
-        if end > start:
-            spans.append((start, end))
+    full = _render(tokenizer, conversation.messages, conversation.tools, False)
+    spans = _located_spans(tokenizer, conversation, full)
+    if spans is None:
+        logger.debug("chat template not followed by markers: prefix diff for every turn")
+        spans = _prefix_spans(tokenizer, conversation, full)
     return full, spans
 
 
@@ -276,7 +404,10 @@ def tokenize_dataset(
     n_lines = n_truncated = n_dropped = 0
     for conv in conversations:
         n_lines += 1
-        ex = tokenize_conversation(tokenizer, conv, max_seq_length)
+        try:
+            ex = tokenize_conversation(tokenizer, conv, max_seq_length)
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"line {conv.line}: {exc}" if conv.line else str(exc)) from None
         n_truncated += ex.truncated
         if ex.n_loss_tokens == 0:
             n_dropped += 1
