@@ -11,6 +11,7 @@ from admin.commands import jobs as job_commands
 from admin.commands import models as model_commands
 from admin.commands import queue as queue_commands
 from admin.commands import stats as stats_commands
+from admin.commands import webhooks as webhook_commands
 from admin.commands import workers as worker_commands
 from admin.context import AdminContext
 from core.settings import load_settings
@@ -41,3 +42,4 @@ main.add_command(stats_commands.stats_command)
 main.add_command(queue_commands.queue_command)
 main.add_command(job_commands.jobs_group)
 main.add_command(worker_commands.workers_group)
+main.add_command(webhook_commands.webhooks)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from core.settings import Settings, load_settings
 from core.tenancy.secret import platform_secret
@@ -32,7 +33,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         **websession.session_config(settings),
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # responses keep OpenAI's field order
+        app.json.sort_keys = False
     if config:
         app.config.update(config)
 
@@ -66,5 +68,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     from api.routes import admin_queue
 
     app.register_blueprint(admin_queue.bp)
+    from api.routes import webhooks
+
+    app.register_blueprint(webhooks.bp)
     dashboard.init_app(app)
     return app

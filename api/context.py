@@ -54,5 +54,17 @@ def db() -> Session:
     return g.db
 
 
+def commit_early() -> None:
+    """Commit the request's work now instead of after the response.
+
+    Only for a route that goes on to do something slow or irreversible outside the
+    database: a transaction must not stay open through a long call to the inference service
+    (on SQLite, the authentication step's write would lock out every worker for as long),
+    and stored objects are deleted only once the rows that point at them are gone for good.
+    A job that must be published commits through core.scheduling.wakeups instead.
+    """
+    db().commit()
+
+
 def caller() -> ApiKey:
     return g.api_key

@@ -223,16 +223,23 @@ BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 }
 GZIP = {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+# A merged download goes through the inference service: 502 when it refuses the API's token
+# or fails, 503 while it is unreachable.
+MERGED_ERRORS = (400, 401, 404, 502, 503)
 
 
 @lru_cache(maxsize=1)
 def build_openapi() -> dict[str, Any]:
     """The whole API as an OpenAPI 3.1 document."""
-    from api import openapi_catalog, openapi_queue, openapi_security
+    from api import openapi_catalog, openapi_queue, openapi_security, openapi_webhooks
 
     schemas: dict[str, Any] = {}
     for model in (
-        SCHEMAS + openapi_security.SCHEMAS + openapi_catalog.SCHEMAS + openapi_queue.SCHEMAS
+        SCHEMAS
+        + openapi_security.SCHEMAS
+        + openapi_catalog.SCHEMAS
+        + openapi_queue.SCHEMAS
+        + openapi_webhooks.SCHEMAS
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -352,7 +359,26 @@ def build_openapi() -> dict[str, Any]:
             "get": _op(
                 "Download the adapter (.tar.gz, PEFT layout); ?checkpoint=<id> for a checkpoint's",
                 GZIP,
-                params=[job_id, _query("checkpoint", {"type": "string"})],
+                params=[
+                    job_id,
+                    _query("checkpoint", {"type": "string"}),
+                    _query(
+                        "format",
+                        {"type": "string", "enum": ["peft", "merged"], "default": "peft"},
+                        "merged: the final adapter merged into the base weights, as "
+                        "/adapter/merged",
+                    ),
+                ],
+                errors=MERGED_ERRORS,
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/adapter/merged": {
+            "get": _op(
+                "Download the final adapter merged into its base model (.tar.gz of a Hugging "
+                "Face model directory; built by the inference service on first use)",
+                GZIP,
+                params=[job_id],
+                errors=MERGED_ERRORS,
             ),
         },
         "/v1/chat/completions": {
@@ -399,6 +425,7 @@ def build_openapi() -> dict[str, Any]:
     paths.update(openapi_security.paths(_op, _json, _path_param, _query))
     paths.update(openapi_catalog.paths(_op, _json, _path_param, _query))
     paths.update(openapi_queue.paths(_op, _json, _path_param, _query))
+    paths.update(openapi_webhooks.paths(_op, _json, _path_param, _query))
     return {
         "openapi": "3.1.0",
         "info": {

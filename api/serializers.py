@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from core.db.models import Checkpoint, File, Job, JobEvent, Model
 from core.jobs.checkpoints import checkpoint_model_name
 from core.jobs.progress import progress_fields
+from core.jobs.status import JobStatus
 from core.timeutil import to_unix
 
 
@@ -49,7 +50,9 @@ def job_object(job: Job) -> dict[str, Any]:
         "seed": job.seed,
         "suffix": job.suffix,
         "metadata": job.user_metadata,
-        "estimated_finish": to_unix(job.estimated_finish) if job.status == "running" else None,
+        "estimated_finish": to_unix(job.estimated_finish)
+        if job.status == JobStatus.RUNNING
+        else None,
         "integrations": [],
         # Dorado extras.
         "adapter": job.adapter,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench_common import ROOT, TimingReporter, smollm2_dir
 
+from worker.training.options import EngineOptions
 from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, TrainSpec
 
@@ -69,7 +70,7 @@ def main() -> None:
                 learning_rate=1e-3,
                 seed=args.seed,
                 eval_every_n_steps=10**6,  # only the full held-out evaluation at epoch ends
-                extra={"device": "cpu"},
+                options=EngineOptions(device="cpu"),
             )
             reporter = ValidReporter()
             began = time.perf_counter()

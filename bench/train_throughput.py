@@ -32,6 +32,7 @@ from skewed_chat import make_examples, write_jsonl
 
 from worker.training.adapters import attach_adapter
 from worker.training.data import load_dataset, plan_epoch, step_micro_batches
+from worker.training.options import EngineOptions
 from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, TrainSpec
 
@@ -62,7 +63,7 @@ def run_ours(
         batch_size=BATCH,
         learning_rate=LR,
         seed=seed,
-        extra={"device": "cpu"},
+        options=EngineOptions(device="cpu"),
     )
     reporter = QuietReporter()
     result = train(spec, model_dir, train_file, out, reporter)

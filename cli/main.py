@@ -14,19 +14,21 @@ import threading
 
 import click
 
+from cli.commands import adapters, chat, files, jobs
 from cli.supervisor import CrashLoop, Supervisor
 from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
+from core.processes import API_TIMEOUT_S, gunicorn_options, inference_command
 from core.processes import executable as _bin
-from core.processes import inference_command
 from core.settings import load_settings
 
 log = logging.getLogger("dorado")
 
 
 def api_command(host: str, port: int, workers: int = 2) -> list[str]:
+    """The API's gunicorn command line (the container images use infra/gunicorn.conf.py)."""
     return [
         _bin("gunicorn"),
         "--bind",
@@ -36,9 +38,8 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
         "--threads",
         "4",
         "--timeout",
-        "300",
-        "--access-logfile",
-        "-",
+        str(API_TIMEOUT_S),
+        *gunicorn_options(),
         "api.wsgi:app",
     ]
 
@@ -131,13 +132,17 @@ def _announce_key(key: str | None) -> None:
 
 @main.command()
 def scheduler() -> None:
-    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages)."""
+    """Run the periodic sweeper (re-queue lost jobs, re-publish lost messages) and the
+    webhook delivery loop."""
     from core.scheduling.sweeper import run_forever
+    from core.webhooks.delivery import start_in_thread
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_forever(load_settings(), stop)
+    settings = load_settings()
+    start_in_thread(settings, stop)
+    run_forever(settings, stop)
 
 
 @main.command()
@@ -198,6 +203,12 @@ def _prepare_models() -> None:
         return
     subprocess.run([worker_cli, "prepare-models"], check=True)
 
+
+# The user commands: REST clients of a running platform (docs/cli.md).
+main.add_command(files.files_group)
+main.add_command(jobs.jobs_group)
+main.add_command(adapters.adapters_group)
+main.add_command(chat.chat)
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,37 @@ def executable(name: str) -> str:
     return candidate if os.path.exists(candidate) else (shutil.which(name) or name)
 
 
+# gunicorn's default keep-alive (2 s) is shorter than the pause of a client polling every few
+# seconds: the client then reuses its connection just as the server closes it, and the request
+# fails with "Server disconnected without sending a response". An idle connection must be
+# closed by the side in front (client pools: 5 s for httpx/openai; load balancers: typically
+# 60 s), never by the API first, hence a keep-alive longer than both. infra/gunicorn.conf.py
+# uses the same value (GUNICORN_KEEPALIVE); docs/deploy.md "Timeouts" lists them all.
+KEEPALIVE_S = 75
+# A request may take this long (large uploads stream through a worker thread).
+API_TIMEOUT_S = 300
+# On SIGTERM, requests in progress get this long to finish.
+GRACEFUL_TIMEOUT_S = 30
+
+
+def gunicorn_options() -> list[str]:
+    """Options every gunicorn the launcher starts shares.
+
+    No control socket: gunicorn's default path ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl)
+    is one per user, so the API's and the inference service's masters (and a second platform
+    on the machine) would take it from each other; Dorado stops its servers with signals.
+    """
+    return [
+        "--keep-alive",
+        str(KEEPALIVE_S),
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT_S),
+        "--no-control-socket",
+        "--access-logfile",
+        "-",
+    ]
+
+
 def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """The inference service under gunicorn, bound to ``host:port``."""
     # One process holds the models once; threads wait on its generation lock. Loopback by
@@ -31,7 +62,6 @@ def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "8",
         "--timeout",
         "600",
-        "--access-logfile",
-        "-",
+        *gunicorn_options(),
         "worker.inference.server:create_app()",
     ]

@@ -22,7 +22,7 @@ from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.db.urls import masked, normalize_database_url
+from core.database_url import masked, normalize_database_url
 from core.errors import ConfigurationError, DatabaseUrlError
 
 ENV_PREFIX = "DORADO_"

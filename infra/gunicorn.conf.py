@@ -1,7 +1,9 @@
 """gunicorn settings for the API image: ``gunicorn --config infra/gunicorn.conf.py api.wsgi:app``.
 
 Environment: ``PORT`` (8000), ``WEB_CONCURRENCY`` (worker processes, 2), ``GUNICORN_THREADS``
-(4), ``GUNICORN_TIMEOUT`` (300 s: large uploads stream through a worker). With
+(4), ``GUNICORN_TIMEOUT`` (300 s: large uploads stream through a worker),
+``GUNICORN_KEEPALIVE`` (75 s: longer than the idle timeout of whatever is in front, see
+docs/deploy.md "Timeouts"). With
 ``PROMETHEUS_MULTIPROC_DIR`` (or ``DORADO_METRICS_DIR``) set, the folder is emptied at start
 and a dead worker's samples are dropped, as prometheus-client's multiprocess mode requires.
 """
@@ -15,7 +17,15 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
+# gunicorn's default (2 s) closes an idle connection while a client polling every ~2 s, or a
+# load balancer pooling upstream connections (typically 60 s), is about to reuse it: that
+# request fails with "Server disconnected without sending a response". The side in front
+# must always be the one to close an idle connection. Same value as core/processes.py KEEPALIVE_S.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 graceful_timeout = 30
+# No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every gunicorn
+# of the user, and nothing in Dorado uses gunicornc (containers are stopped with signals).
+control_socket_disable = True
 accesslog = "-"
 # Trust X-Forwarded-* only from these (set to the ingress's addresses, or "*" behind one).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -106,3 +106,25 @@ def test_make_lint_runs_every_check() -> None:
         assert command in dry_run.stdout, dry_run.stdout
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.index("make lint") < ci.index("make test"), ci
+
+
+def test_every_core_module_has_a_layer() -> None:
+    """A core module missing from the layers contract would escape the no-cycle rule."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    layers = next(
+        contract["layers"]
+        for contract in config["tool"]["importlinter"]["contracts"]
+        if contract["type"] == "layers"
+    )
+    listed = {name.strip() for layer in layers for name in layer.split(":")}
+    unlisted = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            continue
+        ancestry = {".".join(parts[:n]) for n in range(2, len(parts) + 1)}
+        if not ancestry & listed:
+            unlisted.append(".".join(parts))
+    assert not unlisted, f"add these core modules to a layer in pyproject.toml: {unlisted}"

@@ -18,6 +18,10 @@ from core.observability.logconfig import configure_logging
 from core.scheduling.broker import celery_config
 from core.settings import Settings, load_settings
 from worker import registry, shutdown
+from worker.startup import prepare_worker_process
+
+# Before any task imports transformers or peft (they read the offline switches on import).
+prepare_worker_process()
 
 
 def _settings_or_exit() -> Settings:

@@ -8,12 +8,14 @@ from core.catalog.lookup import BUILTIN_MODELS
 from core.observability.logconfig import configure_logging
 from core.settings import load_settings
 from core.storage.objects import open_store
+from worker.startup import prepare_worker_process
 
 
 @click.group()
 def main() -> None:
     """Worker-side commands."""
     configure_logging()
+    prepare_worker_process()
 
 
 @main.command("prepare-models")

@@ -16,6 +16,7 @@ from core.db.models import File, Job
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.hyperparams import learning_rate
+from core.jobs.status import FailureCode
 from core.scheduling import dispatch as scheduling
 from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
@@ -26,6 +27,7 @@ from worker.celery_app import app
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
+from worker.training.options import EngineOptions, JobOptions
 from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,16 @@ def worker_name() -> str:
 
 
 def build_spec(job: Job) -> TrainSpec:
-    """The frozen training spec of a job row (hyperparameters already resolved)."""
+    """The frozen training spec of a job row (hyperparameters already resolved).
+
+    The one place where the job's stored options become typed (``JobOptions.from_stored``
+    rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate.
+    """
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
     hyper = job.hyperparameters
-    options = job.options or {}
-    lr = options.get("learning_rate") or learning_rate(
+    options = JobOptions.from_stored(job.options)
+    lr = options.learning_rate or learning_rate(
         adapter["type"], float(hyper["learning_rate_multiplier"])
     )
     return TrainSpec(
@@ -59,9 +65,9 @@ def build_spec(job: Job) -> TrainSpec:
         batch_size=int(hyper["batch_size"]),
         learning_rate=float(lr),
         seed=int(job.seed),
-        max_seq_length=options.get("max_seq_length"),
-        checkpoint_every_n_steps=options.get("checkpoint_every_n_steps"),
-        extra={"base_model_name": job.model, "job_id": job.id},
+        max_seq_length=options.max_seq_length,
+        checkpoint_every_n_steps=options.checkpoint_every_n_steps,
+        options=EngineOptions(base_model_name=job.model, job_id=job.id),
     )
 
 
@@ -170,7 +176,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
                     session,
                     job_id,
                     attempt,
-                    code="max_run_time_exceeded",
+                    code=FailureCode.MAX_RUN_TIME_EXCEEDED,
                     message=f"The job ran longer than its limit of {limit} s",
                     param="max_run_seconds",
                 )

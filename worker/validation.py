@@ -13,7 +13,8 @@ from sqlalchemy import select
 from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
-from core.scheduling.broker import publish_job
+from core.jobs.status import JobStatus
+from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
 from core.storage.objects import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
@@ -48,7 +49,7 @@ def validate(settings: Settings, job_id: str) -> None:
 
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status != "validating_files":
+        if job is None or job.status != JobStatus.VALIDATING_FILES:
             return
         files = {"training_file": session.get(File, job.training_file)}
         if job.validation_file:
@@ -105,11 +106,10 @@ def validate(settings: Settings, job_id: str) -> None:
     }
     with session_scope(settings.database_url) as session:
         moved = jobs.finish_validation(session, job_id, summary)
-        pool = session.scalar(select(Job.pool).where(Job.id == job_id))
+        if moved:  # queued now: wake a training worker of its pool
+            queued = session.scalars(select(Job).where(Job.id == job_id)).all()
+            commit_and_publish(session, settings, queued)
     if moved:
-        publish_job(settings, job_id, pool)
-        with session_scope(settings.database_url) as session:
-            jobs.mark_published(session, job_id)
         log.info(
             "job %s: validated (%s examples, %s tokens)",
             job_id,

@@ -8,11 +8,10 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, handle_errors, json_option
-from core.db.models import Job
 from core.jobs import admin as job_admin
 from core.jobs.admin import Actor
 from core.scheduling.broker import DEFAULT_POOL
-from core.scheduling.sweeper import publish_now
+from core.scheduling.wakeups import commit_and_publish
 
 
 def _show(
@@ -28,12 +27,6 @@ def _show(
             for k, v in out.items()
         }
     emit_object(out, as_json=as_json, title=None if as_json else f"Job {job_id}")
-
-
-def _wake(admin: AdminContext, job: Job) -> None:
-    """The job is back in the queue: send its wake-up now (the sweeper would, later)."""
-    if job.status in ("queued", "validating_files"):
-        publish_now(admin.settings, job.id, job.status, job.pool)
 
 
 @click.group("jobs")
@@ -72,7 +65,7 @@ def retry(admin: AdminContext, job_id: str, as_json: bool) -> None:
     """Re-queue a failed or cancelled job; it resumes from its latest checkpoint if any."""
     with admin.session() as session:
         job, step = job_admin.retry(session, job_id, Actor(admin.actor))
-    _wake(admin, job)
+        commit_and_publish(session, admin.settings, [job])
     where = f"resumes from step {step}" if step is not None else "starts from the beginning"
     _show(admin, job_id, as_json, f"Retrying {job_id}: it {where}", resume_step=step)
 
@@ -94,7 +87,7 @@ def requeue(admin: AdminContext, job_id: str, pool: str | None, as_json: bool) -
             pool=pool,
             declared_pools=admin.settings.declared_pools,
         )
-    _wake(admin, job)
+        commit_and_publish(session, admin.settings, [job])
     _show(admin, job_id, as_json, f"Re-queued {job_id} in pool {job.pool or DEFAULT_POOL}")
 
 

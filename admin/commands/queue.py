@@ -11,6 +11,7 @@ from rich.text import Text
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_rows, handle_errors, human_duration, json_option, table
+from core.jobs.status import JobStatus
 from core.scheduling import order as queue_order
 from core.timeutil import utcnow
 
@@ -44,15 +45,15 @@ def _for_humans(rows: list[dict]) -> list[dict]:
             "age": human_duration(row["age_seconds"]),
             "position": row["position"]
             if row["position"] is not None
-            else ("run" if row["status"] == "running" else "held"),
-            "where": row["worker"] if row["status"] == "running" else row["held"],
+            else ("run" if row["status"] == JobStatus.RUNNING else "held"),
+            "where": row["worker"] if row["status"] == JobStatus.RUNNING else row["held"],
         }
         for row in rows
     ]
 
 
 def _render(rows: list[dict]):
-    running = sum(1 for r in rows if r["status"] == "running")
+    running = sum(1 for r in rows if r["status"] == JobStatus.RUNNING)
     title = f"Queue: {running} running, {len(rows) - running} queued"
     return table(
         _for_humans(rows),

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from api.audit import audit
-from api.context import db, dorado
+from api.context import commit_early, db, dorado
 from api.request_body import json_object
 from api.serializers import page
 from core.catalog import registry as model_registry
@@ -29,11 +29,16 @@ def _flag(name: str) -> bool:
     return request.args.get(name, "").lower() in TRUE
 
 
-def _string(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
-    value = body.get(name, default)
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
     if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"'{name}' must be a string", param=name, code="invalid_value")
     return value
+
+
+def _string(body: dict[str, Any], name: str, default: str) -> str:
+    value = _optional_string(body, name)
+    return default if value is None else value
 
 
 @bp.get("/models")
@@ -53,14 +58,14 @@ def add_model():
         raise InvalidRequest(
             f"Unknown field '{unknown[0]}'", param=unknown[0], code="invalid_value"
         )
-    source = _string(body, "source")
+    source = _optional_string(body, "source")
     if not source:
         raise InvalidRequest(
             "'source' is required: a server-side directory or .gguf path, or s3://bucket/prefix",
             param="source",
             code="invalid_value",
         )
-    name = _string(body, "name") or model_registry.default_name(source)
+    name = _optional_string(body, "name") or model_registry.default_name(source)
     settings = dorado().settings
     row = model_registry.add_model(db(), dorado().store, settings, name=name, source=source)
     audit("model.add", "model", row.id, details={"source": row.source})
@@ -89,7 +94,7 @@ def remove_model(name: str):
         name,
         details={"force": force, "cancelled_jobs": list(removed.cancelled_jobs)},
     )
-    db().commit()
+    commit_early()  # the rows are gone for good before their objects go
     deleted = sum(delete_prefix(dorado().store, prefix) for prefix in removed.prefixes)
     return {
         "id": name,

@@ -16,7 +16,7 @@ from core.jobs import admin as job_admin
 from core.jobs.admin import Actor
 from core.scheduling import order as queue_order
 from core.scheduling import workers
-from core.scheduling.sweeper import publish_now
+from core.scheduling.wakeups import commit_and_publish
 from core.timeutil import utcnow
 
 bp = Blueprint("admin_queue", __name__, url_prefix="/v1/admin")
@@ -30,12 +30,10 @@ def _actor() -> Actor:
 
 
 def _job_response(job: Job, *, requeued: bool = False):
-    """Commit, wake a worker for a job back in the queue, then answer the job."""
+    """Commit (waking a worker for a job back in the queue), then answer the job."""
     session = db()
-    session.commit()
-    if requeued and job.status in ("queued", "validating_files"):
-        publish_now(dorado().settings, job.id, job.status, job.pool)
-    return job_admin.job_dict(session, session.get(Job, job.id))
+    commit_and_publish(session, dorado().settings, [job] if requeued else [])
+    return job_admin.job_dict(session, session.get_one(Job, job.id))
 
 
 @bp.get("/queue")

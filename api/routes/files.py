@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO, cast
 
 from flask import Blueprint, g, request
 
-from api.context import db, dorado
+from api.context import commit_early, db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.serializers import file_object, page
@@ -27,7 +28,7 @@ def create_file():
     purpose = request.form.get("purpose")
     if not purpose:
         raise InvalidRequest("Missing 'purpose' (use 'fine-tune')", param="purpose")
-    stream = upload.stream
+    stream = cast(BinaryIO, upload.stream)  # werkzeug types it as the wider IO[bytes]
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)
@@ -76,6 +77,6 @@ def file_content(file_id: str):
 @bp.delete("/<file_id>")
 def delete_file(file_id: str):
     key = files.delete_file(db(), g.org_id, file_id)
-    db().commit()
+    commit_early()  # the rows are gone for good before their objects go
     dorado().store.delete(key)
     return {"id": file_id, "object": "file", "deleted": True}

@@ -107,7 +107,7 @@ def _check_broker(url: str) -> None:
 
     with Connection(url, connect_timeout=CHECK_TIMEOUT) as connection:
         connection.ensure_connection(
-            max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT
+            max_retries=1, interval_start=0, interval_step=0, timeout=int(CHECK_TIMEOUT)
         )
 
 

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, g, request
 
+from api.adapters import merged_adapter_response
 from api.audit import audit_request
 from api.context import db, dorado
 from api.downloads import stored_object
 from api.pagination import after_arg, limit_arg
 from api.request_body import json_object
-from api.routes.inference import merged_adapter_response
 from api.schemas import JobCreateRequest
 from api.serializers import checkpoint_object, event_object, job_object, page
+from core.db.models import Job
 from core.errors import InvalidRequest
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
-from core.scheduling.broker import publish_for_status
-
-log = logging.getLogger(__name__)
+from core.jobs.status import JobStatus
+from core.scheduling.wakeups import commit_and_publish
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
 
@@ -46,24 +44,14 @@ def create_job():
         options=req.options(),
     )
     job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)
-    _commit_and_publish(job.id, job.status, job.pool)
+    _commit_and_publish(job)
     return job_object(job)
 
 
-def _commit_and_publish(job_id: str, status: str, pool: str | None) -> None:
-    """Publish only after commit: a worker must never see a message for a job it cannot read.
-    The request's audit entry is committed with the job."""
-    session = db()
-    audit_request(job_id)
-    session.commit()
-    try:
-        publish_for_status(dorado().settings, job_id, status, pool)
-        jobs.mark_published(session, job_id)
-        session.commit()
-    except Exception:
-        # The job is safely queued in the database; the scheduler will publish it.
-        log.exception("could not publish job %s now; the scheduler will retry", job_id)
-        session.rollback()
+def _commit_and_publish(job: Job) -> None:
+    """The job is committed together with the request's audit entry, then its worker woken."""
+    audit_request(job.id)
+    commit_and_publish(db(), dorado().settings, [job])
 
 
 @bp.get("")
@@ -102,7 +90,7 @@ def pause_job(job_id: str):
 @bp.post("/<job_id>/resume")
 def resume_job(job_id: str):
     job = jobs.resume_job(db(), g.org_id, job_id)
-    _commit_and_publish(job.id, job.status, job.pool)
+    _commit_and_publish(job)
     return job_object(job)
 
 
@@ -140,7 +128,7 @@ def download_adapter(job_id: str):
     if checkpoint_id:
         ckpt = checkpoints.get_checkpoint(db(), job, checkpoint_id)
         key, filename = ckpt.adapter_key, f"{job.id}-step-{ckpt.step_number}-adapter.tar.gz"
-    elif job.status != "succeeded" or not job.adapter_key:
+    elif job.status != JobStatus.SUCCEEDED or not job.adapter_key:
         raise InvalidRequest(
             f"Job {job.id} has no final adapter yet (status '{job.status}'); "
             "download a checkpoint with ?checkpoint=<id>",

@@ -38,6 +38,7 @@ from core.catalog.lookup import model_prefix
 from core.db.models import Job, Model
 from core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from core.jobs import lifecycle as jobs
+from core.jobs.status import NON_FINAL_STATUSES
 from core.settings import Settings
 from core.storage.objects import ObjectStore, delete_prefix, upload_dir
 from core.timeutil import utcnow
@@ -80,8 +81,6 @@ MODEL_FILES = frozenset(
         "chat_template.json",
     }
 )
-# A job uses its model until it leaves these.
-NON_TERMINAL_STATUSES = (*jobs.ACTIVE_STATUSES, "paused")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
@@ -127,7 +126,7 @@ class ModelInfo:
     job_ids: list[dict[str, str]] | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "object": "model",
             "source": self.source,
@@ -468,7 +467,7 @@ def list_models(
     active = dict(
         session.execute(
             select(Job.model, func.count())
-            .where(Job.status.in_(NON_TERMINAL_STATUSES))
+            .where(Job.status.in_(NON_FINAL_STATUSES))
             .group_by(Job.model)
         ).all()
     )
@@ -519,7 +518,7 @@ def remove_model(session: Session, name: str, *, force: bool = False) -> Removed
     users = list(
         session.scalars(
             select(Job)
-            .where(Job.model == name, Job.status.in_(NON_TERMINAL_STATUSES))
+            .where(Job.model == name, Job.status.in_(NON_FINAL_STATUSES))
             .order_by(Job.created_at)
         )
     )

@@ -19,3 +19,8 @@ def rows_matched(session: Session, statement: UpdateBase) -> int:
     """Execute an UPDATE or DELETE (no RETURNING) and return how many rows it matched."""
     result = cast(CursorResult[Any], session.execute(statement))
     return result.rowcount
+
+
+def execute_dml(session: Session, statement: UpdateBase) -> CursorResult[Any]:
+    """Execute an UPDATE or DELETE (no RETURNING); its result carries ``rowcount``."""
+    return cast(CursorResult[Any], session.execute(statement))

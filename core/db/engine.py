@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from core.db.urls import masked, normalize_database_url, parse_database_url
+from core.database_url import masked, normalize_database_url, parse_database_url
 from core.errors import DatabaseUnavailable
 
 NAMING_CONVENTION = {
@@ -41,7 +41,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - dr
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL and process (PostgreSQL URLs in any spelling
-    ``core.db.urls`` accepts)."""
+    ``core.database_url`` accepts)."""
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})

@@ -18,12 +18,12 @@ from sqlalchemy.orm import InstrumentedAttribute
 def after_cursor(
     created_at: InstrumentedAttribute[datetime],
     id_: InstrumentedAttribute[str],
-    cursor_created_at: datetime,
-    cursor_id: str,
+    cursor_created_at: datetime | ColumnElement[datetime],
+    cursor_id: str | ColumnElement[str],
     *,
     descending: bool = True,
 ) -> ColumnElement[bool]:
     """Rows strictly after the cursor row in ``(created_at, id)`` order (newest first by
-    default)."""
+    default). The cursor may be values or SQL expressions (a subquery, a bound parameter)."""
     row, cursor = tuple_(created_at, id_), tuple_(cursor_created_at, cursor_id)
     return row < cursor if descending else row > cursor

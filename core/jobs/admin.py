@@ -3,7 +3,7 @@
 Each action is a conditional update from the states it allows (an illegal transition is a
 Conflict naming the job's state) and leaves a job event and an audit event. Callers (the
 admin API and ``dorado-admin``) commit, then wake a worker for a job that went back to the
-queue (core.scheduling.sweeper.publish_now; the sweeper does it anyway if that fails).
+queue (core.scheduling.wakeups.commit_and_publish; the sweeper does it anyway if that fails).
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.db.dml import execute_dml
 from core.db.models import Job, Organization
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
+from core.jobs.status import NON_FINAL_STATUSES, WAITING_STATUSES, JobStatus
 from core.scheduling import pools
 from core.scheduling.broker import DEFAULT_POOL
 from core.tenancy import audit
 
-WAITING = ("validating_files", "queued", "paused")
+#: Not yet given to a worker: what an operator may bump to the front of its pool.
+WAITING = (*WAITING_STATUSES, JobStatus.PAUSED)
 MAX_PRIORITY = 1_000_000
 
 
@@ -72,10 +75,11 @@ def retry(session: Session, job_id: str, actor: Actor) -> tuple[Job, int | None]
     files were validated is validated again."""
     job = find_job(session, job_id)
     latest = checkpoints.latest_checkpoint(session, job.id)
-    target = "queued" if job.validation is not None else "validating_files"
-    result = session.execute(
+    target = JobStatus.QUEUED if job.validation is not None else JobStatus.VALIDATING_FILES
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job.id, Job.status.in_(("failed", "cancelled")))
+        .where(Job.id == job.id, Job.status.in_((JobStatus.FAILED, JobStatus.CANCELLED)))
         .values(
             status=target,
             error=None,
@@ -90,7 +94,7 @@ def retry(session: Session, job_id: str, actor: Actor) -> tuple[Job, int | None]
             fine_tuned_model=None,
             trained_tokens=None,
             result_files=[],
-        )
+        ),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -121,7 +125,7 @@ def requeue(
     job resumes from its last checkpoint); a queued one is re-sent. ``pool`` moves it."""
     job = find_job(session, job_id)
     values: dict = {
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "worker": None,
         "lease_expires_at": None,
         "estimated_finish": None,
@@ -131,8 +135,11 @@ def requeue(
     if pool is not None:
         values["pool"] = pools.choose_pool(session, job.model, pool, declared_pools)
     before = job.status
-    result = session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(("queued", "running"))).values(**values)
+    result = execute_dml(
+        session,
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .values(**values),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -145,8 +152,8 @@ def requeue(
         session,
         job.id,
         f"Re-queued by an operator{moved}"
-        + ("; it will continue from its last checkpoint" if before == "running" else ""),
-        level="warn" if before == "running" else "info",
+        + ("; it will continue from its last checkpoint" if before == JobStatus.RUNNING else ""),
+        level="warn" if before == JobStatus.RUNNING else "info",
     )
     _audit(session, actor, "job.requeue", job, previous_status=before, pool=pool)
     session.refresh(job)
@@ -163,10 +170,11 @@ def set_priority(session: Session, job_id: str, priority: int, actor: Actor) -> 
         )
     job = find_job(session, job_id)
     before = job.priority
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job.id, Job.status.in_(WAITING + ("running",)))
-        .values(priority=priority)
+        .where(Job.id == job.id, Job.status.in_(NON_FINAL_STATUSES))
+        .values(priority=priority),
     )
     if result.rowcount != 1:
         raise Conflict(

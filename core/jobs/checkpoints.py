@@ -12,6 +12,8 @@ from core.db.models import Checkpoint, Job
 from core.errors import InvalidRequest, NotFound
 from core.jobs.lifecycle import fine_tuned_model_name, still_ours
 from core.timeutil import utcnow
+from core.webhooks import events as webhook_events
+from core.webhooks.outbox import emit_job_event
 
 DEFAULT_KEEP = 3
 
@@ -40,7 +42,7 @@ def record_checkpoint(
     ``keep_checkpoints``. Returns the row (None if fenced off) and storage prefixes to delete."""
     if not still_ours(session, job_id, attempt):
         return None, []
-    job = session.get(Job, job_id)
+    job = session.get_one(Job, job_id)  # still_ours found it
     existing = session.scalar(
         select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
     )
@@ -60,6 +62,7 @@ def record_checkpoint(
     )
     session.add(row)
     session.flush()
+    emit_job_event(session, job_id, webhook_events.CHECKPOINT)
     keep = int((job.options or {}).get("keep_checkpoints", DEFAULT_KEEP))
     rows = list(
         session.scalars(

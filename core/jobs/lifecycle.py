@@ -14,26 +14,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import ids
 from core.catalog import lookup as catalog
+from core.db.dml import execute_dml
 from core.db.keyset import after_cursor
 from core.db.models import Job, JobEvent, Model, Organization
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.jobs import progress
 from core.jobs.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.jobs.status import (
+    ALL_STATUSES,
+    NON_FINAL_STATUSES,
+    WAITING_STATUSES,
+    FailureCode,
+    JobStatus,
+)
 from core.scheduling import pools, quotas
 from core.storage.files import get_file
 from core.timeutil import utcnow
+from core.webhooks import events as webhook_events
+from core.webhooks.outbox import emit_job_event
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 MAX_SEED = 2_147_483_647
 
 
@@ -117,7 +125,7 @@ def create_job(
         id=ids.job_id(),
         organization_id=org_id,
         model=new.model,
-        status="validating_files",
+        status=JobStatus.VALIDATING_FILES,
         training_file=training.id,
         validation_file=new.validation_file,
         hyperparameters=hyper,
@@ -147,10 +155,11 @@ def create_job(
 def finish_validation(session: Session, job_id: str, stats: dict[str, Any]) -> bool:
     """Files tokenized fine: the job moves to the queue. False if it left validating_files
     (cancelled meanwhile, or a duplicate message already did this)."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files")
-        .values(status="queued", validation=stats, published_at=None)
+        .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
+        .values(status=JobStatus.QUEUED, validation=stats, published_at=None),
     )
     if result.rowcount != 1:
         return False
@@ -171,20 +180,24 @@ def fail_validation(
     job_id: str,
     message: str,
     param: str | None = "training_file",
-    code: str = "invalid_training_file",
+    code: FailureCode = FailureCode.INVALID_TRAINING_FILE,
 ) -> bool:
-    result = session.execute(
+    """A ``validating_files`` job whose files cannot be used fails with ``code``. False if it
+    had left validating_files (cancelled meanwhile, or a duplicate message)."""
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files")
+        .where(Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES)
         .values(
-            status="failed",
+            status=JobStatus.FAILED,
             finished_at=utcnow(),
             error={"code": code, "message": message, "param": param},
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"File validation failed: {message}", level="error")
+    emit_job_event(session, job_id, webhook_events.FAILED)
     return True
 
 
@@ -206,17 +219,6 @@ def read_job(session: Session, org_id: str, job_id: str) -> Job:
     if row is None or row[0].organization_id != org_id:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return progress.remember_latest_metrics(session, [row.tuple()])[0]
-
-
-JOB_STATUSES = (
-    "validating_files",
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
 
 
 @cache
@@ -254,9 +256,9 @@ def list_jobs(
 ) -> tuple[list[Job], bool]:
     """A page of jobs, newest first (optionally of one status: a Dorado extra), read with
     their progress."""
-    if status is not None and status not in JOB_STATUSES:
+    if status is not None and status not in ALL_STATUSES:
         raise InvalidRequest(
-            f"Unknown status '{status}'. One of: {', '.join(JOB_STATUSES)}", param="status"
+            f"Unknown status '{status}'. One of: {', '.join(ALL_STATUSES)}", param="status"
         )
     params = {"org_id": org_id, "status": status, "after": after, "limit": limit + 1}
     if not metadata:
@@ -306,17 +308,24 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
     """Queued jobs pause at once; running ones at their next step, after a checkpoint."""
     job = get_job(session, org_id, job_id)
     if (
-        session.execute(
-            update(Job).where(Job.id == job.id, Job.status == "queued").values(status="paused")
+        execute_dml(
+            session,
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.PAUSED),
         ).rowcount
         == 1
     ):
         add_event(session, job.id, "Fine-tuning job paused")
+        emit_job_event(session, job.id, webhook_events.PAUSED)
     elif (
-        session.execute(
+        execute_dml(
+            session,
             update(Job)
-            .where(Job.id == job.id, Job.status == "running", Job.pause_requested.is_(False))
-            .values(pause_requested=True)
+            .where(
+                Job.id == job.id, Job.status == JobStatus.RUNNING, Job.pause_requested.is_(False)
+            )
+            .values(pause_requested=True),
         ).rowcount
         == 1
     ):
@@ -325,7 +334,7 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
             job.id,
             "Pause requested: the job will save a checkpoint and pause at its next step",
         )
-    elif not (job.status == "running" and job.pause_requested):
+    elif not (job.status == JobStatus.RUNNING and job.pause_requested):
         raise Conflict(
             f"Job {job.id} is {job.status}; only a queued or running job can be paused",
             param="fine_tuning_job_id",
@@ -338,10 +347,11 @@ def pause_job(session: Session, org_id: str, job_id: str) -> Job:
 def resume_job(session: Session, org_id: str, job_id: str) -> Job:
     """A paused job goes back to the queue and continues from its last checkpoint."""
     job = get_job(session, org_id, job_id)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job.id, Job.status == "paused")
-        .values(status="queued", published_at=None)
+        .where(Job.id == job.id, Job.status == JobStatus.PAUSED)
+        .values(status=JobStatus.QUEUED, published_at=None),
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -365,12 +375,16 @@ def mark_published(session: Session, job_id: str) -> None:
 
 def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
     job = get_job(session, org_id, job_id)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job.id, Job.status.in_(ACTIVE_STATUSES + ("paused",)))
+        .where(Job.id == job.id, Job.status.in_(NON_FINAL_STATUSES))
         .values(
-            status="cancelled", finished_at=utcnow(), estimated_finish=None, lease_expires_at=None
-        )
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+            estimated_finish=None,
+            lease_expires_at=None,
+        ),
     )
     if result.rowcount == 0:
         session.refresh(job)
@@ -381,6 +395,7 @@ def cancel_job(session: Session, org_id: str, job_id: str) -> Job:
             code="job_not_cancellable",
         )
     add_event(session, job.id, "Fine-tuning job cancelled")
+    emit_job_event(session, job.id, webhook_events.CANCELLED)
     session.refresh(job)
     return job
 
@@ -392,18 +407,19 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
     """Move a queued job to running for this worker; returns its new attempt, or None if the
     job was not queued (duplicate delivery, cancelled, already done)."""
     now = utcnow()
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             worker=worker,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, now),
             estimated_finish=None,
             pause_requested=False,
-        )
+        ),
     )
     if result.rowcount != 1:
         return None
@@ -413,7 +429,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: int) ->
 
 
 def _fence(job_id: str, attempt: int):
-    return (Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+    return (Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
 
 
 def renew_lease(
@@ -427,7 +443,7 @@ def renew_lease(
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     if estimated_finish is not None:
         values["estimated_finish"] = estimated_finish
-    result = session.execute(update(Job).where(*_fence(job_id, attempt)).values(**values))
+    result = execute_dml(session, update(Job).where(*_fence(job_id, attempt)).values(**values))
     return result.rowcount == 1
 
 
@@ -440,23 +456,24 @@ def job_control(session: Session, job_id: str, attempt: int) -> str:
     row = session.execute(
         select(Job.status, Job.attempt, Job.pause_requested).where(Job.id == job_id)
     ).one_or_none()
-    if row is None or row.status != "running" or row.attempt != attempt:
+    if row is None or row.status != JobStatus.RUNNING or row.attempt != attempt:
         return "stop"
     return "pause" if row.pause_requested else "run"
 
 
 def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker is stopping: the job (checkpointed at ``step``) goes back to the queue."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="queued",
+            status=JobStatus.QUEUED,
             worker=None,
             lease_expires_at=None,
             estimated_finish=None,
             published_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -467,20 +484,22 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
 
 def mark_paused(session: Session, job_id: str, attempt: int, step: int) -> bool:
     """The worker saved a checkpoint for a requested pause and lets the job go."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="paused",
+            status=JobStatus.PAUSED,
             pause_requested=False,
             worker=None,
             lease_expires_at=None,
             estimated_finish=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"Fine-tuning job paused at step {step}")
+    emit_job_event(session, job_id, webhook_events.PAUSED)
     return True
 
 
@@ -522,11 +541,12 @@ def succeed_job(
     if job is None:
         return None
     name = fine_tuned_model_name(session, job)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="succeeded",
+            status=JobStatus.SUCCEEDED,
             fine_tuned_model=name,
             trained_tokens=trained_tokens,
             adapter_key=adapter_key,
@@ -534,7 +554,7 @@ def succeed_job(
             finished_at=utcnow(),
             estimated_finish=None,
             lease_expires_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return None
@@ -551,6 +571,7 @@ def succeed_job(
     )
     add_event(session, job_id, f"New fine-tuned model created: {name}")
     add_event(session, job_id, "The job has successfully completed")
+    emit_job_event(session, job_id, webhook_events.SUCCEEDED)
     return name
 
 
@@ -559,24 +580,28 @@ def fail_job(
     job_id: str,
     attempt: int,
     *,
-    code: str,
+    code: FailureCode,
     message: str,
     param: str | None = None,
 ) -> bool:
-    result = session.execute(
+    """The worker holding ``attempt`` gives up on the job: failed with ``code``. False if
+    fenced off (cancelled, or taken over by another attempt)."""
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt))
         .values(
-            status="failed",
+            status=JobStatus.FAILED,
             error={"code": code, "message": message, "param": param},
             finished_at=utcnow(),
             estimated_finish=None,
             lease_expires_at=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
     add_event(session, job_id, f"Fine-tuning job failed: {message}", level="error")
+    emit_job_event(session, job_id, webhook_events.FAILED)
     return True
 
 
@@ -588,26 +613,29 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
     from their last checkpoint), up to ``max_retries`` times; then they fail."""
     now = utcnow()
     expired = list(
-        session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now))
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        )
     )
     requeued = []
     for job_id in expired:
-        lost = (Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-        given_up = session.execute(
+        lost = (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        given_up = execute_dml(
+            session,
             update(Job)
             .where(*lost, Job.retries >= max_retries)
             .values(
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=now,
                 lease_expires_at=None,
                 estimated_finish=None,
                 error={
-                    "code": "worker_lost",
+                    "code": FailureCode.WORKER_LOST,
                     "param": None,
                     "message": f"The worker running this job stopped responding {max_retries + 1} "
                     "times; giving up",
                 },
-            )
+            ),
         )
         if given_up.rowcount == 1:
             add_event(
@@ -616,20 +644,24 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 "The worker running this job stopped responding again; the job failed",
                 level="error",
             )
+            emit_job_event(session, job_id, webhook_events.FAILED)
             continue
-        result = session.execute(
+        result = execute_dml(
+            session,
             update(Job)
             .where(*lost)
             # A pause the lost worker never carried out is honoured now.
             .values(
-                status=case((Job.pause_requested.is_(True), "paused"), else_="queued"),
+                status=case(
+                    (Job.pause_requested.is_(True), JobStatus.PAUSED), else_=JobStatus.QUEUED
+                ),
                 retries=Job.retries + 1,
                 pause_requested=False,
                 worker=None,
                 lease_expires_at=None,
                 published_at=None,
                 estimated_finish=None,
-            )
+            ),
         )
         if result.rowcount == 1:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
@@ -637,23 +669,28 @@ def requeue_expired_leases(session: Session, max_retries: int) -> list[str]:
                 session,
                 job_id,
                 "The worker running this job stopped responding; the "
-                f"job was {'paused' if status == 'paused' else 're-queued'} and will "
+                f"job was {'paused' if status == JobStatus.PAUSED else 're-queued'} and will "
                 "continue from its last checkpoint",
                 level="warn",
             )
+            if status == "paused":
+                emit_job_event(session, job_id, webhook_events.PAUSED)
             requeued.append(job_id)
     return requeued
 
 
 def retry_validation(
-    session: Session, job_id: str, *, code: str, message: str, max_retries: int
+    session: Session, job_id: str, *, code: FailureCode, message: str, max_retries: int
 ) -> bool:
     """Validation hit an error that may pass: leave the job validating, to be sent again by
     the sweeper. False when its retries are spent: the caller fails it."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
-        .where(Job.id == job_id, Job.status == "validating_files", Job.retries < max_retries)
-        .values(retries=Job.retries + 1, published_at=None)
+        .where(
+            Job.id == job_id, Job.status == JobStatus.VALIDATING_FILES, Job.retries < max_retries
+        )
+        .values(retries=Job.retries + 1, published_at=None),
     )
     if result.rowcount != 1:
         return False
@@ -669,21 +706,28 @@ def retry_validation(
 
 
 def retry_after_transient_error(
-    session: Session, job_id: str, attempt: int, *, code: str, message: str, max_retries: int
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    code: FailureCode,
+    message: str,
+    max_retries: int,
 ) -> bool:
     """Re-queue a job stopped by an error that may pass (it resumes from its last
     checkpoint). False when its retries are spent: the caller fails it."""
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Job)
         .where(*_fence(job_id, attempt), Job.retries < max_retries)
         .values(
-            status="queued",
+            status=JobStatus.QUEUED,
             retries=Job.retries + 1,
             worker=None,
             lease_expires_at=None,
             published_at=None,
             estimated_finish=None,
-        )
+        ),
     )
     if result.rowcount != 1:
         return False
@@ -698,19 +742,24 @@ def retry_after_transient_error(
     return True
 
 
-def jobs_to_publish(
-    session: Session, republish_after_seconds: int
-) -> list[tuple[str, str, str | None]]:
-    """(id, status, pool) of jobs waiting for a message (queued, or validating_files) that was
-    never sent, or sent long ago and not acted on."""
+class Unpublished(NamedTuple):
+    """A job waiting for the message that wakes its worker (see :func:`jobs_to_publish`)."""
+
+    id: str
+    status: str
+    pool: str | None
+
+
+def jobs_to_publish(session: Session, republish_after_seconds: int) -> list[Unpublished]:
+    """Jobs waiting for a message (queued, or validating_files) that was never sent, or sent
+    long ago and not acted on; oldest first."""
     cutoff = utcnow() - timedelta(seconds=republish_after_seconds)
-    return list(
-        session.execute(
-            select(Job.id, Job.status, Job.pool)
-            .where(
-                Job.status.in_(("queued", "validating_files")),
-                (Job.published_at.is_(None)) | (Job.published_at < cutoff),
-            )
-            .order_by(Job.created_at)
-        ).tuples()
+    rows = session.execute(
+        select(Job.id, Job.status, Job.pool)
+        .where(
+            Job.status.in_(WAITING_STATUSES),
+            (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+        )
+        .order_by(Job.created_at)
     )
+    return [Unpublished(*row) for row in rows]

@@ -16,6 +16,7 @@ from sqlalchemy import ScalarSelect, func, select
 from sqlalchemy.orm import Session, object_session
 
 from core.db.models import Job, JobEvent
+from core.jobs.status import JobStatus
 from core.scheduling import order as queue_order
 from core.scheduling.broker import DEFAULT_POOL
 
@@ -69,7 +70,7 @@ def remember_latest_metrics(session: Session, rows: Iterable[tuple[Job, Any]]) -
 def queue_positions(session: Session, jobs: Iterable[Job]) -> dict[str, int]:
     """1-based position of each queued job in its pool's dispatch order (core.scheduling.order):
     what a user sees is the order workers will really follow."""
-    queued = [job for job in jobs if job.status == "queued"]
+    queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     pools = {job.pool or DEFAULT_POOL for job in queued}
     return queue_order.queue_positions(session, pools, {job.id for job in queued}) if pools else {}
 
@@ -116,7 +117,7 @@ def progress_fields(job: Job) -> dict[str, Any]:
         positions = queue_positions(session, loaded)
         for item in loaded:
             progress = progress_of(metrics.get(item.id))
-            if item.status == "succeeded" and progress:
+            if item.status == JobStatus.SUCCEEDED and progress:
                 progress = {**progress, "step": progress["total_steps"], "percent": 100.0}
             cache[(item.id, item.status)] = {
                 "progress": progress,

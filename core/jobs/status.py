@@ -45,18 +45,24 @@ NON_FINAL_STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, JobStatus.PAUSED)
 
 
 class FailureCode(str, Enum):
-    """``error.code`` of a failed job."""
+    """``error.code`` of a failed job: every code a job can end with, and nothing else.
 
+    Produced by the validator (``worker.validation``: a bad file, or an error classified by
+    ``worker.failures.classify``), the training worker (``worker.tasks``, ``classify`` again)
+    and the sweeper (a worker lost more often than retries allow).
+    """
+
+    INVALID_TRAINING_FILE = "invalid_training_file"
     FILE_MISSING = "file_missing"
     MODEL_UNAVAILABLE = "model_unavailable"
     OUT_OF_MEMORY = "out_of_memory"
     TRAINING_DIVERGED = "training_diverged"
     INVALID_ADAPTER = "invalid_adapter"
     INVALID_TRAINING_DATA = "invalid_training_data"
-    INVALID_FILE = "invalid_file"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
     TRAINING_PROCESS_LOST = "training_process_lost"
+    WORKER_LOST = "worker_lost"
     MAX_RUN_TIME_EXCEEDED = "max_run_time_exceeded"
     INTERNAL_ERROR = "internal_error"
 
@@ -66,6 +72,7 @@ class FailureCode(str, Enum):
 
 #: What a user can do about each failure, shown next to the error's own message.
 FAILURE_HELP: dict[FailureCode, str] = {
+    FailureCode.INVALID_TRAINING_FILE: "A training or validation file failed validation.",
     FailureCode.FILE_MISSING: (
         "A file the job needs was deleted before training read it. Upload it again and start "
         "a new job."
@@ -81,13 +88,15 @@ FAILURE_HELP: dict[FailureCode, str] = {
         "The adapter settings do not fit this model (check target modules)."
     ),
     FailureCode.INVALID_TRAINING_DATA: "The training data could not be used as given.",
-    FailureCode.INVALID_FILE: "A training or validation file failed validation.",
     FailureCode.STORAGE_UNAVAILABLE: (
         "The object store kept failing after retries. The job may be retried once it is back."
     ),
     FailureCode.DATABASE_UNAVAILABLE: "The database was unreachable from the worker.",
     FailureCode.TRAINING_PROCESS_LOST: (
         "A training process was lost (killed or crashed) more times than retries allow."
+    ),
+    FailureCode.WORKER_LOST: (
+        "The worker running the job stopped responding more times than retries allow."
     ),
     FailureCode.MAX_RUN_TIME_EXCEEDED: (
         "The job ran longer than its time limit. Ask for fewer epochs or a higher limit."

@@ -34,20 +34,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.db.models import Job
+from core.jobs.status import ALL_STATUSES, JobStatus
 from core.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-#: Every job status, so that a status with no job is reported as 0 rather than missing.
-JOB_STATUSES = (
-    "validating_files",
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
 #: Always reported, even with no job: the pool of workers that serve ``dorado.jobs``.
 DEFAULT_POOL = "default"
 #: How many of the most recently finished jobs the duration quantiles are computed over.
@@ -154,7 +145,8 @@ class JobsCollector:
         by_status = GaugeMetricFamily(
             "dorado_jobs", "Jobs in the database by status.", labels=["status"]
         )
-        for status in sorted(set(JOB_STATUSES) | set(counts)):
+        # Every status, so that a status with no job is reported as 0 rather than missing.
+        for status in sorted(set(ALL_STATUSES) | set(counts)):
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
 
@@ -162,7 +154,7 @@ class JobsCollector:
         by_pool: dict[str, dict] = {DEFAULT_POOL: {}}
         for name, status, count, oldest in self.session.execute(
             select(pool, Job.status, func.count(), func.min(Job.created_at))
-            .where(Job.status.in_(("queued", "running")))
+            .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
             .group_by(pool, Job.status)
         ):
             by_pool.setdefault(name, {})[status] = (count, oldest)
@@ -181,9 +173,9 @@ class JobsCollector:
         )
         now = self.now or datetime.now(timezone.utc)
         for name in sorted(by_pool):
-            queued, oldest = by_pool[name].get("queued", (0, None))
+            queued, oldest = by_pool[name].get(JobStatus.QUEUED, (0, None))
             depth.add_metric([name], queued)
-            running.add_metric([name], by_pool[name].get("running", (0, None))[0])
+            running.add_metric([name], by_pool[name].get(JobStatus.RUNNING, (0, None))[0])
             if oldest is not None and oldest.tzinfo is None:
                 oldest = oldest.replace(tzinfo=timezone.utc)
             age.add_metric([name], max(0.0, (now - oldest).total_seconds()) if oldest else 0)

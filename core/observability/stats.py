@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Job, Organization, Worker
 from core.errors import InvalidRequest
+from core.jobs.status import JobStatus
 from core.timeutil import utcnow
 
 PERCENTILES = (50, 90, 99)
@@ -141,14 +142,14 @@ def usage(session: Session, period: Period, organization_id: str | None = None) 
     run_times = []
     now = utcnow()
     for org, status, start, finish, tokens, gpus in ran:
-        if finish is None and status != "running":
+        if finish is None and status != JobStatus.RUNNING:
             continue  # paused or re-queued: not on a device now, and we cannot say since when
         seconds = _overlap(start, finish or now, period)
         per_org[org]["run_hours"] += seconds / 3600
         per_org[org]["gpu_hours"] += seconds / 3600 * (gpus or 0)
         if finish is not None and period.since <= finish < period.until:
             run_times.append((finish - start).total_seconds())
-            if status == "succeeded":
+            if status == JobStatus.SUCCEEDED:
                 per_org[org]["trained_tokens"] += tokens or 0
 
     names = dict(

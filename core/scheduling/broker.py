@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from core.jobs.status import JobStatus
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def publish_for_status(
     settings: Settings, job_id: str, status: str, pool: str | None = None
 ) -> None:
     """The message a job in ``status`` (assigned to ``pool``) waits for."""
-    if status == "validating_files":
+    if status == JobStatus.VALIDATING_FILES:
         publish_validation(settings, job_id)
     else:
         publish_job(settings, job_id, pool)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Job, Organization
 from core.jobs import lifecycle as jobs
+from core.jobs.status import JobStatus
 from core.scheduling import quotas, workers
 from core.scheduling.order import pool_filter
 from core.timeutil import utcnow
@@ -45,7 +46,7 @@ class Dispatched:
 def _candidate(pool: str, excluded: set[str]) -> Select:
     running = (
         select(Job.organization_id.label("org_id"), func.count().label("running"))
-        .where(Job.status == "running")
+        .where(Job.status == JobStatus.RUNNING)
         .group_by(Job.organization_id)
         .subquery("running_by_org")
     )
@@ -55,7 +56,7 @@ def _candidate(pool: str, excluded: set[str]) -> Select:
         .join(Organization, Organization.id == Job.organization_id)
         .outerjoin(running, running.c.org_id == Job.organization_id)
         .where(
-            Job.status == "queued",
+            Job.status == JobStatus.QUEUED,
             pool_filter(pool),
             or_(Organization.max_running_jobs.is_(None), n_running < Organization.max_running_jobs),
         )
@@ -91,7 +92,7 @@ def claim_next(
         limit = session.scalar(
             select(Organization.max_running_jobs).where(Organization.id == org_id).with_for_update()
         )
-        if limit is not None and quotas.count_jobs(session, org_id, ("running",)) >= limit:
+        if limit is not None and quotas.count_jobs(session, org_id, (JobStatus.RUNNING,)) >= limit:
             excluded.add(org_id)
             continue
         attempt = jobs.claim_job(session, job_id, worker, lease_seconds)
@@ -116,7 +117,7 @@ def next_held(session: Session, org_id: str) -> tuple[str, str | None] | None:
         return None
     row = session.execute(
         select(Job.id, Job.pool)
-        .where(Job.organization_id == org_id, Job.status == "queued")
+        .where(Job.organization_id == org_id, Job.status == JobStatus.QUEUED)
         .order_by(Job.priority.desc(), Job.created_at, Job.id)
         .limit(1)
     ).first()

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db.models import Job, Organization
+from core.jobs.status import JobStatus
 from core.scheduling.broker import DEFAULT_POOL
 from core.timeutil import utcnow
 
@@ -54,7 +55,7 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
     stmt = (
         select(Job, Organization)
         .join(Organization, Organization.id == Job.organization_id)
-        .where(Job.status.in_(("queued", "running")))
+        .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
     )
     if pool is not None:
         stmt = stmt.where(pool_filter(pool))
@@ -63,16 +64,16 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
     running_by_org = dict(
         session.execute(
             select(Job.organization_id, func.count())
-            .where(Job.status == "running")
+            .where(Job.status == JobStatus.RUNNING)
             .group_by(Job.organization_id)
         )
         .tuples()
         .all()
     )
-    entries = [QueueEntry(job, org.name) for job, org in rows if job.status == "running"]
+    entries = [QueueEntry(job, org.name) for job, org in rows if job.status == JobStatus.RUNNING]
     queued_by_pool: dict[str, list[Job]] = {}
     for job, _ in rows:
-        if job.status == "queued":
+        if job.status == JobStatus.QUEUED:
             queued_by_pool.setdefault(job.pool or DEFAULT_POOL, []).append(job)
     for pool_name in sorted(queued_by_pool):
         queued = queued_by_pool[pool_name]
@@ -103,7 +104,7 @@ def queue_positions(
     pool_of = func.coalesce(Job.pool, DEFAULT_POOL)
     running = (
         select(Job.organization_id.label("org_id"), func.count().label("running"))
-        .where(Job.status == "running")
+        .where(Job.status == JobStatus.RUNNING)
         .group_by(Job.organization_id)
         .subquery("running_by_org")
     )
@@ -120,7 +121,7 @@ def queue_positions(
         )
         .join(Organization, Organization.id == Job.organization_id)
         .outerjoin(running, running.c.org_id == Job.organization_id)
-        .where(Job.status == "queued", pool_of.in_(pools))
+        .where(Job.status == JobStatus.QUEUED, pool_of.in_(pools))
     ).all()
     state: dict[str, _OrgState] = {}
     for row in queued:
@@ -218,7 +219,7 @@ def queue_entry_dict(entry: QueueEntry, now: datetime | None = None) -> dict:
     """The wire/CLI form of one queue entry."""
     job, now = entry.job, now or utcnow()
     adapter = job.adapter or {}
-    since = job.started_at if job.status == "running" and job.started_at else job.created_at
+    since = job.started_at if job.status == JobStatus.RUNNING and job.started_at else job.created_at
     return {
         "object": "queue.entry",
         "position": entry.position,

@@ -8,9 +8,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Job, Organization
 from core.errors import QuotaExceeded
-
-# A job waits from creation until a worker claims it: validating its files, then queued.
-WAITING_STATUSES = ("validating_files", "queued")
+from core.jobs.status import WAITING_STATUSES
 
 
 def count_jobs(session: Session, org_id: str, statuses: tuple[str, ...]) -> int:

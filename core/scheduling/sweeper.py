@@ -9,23 +9,10 @@ import threading
 
 from core.db.engine import session_scope
 from core.jobs import lifecycle as jobs
-from core.scheduling.broker import publish_for_status
+from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def publish_now(settings: Settings, job_id: str, status: str, pool: str | None) -> bool:
-    """Send the message a committed job waits for and record it; False if the broker is down
-    (the next sweep sends it)."""
-    try:
-        publish_for_status(settings, job_id, status, pool)
-    except Exception as exc:  # broker down
-        log.warning("could not publish job %s (%s); the next sweep will", job_id, exc)
-        return False
-    with session_scope(settings.database_url) as session:
-        jobs.mark_published(session, job_id)
-    return True
 
 
 def sweep(settings: Settings) -> dict[str, list[str]]:
@@ -34,9 +21,7 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
         requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
-    published = [
-        job_id for job_id, status, pool in to_publish if publish_now(settings, job_id, status, pool)
-    ]
+        published = commit_and_publish(session, settings, to_publish)
     if requeued or published:
         log.info("sweep: re-queued %s, published %s", requeued, published)
     return {"requeued": requeued, "published": published}

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.db.dml import execute_dml
 from core.db.models import Worker
 from core.errors import Conflict, NotFound
 from core.timeutil import utcnow
@@ -87,10 +88,11 @@ def get_worker(session: Session, name: str) -> Worker:
 def set_draining(session: Session, name: str, draining: bool) -> Worker:
     """Drain (True) or undrain (False) a worker. Draining twice is an error the operator sees."""
     row = get_worker(session, name)
-    result = session.execute(
+    result = execute_dml(
+        session,
         update(Worker)
         .where(Worker.name == name, Worker.draining == (not draining))
-        .values(draining=draining)
+        .values(draining=draining),
     )
     if result.rowcount != 1:
         raise Conflict(

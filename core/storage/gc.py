@@ -36,13 +36,13 @@ from core.catalog.lookup import MODEL_STORE_PREFIX
 from core.catalog.registry import MODEL_SOURCES_PREFIX
 from core.db.engine import session_scope
 from core.db.models import Checkpoint, File, Job, Model
+from core.jobs.status import FINAL_STATUSES, JobStatus
 from core.storage.objects import ObjectStore
 from core.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 NAMESPACES = ("files", "jobs", MODEL_STORE_PREFIX, MODEL_SOURCES_PREFIX)
-FINISHED = ("succeeded", "failed", "cancelled")
 JOB_OUTPUTS = ("adapter.tar.gz", "adapter", "merged.tar.gz")
 
 
@@ -126,7 +126,7 @@ def _references(session: Session, policy: GcPolicy, now: datetime) -> _Reference
     adapter_jobs = {
         jid
         for (jid,) in session.execute(
-            select(Job.id).where(Job.status == "succeeded", Job.adapter_key.is_not(None))
+            select(Job.id).where(Job.status == JobStatus.SUCCEEDED, Job.adapter_key.is_not(None))
         )
     }
     adapter_jobs |= {
@@ -140,7 +140,7 @@ def _references(session: Session, policy: GcPolicy, now: datetime) -> _Reference
         jid
         for (jid,) in session.execute(
             select(Job.id).where(
-                Job.status.in_(FINISHED), Job.finished_at < now - policy.checkpoint_age
+                Job.status.in_(FINAL_STATUSES), Job.finished_at < now - policy.checkpoint_age
             )
         )
     }
@@ -180,7 +180,7 @@ def why_garbage(
     status = refs.jobs.get(parts[1])
     if status is None:
         return "no job row"
-    if status not in FINISHED:
+    if status not in FINAL_STATUSES:
         return None  # a running job writes checkpoints before their rows: never touch it
     if parts[2] == "checkpoints" and len(parts) >= 5:
         prefix = "/".join(parts[:4])

@@ -4,12 +4,16 @@
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
+# GUNICORN_KEEPALIVE: idle connections stay open longer than a load balancer's idle timeout
+# (typically 60 s), so the API never closes one that is about to be reused (docs/deploy.md
+# "Timeouts"); raise it above a longer one (e.g. Google Cloud's 600 s).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DORADO_HOME=/var/lib/dorado \
-    PORT=8000
+    PORT=8000 \
+    GUNICORN_KEEPALIVE=75
 
 RUN groupadd --system --gid 10001 dorado \
  && useradd --system --uid 10001 --gid dorado --home-dir /var/lib/dorado \

@@ -16,6 +16,7 @@ from core.db.models import Job
 from core.errors import Conflict, QuotaExceeded
 from core.jobs import admin as job_admin
 from core.jobs import lifecycle as jobs
+from core.jobs.status import FailureCode
 from core.scheduling import dispatch as scheduling
 from core.scheduling import order as queue_order
 from tests.admin.helpers import make_job, make_org
@@ -43,7 +44,9 @@ def claim(url: str, worker: str = "w1", pool: str = "default") -> str | None:
 def finish(url: str, job_id: str) -> None:
     with session_scope(url) as session:
         attempt = session.get(Job, job_id).attempt
-        assert jobs.fail_job(session, job_id, attempt, code="done", message="test over")
+        assert jobs.fail_job(
+            session, job_id, attempt, code=FailureCode.INTERNAL_ERROR, message="test over"
+        )
 
 
 def shown_order(url: str) -> list[str]:

@@ -1,5 +1,5 @@
 """core.settings: one validated source for every DORADO_* variable, and database URLs as
-people write them (core.db.urls, core.db.engine.check_database)."""
+people write them (core.database_url, core.db.engine.check_database)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from core.database_url import normalize_database_url
 from core.db.engine import check_database, get_engine
-from core.db.urls import normalize_database_url
 from core.errors import ConfigurationError, DatabaseUnavailable, DatabaseUrlError
 from core.observability.jsonlog import json_logging_requested
 from core.observability.metrics import multiprocess_dir

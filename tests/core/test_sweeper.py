@@ -6,50 +6,16 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from core.catalog import lookup as catalog
 from core.db.engine import session_scope
-from core.db.models import File, Job
+from core.db.models import Job
 from core.jobs import lifecycle as jobs
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters
-from core.tenancy import auth
+from core.jobs.status import FailureCode
 from core.timeutil import utcnow
+from tests.core.jobs_support import make_job
 
 
 def make_running_job(url: str, retries: int) -> str:
-    with session_scope(url) as session:
-        catalog.register_builtin_models(session)
-        org = auth.create_organization(session, "acme")
-        session.add(
-            File(
-                id="file-1",
-                organization_id=org.id,
-                filename="t.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                status="processed",
-                storage_key="k",
-                example_count=20,
-                created_at=utcnow(),
-            )
-        )
-        session.flush()
-        job = jobs.create_job(
-            session,
-            org.id,
-            jobs.NewJob(
-                model="tiny-random-llama",
-                training_file="file-1",
-                validation_file=None,
-                hyperparameters=Hyperparameters(),
-                adapter=AdapterConfig(),
-                seed=1,
-                suffix=None,
-                metadata=None,
-            ),
-        )
-        job_id = job.id
-    with session_scope(url) as session:
-        assert jobs.finish_validation(session, job_id, {"examples": 20})
+    job_id = make_job(url, validated=True)
     with session_scope(url) as session:
         assert jobs.claim_job(session, job_id, "w", lease_seconds=60) == 1
         session.execute(
@@ -80,7 +46,7 @@ def test_expired_lease_requeues_then_gives_up(database_url):
         assert jobs.requeue_expired_leases(session, max_retries=1) == []
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == "worker_lost"
+        assert job.status == "failed" and job.error["code"] == FailureCode.WORKER_LOST
 
 
 def test_stale_worker_cannot_write_after_takeover(database_url):
@@ -96,7 +62,9 @@ def test_stale_worker_cannot_write_after_takeover(database_url):
             jobs.succeed_job(session, job_id, 1, trained_tokens=1, adapter_key="x", result_files=[])
             is None
         )
-        assert not jobs.fail_job(session, job_id, 1, code="x", message="late")
+        assert not jobs.fail_job(
+            session, job_id, 1, code=FailureCode.INTERNAL_ERROR, message="late"
+        )
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempt, job.worker) == ("running", 2, "new-worker")

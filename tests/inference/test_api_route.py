@@ -206,9 +206,9 @@ def test_internal_endpoints_need_the_internal_token(tmp_path, monkeypatch, stub)
 
 
 def test_unreachable_inference_service_is_503(tmp_path, monkeypatch) -> None:
-    from api.routes import inference
+    from api import inference_client
 
-    monkeypatch.setattr(inference, "STARTUP_WAIT_S", 0)
+    monkeypatch.setattr(inference_client, "STARTUP_WAIT_S", 0)
     client = api_client(tmp_path, monkeypatch, f"http://127.0.0.1:{free_port()}")
     resp = client.post(
         "/v1/chat/completions",

@@ -31,6 +31,8 @@ class Tenant:
     checkpoints: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    webhook_endpoints: list[str] = field(default_factory=list)
+    webhook_deliveries: list[str] = field(default_factory=list)
 
     def headers(self, scope: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
@@ -44,6 +46,8 @@ class Tenant:
             *self.checkpoints,
             *self.events,
             *self.models,
+            *self.webhook_endpoints,
+            *self.webhook_deliveries,
         ]
 
 
@@ -97,6 +101,13 @@ def _populate(client: FlaskClient, tenant: Tenant) -> None:
     resp = upload(client, headers, chat_lines(10, tenant.name), f"{tenant.name}.jsonl")
     assert resp.status_code == 200, resp.get_json()
     tenant.files.append(resp.get_json()["id"])
+    hook = client.post(
+        "/v1/webhook_endpoints",
+        headers=headers,
+        json={"url": "http://127.0.0.1:9/hook", "event_types": ["fine_tuning.job.succeeded"]},
+    )
+    assert hook.status_code == 200, hook.get_json()
+    tenant.webhook_endpoints.append(hook.get_json()["id"])
     body = {
         "model": "tiny-random-llama",
         "training_file": tenant.files[0],
@@ -121,7 +132,11 @@ def _populate(client: FlaskClient, tenant: Tenant) -> None:
         f"/v1/fine_tuning/jobs/{trained}/events?limit=100", headers=headers
     ).get_json()
     tenant.events.extend(e["id"] for e in events["data"])
-    assert tenant.checkpoints and tenant.events and tenant.files[1:]
+    log = client.get(
+        f"/v1/webhook_endpoints/{tenant.webhook_endpoints[0]}/deliveries", headers=headers
+    ).get_json()
+    tenant.webhook_deliveries.extend(d["id"] for d in log["data"])
+    assert tenant.checkpoints and tenant.events and tenant.files[1:] and tenant.webhook_deliveries
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +154,7 @@ def world(module_postgres_url, tmp_path_factory) -> Iterator[World]:
         mp.setenv("DORADO_BOOTSTRAP_API_KEY", BOOTSTRAP_KEY)
         mp.setenv("DORADO_MODEL_CACHE", str(MODEL_CACHE))
         mp.delenv("DORADO_BROKER_URL", raising=False)
+        mp.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")  # endpoints on loopback (never called)
         settings = load_settings()
         prepare_database(settings)
         tenants = {}

@@ -18,7 +18,14 @@ SKIPPED_METHODS = {"HEAD", "OPTIONS"}
 PUBLIC = {"/v1/openapi.json"}
 ADMIN_PREFIX = "/v1/admin"
 # Route parameter name -> the Tenant attribute holding objects of that kind.
-PARAM_KINDS = {"file_id": "files", "job_id": "jobs", "model": "models", "key_id": "key_ids"}
+PARAM_KINDS = {
+    "file_id": "files",
+    "job_id": "jobs",
+    "model": "models",
+    "key_id": "key_ids",
+    "endpoint_id": "webhook_endpoints",
+    "delivery_id": "webhook_deliveries",
+}
 # Query parameters that name an object, per endpoint: (parameter, kind).
 QUERY_REFS = {
     "files.list_files": [("after", "files")],
@@ -26,6 +33,8 @@ QUERY_REFS = {
     "jobs.list_events": [("after", "events")],
     "jobs.list_checkpoints": [("after", "checkpoints")],
     "jobs.download_adapter": [("checkpoint", "checkpoints")],
+    "webhooks.list_endpoints": [("after", "webhook_endpoints")],
+    "webhooks.list_deliveries": [("after", "webhook_deliveries")],
 }
 
 
@@ -142,7 +151,11 @@ def test_no_route_reaches_another_organizations_objects(world: World, attacker_n
             checked += 1
         else:
             bodies = json_body_for(rule.endpoint, victim, attacker)
-            if rule.endpoint == "files.create_file" or rule.endpoint == "org_keys.create_key":
+            if rule.endpoint in (
+                "files.create_file",
+                "org_keys.create_key",
+                "webhooks.create_endpoint",
+            ):
                 continue  # names no existing object: creates in the caller's org only
             assert bodies, f"new route {method} {rule.rule}: teach this test its body"
             for body, victim_id in bodies:

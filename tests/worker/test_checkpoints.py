@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.worker.helpers import PIRATE, RecordingReporter
 from worker.training.checkpoints import STATE_JSON, STATE_PT, CheckpointMismatch
+from worker.training.options import EngineOptions
 from worker.training.recipe import train
 from worker.training.spec import (
     METRIC_KEYS,
@@ -33,7 +34,7 @@ SPEC = TrainSpec(
     weight_decay=0.01,
     checkpoint_every_n_steps=2,
     eval_every_n_steps=2,
-    extra={"device": "cpu", "valid_sample_size": 3},
+    options=EngineOptions(device="cpu", valid_sample_size=3),
 )
 TOTAL = 6  # 12 examples / batch 4, 2 epochs
 
@@ -178,7 +179,7 @@ def test_a_checkpoint_of_the_old_length_grouped_default_resumes_with_its_own_bat
     # Written before the default became random batches (group_size_multiplier 16 -> 1): a
     # job paused across the upgrade continues with the batches it started with.
     spec = replace(SPEC, n_epochs=1, checkpoint_every_n_steps=None, eval_every_n_steps=None)
-    old = replace(spec, extra={**spec.extra, "group_size_multiplier": 16})
+    old = replace(spec, options=replace(spec.options, group_size_multiplier=16))
     whole = train(old, tiny_model_dir, files[0], tmp_path / "whole", RecordingReporter())
     paused = RecordingReporter(pause_after=2, checkpoint_root=tmp_path / "ckpts")
     with pytest.raises(TrainingPaused):

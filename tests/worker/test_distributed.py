@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.worker.helpers import RankKillingReporter, RecordingReporter, chat, write_jsonl
 from worker.failures import TRANSIENT_CODES, classify
 from worker.training.distributed import plan_parallelism, run_training, train_data_parallel
+from worker.training.options import EngineOptions
 from worker.training.parallel import DataParallel
 from worker.training.recipe import train
 from worker.training.spec import (
@@ -31,7 +32,7 @@ SPEC = TrainSpec(
     batch_size=5,  # 12 examples: steps of 5, 5 and 2; an odd batch splits 3 + 2 over ranks
     learning_rate=2e-2,
     seed=5,
-    extra={"device": "cpu"},
+    options=EngineOptions(device="cpu"),
 )
 
 

@@ -25,6 +25,7 @@ from worker.training.fused_adapter import (
     disable_fused_adapters,
     enable_fused_adapters,
 )
+from worker.training.options import EngineOptions
 from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, TrainSpec
 
@@ -195,11 +196,11 @@ def test_engine_trains_the_same_with_and_without_the_fused_forward(
         batch_size=4,
         learning_rate=2e-2,
         seed=3,
-        extra={"device": "cpu"},
+        options=EngineOptions(device="cpu"),
     )
     fused, plain = RecordingReporter(), RecordingReporter()
     train(spec, tiny_model_dir, data, tmp_path / "fused", fused)
-    off = replace(spec, extra={**spec.extra, "fused_adapters": False})
+    off = replace(spec, options=replace(spec.options, fused_adapters=False))
     train(off, tiny_model_dir, data, tmp_path / "plain", plain)
     assert len(fused.losses) == 2
     assert fused.losses == pytest.approx(plain.losses, rel=1e-5)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.worker.helpers import RecordingReporter, chat
 from worker.training.data import collate, load_dataset, parse_line, tokenize_conversation
+from worker.training.options import EngineOptions
 from worker.training.recipe import forward_backward, lr_factor, resolve_max_seq_length, train
 from worker.training.spec import AdapterSpec, TrainingStopped, TrainSpec
 
@@ -23,7 +24,7 @@ BASE = TrainSpec(
     batch_size=4,
     learning_rate=2e-2,
     seed=7,
-    extra={"device": "cpu"},
+    options=EngineOptions(device="cpu"),
 )
 
 
@@ -249,12 +250,10 @@ def test_gradient_checkpointing_trains_the_same(
     assert reporter.losses == pytest.approx(first_reporter.losses, rel=1e-5)
 
 
-def test_absolute_learning_rate_extra_overrides_the_spec_rate() -> None:
-    from worker.training.recipe import build_optimizer, effective_learning_rate
+def test_the_optimizer_uses_the_spec_rate_as_given() -> None:
+    from worker.training.recipe import build_optimizer
 
-    assert effective_learning_rate(BASE) == BASE.learning_rate
-    spec = replace(BASE, extra={"learning_rate": 3e-4})
-    assert effective_learning_rate(spec) == 3e-4
+    spec = replace(BASE, learning_rate=3e-4)
     model = torch.nn.Linear(2, 2)
     assert build_optimizer(model, spec).param_groups[0]["lr"] == 3e-4
 

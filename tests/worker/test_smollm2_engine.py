@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker.helpers import PIRATE, RecordingReporter
+from worker.training.options import EngineOptions
 from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, TrainSpec
 
@@ -18,7 +19,7 @@ SPEC = TrainSpec(
     learning_rate=1e-3,
     seed=0,
     eval_every_n_steps=10**6,
-    extra={"device": "cpu"},
+    options=EngineOptions(device="cpu"),
 )
 
 
@@ -53,6 +54,6 @@ def test_smollm2_fast_dora_trains_like_peft_default(
     spec = replace(SPEC, n_epochs=1)
     fast, peft = RecordingReporter(), RecordingReporter()
     train(spec, smollm2_dir, train_file, tmp_path / "fast", fast)
-    slow_spec = replace(spec, extra={**spec.extra, "fast_dora": False, "fused_adapters": False})
+    slow_spec = replace(spec, options=replace(spec.options, fast_dora=False, fused_adapters=False))
     train(slow_spec, smollm2_dir, train_file, tmp_path / "peft", peft)
     assert fast.losses == pytest.approx(peft.losses, rel=1e-4)

@@ -37,6 +37,7 @@ from core.storage.objects import open_store
 from core.tenancy.secret import internal_token_ok
 from worker.inference.adapters import AdapterRef, AdapterUnavailable
 from worker.inference.engine import Completion, GenerationParams, InferenceEngine, PromptTooLong
+from worker.startup import prepare_worker_process
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     settings = settings or load_settings()
     if engine is None:
         configure_logging()
+        # Before the engine imports transformers and peft (they read it on import).
+        prepare_worker_process()
         engine = InferenceEngine(
             settings,
             open_store(settings),

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from worker.training.options import GROUP_SIZE_MULTIPLIER, MICRO_BATCH_OVERHEAD_TOKENS
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -39,17 +41,6 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Label value that ``torch.nn.functional.cross_entropy`` skips."""
-
-GROUP_SIZE_MULTIPLIER = 1
-"""Length grouping sorts within shuffled groups of ``batch_size * GROUP_SIZE_MULTIPLIER``.
-
-1 (the default) forms every batch at random, as Hugging Face's ``Trainer`` does; padding is
-then cut by :func:`split_micro_batches` within each batch. Larger values make batches
-homogeneous in length, which pads less but changes the optimisation: a batch of only short
-(or only long) replies pulls the adapter its own way, and in short runs Adam's normalised steps
-then partly cancel each other (measured: held-out loss 2.34 grouped vs 2.25 random after 4
-steps of bench/train_throughput.py).
-"""
 
 Message = dict[str, Any]
 
@@ -360,14 +351,6 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> Batch:
         n_tokens=sum(len(ex) for ex in examples),
         n_loss_tokens=sum(ex.n_loss_tokens for ex in examples),
     )
-
-
-MICRO_BATCH_OVERHEAD_TOKENS = 32
-"""What one extra micro-batch is taken to cost, in padded tokens, when splitting a batch.
-
-32 keeps padding near 5% on random batches of skewed lengths (bench/skewed_chat.py: 5.6% at
-32, 8.2% at 64; 49-231 tokens, batch 8) at about three micro-batches per step of 8.
-"""
 
 
 def split_micro_batches(

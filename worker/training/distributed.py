@@ -459,7 +459,7 @@ def run_training(
         )
     logger.info(
         "[job %s] training on %d %s processes (%s)",
-        spec.extra.get("job_id", "-"),
+        spec.options.log_label,
         plan.world_size,
         plan.device_type,
         plan.backend,

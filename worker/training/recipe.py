@@ -4,30 +4,10 @@ One call to :func:`train` fine-tunes a LoRA/DoRA adapter on a chat JSONL file wi
 assistant tokens only, reports metrics through a :class:`Reporter`, and writes the adapter in
 PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``).
 
-Optional knobs read from ``TrainSpec.extra`` (all have defaults):
-
-* ``lr_scheduler``: "linear" (default), "cosine" or "constant", after linear warmup.
-* ``micro_batch_size`` (8) and ``micro_batch_tokens`` (8192): gradient-accumulation split of
-  each optimizer batch; they change memory use, not the maths.
-  ``micro_batch_overhead_tokens`` (32): what one more micro-batch is taken to cost when the
-  split also cuts padding (see ``worker.training.data.split_micro_batches``).
-* ``group_size_multiplier`` (1): length grouping of batches (``worker.training.data.plan_epoch``);
-  1 gives random batches like the Trainer's, whose padding the micro-batch split keeps low;
-  more makes batches homogeneous in length (less padding, a different optimisation).
-  A resumed run keeps the value its checkpoint was written with unless it is given here.
-* ``device``: "cpu" or "cuda" to override the automatic choice.
-* ``base_model_name``: written as ``base_model_name_or_path`` in ``adapter_config.json``
-  instead of the local directory the base model was loaded from.
-* ``job_id``: put on every log line.
-* ``valid_sample_size``: examples in the sampled validation (default ``max(batch_size, 16)``).
-* ``fast_dora`` (True): compute DoRA's weight norm without materialising the weight (see
-  ``worker.training.fast_dora``); results equal PEFT's default path within float tolerance.
-* ``fused_adapters`` (True): add the LoRA/DoRA term inside one matrix product instead of
-  PEFT's separate element-wise passes (see ``worker.training.fused_adapter``); same results
-  within float rounding.
-* ``learning_rate``: an absolute learning rate that replaces ``TrainSpec.learning_rate``.
-* ``loss_positions_only`` (True): compute the output head only where the loss reads it (see
-  ``worker.training.logits``); same loss and gradients, less compute.
+The engine's optional knobs (learning-rate schedule, length grouping, micro-batching, the fast
+DoRA/fused adapter/output-head paths, device, labels) are the typed, validated fields of
+``TrainSpec.options`` (:class:`worker.training.options.EngineOptions`), each documented there
+with its default. ``TrainSpec.learning_rate`` is the final rate: the engine applies no override.
 
 Checkpoints (adapter + optimizer + scheduler + RNG + data position, see
 ``worker.training.checkpoints``) are written at every epoch end, every
@@ -64,9 +44,7 @@ from worker.training.checkpoints import (
     save_training_checkpoint,
 )
 from worker.training.data import (
-    GROUP_SIZE_MULTIPLIER,
     IGNORE_INDEX,
-    MICRO_BATCH_OVERHEAD_TOKENS,
     Batch,
     TokenizedDataset,
     TokenizedExample,
@@ -78,6 +56,7 @@ from worker.training.data import (
     step_micro_batches,
 )
 from worker.training.logits import split_head, target_logits
+from worker.training.options import GROUP_SIZE_MULTIPLIER, LR_SCHEDULERS
 from worker.training.parallel import DataParallel
 from worker.training.spec import (
     METRIC_KEYS,
@@ -97,7 +76,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
-LR_SCHEDULERS = ("linear", "cosine", "constant")
 EVALS_PER_RUN = 10
 """With ``eval_every_n_steps=None``, the sampled validation runs about this often per run."""
 
@@ -176,12 +154,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "linea
     return max(0.0, 1.0 - progress)
 
 
-def effective_learning_rate(spec: TrainSpec) -> float:
-    """``extra["learning_rate"]`` (an absolute rate) if given, else ``spec.learning_rate``."""
-    override = spec.extra.get("learning_rate")
-    return spec.learning_rate if override is None else float(str(override))
-
-
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only.
 
@@ -197,7 +169,7 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Adam
     groups = [{"params": decay, "weight_decay": spec.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=effective_learning_rate(spec))
+    return torch.optim.AdamW(groups, lr=spec.learning_rate)
 
 
 def eval_interval(spec: TrainSpec, total_steps: int) -> int:
@@ -207,24 +179,12 @@ def eval_interval(spec: TrainSpec, total_steps: int) -> int:
     return max(1, total_steps // EVALS_PER_RUN)
 
 
-def _extra_str(spec: TrainSpec, key: str) -> str | None:
-    value = spec.extra.get(key)
-    return None if value is None else str(value)
-
-
-def _extra_bool(spec: TrainSpec, key: str, default: bool) -> bool:
-    value = spec.extra.get(key, default)
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)
-
-
 def _validate(spec: TrainSpec) -> None:
     if spec.n_epochs < 1:
         raise ValueError("n_epochs must be >= 1")
     if spec.batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if not effective_learning_rate(spec) > 0:
+    if not spec.learning_rate > 0:
         raise ValueError("learning_rate must be > 0")
     if not 0.0 <= spec.warmup_ratio < 1.0:
         raise ValueError("warmup_ratio must be in [0, 1)")
@@ -355,7 +315,10 @@ def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | Non
         # byte-for-byte reproducible.
         if isinstance(cfg.target_modules, set):
             cfg.target_modules = sorted(cfg.target_modules)
-    model.save_pretrained(output_dir)
+    # Dorado never resizes the vocabulary, so the embedding layers need no saving; PEFT's
+    # default ("auto") would find that out by fetching the base model's config.json from the
+    # Hugging Face Hub under base_model_name_or_path (a Dorado name, not a Hub repository).
+    model.save_pretrained(output_dir, save_embedding_layers=False)
     # PEFT also writes a boilerplate model card; the adapter directory is meant to hold exactly
     # the two files that loaders read.
     card = output_dir / "README.md"
@@ -377,7 +340,7 @@ def train(
 
     Args:
         spec: resolved hyperparameters; ``learning_rate`` is the final rate (the caller applies
-            any multiplier; ``extra["learning_rate"]`` overrides it).
+            any multiplier or override); ``spec.options`` holds the engine's knobs.
         base_model_dir: a local Hugging Face model directory (config, safetensors, tokenizer
             with a chat template), e.g. one written by ``worker.model_builders``.
         training_file: a local chat JSONL file (see ``worker.training.data``).
@@ -409,9 +372,8 @@ def train(
         FloatingPointError: the loss became NaN or infinite (learning rate too high).
     """
     _validate(spec)
-    lr_factor(0, 1, 0, _extra_str(spec, "lr_scheduler") or "linear")  # fail fast on a bad name
     parallel = DataParallel.current()
-    device, dtype = select_device(_extra_str(spec, "device"), parallel)
+    device, dtype = select_device(spec.options.device, parallel)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
@@ -448,16 +410,9 @@ class _Run:
         self.device = device
         self.dtype = dtype
         self.parallel = parallel
-        self.job = spec.extra.get("job_id", "-")
-        self.micro_size = int(str(spec.extra.get("micro_batch_size", 8)))
-        self.micro_tokens = int(str(spec.extra.get("micro_batch_tokens", 8192)))
-        self.group_multiplier = int(
-            str(spec.extra.get("group_size_multiplier", GROUP_SIZE_MULTIPLIER))
-        )
-        self.micro_overhead = int(
-            str(spec.extra.get("micro_batch_overhead_tokens", MICRO_BATCH_OVERHEAD_TOKENS))
-        )
-        self.loss_positions_only = _extra_bool(spec, "loss_positions_only", True)
+        self.options = spec.options
+        self.job = spec.options.log_label
+        self.group_multiplier = spec.options.group_size_multiplier or GROUP_SIZE_MULTIPLIER
 
     # setup
 
@@ -484,8 +439,8 @@ class _Run:
             valid = load_dataset(validation_file, tokenizer, max_len)
             self._tell(lambda: _report_dataset(valid, self.reporter, "validation "))
             self.valid = valid.examples
-            default = max(spec.batch_size, 16)
-            size = min(len(self.valid), int(str(spec.extra.get("valid_sample_size", default))))
+            wanted = self.options.valid_sample_size or max(spec.batch_size, 16)
+            size = min(len(self.valid), wanted)
             picks = random.Random(f"{spec.seed}:valid").sample(range(len(self.valid)), size)
             self.valid_sample = [self.valid[i] for i in sorted(picks)]
 
@@ -496,11 +451,11 @@ class _Run:
             )
         seed_everything(spec.seed)  # the adapter's random init must not depend on setup
         self.model = attach_adapter(base, spec.adapter)
-        if spec.adapter.type == "dora" and _extra_bool(spec, "fast_dora", True):
+        if spec.adapter.type == "dora" and self.options.fast_dora:
             from worker.training.fast_dora import enable_fast_dora
 
             enable_fast_dora(self.model)
-        if _extra_bool(spec, "fused_adapters", True):
+        if self.options.fused_adapters:
             from worker.training.fused_adapter import enable_fused_adapters
 
             enable_fused_adapters(self.model)
@@ -517,14 +472,14 @@ class _Run:
         self.steps_per_epoch = n_batches_per_epoch(len(self.examples), spec.batch_size)
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         warmup = math.ceil(spec.warmup_ratio * self.total_steps)
-        kind = _extra_str(spec, "lr_scheduler") or "linear"
+        kind = self.options.lr_scheduler
         total = self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, total, warmup, kind)
         )
         self.pad_id = _pad_token_id(tokenizer)
         self.eval_every = eval_interval(spec, self.total_steps)
-        if resume_from is not None and "group_size_multiplier" not in spec.extra:
+        if resume_from is not None and self.options.group_size_multiplier is None:
             # A checkpoint written under an older default continues with its own batches.
             written = read_training_state(resume_from).fingerprint.get("group_size_multiplier")
             self.group_multiplier = int(written or self.group_multiplier)
@@ -569,7 +524,7 @@ class _Run:
             "n_epochs": spec.n_epochs,
             "batch_size": spec.batch_size,
             "seed": spec.seed,
-            "learning_rate": effective_learning_rate(spec),
+            "learning_rate": spec.learning_rate,
             "adapter": [spec.adapter.type, spec.adapter.r, spec.adapter.alpha],
             "max_seq_length": max_len,
             "group_size_multiplier": self.group_multiplier,
@@ -636,13 +591,13 @@ class _Run:
             mine,
             self.lengths,
             self.pad_id,
-            self.micro_size,
-            self.micro_tokens,
-            self.micro_overhead,
+            self.options.micro_batch_size,
+            self.options.micro_batch_tokens,
+            self.options.micro_batch_overhead_tokens,
         )
         loss_tokens = sum(self.predicted[i] for i in indices)
         local = forward_backward(
-            self.model, micro, self.device, loss_tokens, self.loss_positions_only
+            self.model, micro, self.device, loss_tokens, self.options.loss_positions_only
         )
         self.parallel.sum_gradients(self.trainable)
         sums = torch.tensor([local.loss, local.accuracy], dtype=torch.float64)
@@ -683,8 +638,8 @@ class _Run:
             examples,
             self.pad_id,
             self.device,
-            self.micro_size,
-            self.micro_tokens,
+            self.options.micro_batch_size,
+            self.options.micro_batch_tokens,
             self.parallel,
         )
 
@@ -728,7 +683,7 @@ class _Run:
                     self.optimizer,
                     self.scheduler,
                     state,
-                    lambda m, d: _save_adapter(m, d, _extra_str(self.spec, "base_model_name")),
+                    lambda m, d: _save_adapter(m, d, self.options.base_model_name),
                 )
                 # The step's epoch, 1-based; a pause before any step belongs to epoch 1.
                 epoch = max(1, math.ceil(state.step / self.steps_per_epoch))
@@ -752,7 +707,7 @@ class _Run:
     def save(self, output_dir: Path) -> TrainResult:
         """Write the final adapter (rank 0) and return the run's totals."""
         if self.parallel.is_main:
-            _save_adapter(self.model, output_dir, _extra_str(self.spec, "base_model_name"))
+            _save_adapter(self.model, output_dir, self.options.base_model_name)
             logger.info(
                 "[job %s] saved adapter to %s after %d steps", self.job, output_dir, self.state.step
             )

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from worker.training.options import EngineOptions
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -28,6 +30,8 @@ class TrainSpec:
     ``checkpoint_every_n_steps`` adds checkpoints between the ones written at every epoch end;
     ``eval_every_n_steps`` is how often the sampled validation runs (``None``: about ten times
     per run); ``gradient_checkpointing`` trades compute for activation memory.
+    ``learning_rate`` is the final, absolute rate (the caller applies any multiplier or
+    override); ``options`` holds the engine's other knobs (:class:`EngineOptions`).
     """
 
     adapter: AdapterSpec
@@ -40,7 +44,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every_n_steps: int = 1
-    extra: dict[str, object] = field(default_factory=dict)
+    options: EngineOptions = field(default_factory=EngineOptions)
     checkpoint_every_n_steps: int | None = None
     eval_every_n_steps: int | None = None
     gradient_checkpointing: bool = False

@@ -1,0 +1,1 @@
+"""The ``dorado`` user commands (files, jobs, adapters, chat): clients of the REST API only."""

@@ -1,0 +1,183 @@
+"""Typed options: how the engine runs a :class:`~worker.training.spec.TrainSpec`
+(:class:`EngineOptions`), and the training extras a job stores (:class:`JobOptions`).
+
+Both are frozen and validated on construction, so a misspelt name (a ``TypeError`` from the
+dataclass) or a bad value (a ``ValueError`` naming the field) fails before any model loads.
+This module imports neither torch nor the database: the task builds the options, the engine
+reads them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+LrScheduler = Literal["linear", "cosine", "constant"]
+LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
+
+GROUP_SIZE_MULTIPLIER = 1
+"""Length grouping sorts within shuffled groups of ``batch_size * GROUP_SIZE_MULTIPLIER``.
+
+1 (the default) forms every batch at random, as Hugging Face's ``Trainer`` does; padding is
+then cut by :func:`worker.training.data.split_micro_batches` within each batch. Larger values
+make batches homogeneous in length, which pads less but changes the optimisation: a batch of
+only short (or only long) replies pulls the adapter its own way, and in short runs Adam's
+normalised steps then partly cancel each other (measured: held-out loss 2.34 grouped vs 2.25
+random after 4 steps of bench/train_throughput.py).
+"""
+
+MICRO_BATCH_OVERHEAD_TOKENS = 32
+"""What one extra micro-batch is taken to cost, in padded tokens, when splitting a batch.
+
+32 keeps padding near 5% on random batches of skewed lengths (bench/skewed_chat.py: 5.6% at
+32, 8.2% at 64; 49-231 tokens, batch 8) at about three micro-batches per step of 8.
+"""
+
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's optional knobs, each with its default.
+
+    Results (these change what is trained):
+
+    * ``lr_scheduler``: decay after the linear warmup, ``"linear"``, ``"cosine"`` or
+      ``"constant"``.
+    * ``group_size_multiplier``: length grouping of batches (:data:`GROUP_SIZE_MULTIPLIER`,
+      ``worker.training.data.plan_epoch``). ``None``: the default, except that a resumed run
+      keeps the value its checkpoint was written with, so a job paused across a change of the
+      default continues with its own batches.
+    * ``valid_sample_size``: examples in the sampled validation (``None``:
+      ``max(batch_size, 16)``).
+
+    Speed and memory (same results within float rounding):
+
+    * ``micro_batch_size`` and ``micro_batch_tokens``: the gradient-accumulation split of each
+      optimizer batch (and of validation), in examples and padded tokens.
+    * ``micro_batch_overhead_tokens``: what one more micro-batch is taken to cost when the split
+      also cuts padding (:data:`MICRO_BATCH_OVERHEAD_TOKENS`).
+    * ``fast_dora``: DoRA's weight norm without materialising the weight
+      (``worker.training.fast_dora``).
+    * ``fused_adapters``: the LoRA/DoRA term added inside one matrix product
+      (``worker.training.fused_adapter``).
+    * ``loss_positions_only``: the output head computed only where the loss reads it
+      (``worker.training.logits``).
+    * ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` instead of the automatic
+      choice (a CUDA GPU when there is one).
+
+    Labels:
+
+    * ``base_model_name``: written as ``base_model_name_or_path`` in ``adapter_config.json``
+      instead of the local directory the base model was loaded from.
+    * ``job_id``: put on every log line of the run.
+
+    The learning rate is not here: ``TrainSpec.learning_rate`` is the final, absolute rate.
+    """
+
+    lr_scheduler: LrScheduler = "linear"
+    group_size_multiplier: int | None = None
+    valid_sample_size: int | None = None
+    micro_batch_size: int = 8
+    micro_batch_tokens: int = 8192
+    micro_batch_overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS
+    fast_dora: bool = True
+    fused_adapters: bool = True
+    loss_positions_only: bool = True
+    device: str | None = None
+    base_model_name: str | None = None
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(
+                f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"
+            )
+        _check_int(self, "group_size_multiplier", minimum=1, optional=True)
+        _check_int(self, "valid_sample_size", minimum=1, optional=True)
+        _check_int(self, "micro_batch_size", minimum=1)
+        _check_int(self, "micro_batch_tokens", minimum=1)
+        _check_int(self, "micro_batch_overhead_tokens", minimum=0)
+        for name in ("fast_dora", "fused_adapters", "loss_positions_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_device(self.device)
+        for name in ("base_model_name", "job_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+
+    @property
+    def log_label(self) -> str:
+        """The job id for log lines, ``"-"`` outside a job."""
+        return self.job_id or "-"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The Dorado extras of a job (``Job.options``) that shape its training run.
+
+    ``learning_rate`` is the one learning-rate override: an absolute rate that replaces the
+    adapter type's base rate times ``learning_rate_multiplier``. ``max_seq_length`` and
+    ``checkpoint_every_n_steps`` go to the same-named ``TrainSpec`` fields.
+    """
+
+    learning_rate: float | None = None
+    max_seq_length: int | None = None
+    checkpoint_every_n_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        rate = self.learning_rate
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0
+        ):
+            raise ValueError(f"learning_rate must be a number > 0, got {rate!r}")
+        _check_int(self, "max_seq_length", minimum=2, optional=True)
+        _check_int(self, "checkpoint_every_n_steps", minimum=1, optional=True)
+
+    @classmethod
+    def from_stored(cls, options: Mapping[str, Any] | None) -> JobOptions:
+        """Parse a job's stored options: the training keys are read, the keys in
+        :data:`PLATFORM_JOB_OPTIONS` are skipped (the platform reads them), any other key is
+        an error (stored by a platform version this worker does not know)."""
+        options = options or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known - PLATFORM_JOB_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown job option {', '.join(map(repr, unknown))}"
+                f"{_suggestion(unknown[0], known | PLATFORM_JOB_OPTIONS)}; "
+                f"this worker knows {', '.join(sorted(known | PLATFORM_JOB_OPTIONS))}"
+            )
+        return cls(**{k: v for k, v in options.items() if k in known and v is not None})
+
+
+PLATFORM_JOB_OPTIONS = frozenset({"keep_checkpoints", "max_run_seconds"})
+"""Job options that are not the engine's: ``keep_checkpoints`` (checkpoint retention,
+``core.jobs.checkpoints``) and ``max_run_seconds`` (the task's run-time limit).
+:meth:`JobOptions.from_stored` skips them on purpose."""
+
+
+def _check_int(obj: object, name: str, *, minimum: int, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}"
+        )
+
+
+def _check_device(device: object) -> None:
+    if device is None:
+        return
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in DEVICE_KINDS or (index and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f'device must be "cpu", "cuda", "cuda:N", "mps" or None, got {device!r}')
+
+
+def _suggestion(name: str, known: set[str] | frozenset[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
