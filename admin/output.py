@@ -1,10 +1,18 @@
 """Rendering for ``dorado-admin``: rich tables for people, ``--json`` for scripts, and one
-way to fail (a clear message on stderr and a non-zero exit)."""
+way to fail (a clear message on stderr and a non-zero exit).
+
+Values shown here come from tenants (key names, file names, model names, error messages that
+quote them), so they are rendered as rich ``Text``, never parsed as markup: a key named ``[/]``
+must not crash a listing, nor ``[link=...]`` become a clickable link in the operator's
+terminal. Control characters (terminal escape sequences, bidirectional overrides) are shown
+escaped, not sent to the terminal.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -13,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from core.errors import DoradoError
 
@@ -36,16 +45,29 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
+# C0/C1 control characters but tab and newline (ESC starts terminal escape sequences, CR
+# overwrites the line) and the bidirectional overrides that make a name read differently.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: object) -> Text:
+    """``value`` as text shown as it is: no markup, control characters escaped (``\\x1b``).
+
+    Use it for anything a tenant (or any user) chose.
+    """
+    return Text(_UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode(), str(value)))
+
+
+def _cell(value: Any) -> Text:
     if value is None:
-        return "-"
+        return Text("-")
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
     if isinstance(value, timedelta):
-        return human_duration(value.total_seconds())
+        return Text(human_duration(value.total_seconds()))
     if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+        return Text("yes" if value else "no")
+    return plain(value)
 
 
 def human_duration(seconds: float) -> str:
@@ -86,12 +108,21 @@ def table(
     """A rich Table of ``rows`` showing ``columns`` ((key, header) pairs)."""
     if not rows:
         return empty
-    out = Table(title=title, title_justify="left", header_style="bold")
+    out = Table(title=_title(title), title_justify="left", header_style="bold")
     for _, header in columns:
         out.add_column(header, overflow="fold")
     for row in rows:
         out.add_row(*(_cell(row.get(key)) for key, _ in columns))
     return out
+
+
+def _title(title: str | None) -> Text | None:
+    # Titles quote arguments ("Keys of <org id>"): plain text too.
+    if title is None:
+        return None
+    shown = plain(title)
+    shown.style = "table.title"
+    return shown
 
 
 def emit_rows(
@@ -114,11 +145,12 @@ def emit_object(obj: dict[str, Any], *, as_json: bool, title: str | None = None)
     if as_json:
         click.echo(to_json(obj))
         return
-    out = Table(title=title, title_justify="left", show_header=False)
+    out = Table(title=_title(title), title_justify="left", show_header=False)
     out.add_column(style="bold")
     out.add_column(overflow="fold")
     for key, value in obj.items():
-        out.add_row(key, to_json(value) if isinstance(value, dict | list) else _cell(value))
+        shown = plain(to_json(value)) if isinstance(value, dict | list) else _cell(value)
+        out.add_row(plain(key), shown)
     Console().print(out)
 
 
@@ -127,12 +159,12 @@ def emit_message(message: str, *, as_json: bool, **data: Any) -> None:
     if as_json:
         click.echo(to_json({"message": message, **data}))
     else:
-        Console().print(message)
+        Console().print(plain(message))
 
 
 def fail(message: str, *, code: int = EXIT_FAILED) -> NoReturn:
     """Print ``error: message`` on stderr and exit non-zero."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", plain(message)))
     sys.exit(code)
 
 

@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import click
 
 from cli.commands import adapters, chat, files, jobs
+from cli.supervisor import CrashLoop, Supervisor
 from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
@@ -155,7 +155,7 @@ def run(skip_models: bool) -> None:
     key = prepare_database(settings)
     if not skip_models:
         _prepare_models()
-    procs: dict[str, subprocess.Popen] = {}
+    supervisor = Supervisor()
     env = dict(os.environ, DORADO_HOME=str(settings.home))
     inference_port = None
     if settings.inference_url:
@@ -168,12 +168,12 @@ def run(skip_models: bool) -> None:
     else:
         inference_port = settings.inference_port or _free_port()
         env["DORADO_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
-    procs["api"] = _spawn(api_command(settings.host, settings.port), env)
-    procs["worker"] = _spawn(worker_command(), env)
-    procs["validator"] = _spawn(validator_command(), env)
-    procs["scheduler"] = _spawn([sys.executable, "-m", "cli.main", "scheduler"], env)
+    supervisor.start("api", api_command(settings.host, settings.port), env)
+    supervisor.start("worker", worker_command(), env)
+    supervisor.start("validator", validator_command(), env)
+    supervisor.start("scheduler", [sys.executable, "-m", "cli.main", "scheduler"], env)
     if inference_port is not None:
-        procs["inference"] = _spawn(inference_command(inference_port), env)
+        supervisor.start("inference", inference_command(inference_port), env)
     _announce_key(key)
     click.echo(
         f"Dorado API on http://{settings.host}:{settings.port}/v1  "
@@ -184,30 +184,13 @@ def run(skip_models: bool) -> None:
     # an ignored SIGINT ignored.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    while not stopping.is_set():
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                log.error("%s exited with code %s; stopping the platform", name, proc.returncode)
-                stopping.set()
-        stopping.wait(0.5)
-    log.info("stopping (the worker checkpoints a running job first)")
-    _stop_all(procs)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Children live in their own session (so Ctrl-C reaches only this launcher, which then
-    # stops each child exactly once); PR_SET_PDEATHSIG stops them if the launcher is killed.
-    os.setsid()
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        supervisor.run(stopping)
+    except CrashLoop as exc:
+        supervisor.stop_all()
+        raise click.ClickException(str(exc)) from None
+    log.info("stopping (the worker checkpoints a running job first)")
+    supervisor.stop_all()
 
 
 def _prepare_models() -> None:
@@ -219,21 +202,6 @@ def _prepare_models() -> None:
         )
         return
     subprocess.run([worker_cli, "prepare-models"], check=True)
-
-
-def _stop_all(procs: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
-    """Stop children gracefully (the worker checkpoints its job), then force them."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0f s; killing it", name, grace)
-            proc.kill()
-            proc.wait()
 
 
 # The user commands: REST clients of a running platform (docs/cli.md).

@@ -10,7 +10,12 @@ not import). The row is added only after the copy, so a model is never visible h
 
 Only data is accepted, never code: safetensors weights (the header is checked), no pickle
 weights, no ``auto_map`` (``trust_remote_code``) in the config or tokenizer config, no Python
-files. Only the directory's top-level files are copied (Hugging Face loads nothing else).
+files. Only the files a model needs are copied (config, weights, tokenizer, chat template;
+a README or anything else in the directory stays where it is), only from the directory's top
+level (Hugging Face loads nothing else), and only from inside it: a symbolic link leading out
+of the directory is refused, so registering a model can never publish another file of the
+machine (``config.json -> ~/.aws/credentials``) to every organization. A GGUF file's header
+is parsed before it is registered (:mod:`core.catalog.gguf_file`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import ids
+from core.catalog.gguf_file import inspect_gguf
 from core.catalog.lookup import model_prefix
 from core.db.models import Job, Model
 from core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -39,7 +45,6 @@ from core.timeutil import utcnow
 
 MODEL_SOURCES_PREFIX = "model-sources"
 COMPLETE_MARKER = ".complete"  # the same name as worker.cache.COMPLETE_MARKER
-GGUF_MAGIC = b"GGUF"
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 # Weights in any format but safetensors; the pickle-based ones run code when loaded.
 PICKLE_SUFFIXES = (
@@ -57,6 +62,25 @@ PICKLE_SUFFIXES = (
 )
 CODE_SUFFIXES = (".py", ".pyc", ".so")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# Besides *.safetensors, the files transformers reads to load a causal LM, its tokenizer and
+# its chat template; nothing else of a source is copied.
+MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
@@ -163,15 +187,57 @@ def _check_safetensors(path: Path) -> None:
         raise _refuse(f"{path.name} is not a safetensors file (bad header)")
 
 
-def validate_model_dir(directory: Path) -> list[Path]:
-    """Check a Hugging Face model directory; returns the files to copy (top-level, visible).
+def is_model_file(name: str) -> bool:
+    """True for a file a model needs (weights, config, tokenizer, chat template), by name."""
+    return name in MODEL_FILES or name.endswith(".safetensors")
 
-    Raises InvalidRequest naming the problem: missing config/weights/tokenizer/chat template,
-    pickle weights, custom code (``auto_map``, ``*.py``), or a broken safetensors file.
+
+def _refused_by_suffix(name: str) -> bool:
+    return name.lower().endswith(PICKLE_SUFFIXES + CODE_SUFFIXES)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` (followed through symbolic links) stays inside ``directory``.
+
+    In the Hugging Face cache a snapshot's files are links into the repository's ``blobs``
+    folder, which is as much the model's as the snapshot: links there are inside too.
+    """
+    real, root = path.resolve(), directory.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    return any(real.is_relative_to(r) for r in roots)
+
+
+def _source_files(directory: Path) -> list[Path]:
+    """The model files of ``directory``'s top level (and the refused kinds, to name them)."""
+    files = []
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if name.startswith(".") or not (is_model_file(name) or _refused_by_suffix(name)):
+            continue
+        if not _inside(path, directory):
+            raise _refuse(
+                f"{name} is a symbolic link to {path.resolve()}, outside {directory}: only "
+                "files inside the model directory are registered (copy them in, e.g. cp -L)"
+            )
+        if not path.resolve().is_file():
+            raise _refuse(f"{name} in {directory} is not a regular file")
+        files.append(path)
+    return files
+
+
+def validate_model_dir(directory: Path) -> list[Path]:
+    """Check a Hugging Face model directory; returns the files to copy.
+
+    Those are the top-level files a model needs (:func:`is_model_file`), each a regular file
+    inside the directory. Raises InvalidRequest naming the problem: a link leading out of the
+    directory, missing config/weights/tokenizer/chat template, pickle weights, custom code
+    (``auto_map``, ``*.py``), or a broken safetensors file.
     """
     if not directory.is_dir():
         raise _refuse(f"{directory} is not a directory")
-    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = _source_files(directory)
     names = {p.name for p in files}
     pickles = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
@@ -233,11 +299,8 @@ def validate_model_dir(directory: Path) -> list[Path]:
 
 
 def validate_gguf(path: Path) -> None:
-    if not path.is_file():
-        raise _refuse(f"{path} is not a file")
-    with open(path, "rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise _refuse(f"{path} is not a GGUF file (bad magic number)")
+    """A GGUF model file: its whole header parses and its tensors lie inside it."""
+    inspect_gguf(path)
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -279,7 +342,9 @@ def _copy_s3_prefix(settings: Settings, url: str, dest: Path) -> None:
             rest = obj["Key"][len(full) :]
             if not rest or "/" in rest or rest.startswith("."):
                 continue  # nested folders are never loaded by Hugging Face
-            if rest.lower().endswith(PICKLE_SUFFIXES + CODE_SUFFIXES):
+            if not (is_model_file(rest) or _refused_by_suffix(rest)):
+                continue  # READMEs, images, ...: not part of the model
+            if _refused_by_suffix(rest):
                 (dest / rest).touch()  # let validation name it; never download it
             else:
                 client.download_file(bucket, obj["Key"], str(dest / rest))

@@ -33,6 +33,7 @@ from tests.admin.catalog_support import (
 from tests.conftest import EXAMPLES
 from tests.e2e.flow import wait_for_job
 from tests.e2e.platform import Platform
+from tests.security.helpers import small_gguf
 
 API_KEY = "dor-models-test-key-01234567"
 TENANT_KEY = "dor-models-tenant-key-0000000"
@@ -115,13 +116,13 @@ def test_models_add_list_remove(platform_env, tmp_path):
     )
 
     gguf = tmp_path / "Small-Model.gguf"
-    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    small_gguf(gguf)
     with session_scope(settings.database_url) as session:  # in-process: fewer slow spawns
         row = model_registry.add_model(
             session, store, settings, source=str(gguf), name=model_registry.default_name(str(gguf))
         )
         assert (row.id, row.source) == ("small-model", f"gguf:{gguf}")
-    assert model_registry.stored_bytes(store, "small-model") == (64, False)
+    assert model_registry.stored_bytes(store, "small-model") == (gguf.stat().st_size, False)
 
     refusals = {
         "pickle": (

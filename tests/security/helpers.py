@@ -42,3 +42,19 @@ def make_app(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> App:
     prepare_database(settings)
     app = create_app(settings)
     return App(app, app.test_client(), settings.home, {"Authorization": f"Bearer {KEY}"})
+
+
+def small_gguf(path: Path, tensors: int = 1) -> Path:
+    """A real (if tiny) GGUF model file: header, metadata and ``tensors`` tensors."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_block_count(1)
+    for i in range(tensors):
+        writer.add_tensor(f"blk.{i}.weight", np.zeros((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -14,8 +14,14 @@ from tests.security.helpers import make_app
 BIN = Path(sys.executable).parent / "dorado-admin"
 
 
-def admin(home: Path, database_url: str, *args: str, check: bool = True):
-    env = {**os.environ, "DORADO_HOME": str(home), "DORADO_DATABASE_URL": database_url}
+def admin(home: Path, database_url: str, *args: str, check: bool = True, env: dict | None = None):
+    """``dorado-admin ARGS`` as a subprocess; ``env`` adds variables (e.g. FORCE_COLOR)."""
+    env = {
+        **os.environ,
+        "DORADO_HOME": str(home),
+        "DORADO_DATABASE_URL": database_url,
+        **(env or {}),
+    }
     proc = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60)
     if check:
         assert proc.returncode == 0, proc.stderr

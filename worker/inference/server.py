@@ -14,7 +14,8 @@ to the user's organization and validated the parameters. Endpoints:
     ``{"job_id", "base_model", "adapter": {"name", "prefix"}}`` -> ``{"key", "bytes"}``: the
     object-store key of the merged model (built on first use).
 ``GET /healthz``
-    liveness, and which adapters are attached.
+    liveness and how many adapters are attached; their names (organizations' fine-tuned
+    models) only to a caller holding the internal token.
 
 Run: ``gunicorn --workers 1 --threads 8 'worker.inference.server:create_app()'`` (``dorado run``
 starts it). One process, because each process would hold its own copy of every model.
@@ -71,7 +72,13 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "adapters": engine.loaded_adapters()}
+        # Probes and anyone on the private network see counts; which organizations' models
+        # are loaded is the API's business only.
+        adapters = engine.loaded_adapters()
+        body: dict[str, Any] = {"status": "ok", "adapters_loaded": len(adapters)}
+        if internal_token_ok(settings, request.headers.get("Authorization")):
+            body["adapters"] = adapters
+        return body
 
     @app.post("/internal/chat/completions")
     def chat_completions():
