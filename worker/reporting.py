@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from core.db.engine import session_scope
-from core.jobs import checkpoints
+from core.jobs import checkpoints, progress
 from core.jobs import lifecycle as jobs
 from core.settings import Settings
 from core.storage.objects import ObjectStore, delete_prefix, upload_dir
 from core.timeutil import utcnow
 from worker import artifacts, shutdown
+from worker.eta import FinishEstimator
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class JobReporter:
         self._stop_heartbeat = threading.Event()
         self._control = "run"
         self._last_poll = 0.0
-        self._rate_origin: tuple[float, int] | None = None
+        self._eta = FinishEstimator()
         self._estimated_finish: datetime | None = None
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
 
@@ -153,10 +154,12 @@ class JobReporter:
                 **valid,
             }
         )
-        self._update_eta(step, total_steps)
-        every = max(1, total_steps // MAX_METRIC_EVENTS)
         has_valid = any(v is not None for v in valid.values())
+        first_estimate = self._update_eta(step, total_steps, validated=has_valid)
+        every = max(1, total_steps // MAX_METRIC_EVENTS)
         if step % every and step not in (1, total_steps) and not has_valid:
+            if first_estimate:
+                self._write_estimated_finish()
             return
         data = {
             "step": step,
@@ -169,20 +172,38 @@ class JobReporter:
         text = f"Step {step}/{total_steps}: training loss={train_loss:.4f}"
         if valid_loss is not None:
             text += f", validation loss={valid_loss:.4f}"
-        self._write(text, type="metrics", data=data)
+        # The estimate goes out with the metrics event, so the job's progress and its
+        # expected finish move together (and a short job has one before any lease renewal).
+        self._write(text, type="metrics", data=data, estimated_finish=self._estimated_finish)
 
-    def _update_eta(self, step: int, total_steps: int) -> None:
-        now = time.monotonic()
-        if self._rate_origin is None:  # the first step of this attempt includes warm-up
-            self._rate_origin = (now, step)
+    def _update_eta(self, step: int, total_steps: int, *, validated: bool) -> bool:
+        """Refresh the expected finish; True when this is the attempt's first estimate."""
+        left = self._eta.step_done(step, total_steps, time.monotonic(), validated=validated)
+        if left is None:
+            return False
+        first = self._estimated_finish is None
+        self._estimated_finish = utcnow() + timedelta(seconds=left)
+        return first
+
+    def _write_estimated_finish(self) -> None:
+        if self._estimated_finish is None:
             return
-        t0, s0 = self._rate_origin
-        if step > s0:
-            remaining = (now - t0) / (step - s0) * (total_steps - step)
-            self._estimated_finish = utcnow() + timedelta(seconds=remaining)
+        try:
+            with session_scope(self.settings.database_url) as session:
+                progress.record_estimated_finish(
+                    session, self.job_id, self.attempt, self._estimated_finish
+                )
+        except Exception:  # the next metrics event or lease renewal carries it
+            log.warning("job %s: could not record the estimate", self.job_id, exc_info=True)
 
     def _write(
-        self, text: str, *, level: str = "info", type: str = "message", data: dict | None = None
+        self,
+        text: str,
+        *,
+        level: str = "info",
+        type: str = "message",
+        data: dict | None = None,
+        estimated_finish: datetime | None = None,
     ) -> None:
         try:
             with session_scope(self.settings.database_url) as session:
@@ -190,6 +211,10 @@ class JobReporter:
                     session, self.job_id, self.attempt, text, level=level, type=type, data=data
                 ):
                     self._lost.set()
+                elif estimated_finish is not None:
+                    progress.record_estimated_finish(
+                        session, self.job_id, self.attempt, estimated_finish
+                    )
         except Exception:
             log.warning("job %s: could not record event %r", self.job_id, text, exc_info=True)
 
@@ -236,6 +261,7 @@ class JobReporter:
             self._lost.set()
             return
         self.checkpoints_saved += 1
+        self._eta.checkpoint_saved(info.step)
         for old in dropped:
             delete_prefix(self.store, old)
 

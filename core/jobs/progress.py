@@ -1,4 +1,5 @@
-"""Training progress and queue positions of jobs, computed in bulk for job listings.
+"""Training progress and queue positions of jobs, computed in bulk for job listings; the
+worker's estimated finish.
 
 Jobs read with :func:`latest_metrics_column` (a poll, a listed page) bring their latest
 metrics event along in the same query; others cost one query for the latest metrics event of
@@ -9,10 +10,11 @@ a queued job is shown.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ScalarSelect, func, select
+from sqlalchemy import CursorResult, ScalarSelect, func, select, update
 from sqlalchemy.orm import Session, object_session
 
 from core.db.models import Job, JobEvent
@@ -124,3 +126,19 @@ def progress_fields(job: Job) -> dict[str, Any]:
                 "queue_position": positions.get(item.id),
             }
     return dict(cache[key])
+
+
+def record_estimated_finish(
+    session: Session, job_id: str, attempt: int, estimated_finish: datetime
+) -> bool:
+    """Store the running attempt's expected finish; False when the job is no longer that
+    attempt's (cancelled, paused or taken over), which leaves the job untouched."""
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+            .values(estimated_finish=estimated_finish)
+        ),
+    )
+    return result.rowcount == 1

@@ -54,6 +54,33 @@ export async function api(method, path, body) {
 }
 
 /**
+ * POSTs a JSON body and resolves to the open Response of a streamed answer (server-sent
+ * events), or throws ApiError when the server answers with an error before streaming.
+ */
+export async function postStream(path, body, signal) {
+  let response;
+  try {
+    response = await fetch(path, {method: "POST", credentials: "same-origin", signal,
+      headers: {"Accept": "text/event-stream", "Content-Type": "application/json",
+        "X-CSRF-Token": CSRF},
+      body: JSON.stringify(body)});
+  } catch (exc) {
+    if (exc.name === "AbortError") throw exc;
+    throw new ApiError(0, {error: {message: "The server cannot be reached (" + exc.message +
+      "). Check that Dorado is running."}});
+  }
+  if (response.ok) return response;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (exc) {
+    data = null;
+  }
+  if (response.status === 401) window.location.assign("/");
+  throw new ApiError(response.status, data);
+}
+
+/**
  * Uploads a training file (multipart POST /v1/files); onProgress gets the fraction sent.
  * XMLHttpRequest rather than fetch: fetch reports no upload progress.
  */

@@ -52,3 +52,15 @@ export function jobName(job) {
 export function targetModules(modules) {
   return Array.isArray(modules) ? modules.join(", ") : modules;
 }
+
+const ENGINES = [["peft", "PEFT"], ["dorado", "Dorado"], ["vllm", "vLLM"], ["lorax", "LoRAX"]];
+
+/**
+ * Where an adapter loads, from a job's `serving` field: "PEFT, Dorado, vLLM (merged), LoRAX
+ * (merged)" for DoRA, which vLLM and LoRAX take only merged into the base model.
+ */
+export function servingLabel(serving) {
+  if (!serving) return "—";
+  return ENGINES.filter(([key]) => serving[key] || serving.merged_required)
+    .map(([key, name]) => serving[key] ? name : name + " (merged)").join(", ");
+}

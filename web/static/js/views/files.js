@@ -8,7 +8,7 @@ import {isCurrent} from "../navigation.js";
 import {announce, focusHeading, view} from "../shell.js";
 import {definitionList, errorBox, headerRow} from "../widgets.js";
 
-const COLUMNS = ["File", "Id", "Purpose", "Examples", "Size", "Uploaded", ""];
+const COLUMNS = ["File", "Id", "Purpose", "Examples", "Tokens", "Size", "Uploaded", ""];
 
 /** What validation found in an accepted file. */
 function fileReport(file) {
@@ -20,8 +20,43 @@ function fileReport(file) {
     definitionList([["format", stats.format], ["messages", fmtNumber(stats.message_count)],
       ["assistant messages", fmtNumber(stats.assistant_message_count)],
       ["characters", fmtNumber(stats.total_chars)],
-      ["≈ tokens (characters / 4)", fmtNumber(Math.ceil((stats.total_chars || 0) / 4))],
-      ["longest example (characters)", fmtNumber(stats.max_example_chars)]]));
+      ["longest example (characters)", fmtNumber(stats.max_example_chars)]]),
+    el("p", {class: "hint"}, "Tokens are counted with the base model's own tokenizer when " +
+      "a job using this file is validated; they then show in the files table."));
+}
+
+/**
+ * Real token counts of each file, from the jobs whose validation tokenized it with their
+ * base model's tokenizer: Map file id -> [{model, tokens, trainable, truncated}].
+ */
+async function tokenCounts() {
+  const jobs = await api("GET", "/v1/fine_tuning/jobs?limit=100");
+  const counts = new Map();
+  const add = (fileId, model, stats) => {
+    if (!fileId || !stats || typeof stats.tokens !== "number") return;
+    const list = counts.get(fileId) || [];
+    if (!list.some((c) => c.model === model)) {
+      list.push({model, tokens: stats.tokens, trainable: stats.trainable_tokens,
+        truncated: stats.truncated_examples});
+    }
+    counts.set(fileId, list);
+  };
+  for (const job of jobs.data) {
+    const v = job.validation;
+    if (!v) continue;
+    add(job.training_file, job.model, v);
+    add(job.validation_file, job.model, v.validation_file);
+  }
+  return counts;
+}
+
+function tokensCell(counts) {
+  if (!counts || !counts.length) {
+    return el("span", {class: "muted"}, "counted when a job validates it");
+  }
+  return counts.map((c) => el("div", {class: "file-tokens", "data-model": c.model},
+    fmtNumber(c.tokens) + " (" + c.model + ")",
+    c.truncated ? el("span", {class: "muted"}, ", " + c.truncated + " truncated") : null));
 }
 
 /** The upload form; onUploaded(file) runs after a file was accepted. */
@@ -84,12 +119,13 @@ async function deleteFile(f, report, onDeleted) {
   }
 }
 
-function fileRow(f, onDelete) {
+function fileRow(f, counts, onDelete) {
   return el("tr", {"data-file-id": f.id},
     el("td", {"data-label": "File"}, f.filename),
     el("td", {"data-label": "Id"}, el("code", {}, f.id)),
     el("td", {"data-label": "Purpose"}, f.purpose),
     el("td", {"data-label": "Examples"}, fmtNumber(f.example_count)),
+    el("td", {"data-label": "Tokens"}, tokensCell(counts.get(f.id))),
     el("td", {"data-label": "Size"}, fmtBytes(f.bytes)),
     el("td", {"data-label": "Uploaded"}, fmtTime(f.created_at)),
     el("td", {"data-label": "Actions"}, el("button", {type: "button", class: "danger small",
@@ -104,7 +140,8 @@ export function filesPage(gen) {
 
   async function loadList() {
     try {
-      const page = await api("GET", "/v1/files?limit=200");
+      const [page, counts] = await Promise.all([api("GET", "/v1/files?limit=200"),
+        tokenCounts()]);
       if (!isCurrent(gen)) return;
       if (!page.data.length) {
         replace(listArea, el("p", {class: "empty"}, "No files yet: upload one above."));
@@ -113,7 +150,7 @@ export function filesPage(gen) {
       const onDelete = (f) => deleteFile(f, report, loadList);
       replace(listArea, el("div", {class: "table-wrap"}, el("table", {class: "responsive"},
         headerRow(COLUMNS, "Actions"),
-        el("tbody", {}, page.data.map((f) => fileRow(f, onDelete))))));
+        el("tbody", {}, page.data.map((f) => fileRow(f, counts, onDelete))))));
     } catch (exc) {
       replace(listArea, errorBox(exc, "Could not list files"));
     }

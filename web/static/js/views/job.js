@@ -5,7 +5,7 @@ import {api, qs} from "../api.js";
 import {COLORS, draw} from "../chart.js";
 import {append, el, replace} from "../dom.js";
 import {NON_FINAL_STATUSES, Status, failureHelp, isFinal} from "../enums.js";
-import {fmtNumber, fmtTime, jobName, targetModules} from "../format.js";
+import {fmtNumber, fmtTime, jobName, servingLabel, targetModules} from "../format.js";
 import {lastPoint, metricSeries, newEvents} from "../metrics.js";
 import {isCurrent, onResize, poll} from "../navigation.js";
 import {announce, focusHeading, view} from "../shell.js";
@@ -69,8 +69,11 @@ function renderActions(parts, job) {
   parts.pause.textContent = job.pause_requested ? "Pause requested" : "Pause";
   parts.resume.disabled = job.status !== Status.PAUSED;
   replace(parts.download, job.status === Status.SUCCEEDED
-    ? el("a", {class: "button primary", id: "download-adapter", download: "",
-      href: "/v1/fine_tuning/jobs/" + job.id + "/adapter"}, "Download adapter (.tar.gz)")
+    ? [el("a", {class: "button", id: "try-it", href: "#/playground" +
+        qs({model: job.fine_tuned_model})}, "Try it"),
+    " ",
+    el("a", {class: "button primary", id: "download-adapter", download: "",
+      href: "/v1/fine_tuning/jobs/" + job.id + "/adapter"}, "Download adapter (.tar.gz)")]
     : el("span", {class: "muted"}, "The final adapter can be downloaded once the job " +
       "succeeds."));
 }
@@ -100,10 +103,33 @@ function renderSettings(parts, job) {
       ["trained tokens", fmtNumber(job.trained_tokens)], ...options])),
     el("div", {}, el("h3", {}, "Adapter"), definitionList([
       ["type", a.type === "lora" ? "LoRA" : "DoRA"], ["rank (r)", a.r], ["alpha", a.alpha],
-      ["dropout", a.dropout], ["target modules", targetModules(a.target_modules)]])),
+      ["dropout", a.dropout], ["target modules", targetModules(a.target_modules)],
+      ["loads in", el("span", {id: "serving"}, servingLabel(job.serving))]])),
     el("div", {}, el("h3", {}, "Data"), definitionList([
       ["training file", job.training_file], ["validation file", job.validation_file],
+      ...tokenPairs(job),
       ["created", fmtTime(job.created_at)], ["finished", fmtTime(job.finished_at)]])));
+}
+
+/** Real token counts from the job's validation, with its base model's tokenizer. */
+function tokenPairs(job) {
+  const v = job.validation;
+  if (!v || typeof v.tokens !== "number") {
+    return [["tokens", job.status === Status.VALIDATING_FILES ? "counting…" : "—"]];
+  }
+  const pairs = [
+    ["tokens (" + job.model + " tokenizer)", el("span", {id: "training-tokens"},
+      fmtNumber(v.tokens))],
+    ["tokens trained on (assistant)", fmtNumber(v.trainable_tokens)],
+  ];
+  if (v.truncated_examples) {
+    pairs.push(["truncated examples", v.truncated_examples + " (longer than " +
+      v.max_seq_length + " tokens)"]);
+  }
+  if (v.validation_file && typeof v.validation_file.tokens === "number") {
+    pairs.push(["validation tokens", fmtNumber(v.validation_file.tokens)]);
+  }
+  return pairs;
 }
 
 function checkpointRow(job, c) {
