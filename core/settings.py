@@ -266,6 +266,42 @@ class Settings(BaseSettings):
         json_schema_extra=_doc(shown_default="none (one process's metrics)"),
     )
 
+    # --- webhooks (docs/webhooks.md) ----------------------------------------------------------
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description="1: webhook endpoints may be loopback, private, link-local or metadata "
+        "addresses (a closed network, tests); otherwise they are refused (SSRF).",
+    )
+    webhooks_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest a webhook receiver may take to accept the connection and answer, "
+        "per attempt (seconds).",
+    )
+    webhooks_max_attempts: int = Field(
+        default=12, ge=1, description="Attempts at one webhook delivery before it is failed."
+    )
+    webhooks_retry_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Webhook attempt n is retried after about base * 2^(n-1) seconds "
+        "(jittered); with the defaults twelve attempts span about nine hours.",
+    )
+    webhooks_retry_max_seconds: float = Field(
+        default=4 * 3600.0, gt=0, description="Longest wait between two webhook attempts."
+    )
+    webhooks_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Webhook deliveries in flight at once per scheduler process (a hanging "
+        "receiver holds one slot).",
+    )
+    webhooks_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often an idle delivery loop looks for due webhook deliveries.",
+    )
+
     # --- validation ---------------------------------------------------------------------------
     @field_validator("home", mode="after")
     @classmethod
@@ -382,6 +418,8 @@ _PROBLEMS = {
     "float_parsing": "not a number",
     "bool_parsing": "not a boolean (use 1 or 0, true or false)",
     "path_type": "not a path",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
 }
 
 
@@ -417,7 +455,7 @@ def describe_errors(exc: ValidationError) -> str:
         if error["type"] == "value_error":
             problem = str(error.get("ctx", {}).get("error", error["msg"]))
         else:
-            problem = _PROBLEMS.get(error["type"], error["msg"])
+            problem = _PROBLEMS.get(error["type"], error["msg"]).format(**error.get("ctx", {}))
         parts.append(f"{variable}={shown}: {problem}")
     return "; ".join(parts)
 
