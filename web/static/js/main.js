@@ -1,6 +1,6 @@
 /* The Dorado dashboard: a small single-page app over the same-origin /v1 API, as native ES
  * modules (no framework, no build step). This module routes the URL's hash to a view:
- * #/jobs, #/jobs/<id>, #/new, #/files, #/compare?ids=a,b. */
+ * #/jobs, #/jobs/<id>, #/new, #/files, #/compare?ids=a,b, #/settings. */
 
 import {replace} from "./dom.js";
 import {nextGeneration} from "./navigation.js";
@@ -10,6 +10,7 @@ import {filesPage} from "./views/files.js";
 import {jobPage} from "./views/job.js";
 import {jobsPage} from "./views/jobs.js";
 import {newJobPage} from "./views/new-job.js";
+import {settingsPage} from "./views/settings.js";
 
 /** The hash as path parts and query parameters ("#/jobs?status=failed"). */
 function parseHash() {
@@ -37,6 +38,7 @@ function route() {
   if (section === "files") return filesPage(gen);
   if (section === "new") return newJobPage(gen);
   if (section === "compare") return comparePage(gen, params);
+  if (section === "settings") return settingsPage(gen);
   return jobsPage(gen, params);
 }
 
