@@ -302,6 +302,14 @@ class Settings(BaseSettings):
         description="How often an idle delivery loop looks for due webhook deliveries.",
     )
 
+    # --- experiment trackers (docs/integrations.md) ------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description='The MLflow tracking server jobs with an {"type": "mlflow"} integration '
+        "log to (http:// or https://). Empty: such jobs are refused.",
+        json_schema_extra=_doc(example="http://mlflow:5000", shown_default="none (MLflow off)"),
+    )
+
     # --- validation ---------------------------------------------------------------------------
     @field_validator("home", mode="after")
     @classmethod
@@ -353,6 +361,13 @@ class Settings(BaseSettings):
         if value != "all" and not (value.isdigit() and int(value) > 0):
             raise ValueError('use "all" or a number of GPUs (at least 1)')
         return value
+
+    @field_validator("mlflow_tracking_uri", mode="after")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("use the tracking server's http:// or https:// URL")
+        return value.rstrip("/") if value else None
 
     @field_validator("pools", mode="after")
     @classmethod
