@@ -53,7 +53,12 @@ class TrackingReporter(JobReporter):
 
     def close(self) -> None:
         super().close()
-        self.hub.close(job_outcome(self.settings, self.job_id))
+        try:
+            outcome = job_outcome(self.settings, self.job_id)
+        except Exception:  # the database briefly down: the run still ends, status unknown
+            log.warning("job %s: could not read its outcome for the trackers", self.job_id)
+            outcome = Outcome(status="unknown")
+        self.hub.close(outcome)
 
 
 def job_reporter(
@@ -118,7 +123,7 @@ def _wandb_key(settings: Settings, org_id: str) -> str | None:
 
 
 def warn(settings: Settings, job_id: str):
-    """A callback writing "<tracker> unreachable" as a warning event on the job."""
+    """A callback writing "<tracker> unreachable" as a warning (``warn``) event on the job."""
 
     def unreachable(label: str, error: str) -> None:
         with session_scope(settings.database_url) as session:
@@ -127,7 +132,7 @@ def warn(settings: Settings, job_id: str):
                 job_id,
                 f"{label} was unreachable; the run is not logged there any more ({error}). "
                 "Training goes on unaffected.",
-                level="warning",
+                level="warn",
                 data={"tracker": label, "error": error},
             )
 
