@@ -57,11 +57,12 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     errors.init_app(app)
     for bp in (files.bp, jobs.bp, models.bp, estimate.bp, inference.bp, dashboard.bp):
         app.register_blueprint(bp)
-    from api.routes import admin_audit, admin_orgs, org_keys
+    from api.routes import admin_audit, admin_orgs, org_integrations, org_keys
 
     app.register_blueprint(admin_orgs.bp)
     app.register_blueprint(admin_audit.bp)
     app.register_blueprint(org_keys.bp)
+    app.register_blueprint(org_integrations.bp)
     from api.routes import admin_catalog
 
     app.register_blueprint(admin_catalog.bp)

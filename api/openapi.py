@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.openapi_models import OpenObject
-from api.schemas import JobCreateRequest
+from api.schemas import Integration, JobCreateRequest
 
 
 class ErrorBody(OpenObject):
@@ -85,7 +85,9 @@ class JobObject(OpenObject):
     suffix: str | None
     metadata: dict[str, str] | None
     estimated_finish: int | None
-    integrations: list[dict[str, Any]] | None
+    integrations: list[Integration] = Field(
+        description="Experiment trackers the run is logged to (wandb as OpenAI; mlflow)"
+    )
     adapter: dict[str, Any] = Field(description="Dorado: the adapter trained (LoRA or DoRA)")
 
 
@@ -231,7 +233,13 @@ MERGED_ERRORS = (400, 401, 404, 502, 503)
 @lru_cache(maxsize=1)
 def build_openapi() -> dict[str, Any]:
     """The whole API as an OpenAPI 3.1 document."""
-    from api import openapi_catalog, openapi_queue, openapi_security, openapi_webhooks
+    from api import (
+        openapi_catalog,
+        openapi_integrations,
+        openapi_queue,
+        openapi_security,
+        openapi_webhooks,
+    )
 
     schemas: dict[str, Any] = {}
     for model in (
@@ -240,6 +248,7 @@ def build_openapi() -> dict[str, Any]:
         + openapi_catalog.SCHEMAS
         + openapi_queue.SCHEMAS
         + openapi_webhooks.SCHEMAS
+        + openapi_integrations.SCHEMAS
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -426,6 +435,7 @@ def build_openapi() -> dict[str, Any]:
     paths.update(openapi_catalog.paths(_op, _json, _path_param, _query))
     paths.update(openapi_queue.paths(_op, _json, _path_param, _query))
     paths.update(openapi_webhooks.paths(_op, _json, _path_param, _query))
+    paths.update(openapi_integrations.paths(_op, _json, _path_param, _query))
     return {
         "openapi": "3.1.0",
         "info": {

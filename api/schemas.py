@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +22,42 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class WandbOptions(BaseModel):
+    """Where the W&B run goes; the API key is the organization's, never the job's."""
+
+    model_config = ConfigDict(extra="forbid")
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=128)
+    entity: str | None = Field(None, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=50
+    )
+
+
+class WandbIntegration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["wandb"]
+    wandb: WandbOptions
+
+
+class MlflowOptions(BaseModel):
+    """Dorado's own: the experiment (created if missing) and run name on the operator's
+    MLflow tracking server (DORADO_MLFLOW_TRACKING_URI)."""
+
+    model_config = ConfigDict(extra="forbid")
+    experiment: str = Field(min_length=1, max_length=256)
+    run_name: str | None = Field(None, max_length=256)
+
+
+class MlflowIntegration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["mlflow"]
+    mlflow: MlflowOptions
+
+
+Integration = Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
+
+
 class JobCreateRequest(BaseModel):
     """``POST /v1/fine_tuning/jobs``. Unknown fields are rejected, not silently dropped."""
 
@@ -35,7 +71,7 @@ class JobCreateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2_147_483_647)
     suffix: str | None = Field(None, min_length=1, max_length=64)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(None, max_length=5)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     # Dorado extras (the SDK sends them with extra_body).
     learning_rate: float | None = Field(None, gt=0, le=1)
@@ -56,6 +92,10 @@ class JobCreateRequest(BaseModel):
             "pool",
         )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    def integration_dicts(self) -> list[dict[str, Any]]:
+        """The integrations as stored and echoed: OpenAI's shape, unset fields as null."""
+        return [item.model_dump() for item in self.integrations or []]
 
     @field_validator("metadata")
     @classmethod

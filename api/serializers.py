@@ -53,7 +53,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "estimated_finish": to_unix(job.estimated_finish)
         if job.status == JobStatus.RUNNING
         else None,
-        "integrations": [],
+        "integrations": job.integrations or [],
         # Dorado extras.
         "adapter": job.adapter,
         "serving": serving_engines(job.adapter),

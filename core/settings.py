@@ -288,6 +288,50 @@ class Settings(BaseSettings):
         json_schema_extra=_doc(shown_default="none (one process's metrics)"),
     )
 
+    # --- webhooks (docs/webhooks.md) ----------------------------------------------------------
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description="1: webhook endpoints may be loopback, private, link-local or metadata "
+        "addresses (a closed network, tests); otherwise they are refused (SSRF).",
+    )
+    webhooks_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest a webhook receiver may take to accept the connection and answer, "
+        "per attempt (seconds).",
+    )
+    webhooks_max_attempts: int = Field(
+        default=12, ge=1, description="Attempts at one webhook delivery before it is failed."
+    )
+    webhooks_retry_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Webhook attempt n is retried after about base * 2^(n-1) seconds "
+        "(jittered); with the defaults twelve attempts span about nine hours.",
+    )
+    webhooks_retry_max_seconds: float = Field(
+        default=4 * 3600.0, gt=0, description="Longest wait between two webhook attempts."
+    )
+    webhooks_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Webhook deliveries in flight at once per scheduler process (a hanging "
+        "receiver holds one slot).",
+    )
+    webhooks_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often an idle delivery loop looks for due webhook deliveries.",
+    )
+
+    # --- experiment trackers (docs/integrations.md) ------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description='The MLflow tracking server jobs with an {"type": "mlflow"} integration '
+        "log to (http:// or https://). Empty: such jobs are refused.",
+        json_schema_extra=_doc(example="http://mlflow:5000", shown_default="none (MLflow off)"),
+    )
+
     # --- validation ---------------------------------------------------------------------------
     @field_validator("home", mode="after")
     @classmethod
@@ -339,6 +383,13 @@ class Settings(BaseSettings):
         if value != "all" and not (value.isdigit() and int(value) > 0):
             raise ValueError('use "all" or a number of GPUs (at least 1)')
         return value
+
+    @field_validator("mlflow_tracking_uri", mode="after")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("use the tracking server's http:// or https:// URL")
+        return value.rstrip("/") if value else None
 
     @field_validator("pools", mode="after")
     @classmethod
@@ -404,6 +455,8 @@ _PROBLEMS = {
     "float_parsing": "not a number",
     "bool_parsing": "not a boolean (use 1 or 0, true or false)",
     "path_type": "not a path",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
 }
 
 
@@ -439,7 +492,7 @@ def describe_errors(exc: ValidationError) -> str:
         if error["type"] == "value_error":
             problem = str(error.get("ctx", {}).get("error", error["msg"]))
         else:
-            problem = _PROBLEMS.get(error["type"], error["msg"])
+            problem = _PROBLEMS.get(error["type"], error["msg"]).format(**error.get("ctx", {}))
         parts.append(f"{variable}={shown}: {problem}")
     return "; ".join(parts)
 

@@ -28,6 +28,7 @@ from worker.celery_app import app
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
+from worker.trackers import job_reporter
 from worker.training.options import EngineOptions, JobOptions
 from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
 
@@ -167,7 +168,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
         limit = int((job.options or {}).get("max_run_seconds") or settings.max_job_seconds)
         started = job.started_at or utcnow()  # the claim set it
         deadline = started + timedelta(seconds=limit)
-    reporter = JobReporter(settings, store, job_id, attempt, deadline=deadline)
+    reporter = job_reporter(settings, store, job_id, attempt, deadline=deadline)
     reporter.start()
     try:
         _train(settings, store, job_id, attempt, reporter)

@@ -1,4 +1,5 @@
-"""``dorado-admin orgs create|list|set-quota``: organizations and their quotas."""
+"""``dorado-admin orgs create|list|set-quota|set-wandb-key``: organizations, their quotas and
+tracker credentials."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import click
 
 from admin.context import AdminContext, pass_admin
 from admin.output import emit_object, emit_rows, handle_errors, json_option
-from core.tenancy import audit, auth
+from core.tenancy import audit, auth, tracker_credentials
 
 COLUMNS = [
     ("id", "ID"),
@@ -130,3 +131,41 @@ def set_quota(admin: AdminContext, org_id: str, as_json: bool, **quotas) -> None
         )
         out = auth.organization_dict(org)
     emit_object(out, as_json=as_json, title="Quotas set")
+
+
+@orgs.command("set-wandb-key")
+@click.argument("org_id")
+@click.option(
+    "--api-key",
+    envvar="WANDB_API_KEY",
+    help="The key (else WANDB_API_KEY, else asked without echo: keep it out of the history).",
+)
+@click.option("--remove", is_flag=True, help="Remove the organization's key instead.")
+@json_option
+@pass_admin
+@handle_errors
+def set_wandb_key(
+    admin: AdminContext, org_id: str, api_key: str | None, remove: bool, as_json: bool
+) -> None:
+    """Set ORG_ID's Weights & Biases API key, used by its jobs' wandb integrations (stored
+    encrypted; docs/integrations.md)."""
+    if not remove and not api_key:
+        api_key = click.prompt("W&B API key", hide_input=True)
+    with admin.session() as session:
+        tracker_credentials.set_wandb_api_key(
+            session,
+            tracker_credentials.credentials_box(admin.settings),
+            org_id,
+            None if remove else api_key,
+        )
+        audit.record(
+            session,
+            action="organization.integrations.update",
+            object_type="organization",
+            object_id=org_id,
+            organization_id=org_id,
+            actor=admin.actor,
+            details={"wandb_api_key": "removed" if remove else "set"},
+        )
+        out = tracker_credentials.integrations_settings_dict(session, org_id)
+    emit_object(out, as_json=as_json, title="Integrations")

@@ -117,7 +117,7 @@ def create_endpoint(
             url=url,
             event_types=list(event_types),
             name=name,
-            allow_private=webhook_config().allow_private,
+            allow_private=webhook_config(admin.settings).allow_private,
         )
         _record(admin, session, "webhook_endpoint.create", new.row, url=url)
         out = _endpoint_out(new.row, new.secret)
@@ -165,7 +165,11 @@ def update_endpoint(
         )
     with admin.session() as session:
         row = service.update_endpoint(
-            session, None, endpoint_id, changes, allow_private=webhook_config().allow_private
+            session,
+            None,
+            endpoint_id,
+            changes,
+            allow_private=webhook_config(admin.settings).allow_private,
         )
         _record(admin, session, "webhook_endpoint.update", row, **changes)
         out = _endpoint_out(row)

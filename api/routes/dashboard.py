@@ -30,6 +30,7 @@ from core.jobs.status import (
     JobStatus,
 )
 from core.tenancy.auth import authenticate
+from core.webhooks.events import EVENT_TYPES
 
 bp = Blueprint("dashboard", __name__)
 
@@ -132,6 +133,7 @@ def dashboard_enums() -> dict[str, Any]:
             "non_final": [status.value for status in NON_FINAL_STATUSES],
         },
         "failure_help": {code.value: text for code, text in FAILURE_HELP.items()},
+        "webhook_event_types": list(EVENT_TYPES),
     }
 
 
@@ -157,6 +159,7 @@ def index() -> Response:
         csrf=websession.csrf_token(),
         org_name=org.name if org else key.organization_id,
         key_prefix=key.prefix,
+        key_scope=key.scope,
         enums=dashboard_enums(),
     )
     return _no_store(Response(html, mimetype="text/html"))

@@ -18,6 +18,7 @@ from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.status import JobStatus
 from core.scheduling.wakeups import commit_and_publish
+from core.tenancy.tracker_credentials import check_integrations_usable
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
 
@@ -42,7 +43,9 @@ def create_job():
         suffix=req.suffix,
         metadata=req.metadata,
         options=req.options(),
+        integrations=req.integration_dicts(),
     )
+    check_integrations_usable(db(), g.org_id, new.integrations, dorado().settings)
     job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)
     _commit_and_publish(job)
     return job_object(job)

@@ -46,7 +46,7 @@ def create_endpoint():
         url=body.get("url"),
         event_types=body.get("event_types"),
         name=body.get("name", ""),
-        allow_private=webhook_config().allow_private,
+        allow_private=webhook_config(dorado().settings).allow_private,
     )
     audit(
         "webhook_endpoint.create",
@@ -67,7 +67,11 @@ def update_endpoint(endpoint_id: str):
     """Change ``name``, ``url``, ``event_types``; ``enabled: false`` disables it."""
     changes = json_object()
     row = service.update_endpoint(
-        db(), g.org_id, endpoint_id, changes, allow_private=webhook_config().allow_private
+        db(),
+        g.org_id,
+        endpoint_id,
+        changes,
+        allow_private=webhook_config(dorado().settings).allow_private,
     )
     audit("webhook_endpoint.update", "webhook_endpoint", row.id, details=changes)
     return service.endpoint_dict(row)

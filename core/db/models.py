@@ -44,6 +44,9 @@ class Organization(Base):
     last_validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Bytes of uploaded files plus trained adapters this organization may keep; None: no limit.
     storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The organization's Weights & Biases API key, sealed (core.tenancy.tracker_credentials).
+    wandb_api_key_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wandb_api_key_hint: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ApiKey(Base):
@@ -125,6 +128,8 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     result_files: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Experiment trackers the worker logs the run to (OpenAI's "integrations" shape).
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
     adapter_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -56,6 +56,8 @@ class NewJob:
     suffix: str | None
     metadata: dict[str, str] | None
     options: dict[str, Any] = field(default_factory=dict)
+    # Experiment trackers, as validated by the API (OpenAI's shape).
+    integrations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def add_event(
@@ -138,6 +140,7 @@ def create_job(
         created_at=now,
         attempt=0,
         options=options,
+        integrations=new.integrations or None,
         pause_requested=False,
         priority=0,
         pool=pool,

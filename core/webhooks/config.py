@@ -1,16 +1,11 @@
-"""The operator's webhook settings, read in one place.
-
-``core/settings.py`` is being reworked; until these become fields of ``Settings`` they are read
-from the environment here, so that only :func:`webhook_config` has to change then.
-"""
+"""The operator's webhook settings (``DORADO_WEBHOOKS_*``, fields of
+:class:`core.settings.Settings`) as the delivery code uses them."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-TRUE = {"1", "true", "yes", "on"}
+from core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -29,31 +24,14 @@ class WebhookConfig:
     poll_seconds: float = 0.5
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {raw!r}")
-    return value
-
-
-def webhook_config(env: Mapping[str, str] | None = None) -> WebhookConfig:
-    """Read ``DORADO_WEBHOOKS_*`` variables (``DORADO_WEBHOOKS_ALLOW_PRIVATE``,
-    ``_TIMEOUT_SECONDS``, ``_MAX_ATTEMPTS``, ``_RETRY_BASE_SECONDS``, ``_RETRY_MAX_SECONDS``,
-    ``_CONCURRENCY``, ``_POLL_SECONDS``)."""
-    env = os.environ if env is None else env
-    d = WebhookConfig()
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """The webhook part of ``settings`` (validated when Settings was loaded, at startup)."""
     return WebhookConfig(
-        allow_private=env.get("DORADO_WEBHOOKS_ALLOW_PRIVATE", "").strip().lower() in TRUE,
-        timeout_seconds=_float(env, "DORADO_WEBHOOKS_TIMEOUT_SECONDS", d.timeout_seconds),
-        max_attempts=int(_float(env, "DORADO_WEBHOOKS_MAX_ATTEMPTS", d.max_attempts)),
-        retry_base_seconds=_float(env, "DORADO_WEBHOOKS_RETRY_BASE_SECONDS", d.retry_base_seconds),
-        retry_max_seconds=_float(env, "DORADO_WEBHOOKS_RETRY_MAX_SECONDS", d.retry_max_seconds),
-        concurrency=int(_float(env, "DORADO_WEBHOOKS_CONCURRENCY", d.concurrency)),
-        poll_seconds=_float(env, "DORADO_WEBHOOKS_POLL_SECONDS", d.poll_seconds),
+        allow_private=settings.webhooks_allow_private,
+        timeout_seconds=settings.webhooks_timeout_seconds,
+        max_attempts=settings.webhooks_max_attempts,
+        retry_base_seconds=settings.webhooks_retry_base_seconds,
+        retry_max_seconds=settings.webhooks_retry_max_seconds,
+        concurrency=settings.webhooks_concurrency,
+        poll_seconds=settings.webhooks_poll_seconds,
     )

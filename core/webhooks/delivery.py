@@ -223,7 +223,7 @@ class DeliveryLoop:
 
 def start_in_thread(settings: Settings, stop: threading.Event) -> threading.Thread:
     """Run the delivery loop beside the scheduler's sweeps, in a daemon thread."""
-    loop = DeliveryLoop(settings.database_url, secret_box(settings), webhook_config())
+    loop = DeliveryLoop(settings.database_url, secret_box(settings), webhook_config(settings))
     thread = threading.Thread(
         target=loop.run_forever, args=(stop,), name="webhook-delivery", daemon=True
     )

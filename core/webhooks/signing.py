@@ -51,8 +51,9 @@ class SecretBox:
     """Encrypts signing secrets (Fernet: AES-128-CBC + HMAC) under a key derived from the
     platform secret: a database dump alone does not reveal them, the delivery loop can."""
 
-    def __init__(self, platform_secret: str) -> None:
-        key = hmac.new(platform_secret.encode(), ENCRYPTION_PURPOSE, hashlib.sha256).digest()
+    def __init__(self, platform_secret: str, purpose: bytes = ENCRYPTION_PURPOSE) -> None:
+        # A purpose label per kind of secret: no two kinds share an encryption key.
+        key = hmac.new(platform_secret.encode(), purpose, hashlib.sha256).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
 
     def seal(self, secret: str) -> str:

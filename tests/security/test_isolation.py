@@ -155,8 +155,9 @@ def test_no_route_reaches_another_organizations_objects(world: World, attacker_n
                 "files.create_file",
                 "org_keys.create_key",
                 "webhooks.create_endpoint",
+                "org_integrations.update_integrations",
             ):
-                continue  # names no existing object: creates in the caller's org only
+                continue  # names no existing object: creates in (or sets) the caller's org only
             assert bodies, f"new route {method} {rule.rule}: teach this test its body"
             for body, victim_id in bodies:
                 fake = fake_like(victim_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -20,7 +21,7 @@ from core.bootstrap import prepare_database
 from core.db.engine import session_scope
 from core.db.models import WebhookEndpoint
 from core.jobs import lifecycle as jobs
-from core.settings import Settings, load_settings
+from core.settings import Settings, SettingsError, load_settings
 from core.tenancy import auth
 from core.webhooks.delivery import DeliveryLoop
 from core.webhooks.endpoints import secret_box
@@ -46,6 +47,12 @@ def settings(postgres_url: str, tmp_path: Path, monkeypatch) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> FlaskClient:
     return create_app(settings).test_client()
+
+
+@pytest.fixture
+def private_client(settings: Settings) -> FlaskClient:
+    """An API whose operator allows loopback receivers (DORADO_WEBHOOKS_ALLOW_PRIVATE=1)."""
+    return create_app(settings.model_copy(update={"webhooks_allow_private": True})).test_client()
 
 
 def org_of_key(settings: Settings) -> str:
@@ -110,15 +117,26 @@ def test_bad_endpoints_are_refused_with_the_field_named(client, body, param):
 
 
 def test_a_public_address_is_accepted_and_private_ones_when_the_operator_allows(
-    client, monkeypatch
+    client, private_client
 ):
     assert create(client, "https://93.184.215.14/hook").status_code == 200
-    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
-    assert create(client, "http://127.0.0.1:9/hook").status_code == 200
+    assert create(client, "http://127.0.0.1:9/hook").status_code == 400
+    assert create(private_client, "http://127.0.0.1:9/hook").status_code == 200
 
 
-def test_crud_secret_once_and_sealed_at_rest(client, settings, monkeypatch):
-    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
+def test_a_malformed_webhook_setting_is_a_startup_error_naming_it(settings, monkeypatch):
+    monkeypatch.setenv("DORADO_WEBHOOKS_TIMEOUT_SECONDS", "soon")
+    monkeypatch.setenv("DORADO_WEBHOOKS_MAX_ATTEMPTS", "0")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "DORADO_WEBHOOKS_TIMEOUT_SECONDS='soon': not a number; "
+        "DORADO_WEBHOOKS_MAX_ATTEMPTS='0': must be at least 1"
+    )
+
+
+def test_crud_secret_once_and_sealed_at_rest(private_client, settings):
+    client = private_client
     created = create(client, "http://127.0.0.1:9/a", name="ci").get_json()
     secret = created["signing_secret"]
     assert secret.startswith("whsec_") and created["object"] == "webhook_endpoint"
@@ -150,8 +168,8 @@ def test_crud_secret_once_and_sealed_at_rest(client, settings, monkeypatch):
     assert resp.status_code == 404
 
 
-def test_only_admin_keys_of_the_organization(client, settings, monkeypatch):
-    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
+def test_only_admin_keys_of_the_organization(private_client, settings):
+    client = private_client
     endpoint_id = create(client, "http://127.0.0.1:9/a").get_json()["id"]
     member = other_key(settings, "member", org_of_key(settings))
     for method, path in [
@@ -175,8 +193,8 @@ def test_only_admin_keys_of_the_organization(client, settings, monkeypatch):
         assert resp.status_code == 404, (method, path)
 
 
-def test_delivery_log_and_resend(client, settings, receiver, monkeypatch):
-    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
+def test_delivery_log_and_resend(private_client, settings, receiver):
+    client = private_client
     endpoint_id = create(client, receiver.url()).get_json()["id"]
     org = org_of_key(settings)
     add_training_file(settings.database_url, org)
@@ -204,8 +222,8 @@ def test_delivery_log_and_resend(client, settings, receiver, monkeypatch):
     assert bad.status_code == 400
 
 
-@pytest.fixture
-def served(settings: Settings) -> Iterator[str]:
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
     """The API over real HTTP on loopback, for the openai SDK."""
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -214,9 +232,17 @@ def served(settings: Settings) -> Iterator[str]:
     server.shutdown()
 
 
-def test_the_official_sdk_manages_endpoints(served, monkeypatch):
-    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
-    client = openai.OpenAI(base_url=served, api_key=KEY, max_retries=0)
+def test_the_official_sdk_manages_endpoints(settings):
+    with serve(settings.model_copy(update={"webhooks_allow_private": True})) as url:
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        manage_with_the_sdk(client)
+    with serve(settings) as url:
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="non-public address"):
+            client.webhooks.create(name="x", url="http://169.254.169.254/", event_types=ALL)
+
+
+def manage_with_the_sdk(client: openai.OpenAI) -> None:
     created = client.webhooks.create(
         name="ci", url="http://127.0.0.1:9/hook", event_types=["fine_tuning.job.succeeded"]
     )
@@ -224,7 +250,4 @@ def test_the_official_sdk_manages_endpoints(served, monkeypatch):
     assert [e.id for e in client.webhooks.list()] == [created.id]
     updated = client.webhooks.update(created.id, event_types=ALL)
     assert updated.event_types == ALL and client.webhooks.retrieve(created.id).name == "ci"
-    with pytest.raises(openai.BadRequestError, match="non-public address"):
-        monkeypatch.delenv("DORADO_WEBHOOKS_ALLOW_PRIVATE")
-        client.webhooks.create(name="x", url="http://169.254.169.254/", event_types=ALL)
     assert client.webhooks.delete(created.id).deleted is True

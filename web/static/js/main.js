@@ -1,6 +1,7 @@
 /* The Dorado dashboard: a small single-page app over the same-origin /v1 API, as native ES
  * modules (no framework, no build step). This module routes the URL's hash to a view:
- * #/jobs, #/jobs/<id>, #/new, #/files, #/compare?ids=a,b, #/playground?model=m&against=n. */
+ * #/jobs, #/jobs/<id>, #/new, #/files, #/compare?ids=a,b, #/playground?model=m&against=n,
+ * #/settings. */
 
 import {replace} from "./dom.js";
 import {nextGeneration} from "./navigation.js";
@@ -11,6 +12,7 @@ import {jobPage} from "./views/job.js";
 import {jobsPage} from "./views/jobs.js";
 import {newJobPage} from "./views/new-job.js";
 import {playgroundPage} from "./views/playground.js";
+import {settingsPage} from "./views/settings.js";
 
 /** The hash as path parts and query parameters ("#/jobs?status=failed"). */
 function parseHash() {
@@ -39,6 +41,7 @@ function route() {
   if (section === "new") return newJobPage(gen);
   if (section === "compare") return comparePage(gen, params);
   if (section === "playground") return playgroundPage(gen, params);
+  if (section === "settings") return settingsPage(gen);
   return jobsPage(gen, params);
 }
 
