@@ -22,6 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+# The user commands' own variables (docs/cli.md): a client reads these, never the platform's
+# settings, which describe a server it does not run.
+CLIENT_VARIABLES = ("DORADO_API_KEY", "DORADO_BASE_URL", "DORADO_CONFIG", "DORADO_LOG_LEVEL")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"  # `dorado run` serves the API on DORADO_PORT=8000
 # Reads may wait on a busy CPU-bound server; connecting should not take long.
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -338,3 +341,8 @@ class DoradoClient:
             raise self._unreachable(exc) from None
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"the answer broke off: {type(exc).__name__} {exc}") from None
+
+
+def debug_logging() -> bool:
+    """``DORADO_LOG_LEVEL=DEBUG``: show the HTTP client's log lines too."""
+    return os.environ.get("DORADO_LOG_LEVEL", "").upper() == "DEBUG"

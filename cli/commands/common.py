@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from cli.client import ApiError, ClientError, ConfigError, ConnectionFailed, DoradoClient
+from cli.client import (
+    ApiError,
+    ClientError,
+    ConfigError,
+    ConnectionFailed,
+    DoradoClient,
+    debug_logging,
+)
 from cli.client import load_config as _load_config
 from cli.commands.output import EXIT_API_ERROR, EXIT_SETUP, EXIT_UNEXPECTED, fail
 
@@ -44,7 +50,7 @@ def headline(error: ApiError) -> str:
 def _quiet_http_logs() -> None:
     # The launcher configures INFO logging for the services; a user's terminal wants answers,
     # not a log line per request (DORADO_LOG_LEVEL=DEBUG shows them again).
-    if os.environ.get("DORADO_LOG_LEVEL", "").upper() != "DEBUG":
+    if not debug_logging():
         for name in ("httpx2", "httpcore2"):
             logging.getLogger(name).setLevel(logging.WARNING)
 

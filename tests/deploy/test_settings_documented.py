@@ -21,6 +21,7 @@ VARIABLE_LINE = re.compile(r"^(?:# )?(DORADO_[A-Z0-9_]+)=")
 ENV_DEFAULT = re.compile(r"Default: (.*?)\.(?: |$)", re.DOTALL)
 # Reading a DORADO_* variable anywhere but core/settings.py bypasses its validation.
 DIRECT_READ = re.compile(r"(?:environ\.get|getenv|environ\[)\(?\s*[\"']DORADO_")
+CLIENT_READ = re.compile(r"(?:environ\.get|getenv|environ\[)\(?\s*[\"'](DORADO_[A-Z0-9_]+)")
 REGENERATE = "edit core/settings.py, then regenerate with `python -m core.settings"
 
 
@@ -49,14 +50,21 @@ def test_code_names_only_settings_fields() -> None:
 
 
 def test_no_dorado_variable_read_outside_settings() -> None:
+    # The user commands are a client (often on a laptop): they read only their own variables,
+    # in one module, and never the platform's settings.
+    from cli.client import CLIENT_VARIABLES
+
+    client = ROOT / "cli" / "client.py"
     readers = [
         str(path.relative_to(ROOT))
         for package in ("core", "api", "worker", "admin", "cli")
         for path in (ROOT / package).rglob("*.py")
-        if path != ROOT / "core" / "settings.py"
+        if path not in (ROOT / "core" / "settings.py", client)
         and DIRECT_READ.search(path.read_text(encoding="utf-8"))
     ]
     assert not readers, f"read DORADO_* through core.settings.load_settings(): {readers}"
+    read_by_client = set(CLIENT_READ.findall(client.read_text(encoding="utf-8")))
+    assert read_by_client and read_by_client <= set(CLIENT_VARIABLES), read_by_client
 
 
 def readme_table() -> str:
