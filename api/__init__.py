@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, request
-from flask.json.provider import DefaultJSONProvider
 
 from core.settings import Settings, load_settings
 from core.tenancy.secret import platform_secret
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# A client's X-Request-Id is kept only if it looks like an id: it is echoed in a header and
+# written to logs, where 8 KB of HTML (or a forged log line) has no business.
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(sent: str | None) -> str:
+    """The request's id: the client's ``X-Request-Id`` if well-formed, else a new one."""
+    if sent and CLIENT_REQUEST_ID.fullmatch(sent):
+        return sent
+    return f"req_{secrets.token_hex(12)}"
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     """App factory: no network clients are created at import time."""
     from api import audit, auth, context, errors, idempotency, limits, websession
+    from api.json_body import BoundedJSONProvider
     from api.routes import dashboard, estimate, files, health, inference, jobs, models
 
     settings = settings or load_settings()
@@ -33,14 +44,13 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         **websession.session_config(settings),
         JSON_SORT_KEYS=False,
     )
-    if isinstance(app.json, DefaultJSONProvider):  # responses keep OpenAI's field order
-        app.json.sort_keys = False
+    app.json = BoundedJSONProvider(app)  # bounded parsing; responses keep OpenAI's order
     if config:
         app.config.update(config)
 
     @app.before_request
     def _request_id():
-        g.request_id = request.headers.get("X-Request-Id") or f"req_{secrets.token_hex(12)}"
+        g.request_id = request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def _request_id_header(response):

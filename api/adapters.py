@@ -20,6 +20,7 @@ from core.db.models import Job
 from core.errors import InvalidRequest
 from core.jobs import lifecycle as jobs
 from core.jobs.status import JobStatus
+from core.storage import quota
 
 
 def adapter_prefix(job_id: str) -> str:
@@ -45,10 +46,12 @@ def merged_adapter_response(org_id: str, job_id: str) -> ResponseReturnValue:
     For ``GET /v1/fine_tuning/jobs/<id>/adapter/merged`` and ``.../adapter?format=merged``.
     """
     job = adapter_job(org_id, job_id)
-    commit_early()  # a merge can take many minutes
     store = dorado().store
     key = f"jobs/{job.id}/merged.tar.gz"
+    built = False
     if not store.exists(key):
+        quota.check_room_for_outputs(db(), org_id, "a merged export")
+        commit_early()  # a merge can take many minutes
         payload = {
             "job_id": job.id,
             "base_model": job.model,
@@ -59,4 +62,7 @@ def merged_adapter_response(org_id: str, job_id: str) -> ResponseReturnValue:
                 key = json.loads(upstream.read())["key"]
         except (UpstreamError, InferenceUnavailable) as exc:
             return error_response(exc)
+        built = True
+    if built:  # the export counts in the organization's storage quota from now on
+        quota.refresh_job_bytes(db(), store, job.id)
     return stored_object(key, f"{job.id}-merged.tar.gz", "application/gzip")

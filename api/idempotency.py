@@ -1,8 +1,14 @@
-"""``Idempotency-Key`` on POST /v1 requests: the first response is stored and replayed."""
+"""``Idempotency-Key`` on POST /v1 requests: the first response is stored and replayed.
+
+A response that carries a secret shown only once (a new API key, a webhook signing secret) is
+stored without it: ``idempotency_keys`` is not a second place secrets live. A retry of such a
+request gets the created object back with the secret field ``null`` (and no second object).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 from flask import Flask, Response, g, request
@@ -14,6 +20,29 @@ from core.tenancy import idempotency
 log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
+# Endpoint -> the response fields that hold a secret returned once and never stored.
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {
+    "org_keys.create_key": ("key",),
+    "admin_orgs.create_key": ("key",),
+    "webhooks.create_endpoint": ("signing_secret",),
+}
+
+
+def storable_body(endpoint: str | None, body: str) -> str:
+    """``body`` as it may be kept for replays: the endpoint's secret fields set to null."""
+    fields = SECRET_FIELDS.get(endpoint or "")
+    if not fields:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict):
+        return body
+    for name in fields:
+        if name in data:
+            data[name] = None
+    return json.dumps(data)
 
 
 def _body_digest() -> str:
@@ -79,9 +108,8 @@ def init_app(app: Flask) -> None:
             if response.status_code >= 500:
                 idempotency.release(session, record_id)
             else:
-                idempotency.finish(
-                    session, record_id, response.status_code, response.get_data(as_text=True)
-                )
+                body = storable_body(request.endpoint, response.get_data(as_text=True))
+                idempotency.finish(session, record_id, response.status_code, body)
         except Exception:
             session.rollback()
             idempotency.release(session, record_id)

@@ -1,5 +1,5 @@
-"""Request limits enforced before any route runs: the per-key rate limit (429), the JSON body
-size (413) and the body's content type (415).
+"""Request limits enforced before any route runs: the per-key and per-organization rate
+limits (429), the JSON body size (413) and the body's content type (415).
 
 The openai SDK retries 429 honouring ``retry-after-ms``/``retry-after``; it does not retry
 413 and 415, which a retry could not fix. A NUL character in any input is a 400 (PostgreSQL
@@ -126,10 +126,35 @@ def check_nul() -> tuple[Response, int] | None:
     )
 
 
+def key_limit() -> int | None:
+    """The most unrevoked keys an organization may hold (None: no limit)."""
+    return dorado().settings.max_keys_per_organization or None
+
+
+def _too_many(decision: Decision, whose: str) -> tuple[Response, int]:
+    response, status = envelope(
+        429,
+        f"Rate limit reached for this {whose}: {decision.limit} requests per minute. "
+        f"Retry after {header_seconds(decision.retry_after_seconds)} s.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+    )
+    response.headers["retry-after"] = header_seconds(decision.retry_after_seconds)
+    response.headers["retry-after-ms"] = str(max(1, int(decision.retry_after_seconds * 1000)))
+    return response, status
+
+
+# Organization buckets share the key buckets' store under their own names.
+ORG_BUCKET_PREFIX = "org:"
+
+
 def init_app(app: Flask) -> None:
-    """Register after ``api.auth`` (the limit is per key) and before idempotency."""
+    """Register after ``api.auth`` (the limits are per key and org) and before idempotency."""
     settings = app.extensions["dorado"].settings
     limiter: RateLimiter | None = open_limiter(settings.rate_limit_per_minute, settings.broker_url)
+    org_limiter: RateLimiter | None = open_limiter(
+        settings.rate_limit_per_organization_per_minute, settings.broker_url
+    )
     app.extensions["dorado_limiter"] = limiter
 
     @app.before_request
@@ -140,19 +165,15 @@ def init_app(app: Flask) -> None:
             decision = limiter.hit(g.api_key.id)
             g.rate_decision = decision
             if not decision.allowed:
-                response, status = envelope(
-                    429,
-                    "Rate limit reached for this API key: "
-                    f"{decision.limit} requests per minute. Retry after "
-                    f"{header_seconds(decision.retry_after_seconds)} s.",
-                    type="rate_limit_error",
-                    code="rate_limit_exceeded",
-                )
-                response.headers["retry-after"] = header_seconds(decision.retry_after_seconds)
-                response.headers["retry-after-ms"] = str(
-                    max(1, int(decision.retry_after_seconds * 1000))
-                )
-                return response, status
+                return _too_many(decision, "API key")
+        if org_limiter is not None:
+            # The organization's bucket: minting more keys does not buy more requests.
+            org_decision = org_limiter.hit(ORG_BUCKET_PREFIX + g.org_id)
+            if not org_decision.allowed:
+                g.rate_decision = org_decision
+                return _too_many(org_decision, "organization")
+            if "rate_decision" not in g or org_decision.remaining < g.rate_decision.remaining:
+                g.rate_decision = org_decision  # the headers show the tighter of the two
         return check_body() or check_nul()
 
     @app.after_request

@@ -76,9 +76,10 @@ class JobCreateRequest(BaseModel):
     # Dorado extras (the SDK sends them with extra_body).
     learning_rate: float | None = Field(None, gt=0, le=1)
     max_seq_length: int | None = Field(None, ge=16, le=131072)
-    checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1, le=2_147_483_647)
     keep_checkpoints: int | None = Field(None, ge=1, le=100)
-    max_run_seconds: int | None = Field(None, ge=1)
+    # At most DORADO_MAX_JOB_SECONDS (checked by the route: the schema has no settings).
+    max_run_seconds: int | None = Field(None, ge=1, le=2_147_483_647)
     # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
     pool: str | None = Field(None, min_length=1, max_length=64)
 

@@ -1,8 +1,10 @@
-"""The dashboard's sign-in session: a signed, HttpOnly cookie holding only the API key's *id*.
+"""The dashboard's sign-in session: a signed, HttpOnly cookie holding a sign-in token.
 
-The raw key is never stored: the sign-in form checks it with ``core.tenancy.auth.authenticate`` and
-the session keeps the key id, its organization and a CSRF token. Every later request loads the
-key row again, so revoking the key ends the session. Requests authenticated by the session
+The raw key is never stored: the sign-in form checks it with ``core.tenancy.auth.authenticate``
+and the cookie keeps a random token naming a server-side sign-in
+(``core.tenancy.dashboard_sessions``), its organization and a CSRF token. Every later request
+loads the sign-in and the key row again, so signing out or revoking the key ends the session,
+also for a copy of the cookie. Requests authenticated by the session
 must carry the CSRF token (``X-CSRF-Token`` header, or the ``csrf_token`` form field) on any
 state-changing method.
 """
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from core.db.models import ApiKey
 from core.errors import PermissionDenied
 from core.settings import Settings
+from core.tenancy import dashboard_sessions
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +59,31 @@ def csrf_ok(sent: str | None) -> bool:
     return bool(expected and sent) and hmac.compare_digest(str(expected), str(sent))
 
 
-def sign_in(key: ApiKey) -> None:
+def sign_in(db: Session, key: ApiKey) -> None:
     """Start a fresh session for ``key`` (a new CSRF token too: no session fixation)."""
-    session.clear()
+    sign_out(db)
     session.permanent = True
-    session["key_id"] = key.id
+    session["sid"] = dashboard_sessions.start(db, key, SESSION_LIFETIME)
     session["org_id"] = key.organization_id
     session["csrf"] = secrets.token_urlsafe(32)
 
 
-def sign_out() -> None:
+def sign_out(db: Session) -> None:
+    """End the sign-in server-side (a kept copy of the cookie stops working) and clear it."""
+    token = session.get("sid")
+    if token:
+        dashboard_sessions.end(db, str(token))
     session.clear()
 
 
 def signed_in_key(db: Session) -> ApiKey | None:
-    """The session's API key if it still exists, is not revoked and belongs to its org."""
-    key_id = session.get("key_id")
-    if not key_id:
+    """The session's API key if its sign-in is live, the key not revoked and of its org."""
+    token = session.get("sid")
+    if not token:
         return None
-    row = db.get(ApiKey, key_id)
-    if row is None or row.revoked_at is not None or row.organization_id != session.get("org_id"):
-        sign_out()
+    row = dashboard_sessions.resolve(db, str(token))
+    if row is None or row.organization_id != session.get("org_id"):
+        session.clear()
         return None
     return row
 
@@ -86,7 +93,7 @@ def authenticate_request(db: Session) -> ApiKey | None:
 
     Raises PermissionDenied (403) for a state-changing request without the CSRF token.
     """
-    if not session.get("key_id"):
+    if not session.get("sid"):
         return None
     if request.method not in SAFE_METHODS and not csrf_ok(request.headers.get(CSRF_HEADER)):
         raise PermissionDenied(

@@ -20,7 +20,7 @@ from core.bootstrap import prepare_database
 from core.db.engine import check_database
 from core.errors import ConfigurationError
 from core.observability.logconfig import configure_logging
-from core.processes import API_TIMEOUT_S, gunicorn_options, inference_command
+from core.processes import API_TIMEOUT_S, api_server_options, gunicorn_options, inference_command
 from core.processes import executable as _bin
 from core.settings import load_settings
 
@@ -35,10 +35,9 @@ def api_command(host: str, port: int, workers: int = 2) -> list[str]:
         f"{host}:{port}",
         "--workers",
         str(workers),
-        "--threads",
-        "4",
         "--timeout",
         str(API_TIMEOUT_S),
+        *api_server_options(),
         *gunicorn_options(),
         "api.wsgi:app",
     ]

@@ -48,6 +48,25 @@ def gunicorn_options() -> list[str]:
     ]
 
 
+# The API's gunicorn worker: gevent (one greenlet per connection), so that clients sending
+# slowly cannot occupy every worker (api/server.py says how). Per worker process.
+API_WORKER_CLASS = "api.server.GeventWorker"
+API_WORKER_CONNECTIONS = 1000
+API_LOGGER_CLASS = "api.server.AccessLogger"
+
+
+def api_server_options() -> list[str]:
+    """The API's own gunicorn options (the inference service stays threaded: torch)."""
+    return [
+        "--worker-class",
+        API_WORKER_CLASS,
+        "--worker-connections",
+        str(API_WORKER_CONNECTIONS),
+        "--logger-class",
+        API_LOGGER_CLASS,
+    ]
+
+
 def inference_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """The inference service under gunicorn, bound to ``host:port``."""
     # One process holds the models once; threads wait on its generation lock. Loopback by

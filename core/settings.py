@@ -188,6 +188,26 @@ class Settings(BaseSettings):
         "to this many); 429 with retry-after beyond it. Shared through Redis when "
         "DORADO_BROKER_URL is Redis. 0 turns limiting off.",
     )
+    rate_limit_per_organization_per_minute: int = Field(
+        default=6000,
+        description="Requests per minute allowed to all API keys of one organization together "
+        "(a second token bucket, so that minting keys does not multiply the per-key limit); "
+        "429 with retry-after beyond it. 0 turns it off.",
+    )
+    max_keys_per_organization: int = Field(
+        default=50,
+        ge=0,
+        description="Unrevoked API keys an organization may hold; creating one more through "
+        "the API is a 400 (`key_limit_reached`) until one is revoked. 0 = no limit. "
+        "`dorado-admin keys create` (the operator) is not bound by it.",
+    )
+    default_max_queued_jobs: int = Field(
+        default=100,
+        ge=0,
+        description="`max_queued_jobs` of a new organization (jobs waiting to run; 429 "
+        "`quota_exceeded` beyond it). Operators change it per organization with "
+        "`dorado-admin orgs set-quota`. 0 = no limit for new organizations.",
+    )
     # --- the inference service ----------------------------------------------------------------
     inference_url: str | None = Field(
         default=None,

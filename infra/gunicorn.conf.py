@@ -1,7 +1,8 @@
 """gunicorn settings for the API image: ``gunicorn --config infra/gunicorn.conf.py api.wsgi:app``.
 
-Environment: ``PORT`` (8000), ``WEB_CONCURRENCY`` (worker processes, 2), ``GUNICORN_THREADS``
-(4), ``GUNICORN_TIMEOUT`` (300 s: large uploads stream through a worker),
+Environment: ``PORT`` (8000), ``WEB_CONCURRENCY`` (worker processes, 2),
+``GUNICORN_WORKER_CONNECTIONS`` (1000 per process: gevent, one greenlet per connection, so that
+slow clients cannot occupy the workers; api/server.py), ``GUNICORN_TIMEOUT`` (300 s),
 ``GUNICORN_KEEPALIVE`` (75 s: longer than the idle timeout of whatever is in front, see
 docs/deploy.md "Timeouts"). With
 ``PROMETHEUS_MULTIPROC_DIR`` (or ``DORADO_METRICS_DIR``) set, the folder is emptied at start
@@ -15,7 +16,11 @@ import shutil
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Same worker and logger as `dorado run` (core/processes.py): greenlets, not a thread pool,
+# and an access log with credentials in URLs redacted.
+worker_class = "api.server.GeventWorker"
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+logger_class = "api.server.AccessLogger"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 # gunicorn's default (2 s) closes an idle connection while a client polling every ~2 s, or a
 # load balancer pooling upstream connections (typically 60 s), is about to reuse it: that

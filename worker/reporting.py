@@ -20,6 +20,7 @@ from core.db.engine import session_scope
 from core.jobs import checkpoints, progress
 from core.jobs import lifecycle as jobs
 from core.settings import Settings
+from core.storage import quota
 from core.storage.objects import ObjectStore, delete_prefix, upload_dir
 from core.timeutil import utcnow
 from worker import artifacts, shutdown
@@ -264,6 +265,15 @@ class JobReporter:
         self._eta.checkpoint_saved(info.step)
         for old in dropped:
             delete_prefix(self.store, old)
+        self._record_stored_bytes()
+
+    def _record_stored_bytes(self) -> None:
+        """The job's objects count in its organization's storage quota."""
+        try:
+            with session_scope(self.settings.database_url) as session:
+                quota.refresh_job_bytes(session, self.store, self.job_id)
+        except Exception:  # the count catches up at the next checkpoint or at the end
+            log.warning("job %s: could not record stored bytes", self.job_id, exc_info=True)
 
 
 def load_history(directory: Path) -> list[dict[str, Any]]:

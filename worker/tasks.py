@@ -20,6 +20,7 @@ from core.jobs.status import FailureCode
 from core.scheduling import dispatch as scheduling
 from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
 from core.settings import Settings, load_settings
+from core.storage import quota
 from core.storage.files import create_system_file
 from core.storage.objects import ObjectNotFound, ObjectStore, download_dir, open_store
 from core.timeutil import utcnow
@@ -165,7 +166,9 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
     store = open_store(settings)
     with session_scope(settings.database_url) as session:
         job = session.get_one(Job, job_id)
-        limit = int((job.options or {}).get("max_run_seconds") or settings.max_job_seconds)
+        # A job's own limit may only tighten the operator's (older rows may hold any value).
+        requested = (job.options or {}).get("max_run_seconds") or settings.max_job_seconds
+        limit = min(int(requested), settings.max_job_seconds)
         started = job.started_at or utcnow()  # the claim set it
         deadline = started + timedelta(seconds=limit)
     reporter = job_reporter(settings, store, job_id, attempt, deadline=deadline)
@@ -276,6 +279,7 @@ def _train(
                 purpose="fine-tune-results",
                 path=csv_path,
             )
+            quota.refresh_job_bytes(session, store, job_id)  # counted in the storage quota
             model_name = jobs.succeed_job(
                 session,
                 job_id,

@@ -89,7 +89,12 @@ def list_orgs(admin: AdminContext, as_json: bool) -> None:
 def create_org(admin: AdminContext, name: str, operator: bool, as_json: bool, **quotas) -> None:
     """Create an organization called NAME (then give it a key with `keys create`)."""
     with admin.session() as session:
-        org = auth.create_organization(session, name, is_operator=operator)
+        org = auth.create_organization(
+            session,
+            name,
+            is_operator=operator,
+            max_queued_jobs=admin.settings.default_max_queued_jobs or None,
+        )
         auth.set_quotas(session, org.id, **quotas)
         set_quotas = {k: v for k, v in quotas.items() if v is not auth.UNSET}
         audit.record(

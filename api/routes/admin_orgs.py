@@ -9,7 +9,8 @@ from typing import Any
 from flask import Blueprint
 
 from api.audit import audit
-from api.context import db
+from api.context import db, dorado
+from api.limits import key_limit
 from api.request_body import json_object
 from api.serializers import page
 from core.errors import InvalidRequest
@@ -56,7 +57,12 @@ def create_organization():
         )
     quotas = _quota_changes(body)
     session = db()
-    org = auth.create_organization(session, name.strip(), is_operator=is_operator)
+    org = auth.create_organization(
+        session,
+        name.strip(),
+        is_operator=is_operator,
+        max_queued_jobs=dorado().settings.default_max_queued_jobs or None,
+    )
     auth.set_quotas(session, org.id, **quotas)
     audit(
         "organization.create",
@@ -108,7 +114,7 @@ def create_key(org_id: str):
         raise InvalidRequest(
             "'name' and 'scope' must be strings", param="scope", code="invalid_value"
         )
-    new = auth.create_key(db(), org_id, name=name, scope=scope)
+    new = auth.create_key(db(), org_id, name=name, scope=scope, max_active_keys=key_limit())
     audit(
         "api_key.create",
         "api_key",

@@ -181,7 +181,7 @@ def login() -> BaseResponse:
         key = authenticate(db(), (request.form.get("api_key") or "").strip())
     except AuthenticationFailed:
         return _sign_in_page("That API key is not valid (or was revoked).", status=401)
-    websession.sign_in(key)
+    websession.sign_in(db(), key)
     return redirect("/", code=303)
 
 
@@ -191,7 +191,7 @@ def logout() -> BaseResponse:
         return _no_store(
             Response("Missing or invalid CSRF token", status=403, mimetype="text/plain")
         )
-    websession.sign_out()
+    websession.sign_out(db())
     return redirect("/", code=303)
 
 

@@ -16,8 +16,10 @@ from core.db.models import Job
 from core.errors import InvalidRequest
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
+from core.jobs.hyperparams import check_operator_caps
 from core.jobs.status import JobStatus
 from core.scheduling.wakeups import commit_and_publish
+from core.storage import quota
 from core.tenancy.tracker_credentials import check_integrations_usable
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
@@ -33,6 +35,8 @@ def create_job():
             param="method.type",
             code="unsupported_method",
         )
+    check_operator_caps(req.options(), max_job_seconds=dorado().settings.max_job_seconds)
+    quota.check_room_for_outputs(db(), g.org_id, "a new job")
     new = jobs.NewJob(
         model=req.model,
         training_file=req.training_file,
@@ -92,6 +96,7 @@ def pause_job(job_id: str):
 
 @bp.post("/<job_id>/resume")
 def resume_job(job_id: str):
+    quota.check_room_for_outputs(db(), g.org_id, "a resumed job")
     job = jobs.resume_job(db(), g.org_id, job_id)
     _commit_and_publish(job)
     return job_object(job)

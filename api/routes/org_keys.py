@@ -7,6 +7,7 @@ from flask import Blueprint, g
 
 from api.audit import audit
 from api.context import db
+from api.limits import key_limit
 from api.request_body import json_object
 from api.serializers import page
 from core.errors import InvalidRequest
@@ -29,7 +30,7 @@ def create_key():
         raise InvalidRequest(
             "'name' and 'scope' must be strings", param="scope", code="invalid_value"
         )
-    new = auth.create_key(db(), g.org_id, name=name, scope=scope)
+    new = auth.create_key(db(), g.org_id, name=name, scope=scope, max_active_keys=key_limit())
     audit(
         "api_key.create",
         "api_key",

@@ -152,6 +152,9 @@ class Job(Base):
     # Scheduling: higher priority is dispatched first; ``pool`` is the worker pool it runs in.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Bytes this job keeps in the object store (checkpoints, adapter, merged export), counted
+    # in its organization's storage quota; refreshed whenever they change.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Worker(Base):
@@ -244,6 +247,19 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DashboardSession(Base):
+    """A dashboard sign-in. The cookie names it; signing out deletes the row, so a copy of
+    the cookie taken before stops working (a signed cookie alone cannot be revoked)."""
+
+    __tablename__ = "dashboard_sessions"
+
+    # SHA-256 of the random session token the cookie carries (a leaked table opens nothing).
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class WebhookEndpoint(Base):

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.errors import InvalidRequest
+
 # lr = BASE_LEARNING_RATE[adapter type] * learning_rate_multiplier. Chosen so that the
 # built-in SmolLM2 picks up a new style from ~50 examples in about three epochs.
 BASE_LEARNING_RATE: dict[str, float] = {"lora": 1e-3, "dora": 1e-3}
@@ -64,6 +66,22 @@ class Hyperparameters(BaseModel):
         if v != "auto" and not 0 < v <= 100:
             raise ValueError("must be greater than 0 and at most 100")
         return v
+
+
+def check_operator_caps(options: dict[str, Any], *, max_job_seconds: int) -> None:
+    """Raise InvalidRequest when a job option asks for more than the operator allows.
+
+    A tenant's option may only tighten an operator's limit: ``max_run_seconds`` above
+    ``DORADO_MAX_JOB_SECONDS`` is refused rather than silently raising the platform's cap.
+    """
+    requested = options.get("max_run_seconds")
+    if requested is not None and requested > max_job_seconds:
+        raise InvalidRequest(
+            f"max_run_seconds is {requested}; this platform allows at most {max_job_seconds} s "
+            "per job (DORADO_MAX_JOB_SECONDS). Ask for less, or leave it out for the maximum.",
+            param="max_run_seconds",
+            code="above_operator_limit",
+        )
 
 
 def auto_epochs(n_examples: int) -> int:

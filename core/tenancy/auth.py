@@ -32,8 +32,18 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(30)
 
 
-def create_organization(session: Session, name: str, *, is_operator: bool = False) -> Organization:
-    org = Organization(id=ids.org_id(), name=name, created_at=utcnow(), is_operator=is_operator)
+def create_organization(
+    session: Session, name: str, *, is_operator: bool = False, max_queued_jobs: int | None = None
+) -> Organization:
+    """A new organization; ``max_queued_jobs`` is its queue cap (None: unlimited), which
+    callers set from ``DORADO_DEFAULT_MAX_QUEUED_JOBS``."""
+    org = Organization(
+        id=ids.org_id(),
+        name=name,
+        created_at=utcnow(),
+        is_operator=is_operator,
+        max_queued_jobs=max_queued_jobs,
+    )
     session.add(org)
     session.flush()
     return org
@@ -120,6 +130,18 @@ def active_key_counts(session: Session) -> dict[str, int]:
     return {org_id: count for org_id, count in rows}
 
 
+def active_key_count(session: Session, org_id: str) -> int:
+    """Number of unrevoked keys of one organization."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.organization_id == org_id, ApiKey.revoked_at.is_(None))
+        )
+        or 0
+    )
+
+
 @dataclass(frozen=True)
 class NewKey:
     """A key just created: ``secret`` is shown once and never stored."""
@@ -128,9 +150,31 @@ class NewKey:
     secret: str
 
 
-def create_key(session: Session, org_id: str, *, name: str = "", scope: str = "member") -> NewKey:
-    """A new random key for ``org_id``; only its hash is kept."""
+def create_key(
+    session: Session,
+    org_id: str,
+    *,
+    name: str = "",
+    scope: str = "member",
+    max_active_keys: int | None = None,
+) -> NewKey:
+    """A new random key for ``org_id``; only its hash is kept.
+
+    With ``max_active_keys``, an organization already holding that many unrevoked keys gets
+    InvalidRequest (``key_limit_reached``): keys are not a way around per-key limits.
+    """
     org = get_organization(session, org_id)
+    if max_active_keys is not None:
+        # Lock the organization row: two concurrent creations cannot both take the last slot.
+        session.execute(select(Organization.id).where(Organization.id == org_id).with_for_update())
+        active = active_key_count(session, org_id)
+        if active >= max_active_keys:
+            raise InvalidRequest(
+                f"This organization has {active} active API keys, its limit is "
+                f"{max_active_keys}. Revoke an unused key before creating another.",
+                param=None,
+                code="key_limit_reached",
+            )
     secret = generate_key()
     return NewKey(add_key(session, org, secret, name=name[:200], scope=check_scope(scope)), secret)
 

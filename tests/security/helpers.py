@@ -34,6 +34,10 @@ def make_app(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> App:
         "DORADO_RATE_LIMIT_PER_MINUTE",
         "DORADO_MAX_JSON_BYTES",
         "DORADO_MAX_UPLOAD_BYTES",
+        "DORADO_RATE_LIMIT_PER_ORGANIZATION_PER_MINUTE",
+        "DORADO_MAX_KEYS_PER_ORGANIZATION",
+        "DORADO_DEFAULT_MAX_QUEUED_JOBS",
+        "DORADO_MAX_JOB_SECONDS",
     ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -81,6 +81,41 @@ def test_secrets_are_stored_only_as_hashes_and_never_logged(monkeypatch, tmp_pat
     engine.dispose()
 
 
+def test_idempotency_records_hold_no_secret(monkeypatch, tmp_path):
+    """A key (or webhook secret) created with an Idempotency-Key is not kept in
+    idempotency_keys; a retry returns the same object without its secret, minting nothing."""
+    monkeypatch.setenv("DORADO_WEBHOOKS_ALLOW_PRIVATE", "1")
+    api = make_app(monkeypatch, tmp_path / "home")
+    calls = (
+        ("/v1/organization/api_keys", {"name": "ci", "scope": "member"}, "key"),
+        (
+            "/v1/webhook_endpoints",
+            {"url": "http://127.0.0.1:9/hook", "event_types": ["fine_tuning.job.succeeded"]},
+            "signing_secret",
+        ),
+    )
+    for number, (path, body, field) in enumerate(calls):
+        headers = {**api.headers, "Idempotency-Key": f"retry-{number}"}
+        first = api.client.post(path, headers=headers, json=body)
+        assert first.status_code == 200, first.get_json()
+        secret = first.get_json()[field]
+        assert secret
+        retry = api.client.post(path, headers=headers, json=body)
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.get_json()["id"] == first.get_json()["id"]
+        assert retry.get_json()[field] is None
+        assert secret not in retry.get_data(as_text=True)
+        from core.settings import load_settings
+
+        engine = sa.create_engine(load_settings().database_url)
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT response_body FROM idempotency_keys")).all()
+        engine.dispose()
+        assert stored and all(secret not in (row[0] or "") for row in stored)
+    keys = api.client.get("/v1/organization/api_keys", headers=api.headers).get_json()["data"]
+    assert [k["name"] for k in keys].count("ci") == 1
+
+
 def test_keys_are_only_taken_from_the_authorization_header(monkeypatch, tmp_path):
     """A key in a URL would end up in access logs and proxies: it is not accepted there."""
     api = make_app(monkeypatch, tmp_path / "home")
