@@ -24,8 +24,9 @@ def count_jobs(session: Session, org_id: str, statuses: tuple[str, ...]) -> int:
 
 def check_can_queue(session: Session, org_id: str) -> None:
     """Raise QuotaExceeded when ``org_id`` already has ``max_queued_jobs`` jobs waiting."""
-    limit = session.scalar(select(Organization.max_queued_jobs).where(Organization.id == org_id))
-    if limit is None:
+    # The organization row is usually in the session already (the storage quota read it).
+    org = session.get(Organization, org_id)
+    if org is None or org.max_queued_jobs is None:
         return
     # Lock the organization row: two concurrent creations cannot both take the last slot.
     limit = session.scalar(

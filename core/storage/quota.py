@@ -43,7 +43,9 @@ def refresh_job_bytes(session: Session, store: ObjectStore, job_id: str) -> int:
 
 
 def _quota(session: Session, org_id: str) -> int | None:
-    return session.scalar(select(Organization.storage_quota_bytes).where(Organization.id == org_id))
+    # A whole-row get: the job quota check that follows finds the row in the session.
+    org = session.get(Organization, org_id)
+    return org.storage_quota_bytes if org is not None else None
 
 
 def over_quota(session: Session, org_id: str) -> bool:

@@ -45,7 +45,10 @@ def test_poll_list_and_create_round_trips(api: Api):
 
     with statements(api) as seen:
         assert api.post("/v1/fine_tuning/jobs", body).status_code == 200
-    # Key, model, quota, pools, file; then the job, its events and the audit entry in one
-    # transaction; the publish mark last: no audit transaction or progress query after it.
-    assert seen.count("SELECT") == 5
+    # Key, organization (read once for the storage and the queued-jobs quotas), model, the
+    # organization row again under lock (organizations have a max_queued_jobs cap by
+    # default: two creations must not both take the last slot), pools, file; then the job, its
+    # events and the audit entry in one transaction; the publish mark last: no audit
+    # transaction or progress query after it.
+    assert seen.count("SELECT") == 6
     assert seen[-1] == "UPDATE" and "INSERT" not in seen[seen.index("UPDATE") :]
