@@ -21,6 +21,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+# Imported with the module, not per task: two validator threads importing transformers for the
+# first time at once can see a half-initialised module ("cannot import name 'AutoConfig'").
+from transformers import AutoConfig, AutoTokenizer
+
 from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
@@ -109,13 +113,36 @@ def validate(settings: Settings, job_id: str) -> None:
     if claimed is None:
         log.info("wake-up for job %s: no job waits for validation", job_id)
         return
-    validate_claimed(settings, claimed, name)
+    try:
+        validate_claimed(settings, claimed, name)
+    except BaseException as exc:
+        # Never leave a job leased to a validator that stopped working on it: it would wait
+        # for the whole lease (the time budget) before another validator may take it.
+        _give_back(settings, claimed, name, exc)
+        raise
+
+
+def _give_back(settings: Settings, job_id: str, validator: str, exc: BaseException) -> None:
+    message = f"the validator stopped: {type(exc).__name__}: {exc}"
+    try:
+        with session_scope(settings.database_url) as session:
+            if not jobs.retry_validation(
+                session,
+                job_id,
+                code=FailureCode.INTERNAL_ERROR,
+                message=message,
+                max_retries=settings.max_job_retries,
+                validator=validator,
+            ):
+                jobs.fail_validation(
+                    session, job_id, message, None, code=FailureCode.INTERNAL_ERROR
+                )
+    except Exception:  # the database is gone too: the lease expires and the job is taken over
+        log.warning("job %s: could not give the validation lease back", job_id, exc_info=True)
 
 
 def validate_claimed(settings: Settings, job_id: str, validator: str) -> None:
     """Validate a job leased to ``validator`` and queue it for training (or fail it)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     budget = float(settings.validation_timeout_seconds)
     deadline = time.monotonic() + budget
     with session_scope(settings.database_url) as session:

@@ -215,3 +215,25 @@ def test_a_template_that_cannot_render_a_line_fails_the_job_naming_it(platform):
     with session_scope(platform.settings.database_url) as session:
         events = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
     assert any("line 5" in message for message in events)
+
+
+def test_a_validator_that_stops_unexpectedly_gives_its_lease_back(platform, monkeypatch):
+    """An error outside the validation's own handling (here: before it reads the job) must not
+    leave the job leased for the whole time budget: it goes back to the queue of validations,
+    counted as a retry."""
+    from worker import validation
+
+    (job_id,) = platform.create_jobs(platform.headers, 1)
+
+    def broken(*_args, **_kwargs):
+        raise ImportError("cannot import name 'AutoConfig' from 'transformers'")
+
+    monkeypatch.setattr(validation, "validate_claimed", broken)
+    with pytest.raises(ImportError):
+        validation.validate(platform.settings, job_id)
+    job = platform.job(job_id)
+    assert job.status == "validating_files"
+    assert job.worker is None and job.lease_expires_at is None and job.published_at is None
+    assert job.retries == 1
+    monkeypatch.undo()
+    assert platform.claim("another-validator") == job_id
