@@ -42,6 +42,7 @@ def create_job():
         suffix=req.suffix,
         metadata=req.metadata,
         options=req.options(),
+        training=req.training,
     )
     job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)
     _commit_and_publish(job)

@@ -94,6 +94,9 @@ class Model(Base):
     source: Mapped[str | None] = mapped_column(String(512), nullable=True)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A base model's architecture from its config.json (core.jobs.planner.Architecture), which
+    # the memory planner sizes jobs by; None: not known (a GGUF file, or registered earlier).
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Job(Base):
@@ -145,6 +148,9 @@ class Job(Base):
     # Scheduling: higher priority is dispatched first; ``pool`` is the worker pool it runs in.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The memory planner's verdict (core.jobs.planner.MemoryPlan.as_dict): GPUs and estimated
+    # peak MiB per device; None when the model's architecture is not known.
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Worker(Base):
