@@ -118,14 +118,26 @@ class TrainingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Strict: a JSON true or "0.1" is an error, not 1.0 or 0.1.
-    warmup_ratio: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=0.5)] = "auto"
-    weight_decay: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = "auto"
-    lr_scheduler: Literal["auto", "linear", "cosine", "constant"] = "auto"
-    gradient_checkpointing: Literal["auto"] | StrictBool = "auto"
-    micro_batch_tokens: Literal["auto"] | Annotated[int, Field(strict=True, ge=256, le=262_144)] = (
-        "auto"
+    warmup_ratio: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=0.5)] = Field(
+        "auto", description="Share of the steps with a linear learning-rate warmup, 0-0.5"
     )
-    quantization: Quantization | None = None
+    weight_decay: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = Field(
+        "auto", description="AdamW weight decay of the adapter's matrices, 0-1"
+    )
+    lr_scheduler: Literal["auto", "linear", "cosine", "constant"] = Field(
+        "auto", description="Learning-rate decay after the warmup"
+    )
+    gradient_checkpointing: Literal["auto"] | StrictBool = Field(
+        "auto",
+        description='Recompute activations in the backward pass; "auto": only when the job '
+        "would not fit its GPUs without it",
+    )
+    micro_batch_tokens: Literal["auto"] | Annotated[int, Field(strict=True, ge=256, le=262_144)] = (
+        Field("auto", description="Padded tokens per forward/backward pass (gradient accumulation)")
+    )
+    quantization: Quantization | None = Field(
+        None, description="Base-model quantization for QLoRA-style training: not supported yet"
+    )
 
 
 def training_defaults(parameters: int | None) -> dict[str, Any]:
