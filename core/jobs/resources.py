@@ -17,6 +17,7 @@ from core.db.models import Model
 from core.jobs.hyperparams import AdapterConfig, TrainingOptions, resolve_training
 from core.jobs.planner import Architecture, PlanRequest, UnsupportedArchitecture
 from core.scheduling import pools
+from core.scheduling.broker import DEFAULT_POOL
 
 DEFAULT_MAX_SEQ_LENGTH = 2048  # worker.training.recipe.DEFAULT_MAX_SEQ_LENGTH
 
@@ -83,6 +84,7 @@ def plan_job(
         session, requested_pool, declared_pools, architecture=arch, request=request
     )
     found = placement.plan
+    pool = placement.pool or DEFAULT_POOL  # choose_pool always names one
     resolved["gradient_checkpointing"] = (
         found.gradient_checkpointing if found else bool(resolved["gradient_checkpointing"])
     )
@@ -90,7 +92,7 @@ def plan_job(
     if found is not None:
         resources = {
             **found.as_dict(),
-            "pool": placement.pool,
+            "pool": pool,
             "pool_gpu_memory_mib": placement.capacity_mib,
         }
-    return JobResources(pool=placement.pool, training=resolved, resources=resources)
+    return JobResources(pool=pool, training=resolved, resources=resources)
