@@ -22,9 +22,10 @@ The peak per device (bytes) is the sum of these terms (:class:`MemoryPlan` keeps
     decoder layer, counted from the modules' saved tensors: the two norms' inputs and outputs
     (``4h``), attention's query/key/value after RoPE and its output (``3q + 2kv`` with
     ``q = heads * head_dim``, ``kv = kv_heads * head_dim``), the MLP's gate, up, activation and
-    product (``4i``), and for DoRA the base and adapter outputs of each targeted layer
-    (``2 * out``). With gradient checkpointing only each layer's input (``h``) is kept, and one
-    layer's full activations are rebuilt during the backward pass.
+    product (``4i``), and for DoRA one output-sized tensor per targeted layer (``out``,
+    measured: the engine's fast DoRA keeps one more). With gradient checkpointing only each
+    layer's input (``h``) is kept, and one layer's full activations are rebuilt during the
+    backward pass.
 ``logits``
     The output head on the loss positions: logits, their log-softmax and its gradient,
     :data:`LOGIT_COPIES` fp32 tensors of ``tokens * vocab_size``.
@@ -290,7 +291,7 @@ def activation_elements_per_token(arch: Architecture, request: PlanRequest) -> i
     kv = arch.num_kv_heads * arch.head_dim
     elements = 4 * h + 3 * q + 2 * kv + 4 * i
     if request.adapter_type == "dora":
-        elements += 2 * sum(out for _, out in targeted(arch, request.target_modules).values())
+        elements += sum(out for _, out in targeted(arch, request.target_modules).values())
     return elements
 
 
