@@ -63,6 +63,23 @@ class Hyperparameters(OpenObject):
     learning_rate_multiplier: float | Literal["auto"]
 
 
+class JobResources(OpenObject):
+    """The memory planner's verdict on a job (core/jobs/planner.py)."""
+
+    gpus: int
+    estimated_peak_mib_per_device: int
+    gradient_checkpointing: bool
+    quantization: str | None
+    tokens_per_micro_batch: int
+    trainable_parameters: int
+    breakdown_mib: dict[str, int] = Field(
+        description="weights, adapter (with gradients and AdamW state), activations, logits, "
+        "headroom (CUDA context and fragmentation), MiB each"
+    )
+    pool: str
+    pool_gpu_memory_mib: int | None
+
+
 class JobObject(OpenObject):
     id: str
     object: Literal["fine_tuning.job"]
@@ -89,6 +106,11 @@ class JobObject(OpenObject):
         description="Experiment trackers the run is logged to (wandb as OpenAI; mlflow)"
     )
     adapter: dict[str, Any] = Field(description="Dorado: the adapter trained (LoRA or DoRA)")
+    resources: JobResources | None = Field(
+        None,
+        description="Dorado: GPUs and estimated peak memory per device; null when the base "
+        "model's architecture is unknown",
+    )
 
 
 class JobList(OpenObject):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters, TrainingOptions
 
 
 class SupervisedMethod(BaseModel):
@@ -82,6 +82,8 @@ class JobCreateRequest(BaseModel):
     max_run_seconds: int | None = Field(None, ge=1, le=2_147_483_647)
     # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
     pool: str | None = Field(None, min_length=1, max_length=64)
+    # Optimizer and memory options (warmup, weight decay, schedule, checkpointing, micro-batch).
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
 
     def options(self) -> dict[str, Any]:
         keys = (

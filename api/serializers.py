@@ -59,6 +59,8 @@ def job_object(job: Job) -> dict[str, Any]:
         "serving": serving_engines(job.adapter),
         "pause_requested": job.pause_requested,
         "options": job.options or {},
+        # The memory planner's verdict: GPUs, estimated peak MiB per device, its terms.
+        "resources": job.resources,
         "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),

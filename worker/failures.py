@@ -3,6 +3,11 @@ parameter to blame; transient ones are retried (bounded), user errors never."""
 
 from __future__ import annotations
 
+import re
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
 from core.jobs.status import FailureCode
 from core.storage.objects import ObjectNotFound
 from worker.model_store import ModelUnavailable
@@ -18,10 +23,81 @@ TRANSIENT_CODES = frozenset(
 )
 
 
+# What to change when a job runs out of memory, in the order that costs the least.
+OOM_ADVICE = (
+    "lower max_seq_length or training.micro_batch_tokens, set "
+    "training.gradient_checkpointing to true, or run it on larger GPUs (a pool with more "
+    "memory) or more of them"
+)
+# How allocators say they failed: torch's CPU allocator raises a plain RuntimeError
+# ("DefaultCPUAllocator: can't allocate memory"), CUDA's an OutOfMemoryError (a RuntimeError)
+# or, from cuBLAS and friends, a RuntimeError naming CUDA_ERROR_OUT_OF_MEMORY.
+_ALLOCATION_FAILED = re.compile(
+    r"can't allocate memory|out of memory|CUDA_ERROR_OUT_OF_MEMORY|CUBLAS_STATUS_ALLOC_FAILED",
+    re.IGNORECASE,
+)
+# The kernel's count of OOM kills in this process's memory cgroup (v2, then v1).
+CGROUP_OOM_FILES = (
+    Path("/sys/fs/cgroup/memory.events"),
+    Path("/sys/fs/cgroup/memory/memory.oom_control"),
+)
+
+
+def cgroup_oom_kills(paths: Sequence[Path] = CGROUP_OOM_FILES) -> int | None:
+    """The ``oom_kill`` counter of the first readable cgroup file, None where none is."""
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        match = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+OOM_KILLS_AT_START = cgroup_oom_kills()
+"""The counter when this worker started: a later kill raised it (None: not readable here)."""
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """An allocator (CPU or GPU) could not get memory."""
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_ALLOCATION_FAILED.search(str(exc)))
+
+
+def host_oom_killed(exc: TrainingProcessLost, kills_now: int | None = None) -> bool | None:
+    """Whether a lost training process was killed by the kernel's OOM killer: True when it
+    died of SIGKILL and the cgroup counted an OOM kill since this worker started, False when it
+    did not die of SIGKILL or no kill was counted, None when SIGKILL is all that is known
+    (the counter is not readable here)."""
+    if exc.exit_code != -signal.SIGKILL:
+        return False
+    now = cgroup_oom_kills() if kills_now is None else kills_now
+    if now is None or OOM_KILLS_AT_START is None:
+        return None
+    return now > OOM_KILLS_AT_START
+
+
 def classify(exc: BaseException) -> tuple[FailureCode, str, str | None]:
     """(code, human message, param) for a failed run."""
     if isinstance(exc, TrainingProcessLost):
-        return FailureCode.TRAINING_PROCESS_LOST, f"A training process was lost: {exc}", None
+        killed = host_oom_killed(exc)
+        if killed:
+            return (
+                FailureCode.OUT_OF_MEMORY,
+                "The host ran out of memory: the kernel killed a training process (SIGKILL, "
+                f"counted as an OOM kill by its memory cgroup); {OOM_ADVICE}",
+                "max_seq_length",
+            )
+        hint = (
+            " SIGKILL is how the kernel ends a process that runs the host out of memory; "
+            f"if this recurs, {OOM_ADVICE}"
+            if killed is None
+            else ""
+        )
+        return FailureCode.TRAINING_PROCESS_LOST, f"A training process was lost: {exc}.{hint}", None
     if isinstance(exc, ObjectNotFound):
         return (
             FailureCode.FILE_MISSING,
@@ -38,11 +114,13 @@ def classify(exc: BaseException) -> tuple[FailureCode, str, str | None]:
         return FailureCode.DATABASE_UNAVAILABLE, f"The database was unreachable: {exc}", None
     if isinstance(exc, ModelUnavailable):
         return FailureCode.MODEL_UNAVAILABLE, str(exc), "model"
-    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+    if is_allocation_failure(exc):
+        where = "GPU" if "cuda" in str(exc).lower() else "worker"
         return (
             FailureCode.OUT_OF_MEMORY,
-            "The worker ran out of memory; try a smaller batch_size or max_seq_length",
-            "hyperparameters.batch_size",
+            f"The {where} ran out of memory ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{OOM_ADVICE}",
+            "max_seq_length",
         )
     if isinstance(exc, FloatingPointError):
         return (
@@ -71,3 +149,7 @@ def _is_storage_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - boto3 is a core dependency
         return False
     return isinstance(exc, (BotoCoreError, ClientError))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]

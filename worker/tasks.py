@@ -30,7 +30,7 @@ from worker.failures import TRANSIENT_CODES, classify
 from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.trackers import job_reporter
-from worker.training.options import EngineOptions, JobOptions
+from worker.training.options import JobOptions
 from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,9 @@ def build_spec(job: Job) -> TrainSpec:
     """The frozen training spec of a job row (hyperparameters already resolved).
 
     The one place where the job's stored options become typed (``JobOptions.from_stored``
-    rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate.
+    rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate,
+    and the job's resolved ``training`` options (warmup, weight decay, schedule, gradient
+    checkpointing, micro-batch tokens) reach the spec and its engine options.
     """
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
@@ -70,7 +72,10 @@ def build_spec(job: Job) -> TrainSpec:
         seed=int(job.seed),
         max_seq_length=options.max_seq_length,
         checkpoint_every_n_steps=options.checkpoint_every_n_steps,
-        options=EngineOptions(base_model_name=job.model, job_id=job.id),
+        warmup_ratio=options.warmup_ratio or 0.0,
+        weight_decay=options.weight_decay or 0.0,
+        gradient_checkpointing=bool(options.gradient_checkpointing),
+        options=options.engine_options(base_model_name=job.model, job_id=job.id),
     )
 
 

@@ -13,7 +13,8 @@ from core.tenancy import audit
 
 @click.group("models")
 def models() -> None:
-    """Base models: register one from a directory, an S3 prefix or a GGUF file; list; remove."""
+    """Base models: register one from a directory, an S3 prefix, a Hugging Face repository or
+    a GGUF file; list; remove."""
 
 
 @models.command("add")
@@ -26,9 +27,11 @@ def add(admin: AdminContext, source: str, name: str | None, as_json: bool) -> No
     """Register SOURCE as a base model for every organization.
 
     SOURCE is a local Hugging Face directory (config.json, *.safetensors, tokenizer with a chat
-    template), s3://bucket/prefix (same layout; read with DORADO_S3_* settings) or a .gguf
-    file (converted to safetensors by the first worker that needs it). Pickle weights and
-    models needing trust_remote_code are refused.
+    template), s3://bucket/prefix (same layout; read with DORADO_S3_* settings), a Hugging
+    Face Hub repository owner/name[@revision] or hf://owner/name[@revision] (downloaded with
+    huggingface_hub into its cache, HF_TOKEN from the environment; HF_HUB_OFFLINE=1 uses only
+    the cache) or a .gguf file (converted to safetensors by the first worker that needs it).
+    Pickle weights and models needing trust_remote_code are refused.
     """
     name = name or model_registry.default_name(source)
     store = open_store(admin.settings)

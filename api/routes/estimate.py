@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
-from api.context import db
+from api.context import db, dorado
 from api.request_body import json_object
 from api.schemas import JobCreateRequest
 from core.jobs.estimate import estimate_job
@@ -14,7 +14,8 @@ bp = Blueprint("estimate", __name__, url_prefix="/v1/fine_tuning/jobs")
 
 @bp.post("/estimate")
 def estimate():
-    """Same body as ``POST /v1/fine_tuning/jobs``; answers steps, approximate tokens and time."""
+    """Same body as ``POST /v1/fine_tuning/jobs``; answers steps, approximate tokens and time,
+    and the memory plan (``resources``)."""
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
     result = estimate_job(
@@ -25,5 +26,9 @@ def estimate():
         validation_file=req.validation_file,
         hyperparameters=req.resolved_hyperparameters(),
         adapter=req.adapter,
+        training=req.training,
+        max_seq_length=req.max_seq_length,
+        pool=req.pool,
+        declared_pools=dorado().settings.declared_pools,
     )
     return result.as_dict()

@@ -48,6 +48,7 @@ def create_job():
         metadata=req.metadata,
         options=req.options(),
         integrations=req.integration_dicts(),
+        training=req.training,
     )
     check_integrations_usable(db(), g.org_id, new.integrations, dorado().settings)
     job = jobs.create_job(db(), g.org_id, new, dorado().settings.declared_pools)

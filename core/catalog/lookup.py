@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -18,16 +19,42 @@ MODEL_STORE_PREFIX = "models"
 class BuiltinModel:
     name: str
     description: str
+    # The architecture keys of the config.json the worker builds (worker.model_builders).
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 BUILTIN_MODELS: tuple[BuiltinModel, ...] = (
     BuiltinModel(
         "smollm2-135m-instruct",
         "SmolLM2-135M-Instruct, a pretrained chat model (134.5 M parameters)",
+        {
+            "model_type": "llama",
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "head_dim": 64,
+            "vocab_size": 49152,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 8192,
+        },
     ),
     BuiltinModel(
         "tiny-random-llama",
         "A seeded 2-layer random Llama for fast tests and demos (learns nothing useful)",
+        {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": 49152,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 2048,
+        },
     ),
 )
 
@@ -52,6 +79,14 @@ def register_builtin_models(session: Session) -> None:
                 )
             )
     session.flush()
+
+
+def architecture_config(model: Model) -> dict[str, Any] | None:
+    """The config.json keys a base model is sized by (core.jobs.planner); None: unknown."""
+    if model.config:
+        return dict(model.config)
+    builtin = next((b for b in BUILTIN_MODELS if b.name == model.id and model.builtin), None)
+    return dict(builtin.config) if builtin else None
 
 
 def visible_models(session: Session, org_id: str) -> list[Model]:

@@ -1,12 +1,16 @@
 """Operator-registered base models: validate, copy into the model store, list, remove.
 
 A model is registered from a local Hugging Face directory, an S3 prefix (``s3://bucket/prefix``,
-read with the deployment's S3 endpoint and credentials) or a GGUF file. Directory and S3
-models are copied to ``models/<name>/`` in the object store, ``.complete`` last (its content is
-a fresh revision, so a worker's cached copy of an earlier model of the same name is noticed and
-replaced); GGUF files are copied to ``model-sources/<name>/model.gguf`` and converted to
-safetensors by the first worker that needs the model (conversion needs torch, which core must
-not import). The row is added only after the copy, so a model is never visible half-stored.
+read with the deployment's S3 endpoint and credentials), a Hugging Face Hub repository
+(``owner/name[@revision]`` or ``hf://...``, through ``core.catalog.hub``) or a GGUF file.
+Directory, S3 and Hub models are copied to ``models/<name>/`` in the object store,
+``.complete`` last (its content is a fresh revision, so a worker's cached copy of an earlier
+model of the same name is noticed and replaced); GGUF files are copied to
+``model-sources/<name>/model.gguf`` and converted to safetensors by the first worker that needs
+the model (conversion needs torch, which core must not import). The row is added only after
+the copy, so a model is never visible half-stored. The row keeps the architecture keys of
+``config.json``, by which the memory planner (``core.jobs.planner``) sizes jobs; a GGUF model
+has none (it trains, unsized).
 
 Only data is accepted, never code: safetensors weights (the header is checked), no pickle
 weights, no ``auto_map`` (``trust_remote_code``) in the config or tokenizer config, no Python
@@ -33,11 +37,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import ids
+from core.catalog import hub
 from core.catalog.gguf_file import inspect_gguf
 from core.catalog.lookup import model_prefix
 from core.db.models import Job, Model
 from core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from core.jobs import lifecycle as jobs
+from core.jobs.planner import Architecture, UnsupportedArchitecture
 from core.jobs.status import NON_FINAL_STATUSES
 from core.settings import Settings
 from core.storage.objects import ObjectStore, delete_prefix, upload_dir
@@ -354,17 +360,21 @@ def _copy_s3_prefix(settings: Settings, url: str, dest: Path) -> None:
 
 
 def default_name(source: str) -> str:
-    """A catalogue name from a source: its last path component, lowercased and tidied."""
-    last = Path(source.rstrip("/")).name
+    """A catalogue name from a source: its last path component (a Hub repository's name),
+    lowercased and tidied."""
+    wanted = hub.parse_hub_source(source) if not source.startswith("s3://") else None
+    last = wanted.repo_id.split("/")[1] if wanted else Path(source.rstrip("/")).name
     if last.lower().endswith(".gguf"):
         last = last[:-5]
     return re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-._")[:100]
 
 
 def describe_source(source: str) -> str:
-    """The kind of a source argument: ``s3``, ``gguf`` or ``dir``."""
+    """The kind of a source argument: ``s3``, ``hf`` (a Hub repository), ``gguf`` or ``dir``."""
     if source.startswith("s3://"):
         return "s3"
+    if hub.parse_hub_source(source) is not None:
+        return "hf"
     return "gguf" if source.lower().endswith(".gguf") else "dir"
 
 
@@ -396,13 +406,25 @@ def add_model(
     if session.get(Model, name) is not None:
         raise Conflict(f"A model named '{name}' already exists", param="name", code="model_exists")
     kind = describe_source(source)
+    config: dict[str, Any] | None = None
     if kind == "s3":
         with tempfile.TemporaryDirectory(prefix="dorado-s3-model-") as tmp:
             _download_s3_prefix(settings, source, Path(tmp))
             files = validate_model_dir(Path(tmp))
+            config = architecture_of(Path(tmp))
             _clear(store, name)
             _stage(store, name, files)
         recorded = source
+    elif kind == "hf":
+        wanted = hub.parse_hub_source(source)
+        assert wanted is not None  # describe_source said so
+        snapshot = hub.download(wanted)
+        files = validate_model_dir(snapshot)
+        config = architecture_of(snapshot)
+        _clear(store, name)
+        _stage(store, name, files)
+        # The snapshot folder is named by the commit: record exactly what was copied.
+        recorded = f"hf:{wanted.repo_id}@{snapshot.name}"
     else:
         path = _local_path(source)
         try:
@@ -412,17 +434,33 @@ def add_model(
                 store.put_file(gguf_source_key(name), path)
             else:
                 files = validate_model_dir(path)
+                config = architecture_of(path)
                 _clear(store, name)
                 _stage(store, name, files)
         except OSError as exc:
             raise _refuse(f"Cannot read {source}: {exc.strerror or exc}") from exc
         recorded = f"{kind}:{path.resolve()}"
     row = Model(
-        id=name, kind="base", owned_by="dorado", builtin=False, source=recorded, created_at=utcnow()
+        id=name,
+        kind="base",
+        owned_by="dorado",
+        builtin=False,
+        source=recorded,
+        config=config,
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()
     return row
+
+
+def architecture_of(directory: Path) -> dict[str, Any] | None:
+    """The architecture keys of a validated model directory's config.json (None when the
+    memory planner does not know its model type: such a model trains, unsized)."""
+    try:
+        return Architecture.from_config(_read_json(directory / "config.json")).as_config()
+    except UnsupportedArchitecture:
+        return None
 
 
 def _local_path(source: str) -> Path:

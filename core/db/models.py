@@ -99,6 +99,9 @@ class Model(Base):
     source: Mapped[str | None] = mapped_column(String(512), nullable=True)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A base model's architecture from its config.json (core.jobs.planner.Architecture), which
+    # the memory planner sizes jobs by; None: not known (a GGUF file, or registered earlier).
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Job(Base):
@@ -155,6 +158,9 @@ class Job(Base):
     # Bytes this job keeps in the object store (checkpoints, adapter, merged export), counted
     # in its organization's storage quota; refreshed whenever they change.
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The memory planner's verdict (core.jobs.planner.MemoryPlan.as_dict): GPUs and estimated
+    # peak MiB per device; None when the model's architecture is not known.
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Worker(Base):

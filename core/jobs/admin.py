@@ -133,7 +133,8 @@ def requeue(
         "pause_requested": False,
     }
     if pool is not None:
-        values["pool"] = pools.choose_pool(session, job.model, pool, declared_pools)
+        capacities = pools.pool_capacities(session, declared_pools)
+        values["pool"] = pools.check_requested_pool(capacities, pool)
     before = job.status
     result = execute_dml(
         session,

@@ -4,11 +4,16 @@ Token counts are approximate: ``total_chars / 4`` of the training file (about fo
 per token for English text with BPE tokenizers); the file is not tokenized. Time comes from a
 per-model throughput constant measured on a 2-core CPU with no GPU, so it is an order of
 magnitude, not a promise: a GPU worker is much faster.
+
+The memory side comes from the planner (``core.jobs.resources``), as at creation: the pool,
+the GPUs and the estimated peak MiB per device (``resources``), and the training options
+resolved for the model (``training``). A job that fits no pool is refused here too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +22,8 @@ from sqlalchemy.orm import Session
 from core.catalog import lookup as catalog
 from core.db.models import File
 from core.errors import InvalidFile, NotFound
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters, TrainingOptions, resolve
+from core.jobs.resources import plan_job
 from core.storage.files import get_file
 
 CHARS_PER_TOKEN = 4
@@ -48,6 +54,9 @@ class Estimate:
     estimated_total_tokens: int
     tokens_per_second: float
     estimated_seconds: int
+    pool: str
+    training: dict[str, Any]
+    resources: dict[str, Any] | None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,20 +95,34 @@ def estimate_job(
     validation_file: str | None,
     hyperparameters: Hyperparameters,
     adapter: AdapterConfig,
+    training: TrainingOptions | None = None,
+    max_seq_length: int | None = None,
+    pool: str | None = None,
+    declared_pools: Mapping[str, int | None] | None = None,
 ) -> Estimate:
     """Estimate a job from the inputs of ``core.jobs.lifecycle.create_job``; nothing is written."""
-    catalog.get_base_model(session, model)
-    training = _fine_tune_file(session, org_id, training_file, "training_file")
+    base = catalog.get_base_model(session, model)
+    training_row = _fine_tune_file(session, org_id, training_file, "training_file")
     validation = (
         _fine_tune_file(session, org_id, validation_file, "validation_file")
         if validation_file
         else None
     )
-    examples = training.example_count or 0
+    examples = training_row.example_count or 0
     hyper = resolve(hyperparameters, examples)
     n_epochs, batch_size = int(hyper["n_epochs"]), int(hyper["batch_size"])
     steps_per_epoch = max(1, math.ceil(examples / batch_size))
-    total_chars = int((training.stats or {}).get("total_chars") or 0)
+    planned = plan_job(
+        session,
+        base,
+        adapter=adapter,
+        training=training or TrainingOptions(),
+        max_seq_length=max_seq_length,
+        batch_size=batch_size,
+        requested_pool=pool,
+        declared_pools=declared_pools,
+    )
+    total_chars = int((training_row.stats or {}).get("total_chars") or 0)
     tokens_per_epoch = math.ceil(total_chars / CHARS_PER_TOKEN)
     total_tokens = tokens_per_epoch * n_epochs
     speed = TOKENS_PER_SECOND.get(model, DEFAULT_TOKENS_PER_SECOND)
@@ -116,4 +139,7 @@ def estimate_job(
         estimated_total_tokens=total_tokens,
         tokens_per_second=speed,
         estimated_seconds=math.ceil(seconds),
+        pool=planned.pool,
+        training=planned.training,
+        resources=planned.resources,
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from core.errors import InvalidRequest
 
@@ -111,3 +111,88 @@ def resolve(h: Hyperparameters, n_examples: int) -> dict[str, int | float]:
 
 def learning_rate(adapter_type: str, multiplier: float) -> float:
     return BASE_LEARNING_RATE[adapter_type] * multiplier
+
+
+# --- training options (the ``training`` extra field) ---------------------------------------
+
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+HUGE_MODEL_PARAMETERS = 13_000_000_000
+Quantization = Literal["nf4", "int8"]
+
+
+class TrainingOptions(BaseModel):
+    """The ``training`` extra field of a job: how the optimizer runs and what memory it uses.
+
+    Each option may be ``"auto"`` (the default), resolved when the job is created by
+    :func:`resolve_training` from the model's size; the job echoes the values used in its
+    ``options``. ``gradient_checkpointing: "auto"`` is decided by the memory planner
+    (``core.jobs.planner``): on only when the job would not fit its GPUs without it.
+    ``quantization`` (``"nf4"``, ``"int8"``) is an input of the planner already, but training
+    a quantized base model is not supported yet: a job that asks for it is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Strict: a JSON true or "0.1" is an error, not 1.0 or 0.1.
+    warmup_ratio: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=0.5)] = Field(
+        "auto", description="Share of the steps with a linear learning-rate warmup, 0-0.5"
+    )
+    weight_decay: Literal["auto"] | Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = Field(
+        "auto", description="AdamW weight decay of the adapter's matrices, 0-1"
+    )
+    lr_scheduler: Literal["auto", "linear", "cosine", "constant"] = Field(
+        "auto", description="Learning-rate decay after the warmup"
+    )
+    gradient_checkpointing: Literal["auto"] | StrictBool = Field(
+        "auto",
+        description='Recompute activations in the backward pass; "auto": only when the job '
+        "would not fit its GPUs without it",
+    )
+    micro_batch_tokens: Literal["auto"] | Annotated[int, Field(strict=True, ge=256, le=262_144)] = (
+        Field("auto", description="Padded tokens per forward/backward pass (gradient accumulation)")
+    )
+    quantization: Quantization | None = Field(
+        None, description="Base-model quantization for QLoRA-style training: not supported yet"
+    )
+
+
+def training_defaults(parameters: int | None) -> dict[str, Any]:
+    """What ``"auto"`` means for a model of ``parameters`` (None: unknown, sized as small).
+
+    Below 1B parameters (the built-in models): no warmup, a linear decay and 8192-token
+    micro-batches, the values the engine was tuned with. From 1B: a 3% warmup and a cosine
+    decay (the usual recipe for large models, whose early steps are the least stable), and
+    micro-batches of 4096 tokens (2048 from 13B) so that activations stay a fraction of a GPU.
+    Weight decay is 0 at every size: the adapter starts at zero, and decay pulls it back there.
+    """
+    size = parameters or 0
+    large = size >= LARGE_MODEL_PARAMETERS
+    return {
+        "warmup_ratio": 0.03 if large else 0.0,
+        "weight_decay": 0.0,
+        "lr_scheduler": "cosine" if large else "linear",
+        "micro_batch_tokens": (2048 if size >= HUGE_MODEL_PARAMETERS else 4096 if large else 8192),
+    }
+
+
+def resolve_training(options: TrainingOptions, parameters: int | None) -> dict[str, Any]:
+    """The options with every ``"auto"`` replaced, except ``gradient_checkpointing`` (None:
+    the memory planner decides). Raises InvalidRequest for a quantization (not supported yet)."""
+    if options.quantization is not None:
+        raise InvalidRequest(
+            f'quantization "{options.quantization}" is not supported yet: train the model in '
+            "bf16 (leave training.quantization null), shorten max_seq_length, or use a "
+            "smaller model",
+            param="training.quantization",
+            code="unsupported_quantization",
+        )
+    defaults = training_defaults(parameters)
+    resolved: dict[str, Any] = {}
+    for key, default in defaults.items():
+        value = getattr(options, key)
+        resolved[key] = default if value == "auto" else value
+    resolved["warmup_ratio"] = float(resolved["warmup_ratio"])
+    resolved["weight_decay"] = float(resolved["weight_decay"])
+    checkpointing = options.gradient_checkpointing
+    resolved["gradient_checkpointing"] = None if checkpointing == "auto" else checkpointing
+    return resolved

@@ -26,7 +26,8 @@ from core.db.keyset import after_cursor
 from core.db.models import Job, JobEvent, Model, Organization
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.jobs import progress
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters, resolve
+from core.jobs.hyperparams import AdapterConfig, Hyperparameters, TrainingOptions, resolve
+from core.jobs.resources import plan_job
 from core.jobs.status import (
     ALL_STATUSES,
     NON_FINAL_STATUSES,
@@ -34,7 +35,7 @@ from core.jobs.status import (
     FailureCode,
     JobStatus,
 )
-from core.scheduling import pools, quotas
+from core.scheduling import quotas
 from core.storage.files import get_file
 from core.timeutil import utcnow
 from core.webhooks import events as webhook_events
@@ -58,6 +59,7 @@ class NewJob:
     options: dict[str, Any] = field(default_factory=dict)
     # Experiment trackers, as validated by the API (OpenAI's shape).
     integrations: list[dict[str, Any]] = field(default_factory=list)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
 
 
 def add_event(
@@ -108,15 +110,27 @@ def create_job(
 
     ``options["pool"]`` (the ``pool`` extra) picks the worker pool; else
     core.scheduling.pools decides among the registered pools and ``declared_pools``
-    (DORADO_POOLS)."""
-    catalog.get_base_model(session, new.model)
+    (DORADO_POOLS) with the memory planner (core.jobs.resources), whose resolved training
+    options join the job's ``options`` and whose plan is the job's ``resources``."""
+    base = catalog.get_base_model(session, new.model)
     quotas.check_can_queue(session, org_id)
     options = dict(new.options)
-    pool = pools.choose_pool(session, new.model, options.pop("pool", None), declared_pools)
     training = _usable_file(session, org_id, new.training_file, "training_file")
     if new.validation_file:
         _usable_file(session, org_id, new.validation_file, "validation_file")
     hyper = resolve(new.hyperparameters, training.example_count or 0)
+    # The memory planner: training options for this model, GPUs, pool (or a 400 if none fits).
+    planned = plan_job(
+        session,
+        base,
+        adapter=new.adapter,
+        training=new.training,
+        max_seq_length=options.get("max_seq_length"),
+        batch_size=int(hyper["batch_size"]),
+        requested_pool=options.pop("pool", None),
+        declared_pools=declared_pools,
+    )
+    options.update(planned.training)
     seed = (
         new.seed
         if new.seed is not None
@@ -143,7 +157,8 @@ def create_job(
         integrations=new.integrations or None,
         pause_requested=False,
         priority=0,
-        pool=pool,
+        pool=planned.pool,
+        resources=planned.resources,
     )
     session.add(job)
     session.flush()

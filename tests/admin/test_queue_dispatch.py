@@ -198,17 +198,23 @@ def test_pool_rule_with_declared_pools(url, monkeypatch):
     monkeypatch.setenv("DORADO_POOLS", "default=23034, a100-80gb=81920")
     declared = load_settings().declared_pools
     assert declared == {"default": 23034, "a100-80gb": 81920}
+    from core.jobs.planner import Architecture
+    from tests.core.test_planner import LLAMA_8B, LLAMA_70B, SMOLLM2
+
     with session_scope(url) as session:
 
-        def choose(model: str, requested: str | None = None) -> str:
-            return pools.choose_pool(session, model, requested, declared)
+        def choose(config: dict | None, requested: str | None = None) -> str:
+            arch = Architecture.from_config(config) if config else None
+            return pools.choose_pool(session, requested, declared, architecture=arch).pool
 
-        assert choose("tiny-random-llama") == "default"  # smallest pool that fits
-        assert choose("qwen2.5-32b-instruct") == "a100-80gb"  # ~79 GB: only the A100s
-        assert choose("llama-3.1-405b") == "default"  # fits nowhere: the default pool
-        assert choose("my-own-model") == "default"  # size unknown
-        assert choose("tiny-random-llama", "a100-80gb") == "a100-80gb"
+        # Sized from config.json, not the name: the smallest pool that fits.
+        assert choose(SMOLLM2) == "default"
+        assert choose({**LLAMA_8B, "max_position_embeddings": 2048}) == "a100-80gb"
+        with pytest.raises(InvalidRequest, match="It would fit with"):
+            choose(LLAMA_70B)  # fits nowhere: refused, with what would fit
+        assert choose(None) == "default"  # architecture unknown
+        assert choose(SMOLLM2, "a100-80gb") == "a100-80gb"
         with pytest.raises(InvalidRequest, match="Known pools: a100-80gb, default"):
-            choose("tiny-random-llama", "h100")
+            choose(SMOLLM2, "h100")
         with pytest.raises(InvalidRequest, match="Invalid pool name"):
-            choose("tiny-random-llama", "Bad Pool!")
+            choose(SMOLLM2, "Bad Pool!")

@@ -181,6 +181,7 @@ def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: 
     # 52 examples, auto batch size 5: 11 steps per epoch, 22 in all.
     expect(page.locator("#estimate")).to_have_attribute("data-total-steps", "22")
     expect(page.locator("#estimate")).to_contain_text("tokens (estimated)")
+    expect(page.locator("#estimate")).to_contain_text("MiB per GPU")  # the memory planner
     page.get_by_role("button", name="Start fine-tuning").click()
     page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
     job_id = page.url.rsplit("/", 1)[-1]

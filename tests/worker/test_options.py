@@ -243,10 +243,23 @@ def test_every_option_the_api_stores_is_known_to_the_worker() -> None:
             "pool": "default",
         }
     )
+    from core.jobs.hyperparams import resolve_training
+
     stored = request.options()
     stored.pop("pool")  # core.jobs.lifecycle.create_job takes it out before storing
+    # ... and adds the training options, resolved (the planner decides checkpointing).
+    stored.update(resolve_training(request.training, None), gradient_checkpointing=False)
     parsed = JobOptions.from_stored(stored)
-    assert parsed == JobOptions(learning_rate=2e-4, max_seq_length=256, checkpoint_every_n_steps=4)
+    assert parsed == JobOptions(
+        learning_rate=2e-4,
+        max_seq_length=256,
+        checkpoint_every_n_steps=4,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        lr_scheduler="linear",
+        gradient_checkpointing=False,
+        micro_batch_tokens=8192,
+    )
     assert set(stored) == {f.name for f in fields(JobOptions)} | PLATFORM_JOB_OPTIONS
 
 

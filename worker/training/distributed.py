@@ -400,7 +400,8 @@ class _Supervisor:
         code = self.ranks[rank].exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         lost = TrainingProcessLost(
-            f"training process {rank} of {len(self.ranks)} died without a word ({how})"
+            f"training process {rank} of {len(self.ranks)} died without a word ({how})",
+            exit_code=code,
         )
         self.outcomes[rank] = ("lost", lost)
         logger.error("%s", lost)

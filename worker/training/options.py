@@ -120,13 +120,22 @@ class JobOptions:
     """The Dorado extras of a job (``Job.options``) that shape its training run.
 
     ``learning_rate`` is the one learning-rate override: an absolute rate that replaces the
-    adapter type's base rate times ``learning_rate_multiplier``. ``max_seq_length`` and
-    ``checkpoint_every_n_steps`` go to the same-named ``TrainSpec`` fields.
+    adapter type's base rate times ``learning_rate_multiplier``. ``max_seq_length``,
+    ``checkpoint_every_n_steps``, ``warmup_ratio``, ``weight_decay`` and
+    ``gradient_checkpointing`` go to the same-named ``TrainSpec`` fields; ``lr_scheduler`` and
+    ``micro_batch_tokens`` to :class:`EngineOptions`. The job's ``training`` options
+    (``core.jobs.hyperparams.TrainingOptions``) are stored resolved, so none is ``"auto"``
+    here; ``None`` keeps the engine's default.
     """
 
     learning_rate: float | None = None
     max_seq_length: int | None = None
     checkpoint_every_n_steps: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    lr_scheduler: LrScheduler | None = None
+    gradient_checkpointing: bool | None = None
+    micro_batch_tokens: int | None = None
 
     def __post_init__(self) -> None:
         rate = self.learning_rate
@@ -136,6 +145,27 @@ class JobOptions:
             raise ValueError(f"learning_rate must be a number > 0, got {rate!r}")
         _check_int(self, "max_seq_length", minimum=2, optional=True)
         _check_int(self, "checkpoint_every_n_steps", minimum=1, optional=True)
+        _check_int(self, "micro_batch_tokens", minimum=1, optional=True)
+        _check_fraction(self, "warmup_ratio", below=1.0)
+        _check_fraction(self, "weight_decay", below=None)
+        if self.lr_scheduler is not None and self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(
+                f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"
+            )
+        checkpointing = self.gradient_checkpointing
+        if checkpointing is not None and not isinstance(checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be True or False, got {checkpointing!r}")
+
+    def engine_options(self, **labels: Any) -> EngineOptions:
+        """The :class:`EngineOptions` of this job: its ``lr_scheduler`` and
+        ``micro_batch_tokens`` where set, the defaults otherwise, plus ``labels``
+        (``base_model_name``, ``job_id``)."""
+        chosen = {
+            name: getattr(self, name)
+            for name in ("lr_scheduler", "micro_batch_tokens")
+            if getattr(self, name) is not None
+        }
+        return EngineOptions(**chosen, **labels)
 
     @classmethod
     def from_stored(cls, options: Mapping[str, Any] | None) -> JobOptions:
@@ -168,6 +198,20 @@ def _check_int(obj: object, name: str, *, minimum: int, optional: bool = False) 
         raise ValueError(
             f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}"
         )
+
+
+def _check_fraction(obj: object, name: str, *, below: float | None) -> None:
+    value = getattr(obj, name)
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or (below is not None and value >= below)
+    ):
+        bound = f" and < {below}" if below is not None else ""
+        raise ValueError(f"{name} must be a number >= 0{bound} or None, got {value!r}")
 
 
 def _check_device(device: object) -> None:

@@ -149,3 +149,10 @@ class TrainingPaused(Exception):
 class TrainingProcessLost(RuntimeError):
     """A process of a multi-process run died without reporting (killed, crashed, lost its
     device); the run stops, and the job may be retried from its last checkpoint."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # negative: killed by that signal (-9: SIGKILL)
+
+    def __reduce__(self) -> tuple[type[TrainingProcessLost], tuple[str, int | None]]:
+        return (TrainingProcessLost, (str(self), self.exit_code))

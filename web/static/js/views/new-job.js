@@ -1,4 +1,5 @@
-/* #/new: the new-job form, with a pre-flight estimate (steps, tokens, time) as it is filled. */
+/* #/new: the new-job form, with a pre-flight estimate (steps, tokens, time, and the memory
+   planner's GPUs and peak memory per device) as it is filled. */
 
 import {api} from "../api.js";
 import {append, el, replace} from "../dom.js";
@@ -35,6 +36,10 @@ function controls() {
       placeholder: "auto"}),
     suffix: el("input", {type: "text", maxlength: "64", pattern: "[A-Za-z0-9_\\-]+",
       spellcheck: "false"}),
+    maxSeq: el("input", {type: "number", min: "16", max: "131072", placeholder: "auto"}),
+    checkpointing: el("select", {},
+      el("option", {value: "auto"}, "auto (only when needed to fit)"),
+      el("option", {value: "true"}, "on"), el("option", {value: "false"}, "off")),
   };
 }
 
@@ -53,6 +58,9 @@ function requestBody(c) {
   };
   if (c.validation.value) payload.validation_file = c.validation.value;
   if (c.suffix.value.trim()) payload.suffix = c.suffix.value.trim();
+  if (c.maxSeq.value.trim()) payload.max_seq_length = parseInt(c.maxSeq.value, 10);
+  const ckpt = c.checkpointing.value;
+  if (ckpt !== "auto") payload.training = {gradient_checkpointing: ckpt === "true"};
   return payload;
 }
 
@@ -64,8 +72,21 @@ function renderEstimate(area, e) {
     ["tokens (estimated)", "≈ " + fmtNumber(e.estimated_total_tokens) + " (≈ " +
       fmtNumber(e.estimated_tokens_per_epoch) + " per epoch)"],
     ["time (estimated)", "≈ " + fmtDuration(e.estimated_seconds)],
+    ["memory (planned)", memoryText(e)],
   ]), el("p", {class: "hint"}, e.note));
   area.dataset.totalSteps = String(e.total_steps);
+}
+
+/** The planner's verdict: GPUs, peak MiB per device, pool, checkpointing and its terms. */
+function memoryText(e) {
+  const r = e.resources;
+  if (!r) return "unknown for this model (its architecture is not known); pool " + e.pool;
+  const terms = Object.entries(r.breakdown_mib).map(([k, v]) => k + " " + fmtNumber(v))
+    .join(", ");
+  return "≈ " + fmtNumber(r.estimated_peak_mib_per_device) + " MiB per GPU × " + r.gpus +
+    " in pool " + r.pool + (r.pool_gpu_memory_mib ? " (" + fmtNumber(r.pool_gpu_memory_mib) +
+    " MiB GPUs)" : "") + "; gradient checkpointing " + (r.gradient_checkpointing ? "on" : "off") +
+    " (" + terms + ")";
 }
 
 function formLayout(c, estimateArea) {
@@ -88,6 +109,10 @@ function formLayout(c, estimateArea) {
       field("n-epochs", "Epochs", c.epochs, "Empty means auto."),
       field("batch-size", "Batch size", c.batch, "Empty means auto."),
       field("lr-multiplier", "Learning rate multiplier", c.lrm, "Empty means auto (1)."),
+      field("max-seq-length", "Max sequence length", c.maxSeq,
+        "Empty means auto (the model's, at most 2048). Longer needs more GPU memory."),
+      field("gradient-checkpointing", "Gradient checkpointing", c.checkpointing,
+        "Less memory for about a third more compute."),
       field("suffix", "Suffix (optional)", c.suffix,
         "Letters, digits, - and _; becomes part of the model name.")),
     el("div", {}, estimateArea));
