@@ -225,6 +225,13 @@ class Settings(BaseSettings):
         description="Fine-tuned adapters the inference service keeps attached to their base "
         "model (LRU).",
     )
+    chat_max_tokens: int = Field(
+        default=1024,
+        gt=0,
+        description="Most tokens one chat completion may generate: a request asking for more "
+        "(max_tokens or max_completion_tokens) is a 400 naming this cap, and a request naming "
+        "none is cut there.",
+    )
     # --- training workers ---------------------------------------------------------------------
     worker_gpus_per_job: str = Field(
         default="all",

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, g, stream_with_context
 from pydantic import ValidationError
 
 from api.adapters import adapter_job, adapter_prefix, merged_adapter_response
-from api.context import commit_early, db
+from api.context import commit_early, db, dorado
 from api.errors import pydantic_error
 from api.inference_client import (
     GENERATION_TIMEOUT_S,
@@ -56,6 +56,7 @@ def chat_completions():
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         return pydantic_error(exc)
+    max_tokens = _max_tokens(req, dorado().settings.chat_max_tokens)
     base_model, adapter = _resolve_model(g.org_id, req.model)
     commit_early()  # nothing is held open while the model generates
     payload: dict[str, Any] = {
@@ -63,13 +64,15 @@ def chat_completions():
         "base_model": base_model,
         "adapter": adapter,
         "messages": [m.plain() for m in req.messages],
-        "max_tokens": req.max_completion_tokens or req.max_tokens,
+        "max_tokens": max_tokens,
         "temperature": 1.0 if req.temperature is None else req.temperature,
         "top_p": 1.0 if req.top_p is None else req.top_p,
         "stop": req.stop_list(),
         "seed": req.seed,
         "stream": bool(req.stream),
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
+        # Whose turn it is: the inference service serves organizations round-robin.
+        "organization": g.org_id,
     }
     try:
         upstream = call_inference("/internal/chat/completions", payload, GENERATION_TIMEOUT_S)
@@ -83,6 +86,20 @@ def chat_completions():
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _max_tokens(req: ChatCompletionRequest, cap: int) -> int | None:
+    """The completion tokens asked for; above the operator's cap a 400 naming it (as OpenAI)."""
+    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    asked = req.max_completion_tokens or req.max_tokens
+    if asked is not None and asked > cap:
+        raise InvalidRequest(
+            f"{param} is too large: {asked}. This server allows at most {cap} completion "
+            f"tokens, whereas you provided {asked}.",
+            param=param,
+            code="invalid_value",
+        )
+    return asked
 
 
 def _resolve_model(org_id: str, name: str) -> tuple[str, dict[str, str] | None]:

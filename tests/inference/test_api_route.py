@@ -32,17 +32,22 @@ class StubEngine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, GenerationParams]] = []
+        self.organizations: list[str] = []
         self.store = None
 
     def loaded_adapters(self) -> list[str]:
         return []
 
-    def complete(self, base, adapter, params: GenerationParams) -> Completion:
+    def complete(self, base, adapter, params: GenerationParams, *, organization) -> Completion:
         self.calls.append((base, adapter, params))
+        self.organizations.append(organization)
         return Completion("Hello world", "stop", prompt_tokens=7, completion_tokens=2)
 
-    def stream(self, base, adapter, params: GenerationParams) -> Iterator[str | Completion]:
+    def stream(
+        self, base, adapter, params: GenerationParams, *, organization
+    ) -> Iterator[str | Completion]:
         self.calls.append((base, adapter, params))
+        self.organizations.append(organization)
         yield "Hello"
         yield " world"
         yield Completion("Hello world", "length", prompt_tokens=7, completion_tokens=2)
@@ -112,6 +117,20 @@ def test_request_is_forwarded_and_answered(tmp_path, monkeypatch, stub) -> None:
         5,
         0.5,
     )
+    # The caller's organization goes along: the service serves organizations in turn.
+    assert engine.organizations == [_organization_of(API_KEY)]
+
+
+def _organization_of(secret: str) -> str:
+    from sqlalchemy import select
+
+    from core.db.engine import session_scope
+    from core.db.models import ApiKey
+    from core.tenancy.auth import hash_key
+
+    with session_scope(load_settings().database_url) as session:
+        query = select(ApiKey.organization_id).where(ApiKey.key_hash == hash_key(secret))
+        return session.scalars(query).one()
 
 
 def test_stream_is_relayed_as_server_sent_events(tmp_path, monkeypatch, stub) -> None:

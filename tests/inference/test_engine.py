@@ -150,3 +150,60 @@ def test_merged_model_matches_base_plus_adapter(
         plain.complete("merged", None, greedy(max_tokens=16)).text
         == engine.complete(BASE, ref(0), greedy(max_tokens=16)).text
     )
+
+
+def test_requests_taking_turns_in_slices_answer_as_if_alone(
+    engine: InferenceEngine, store: LocalStore, tmp_path
+) -> None:
+    """Three organizations' requests interleave two tokens at a time, each with its own adapter
+    (or none), KV cache and seeded sampling, and each answers exactly as it does alone in one
+    slice; a stop sequence and a stream work across slices."""
+    import threading
+    from itertools import pairwise
+
+    sliced = InferenceEngine(
+        load_settings(),
+        store,
+        adapter_cache_size=1,  # the adapters also evict each other between turns
+        adapter_dir=tmp_path / "sliced",
+        model_loader=lambda name: MODEL_CACHE / name,
+        slice_tokens=2,
+    )
+    sampled = GenerationParams(messages=QUESTION, max_tokens=12, temperature=1.0, seed=3)
+    requests = {"org-a": (ref(0), greedy()), "org-b": (ref(1), greedy()), "org-c": (None, sampled)}
+    alone = {
+        org: engine.complete(BASE, adapter, params).text
+        for org, (adapter, params) in requests.items()
+    }
+    turns: list[str | None] = []
+    take_slice = sliced._slice
+
+    def traced(base, adapter, run) -> None:
+        turns.append(adapter.name if adapter else None)
+        take_slice(base, adapter, run)
+
+    sliced._slice = traced  # type: ignore[method-assign]
+    together: dict[str, str] = {}
+
+    def ask(org: str) -> None:
+        adapter, params = requests[org]
+        together[org] = sliced.complete(BASE, adapter, params, organization=org).text
+
+    threads = [threading.Thread(target=ask, args=(org,)) for org in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert together == alone
+    # They did interleave: a request's turns are not all in one block.
+    switches = sum(1 for before, after in pairwise(turns) if before != after)
+    assert switches > len(requests), turns
+
+    whole = alone["org-a"].strip()
+    stop = whole[len(whole) // 2 :][:3]
+    params = greedy(stop=(stop,))
+    expected = engine.complete(BASE, ref(0), params)
+    assert expected.finish_reason == "stop" and stop not in expected.text
+    items = list(sliced.stream(BASE, ref(0), params))
+    assert (items[-1].text, items[-1].finish_reason) == (expected.text, "stop")
+    assert "".join(items[:-1]) == expected.text

@@ -1,11 +1,16 @@
 """Generation: base models loaded once, adapters attached on demand and kept in a bounded LRU.
 
-All generation runs under one lock: on a CPU one generation already uses every core, and the
-active adapter is model-wide state (``set_adapter``) that two requests must not race on.
+One generation runs at a time: on a CPU one already uses every core, and the active adapter
+is model-wide state (``set_adapter``) that two requests must not race on. So that nobody
+waits behind another organization's long answers, requests take turns on the model
+(``worker.inference.turns``: round-robin by organization) and generate at most
+``slice_tokens`` tokens per turn, keeping their KV cache, sampling state and stop watcher
+between turns; each turn selects the request's own adapter again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -18,10 +23,13 @@ from typing import Any
 from core.settings import Settings
 from core.storage.objects import ObjectStore
 from worker.inference.adapters import AdapterRef, ensure_adapter
+from worker.inference.turns import RoundRobinTurns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 1024
+# Tokens one request generates per turn before the next waiting request's turn: a short
+# request waits for at most one slice of each request ahead of it in the round.
+SLICE_TOKENS = 16
 # Two bases fit the built-in catalogue; a larger fleet runs one service per base model.
 MAX_BASE_MODELS = 2
 
@@ -76,6 +84,7 @@ class InferenceEngine:
         adapter_cache_size: int,
         adapter_dir: Path,
         model_loader: Callable[[str], Path] | None = None,
+        slice_tokens: int = SLICE_TOKENS,
     ):
         from worker.model_store import ensure_model
 
@@ -84,7 +93,8 @@ class InferenceEngine:
         self.adapter_cache_size = max(1, adapter_cache_size)
         self.adapter_dir = adapter_dir
         self._load_model_dir = model_loader or (lambda name: ensure_model(settings, store, name))
-        self._lock = threading.Lock()
+        self.slice_tokens = max(1, slice_tokens)
+        self._turns = RoundRobinTurns()
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         # adapter name -> base name, least recently used first (across every base).
         self._adapters: OrderedDict[str, str] = OrderedDict()
@@ -158,14 +168,23 @@ class InferenceEngine:
     # --- generation ----------------------------------------------------------------------
 
     def complete(
-        self, base_name: str, adapter: AdapterRef | None, params: GenerationParams
+        self,
+        base_name: str,
+        adapter: AdapterRef | None,
+        params: GenerationParams,
+        *,
+        organization: str = "",
     ) -> Completion:
-        """Generate the whole answer."""
-        with self._lock:
-            return self._generate(base_name, adapter, params, None, threading.Event())
+        """Generate the whole answer, taking turns with other organizations' requests."""
+        return self._generate(base_name, adapter, params, organization, None, threading.Event())
 
     def stream(
-        self, base_name: str, adapter: AdapterRef | None, params: GenerationParams
+        self,
+        base_name: str,
+        adapter: AdapterRef | None,
+        params: GenerationParams,
+        *,
+        organization: str = "",
     ) -> Iterator[str | Completion]:
         """Yield text pieces as they are generated, then the final Completion.
 
@@ -177,8 +196,9 @@ class InferenceEngine:
 
         def run() -> None:
             try:
-                with self._lock:
-                    pieces.put(self._generate(base_name, adapter, params, pieces.put, cancel))
+                pieces.put(
+                    self._generate(base_name, adapter, params, organization, pieces.put, cancel)
+                )
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 pieces.put(exc)
             finally:
@@ -199,15 +219,33 @@ class InferenceEngine:
         base_name: str,
         adapter: AdapterRef | None,
         params: GenerationParams,
+        organization: str,
         on_text: Callable[[str], None] | None,
         cancel: threading.Event,
     ) -> Completion:
+        run: _Run | None = None
+        while run is None or not run.finished:
+            with self._turns.turn(organization):
+                # Loaded again each turn: meanwhile another request may have switched the
+                # adapter, evicted it, or unloaded the base (the KV cache stays valid).
+                base = self._base(base_name)
+                if adapter is not None:
+                    self._attach(base, adapter)
+                self._snapshot = tuple(self._adapters)
+                if run is None:
+                    run = self._start(base, params, on_text, cancel)
+                self._slice(base, adapter, run)
+        return run.completion()
+
+    def _start(
+        self,
+        base: _Base,
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event,
+    ) -> _Run:
         import torch
 
-        base = self._base(base_name)
-        if adapter is not None:
-            self._attach(base, adapter)
-        self._snapshot = tuple(self._adapters)
         tokenizer = base.tokenizer
         enc = tokenizer.apply_chat_template(
             params.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -219,12 +257,13 @@ class InferenceEngine:
                 f"The prompt is {prompt_tokens} tokens; this model's context is "
                 f"{base.context_length} tokens"
             )
-        max_new = min(params.max_tokens or DEFAULT_MAX_TOKENS, room)
+        cap = self.settings.chat_max_tokens
+        max_new = min(params.max_tokens or cap, cap, room)
         stopper = _StopWatcher(tokenizer, prompt_tokens, params.stop, cancel, on_text)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
             "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
             "stopping_criteria": _criteria(stopper),
+            "return_dict_in_generate": True,
         }
         if params.temperature > 0:
             kwargs.update(
@@ -232,26 +271,96 @@ class InferenceEngine:
             )
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        # The model runs on the CPU, so its sampling draws from the CPU generator: a seeded
+        # request carries that generator's state from one turn to its next.
+        seed = params.seed
+        rng = None if seed is None else torch.Generator().manual_seed(seed).get_state()
+        return _Run(
+            ids=enc["input_ids"],
+            prompt_tokens=prompt_tokens,
+            max_new=max_new,
+            eos=_eos_ids(base),
+            stopper=stopper,
+            cancel=cancel,
+            kwargs=kwargs,
+            rng_state=rng,
+        )
+
+    def _slice(self, base: _Base, adapter: AdapterRef | None, run: _Run) -> None:
+        """Generate up to ``slice_tokens`` more tokens of ``run``."""
+        import torch
+
+        wanted = min(self.slice_tokens, run.max_new - run.generated)
+        if run.rng_state is not None:
+            torch.set_rng_state(run.rng_state)
+        cache_arg = _cache_argument()
         with torch.inference_mode(), _adapter_scope(base, adapter):
-            out = base.model.generate(**enc, **kwargs)
-        new_ids = out[0, prompt_tokens:].tolist()
-        eos = _eos_ids(base)
-        hit_eos = bool(new_ids) and new_ids[-1] in eos
-        text = stopper.finish(new_ids)
-        if stopper.stopped_by_string or hit_eos:
+            out = base.model.generate(
+                input_ids=run.ids,
+                attention_mask=torch.ones_like(run.ids),
+                max_new_tokens=wanted,
+                **{cache_arg: run.cache},
+                **run.kwargs,
+            )
+        if run.rng_state is not None:
+            run.rng_state = torch.get_rng_state()
+        before = run.generated
+        run.ids, run.cache = out.sequences, getattr(out, cache_arg)
+        last = int(run.ids[0, -1])
+        run.finished = (
+            run.generated - before < wanted  # generate stopped on its own: EOS or a stop
+            or run.generated >= run.max_new
+            or last in run.eos
+            or run.stopper.stopped_by_string
+            or run.cancel.is_set()
+        )
+
+
+@dataclass
+class _Run:
+    """One request's generation between its turns."""
+
+    ids: Any  # prompt and generated tokens so far, shape (1, n)
+    prompt_tokens: int
+    max_new: int
+    eos: set[int]
+    stopper: _StopWatcher
+    cancel: threading.Event
+    kwargs: dict[str, Any]
+    rng_state: Any = None  # a seeded request's CPU generator state
+    cache: Any = None  # the KV cache (a transformers Cache), created by the first turn
+    finished: bool = False
+
+    @property
+    def generated(self) -> int:
+        return int(self.ids.shape[1]) - self.prompt_tokens
+
+    def completion(self) -> Completion:
+        new_ids = self.ids[0, self.prompt_tokens :].tolist()
+        hit_eos = bool(new_ids) and new_ids[-1] in self.eos
+        text = self.stopper.finish(new_ids)
+        if self.stopper.stopped_by_string or hit_eos:
             reason = "stop"
-        elif len(new_ids) >= max_new:
+        elif len(new_ids) >= self.max_new:
             reason = "length"
         else:
             reason = "stop"
         return Completion(
             text=text,
             finish_reason=reason,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=len(new_ids),
         )
+
+
+@functools.cache
+def _cache_argument() -> str:
+    """What ``generate`` calls the KV cache: ``cache`` since transformers 5 (where the old
+    name still works but warns), ``past_key_values`` before."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return "cache" if major >= 5 else "past_key_values"
 
 
 def _adapter_scope(base: _Base, adapter: AdapterRef | None):

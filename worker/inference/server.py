@@ -8,8 +8,10 @@ to the user's organization and validated the parameters. Endpoints:
 
 ``POST /internal/chat/completions``
     ``{"model", "base_model", "adapter": {"name", "prefix"} | null, "messages", "max_tokens",
-    "temperature", "top_p", "stop", "seed", "stream", "include_usage"}`` -> an OpenAI
-    ``chat.completion``, or with ``stream`` its ``chat.completion.chunk`` server-sent events.
+    "temperature", "top_p", "stop", "seed", "stream", "include_usage", "organization"}`` -> an
+    OpenAI ``chat.completion``, or with ``stream`` its ``chat.completion.chunk`` server-sent
+    events. ``organization`` (the caller's organization id) is whose turn the request takes:
+    organizations are served round-robin.
 ``POST /internal/merged``
     ``{"job_id", "base_model", "adapter": {"name", "prefix"}}`` -> ``{"key", "bytes"}``: the
     object-store key of the merged model (built on first use).
@@ -95,10 +97,11 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
         model = body.get("model") or body["base_model"]
+        organization = str(body.get("organization") or "")
         if not body.get("stream"):
-            result = engine.complete(body["base_model"], adapter, params)
+            result = engine.complete(body["base_model"], adapter, params, organization=organization)
             return completion_object(completion_id, created, model, result)
-        pieces = engine.stream(body["base_model"], adapter, params)
+        pieces = engine.stream(body["base_model"], adapter, params, organization=organization)
         # Pull the first piece now: a model or adapter that cannot load is still an HTTP
         # error, not a 200 stream that breaks off.
         first = next(pieces)
