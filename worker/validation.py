@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ from worker.model_store import ModelUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
+# transformers resolves its lazy top-level names without a lock: two validations starting at
+# once in the validator's threads pool failed with "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
+def auto_classes() -> tuple[Any, Any]:
+    """transformers' ``AutoConfig`` and ``AutoTokenizer``, imported safely from any thread."""
+    with _TRANSFORMERS_IMPORT:
+        from transformers import AutoConfig, AutoTokenizer
+    return AutoConfig, AutoTokenizer
 
 
 def file_stats(path: Path, tokenizer, max_seq_length: int) -> dict[str, int]:
@@ -45,7 +56,7 @@ def file_stats(path: Path, tokenizer, max_seq_length: int) -> dict[str, int]:
 
 def validate(settings: Settings, job_id: str) -> None:
     """Validate a ``validating_files`` job and queue it for training (or fail it)."""
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, AutoTokenizer = auto_classes()  # noqa: N806 (the classes' own names)
 
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
