@@ -51,10 +51,15 @@ class FlakyS3Proxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
+                # A HEAD's Content-Length is the object's size (its body is empty): keep it.
+                dropped = {"transfer-encoding", "connection"}
+                if self.command != "HEAD":
+                    dropped.add("content-length")
                 for key, value in resp.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    if key.lower() not in dropped:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
