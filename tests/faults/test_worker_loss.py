@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, upload_pirate, wait_until
+from tests.faults.helpers import csv_steps, messages, metrics_steps, upload_pirate, wait_until
 
 EPOCHS, EXAMPLES = 3, 52
 TOTAL = EPOCHS * EXAMPLES
@@ -56,6 +56,8 @@ def finish(client: OpenAI, cluster: Cluster, job_id: str):
     )
     assert job.status == "succeeded", (job.error, cluster.logs())
     assert csv_steps(client, job.result_files[0]) == list(range(1, TOTAL + 1))
+    # Steps replayed from the last checkpoint are reported once, not once per attempt.
+    assert metrics_steps(client, job_id) == list(range(1, TOTAL + 1))
     return job
 
 
