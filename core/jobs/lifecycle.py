@@ -532,16 +532,16 @@ def discard_replayed_metrics(
     """
     if not still_ours(session, job_id, attempt):
         return []
-    stale = [
-        event
+    stale = {
+        event: int((event.data or {}).get("step") or 0)
         for event in session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
         )
-        if int((event.data or {}).get("step") or 0) > resume_step
-    ]
-    steps = sorted({int(event.data["step"]) for event in stale})
-    for event in stale:
-        session.delete(event)
+    }
+    steps = sorted({step for step in stale.values() if step > resume_step})
+    for event, step in stale.items():
+        if step > resume_step:
+            session.delete(event)
     if steps:
         add_event(
             session,
