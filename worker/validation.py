@@ -56,7 +56,7 @@ def file_stats(path: Path, tokenizer, max_seq_length: int) -> dict[str, int]:
 
 def validate(settings: Settings, job_id: str) -> None:
     """Validate a ``validating_files`` job and queue it for training (or fail it)."""
-    AutoConfig, AutoTokenizer = auto_classes()  # noqa: N806 (the classes' own names)
+    AutoConfig, AutoTokenizer = auto_classes()
 
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
