@@ -27,7 +27,7 @@ from tests.faults.chaos import FAULTS, SoakConfig, run_soak  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     short = SoakConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--orgs", type=int, default=short.orgs)
     parser.add_argument("--jobs-per-org", type=int, default=10, help="jobs submitted at first")
     parser.add_argument("--epochs", type=int, default=short.epochs)
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    if args.orgs < 1 or args.jobs_per_org < 1 or args.fault_interval <= 0:
+        raise SystemExit("--orgs and --jobs-per-org must be >= 1, --fault-interval > 0")
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
         raise SystemExit(f"unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
