@@ -89,6 +89,7 @@ class Claimed:
     training_key: str
     validation_key: str | None
     resume_prefix: str | None
+    resume_step: int
 
 
 def _load(settings: Settings, job_id: str) -> Claimed:
@@ -108,6 +109,7 @@ def _load(settings: Settings, job_id: str) -> Claimed:
             training_key=training.storage_key,
             validation_key=validation.storage_key if validation else None,
             resume_prefix=latest.storage_prefix if latest else None,
+            resume_step=latest.step_number if latest else 0,
         )
 
 
@@ -234,6 +236,9 @@ def _train(
     from worker.training.distributed import plan_parallelism, run_training
 
     claimed = _load(settings, job_id)
+    with session_scope(settings.database_url) as session:
+        # Steps a lost attempt reported after its last checkpoint are about to run again.
+        jobs.discard_replayed_metrics(session, job_id, attempt, claimed.resume_step)
     with tempfile.TemporaryDirectory(prefix=f"dorado-{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
         data_path = tmp / "train.jsonl"

@@ -21,10 +21,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-# Imported with the module, not per task: two validator threads importing transformers for the
-# first time at once can see a half-initialised module ("cannot import name 'AutoConfig'").
-from transformers import AutoConfig, AutoTokenizer
-
 from core.db.engine import session_scope
 from core.db.models import File, Job
 from core.jobs import lifecycle as jobs
@@ -41,6 +37,16 @@ from worker.model_store import ModelUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
+# transformers resolves its lazy top-level names without a lock: two validations starting at
+# once in the validator's threads pool failed with "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
+def auto_classes() -> tuple[Any, Any]:
+    """transformers' ``AutoConfig`` and ``AutoTokenizer``, imported safely from any thread."""
+    with _TRANSFORMERS_IMPORT:
+        from transformers import AutoConfig, AutoTokenizer
+    return AutoConfig, AutoTokenizer
 
 
 class ValidationTimeout(Exception):
@@ -143,6 +149,7 @@ def _give_back(settings: Settings, job_id: str, validator: str, exc: BaseExcepti
 
 def validate_claimed(settings: Settings, job_id: str, validator: str) -> None:
     """Validate a job leased to ``validator`` and queue it for training (or fail it)."""
+    AutoConfig, AutoTokenizer = auto_classes()
     budget = float(settings.validation_timeout_seconds)
     deadline = time.monotonic() + budget
     with session_scope(settings.database_url) as session:

@@ -546,6 +546,39 @@ def record_event(
     return True
 
 
+def discard_replayed_metrics(
+    session: Session, job_id: str, attempt: int, resume_step: int
+) -> list[int]:
+    """Delete the metrics events of the steps after ``resume_step`` and return those steps.
+
+    A lost attempt (worker killed, transient error) reported steps its last checkpoint did
+    not keep; the attempt resuming from ``resume_step`` trains and reports them again, so
+    without this the job's metrics would list them twice. Nothing happens (``[]``) unless
+    ``attempt`` still owns the job.
+    """
+    if not still_ours(session, job_id, attempt):
+        return []
+    stale = {
+        event: int((event.data or {}).get("step") or 0)
+        for event in session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+        )
+    }
+    steps = sorted({step for step in stale.values() if step > resume_step})
+    for event, step in stale.items():
+        if step > resume_step:
+            session.delete(event)
+    if steps:
+        add_event(
+            session,
+            job_id,
+            f"Discarded the metrics of {len(steps)} step(s) after step {resume_step}, trained "
+            "by an attempt that was lost before its next checkpoint; they are trained again",
+            data={"resume_step": resume_step, "discarded_steps": steps},
+        )
+    return steps
+
+
 def fine_tuned_model_name(session: Session, job: Job) -> str:
     """``ft:{base}:{org}:{suffix}:{8 chars}`` as OpenAI names them (empty suffix -> ``::``)."""
     org = session.get(Organization, job.organization_id)

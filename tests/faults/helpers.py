@@ -32,3 +32,9 @@ def messages(client: OpenAI, job_id: str) -> list[str]:
 def csv_steps(client: OpenAI, file_id: str) -> list[int]:
     rows = client.files.content(file_id).text.splitlines()[1:]
     return [int(r.split(",")[0]) for r in rows]
+
+
+def metrics_steps(client: OpenAI, job_id: str) -> list[int]:
+    """The steps of a job's metrics events, oldest first (each should appear once)."""
+    events = reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))
+    return [e.data["step"] for e in events if e.type == "metrics"]

@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, upload_pirate, wait_until
+from tests.faults.helpers import csv_steps, messages, metrics_steps, upload_pirate, wait_until
 
 EPOCHS, EXAMPLES = 3, 52
 TOTAL = EPOCHS * EXAMPLES
@@ -56,6 +56,8 @@ def finish(client: OpenAI, cluster: Cluster, job_id: str):
     )
     assert job.status == "succeeded", (job.error, cluster.logs())
     assert csv_steps(client, job.result_files[0]) == list(range(1, TOTAL + 1))
+    # Steps replayed from the last checkpoint are reported once, not once per attempt.
+    assert metrics_steps(client, job_id) == list(range(1, TOTAL + 1))
     return job
 
 
@@ -64,9 +66,15 @@ def test_sigkill_mid_training_resumes_on_another_worker(cluster: Cluster):
     cluster.start_worker("first")
     job = start_long_job(client)
     wait_until(lambda: checkpointed_step(client, job.id) >= 20, 120, "a first checkpoint")
+    wait_until(
+        lambda: max(metrics_steps(client, job.id)) > checkpointed_step(client, job.id),
+        120,
+        "a step past the checkpoint",
+    )
     cluster.signal("first", signal.SIGKILL)
     cluster.wait("first", timeout=10)
     saved = checkpointed_step(client, job.id)
+    reported = max(metrics_steps(client, job.id))
     assert client.fine_tuning.jobs.retrieve(job.id).status == "running"  # lease not expired yet
 
     cluster.start_worker("second")
@@ -78,6 +86,8 @@ def test_sigkill_mid_training_resumes_on_another_worker(cluster: Cluster):
     assert events.count("Fine-tuning job started") == 2
     assert events.count("The job has successfully completed") == 1
     assert done.trained_tokens > 0
+    if reported > saved:  # steps the killed worker reported were trained and reported again
+        assert any(m.startswith("Discarded the metrics") for m in events)
 
 
 def test_sigterm_checkpoints_and_requeues(cluster: Cluster):
