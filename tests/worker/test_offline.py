@@ -36,6 +36,7 @@ from tests.worker.helpers import PIRATE, RecordingReporter
 from worker.inference.merge import merge_adapter
 from worker.model_builders import build_builtin
 from worker.training.recipe import train
+from worker.training.options import EngineOptions
 from worker.training.spec import AdapterSpec, TrainSpec
 
 tmp = Path(sys.argv[1])
@@ -53,7 +54,7 @@ spec = TrainSpec(
     batch_size=4,
     learning_rate=1e-3,
     seed=1,
-    extra={"device": "cpu", "base_model_name": "tiny-random-llama"},
+    options=EngineOptions(device="cpu", base_model_name="tiny-random-llama"),
 )
 result = train(spec, tmp / "base", data, tmp / "adapter", RecordingReporter())
 merge_adapter(tmp / "base", result.adapter_dir, tmp / "merged")
