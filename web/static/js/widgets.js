@@ -49,6 +49,7 @@ export function definitionList(pairs) {
   return el("dl", {class: "kv"}, pairs.map(([term, value]) => [
     el("dt", {}, term),
     el("dd", {}, value === null || value === undefined ? "—"
+      : typeof value === "boolean" ? String(value)  // el() drops a bare false child
       : typeof value === "object" && !(value instanceof Node) ? JSON.stringify(value) : value),
   ]));
 }
