@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cli.main import api_command  # noqa: E402
-from core import auth  # noqa: E402
 from core.bootstrap import prepare_database  # noqa: E402
 from core.db.engine import session_scope  # noqa: E402
 from core.db.models import File, Job  # noqa: E402
 from core.settings import load_settings  # noqa: E402
+from core.tenancy import auth  # noqa: E402
 from core.timeutil import utcnow  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
