@@ -36,15 +36,29 @@ def fresh_postgres_database(prefix: str = "dorado_test") -> Iterator[str]:
         from core.db.engine import get_engine
 
         get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        drop_postgres_database(admin, name)
         admin.dispose()
+
+
+def drop_postgres_database(admin, name: str) -> None:
+    """Drop a test database even while a straggler (a pool thread finishing a write) holds it.
+
+    WITH (FORCE) ends the sessions and locks the database out in one step, so a thread that
+    reconnects between a separate pg_terminate_backend and the DROP can no longer win the race.
+    """
+    import time
+
+    import sqlalchemy as sa
+
+    for attempt in range(5):
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except sa.exc.OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 @pytest.fixture

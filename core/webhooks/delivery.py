@@ -218,7 +218,11 @@ class DeliveryLoop:
             else:
                 wakeup.wait(self.config.poll_seconds)
         wakeup.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.close(wait=False)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking work; with wait, return once the deliveries in flight are recorded."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def start_in_thread(settings: Settings, stop: threading.Event) -> threading.Thread:

@@ -30,18 +30,21 @@ SDK = OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
 @pytest.fixture
 def run_loop(db_url: str, box: SecretBox) -> Iterator:
     """Start a delivery loop (in this process) with a config; stopped after the test."""
-    stops: list[threading.Event] = []
+    running: list[tuple[threading.Event, threading.Thread, DeliveryLoop]] = []
 
     def start(config=FAST) -> DeliveryLoop:
         loop = DeliveryLoop(db_url, box, config)
         stop = threading.Event()
-        stops.append(stop)
-        threading.Thread(target=loop.run_forever, args=(stop,), daemon=True).start()
+        thread = threading.Thread(target=loop.run_forever, args=(stop,), daemon=True)
+        thread.start()
+        running.append((stop, thread, loop))
         return loop
 
     yield start
-    for stop in stops:
+    for stop, thread, loop in running:
         stop.set()
+        thread.join(timeout=10)
+        loop.close()
 
 
 def unwrap(received, secret: str):
@@ -280,6 +283,7 @@ def test_delivery_works_on_sqlite(tmp_path, box, receiver):
     loop = DeliveryLoop(url, box, FAST)
     assert loop.run_once() == 1
     (got,) = receiver.wait_for(1)
+    loop.close()
     assert unwrap(got, secret).data.id == job
 
 
@@ -293,7 +297,9 @@ def test_an_address_refusing_the_connection_is_skipped_for_the_next(
     job, attempt = running_job(db_url, org)
     with session_scope(db_url) as session:
         jobs.fail_job(session, job, attempt, code="boom", message="it broke")
-    DeliveryLoop(db_url, box, FAST).run_once()
+    loop = DeliveryLoop(db_url, box, FAST)
+    loop.run_once()
     (got,) = receiver.wait_for(1)
+    loop.close()  # the outcome is written before the test's database goes
     assert got.headers["host"] == f"two.test:{port}"  # the name, not the address
     assert unwrap(got, secret).data.id == job
