@@ -26,7 +26,14 @@ from core.db.keyset import after_cursor
 from core.db.models import Job, JobEvent, Model, Organization
 from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
 from core.jobs import progress
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters, TrainingOptions, resolve
+from core.jobs.hyperparams import (
+    AdapterConfig,
+    DpoHyperparameters,
+    Hyperparameters,
+    TrainingOptions,
+    resolve,
+    resolve_dpo,
+)
 from core.jobs.resources import plan_job
 from core.jobs.status import (
     ALL_STATUSES,
@@ -36,6 +43,7 @@ from core.jobs.status import (
     JobStatus,
 )
 from core.scheduling import quotas
+from core.storage.datasets import check_format_for_method
 from core.storage.files import get_file
 from core.timeutil import utcnow
 from core.webhooks import events as webhook_events
@@ -44,6 +52,8 @@ from core.webhooks.outbox import emit_job_event
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2_147_483_647
+TRAINABLE_METHODS = ("supervised", "dpo")
+"""The ``method.type`` values the engine trains (OpenAI's ``reinforcement`` is not one)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class NewJob:
     # Experiment trackers, as validated by the API (OpenAI's shape).
     integrations: list[dict[str, Any]] = field(default_factory=list)
     training: TrainingOptions = field(default_factory=TrainingOptions)
+    method: str = "supervised"
 
 
 def add_event(
@@ -84,7 +95,9 @@ def add_event(
     return event
 
 
-def _usable_file(session: Session, org_id: str, file_id: str, param: str):
+def _usable_file(
+    session: Session, org_id: str, file_id: str, param: str, method: str = "supervised"
+):
     try:
         row = get_file(session, org_id, file_id, param=param)
     except NotFound as exc:
@@ -97,7 +110,31 @@ def _usable_file(session: Session, org_id: str, file_id: str, param: str):
         )
     if row.status != "processed":
         raise InvalidFile(f"File {file_id} is not ready (status '{row.status}')", param=param)
+    mismatch = check_format_for_method((row.stats or {}).get("format"), method)
+    if mismatch:
+        raise InvalidFile(f"File {file_id} cannot train this job: {mismatch}", param=param)
     return row
+
+
+def _base_model(session: Session, name: str) -> Model:
+    """The job's base model, which must be in the catalogue: OpenAI answers 400
+    ``model_not_available`` for one it does not offer."""
+    try:
+        return catalog.get_base_model(session, name)
+    except NotFound as exc:
+        raise InvalidRequest(exc.message, param="model", code="model_not_available") from exc
+
+
+def _method_settings(new: NewJob, n_examples: int) -> tuple[dict[str, int | float], dict[str, Any]]:
+    """The resolved hyperparameters (OpenAI's top-level three) and the ``method`` object
+    echoed by the job, its hyperparameters resolved (``beta`` too for dpo)."""
+    if new.method == "dpo":
+        hyper = DpoHyperparameters(**new.hyperparameters.model_dump())
+        resolved = resolve_dpo(hyper, n_examples)
+        top = {k: v for k, v in resolved.items() if k != "beta"}
+        return top, {"type": "dpo", "dpo": {"hyperparameters": resolved}}
+    top = resolve(new.hyperparameters, n_examples)
+    return top, {"type": "supervised", "supervised": {"hyperparameters": top}}
 
 
 def create_job(
@@ -112,13 +149,13 @@ def create_job(
     core.scheduling.pools decides among the registered pools and ``declared_pools``
     (DORADO_POOLS) with the memory planner (core.jobs.resources), whose resolved training
     options join the job's ``options`` and whose plan is the job's ``resources``."""
-    base = catalog.get_base_model(session, new.model)
+    base = _base_model(session, new.model)
     quotas.check_can_queue(session, org_id)
     options = dict(new.options)
-    training = _usable_file(session, org_id, new.training_file, "training_file")
+    training = _usable_file(session, org_id, new.training_file, "training_file", new.method)
     if new.validation_file:
-        _usable_file(session, org_id, new.validation_file, "validation_file")
-    hyper = resolve(new.hyperparameters, training.example_count or 0)
+        _usable_file(session, org_id, new.validation_file, "validation_file", new.method)
+    hyper, method = _method_settings(new, training.example_count or 0)
     # The memory planner: training options for this model, GPUs, pool (or a 400 if none fits).
     planned = plan_job(
         session,
@@ -146,7 +183,7 @@ def create_job(
         validation_file=new.validation_file,
         hyperparameters=hyper,
         adapter=new.adapter.model_dump(),
-        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        method=method,
         seed=seed,
         suffix=new.suffix or None,
         user_metadata=new.metadata or None,

@@ -1,0 +1,81 @@
+"""DPO jobs over the API: preference files, ``method`` echoed with "auto" resolved, clear 400s."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api, chat_examples
+from tests.api.test_bad_input import assert_envelope
+
+
+def preference_examples(n: int = 12) -> list[dict]:
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Question {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Arr, answer {i}!"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"Answer {i}."}],
+        }
+        for i in range(n)
+    ]
+
+
+def test_dpo_job_resolves_auto_and_echoes_method(api: Api):
+    upload = api.upload(preference_examples(20))
+    assert upload.status_code == 200, upload.get_json()
+    assert upload.get_json()["statistics"]["format"] == "preference"
+    body = {
+        "model": "tiny-random-llama",
+        "training_file": upload.get_json()["id"],
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2}}},
+    }
+    resp = api.post("/v1/fine_tuning/jobs", body)
+    assert resp.status_code == 200, resp.get_json()
+    job = resp.get_json()
+    assert job["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {
+                "n_epochs": 2,
+                "batch_size": 2,
+                "learning_rate_multiplier": 1.0,
+                "beta": 0.1,
+            }
+        },
+    }
+    assert job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 2,
+        "learning_rate_multiplier": 1.0,
+    }
+    assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").get_json()["method"] == job["method"]
+
+
+def test_supervised_job_method_has_no_null_siblings(api: Api):
+    file_id = api.upload(chat_examples(12)).get_json()["id"]
+    job = api.post(
+        "/v1/fine_tuning/jobs", {"model": "tiny-random-llama", "training_file": file_id}
+    ).get_json()
+    assert set(job["method"]) == {"type", "supervised"}
+
+
+def test_a_preference_file_for_a_supervised_job_is_a_400_naming_the_line(api: Api):
+    file_id = api.upload(preference_examples()).get_json()["id"]
+    err = assert_envelope(
+        api.post("/v1/fine_tuning/jobs", {"model": "tiny-random-llama", "training_file": file_id}),
+        400,
+        "training_file",
+    )
+    assert "line 1" in err["message"] and "preference" in err["message"]
+
+
+def test_a_chat_file_for_a_dpo_job_is_a_400_naming_the_line(api: Api):
+    file_id = api.upload(chat_examples(12)).get_json()["id"]
+    body = {"model": "tiny-random-llama", "training_file": file_id, "method": {"type": "dpo"}}
+    err = assert_envelope(api.post("/v1/fine_tuning/jobs", body), 400, "training_file")
+    assert "line 1" in err["message"] and "needs preference examples" in err["message"]
+
+
+def test_a_bad_preference_line_fails_the_upload(api: Api):
+    lines = preference_examples()
+    lines[6] = {**lines[6], "non_preferred_output": [{"role": "user", "content": "x"}]}
+    resp = api.upload(lines)
+    assert resp.status_code == 400, resp.get_json()
+    assert "line 7" in resp.get_json()["error"]["message"]
