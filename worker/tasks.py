@@ -31,7 +31,13 @@ from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.trackers import job_reporter
 from worker.training.options import JobOptions
-from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
+from worker.training.spec import (
+    AdapterSpec,
+    DpoSpec,
+    TrainingPaused,
+    TrainingStopped,
+    TrainSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ def build_spec(job: Job) -> TrainSpec:
     The one place where the job's stored options become typed (``JobOptions.from_stored``
     rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate,
     and the job's resolved ``training`` options (warmup, weight decay, schedule, gradient
-    checkpointing, micro-batch tokens) reach the spec and its engine options.
+    checkpointing, micro-batch tokens) reach the spec and its engine options. A ``dpo`` job
+    trains by DPO with its resolved ``beta``.
     """
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
@@ -76,7 +83,15 @@ def build_spec(job: Job) -> TrainSpec:
         weight_decay=options.weight_decay or 0.0,
         gradient_checkpointing=bool(options.gradient_checkpointing),
         options=options.engine_options(base_model_name=job.model, job_id=job.id),
+        dpo=dpo_spec(job.method),
     )
+
+
+def dpo_spec(method: dict | None) -> DpoSpec | None:
+    """The DPO settings of a job's stored ``method``, or None for a supervised job."""
+    if not method or method.get("type") != "dpo":
+        return None
+    return DpoSpec(beta=float(method["dpo"]["hyperparameters"]["beta"]))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,321 @@
+"""Direct Preference Optimization (Rafailov et al., 2023): preference pairs, their batching, and
+the loss.
+
+A preference line (OpenAI's format, validated by ``core.storage.datasets``) becomes two chat
+examples sharing the prompt: ``input.messages + preferred_output`` ("chosen") and
+``input.messages + non_preferred_output`` ("rejected"), each labelled on its output's assistant
+tokens only, exactly as supervised examples are (``worker.training.data``).
+
+The loss is TRL's ``sigmoid`` DPO loss::
+
+    loss = -logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
+
+where ``pi`` and ``ref`` are log-probabilities of a reply summed over its loss tokens, under the
+trained policy and under the reference policy. The reference is the same model with its adapter
+switched off (``PeftModel.disable_adapter()``, under ``no_grad``): no second copy of the model
+is held in memory. The implicit rewards are ``beta * (pi - ref)``; the reward margin is chosen
+minus rejected, and the preference accuracy is the share of pairs whose chosen reward is higher.
+
+A pair's chosen and rejected rows travel in the same padded micro-batch (the loss of a pair
+needs both), and micro-batches are cut by the engine's padding-aware split
+(:func:`worker.training.data.split_micro_batches`) over the pairs' longer side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from worker.training.data import (
+    IGNORE_INDEX,
+    Batch,
+    Conversation,
+    DatasetFormatError,
+    TokenizedExample,
+    collate,
+    split_micro_batches,
+    tokenize_conversation,
+)
+from worker.training.logits import HeadSplit, split_head, target_logits
+from worker.training.options import MICRO_BATCH_OVERHEAD_TOKENS
+from worker.training.parallel import DataParallel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DPO_METRIC_KEYS = ("chosen_reward", "rejected_reward", "reward_margin", "preference_accuracy")
+"""The DPO quantities reported next to the loss, each prefixed ``train_``, ``valid_`` or
+``full_valid_`` in metrics events, checkpoints and the result CSV."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One tokenized preference example: the same prompt with its two replies."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    def __len__(self) -> int:
+        """Real tokens the pair costs (both rows)."""
+        return len(self.chosen) + len(self.rejected)
+
+    @property
+    def width(self) -> int:
+        """The padded length of the pair in a batch: its longer row."""
+        return max(len(self.chosen), len(self.rejected))
+
+
+@dataclass(frozen=True)
+class PreferenceDataset:
+    """The tokenized preference set and what happened on the way."""
+
+    examples: tuple[PreferencePair, ...]
+    n_lines: int
+    n_truncated: int
+    n_dropped_no_loss: int
+    max_seq_length: int
+
+
+@dataclass(frozen=True)
+class DpoStats:
+    """Sums over pairs divided by a pair count (so shares of ranks add up)."""
+
+    loss: float
+    chosen_reward: float
+    rejected_reward: float
+    reward_margin: float
+    preference_accuracy: float
+    n_tokens: int = 0
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """The DPO quantities keyed ``{prefix}_{name}`` (see :data:`DPO_METRIC_KEYS`)."""
+        return {f"{prefix}_{key}": getattr(self, key) for key in DPO_METRIC_KEYS}
+
+
+def parse_preference_line(obj: Any, line_no: int = 0) -> tuple[Conversation, Conversation]:
+    """The (chosen, rejected) conversations of one decoded preference line.
+
+    Raises:
+        DatasetFormatError: naming the line, if it is not a preference example.
+    """
+    where = f"line {line_no}: " if line_no else ""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("input"), Mapping):
+        raise DatasetFormatError(
+            f"{where}expected a preference example with 'input', 'preferred_output' and "
+            "'non_preferred_output'"
+        )
+    prompt = obj["input"].get("messages")
+    if not isinstance(prompt, list) or not prompt:
+        raise DatasetFormatError(f"{where}'input.messages' must be a non-empty list")
+    tools = obj["input"].get("tools")
+    sides = []
+    for key in ("preferred_output", "non_preferred_output"):
+        reply = obj.get(key)
+        if not isinstance(reply, list) or not reply:
+            raise DatasetFormatError(f"{where}'{key}' must be a non-empty list of messages")
+        if not all(isinstance(m, Mapping) and m.get("role") == "assistant" for m in reply):
+            raise DatasetFormatError(f"{where}'{key}' may hold assistant messages only")
+        messages = tuple(dict(m) for m in prompt) + tuple(dict(m) for m in reply)
+        trained = (False,) * len(prompt) + (True,) * len(reply)
+        sides.append(
+            Conversation(messages, trained, tuple(tools) if isinstance(tools, list) else None)
+        )
+    return sides[0], sides[1]
+
+
+def read_preference_jsonl(path: Path) -> Iterator[tuple[Conversation, Conversation]]:
+    """Yield the (chosen, rejected) conversations of a preference JSONL file."""
+    with Path(path).open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetFormatError(f"line {line_no}: invalid JSON ({exc.msg})") from None
+            yield parse_preference_line(obj, line_no)
+
+
+def tokenize_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Iterable[tuple[Conversation, Conversation]],
+    max_seq_length: int,
+) -> PreferenceDataset:
+    """Tokenize every pair; a pair either of whose replies has no loss token left (cut off by
+    ``max_seq_length``) is dropped: it cannot be compared."""
+    examples: list[PreferencePair] = []
+    n_lines = n_truncated = n_dropped = 0
+    for chosen, rejected in pairs:
+        n_lines += 1
+        pair = PreferencePair(
+            tokenize_conversation(tokenizer, chosen, max_seq_length),
+            tokenize_conversation(tokenizer, rejected, max_seq_length),
+        )
+        n_truncated += pair.chosen.truncated or pair.rejected.truncated
+        if pair.chosen.n_predicted_tokens == 0 or pair.rejected.n_predicted_tokens == 0:
+            n_dropped += 1
+            continue
+        examples.append(pair)
+    return PreferenceDataset(tuple(examples), n_lines, n_truncated, n_dropped, max_seq_length)
+
+
+def load_preference_dataset(
+    path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
+) -> PreferenceDataset:
+    """Read and tokenize a preference JSONL file."""
+    return tokenize_pairs(tokenizer, read_preference_jsonl(path), max_seq_length)
+
+
+def pair_micro_batches(
+    pairs: Sequence[PreferencePair],
+    indices: Sequence[int],
+    pad_token_id: int,
+    micro_batch_size: int = 8,
+    micro_batch_tokens: int = 8192,
+    overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS,
+) -> list[Batch]:
+    """The padded micro-batches of the pairs ``indices``: each holds whole pairs, its chosen
+    rows first, then the rejected rows in the same order.
+
+    The split is :func:`split_micro_batches` over the pairs' widths with the limits halved
+    (a pair is two rows), so a micro-batch keeps within ``micro_batch_size`` rows and
+    ``micro_batch_tokens`` padded tokens, as supervised micro-batches do.
+    """
+    widths = [pair.width for pair in pairs]
+    parts = split_micro_batches(
+        indices,
+        widths,
+        max(1, micro_batch_size // 2),
+        max(1, micro_batch_tokens // 2),
+        overhead_tokens,
+    )
+    return [
+        collate([pairs[i].chosen for i in part] + [pairs[i].rejected for i in part], pad_token_id)
+        for part in parts
+    ]
+
+
+def sequence_logps(
+    model: torch.nn.Module, batch: Batch, device: torch.device, split: HeadSplit | None
+) -> torch.Tensor:
+    """Each row's log-probability of its loss tokens, summed (float32, one value per row)."""
+    logits, targets = target_logits(model, batch, device, split)
+    rows = (batch.labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0].to(device)
+    token_logps = -F.cross_entropy(logits, targets, reduction="none")
+    total = torch.zeros(batch.input_ids.shape[0], dtype=torch.float32, device=device)
+    return total.index_add(0, rows, token_logps)
+
+
+@contextlib.contextmanager
+def reference_policy(model: torch.nn.Module) -> Iterator[None]:
+    """The reference policy: ``model`` with its adapter switched off, without gradients."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        raise TypeError("DPO's reference policy needs a PEFT model (an adapter to switch off)")
+    with torch.no_grad(), disable():
+        yield
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair sigmoid DPO losses and the chosen and rejected rewards ``beta * (pi - ref)``."""
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def _pair_terms(
+    model: torch.nn.Module,
+    mb: Batch,
+    device: torch.device,
+    split: HeadSplit | None,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with reference_policy(model):
+        reference = sequence_logps(model, mb, device, split)
+    policy = sequence_logps(model, mb, device, split)
+    n = mb.input_ids.shape[0] // 2
+    return dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], beta)
+
+
+def _sums(losses: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    return torch.stack(
+        [
+            losses.detach().sum(),
+            chosen.sum(),
+            rejected.sum(),
+            (chosen - rejected).sum(),
+            (chosen > rejected).float().sum(),
+        ]
+    ).double()
+
+
+def _stats(sums: torch.Tensor, denom: int, n_tokens: int = 0) -> DpoStats:
+    values = (sums.cpu() / max(denom, 1)).tolist()
+    return DpoStats(*values, n_tokens=n_tokens)
+
+
+def dpo_forward_backward(
+    model: torch.nn.Module,
+    micro_batches: Sequence[Batch],
+    device: torch.device,
+    beta: float,
+    n_pairs: int,
+    loss_positions_only: bool = True,
+) -> DpoStats:
+    """Forward/backward of one optimizer step's pair micro-batches; gradients accumulate.
+
+    Each micro-batch's summed pair loss is divided by ``n_pairs``, the whole step's pair count
+    (every rank's, under data parallelism), so the accumulated gradient is that of the mean
+    over the step's pairs however it was split, and the returned means add up over ranks.
+    """
+    split = split_head(model) if loss_positions_only else None
+    sums = torch.zeros(5, dtype=torch.float64)
+    for mb in micro_batches:
+        losses, chosen, rejected = _pair_terms(model, mb, device, split, beta)
+        (losses.sum() / max(n_pairs, 1)).backward()
+        sums += _sums(losses, chosen, rejected).cpu()
+    return _stats(sums, n_pairs, sum(mb.n_tokens for mb in micro_batches))
+
+
+@torch.no_grad()
+def dpo_evaluate(
+    model: torch.nn.Module,
+    pairs: Sequence[PreferencePair],
+    pad_token_id: int,
+    device: torch.device,
+    beta: float,
+    micro_batch_size: int = 8,
+    micro_batch_tokens: int = 8192,
+    parallel: DataParallel | None = None,
+) -> DpoStats:
+    """Mean DPO loss, rewards, margin and preference accuracy of ``model`` on ``pairs``, in
+    eval mode (restored afterwards); under data parallelism each rank takes its share."""
+    parallel = parallel or DataParallel()
+    mine = parallel.shard(range(len(pairs)), [len(p) for p in pairs])
+    split = split_head(model)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)
+    try:
+        for mb in pair_micro_batches(
+            pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
+        ):
+            sums += _sums(*_pair_terms(model, mb, device, split, beta)).cpu()
+    finally:
+        model.train(was_training)
+    sums = parallel.sum_(sums.to(parallel.comm_device())).cpu()
+    return _stats(sums, len(pairs))
