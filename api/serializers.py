@@ -69,6 +69,8 @@ def job_object(job: Job) -> dict[str, Any]:
         "options": job.options or {},
         # The memory planner's verdict: GPUs, estimated peak MiB per device, its terms.
         "resources": job.resources,
+        # Continued fine-tuning: the fine-tuned model this job's adapter started from.
+        "parent": (job.options or {}).get("parent"),
         "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),

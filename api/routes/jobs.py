@@ -44,7 +44,7 @@ def create_job():
         validation_file=req.validation_file,
         hyperparameters=req.resolved_hyperparameters(),
         method=req.method_type,
-        adapter=req.adapter,
+        adapter=req.adapter if "adapter" in req.model_fields_set else None,
         seed=req.seed,
         suffix=req.suffix,
         metadata=req.metadata,

@@ -62,7 +62,8 @@ class NewJob:
     training_file: str
     validation_file: str | None
     hyperparameters: Hyperparameters
-    adapter: AdapterConfig
+    # None: not given (a fresh job trains the default adapter; a continued one its parent's).
+    adapter: AdapterConfig | None
     seed: int | None
     suffix: str | None
     metadata: dict[str, str] | None
@@ -125,6 +126,47 @@ def _base_model(session: Session, name: str) -> Model:
         raise InvalidRequest(exc.message, param="model", code="model_not_available") from exc
 
 
+FINE_TUNED_PREFIX = "ft:"
+
+
+def _parent_job(session: Session, org_id: str, name: str) -> Job:
+    """The succeeded job of the caller's organization that produced the model ``name``
+    (continued fine-tuning starts from its adapter)."""
+    row = session.get(Model, name)
+    parent = session.get(Job, row.job_id) if row is not None and row.job_id else None
+    if (
+        row is None
+        or row.kind != "fine-tuned"
+        or row.organization_id != org_id
+        or parent is None
+        or parent.organization_id != org_id
+    ):
+        raise InvalidRequest(
+            f"The fine-tuned model '{name}' does not exist in your organization",
+            param="model",
+            code="model_not_available",
+        )
+    if parent.status != JobStatus.SUCCEEDED or not parent.adapter_key:
+        raise InvalidRequest(
+            f"The fine-tuned model '{name}' has no adapter to continue from",
+            param="model",
+            code="model_not_available",
+        )
+    return parent
+
+
+def _continued_adapter(parent: Job, asked: AdapterConfig | None) -> AdapterConfig:
+    """A continued job trains its parent's adapter: same type, rank and targets."""
+    inherited = AdapterConfig(**parent.adapter)
+    if asked is not None and (asked.type, asked.r) != (inherited.type, inherited.r):
+        raise InvalidRequest(
+            f"A job continuing '{parent.fine_tuned_model}' trains its {inherited.type} adapter "
+            f"of rank {inherited.r}; got adapter type '{asked.type}', rank {asked.r}",
+            param="adapter",
+        )
+    return inherited
+
+
 def _method_settings(new: NewJob, n_examples: int) -> tuple[dict[str, int | float], dict[str, Any]]:
     """The resolved hyperparameters (OpenAI's top-level three) and the ``method`` object
     echoed by the job, its hyperparameters resolved (``beta`` too for dpo)."""
@@ -148,10 +190,21 @@ def create_job(
     ``options["pool"]`` (the ``pool`` extra) picks the worker pool; else
     core.scheduling.pools decides among the registered pools and ``declared_pools``
     (DORADO_POOLS) with the memory planner (core.jobs.resources), whose resolved training
-    options join the job's ``options`` and whose plan is the job's ``resources``."""
-    base = _base_model(session, new.model)
+    options join the job's ``options`` and whose plan is the job's ``resources``.
+
+    ``model: "ft:..."`` continues fine-tuning: the base model (the one the planner sizes and
+    the pool is chosen for) and the adapter are the parent job's."""
+    parent = None
+    model, adapter = new.model, new.adapter or AdapterConfig()
+    if new.model.startswith(FINE_TUNED_PREFIX):
+        # Continued fine-tuning: the base model is the parent's; the adapter starts from its.
+        parent = _parent_job(session, org_id, new.model)
+        model, adapter = parent.model, _continued_adapter(parent, new.adapter)
+    base = _base_model(session, model)
     quotas.check_can_queue(session, org_id)
     options = dict(new.options)
+    if parent is not None:
+        options["parent"] = new.model
     training = _usable_file(session, org_id, new.training_file, "training_file", new.method)
     if new.validation_file:
         _usable_file(session, org_id, new.validation_file, "validation_file", new.method)
@@ -160,7 +213,7 @@ def create_job(
     planned = plan_job(
         session,
         base,
-        adapter=new.adapter,
+        adapter=adapter,
         training=new.training,
         max_seq_length=options.get("max_seq_length"),
         batch_size=int(hyper["batch_size"]),
@@ -177,12 +230,12 @@ def create_job(
     job = Job(
         id=ids.job_id(),
         organization_id=org_id,
-        model=new.model,
+        model=model,
         status=JobStatus.VALIDATING_FILES,
         training_file=training.id,
         validation_file=new.validation_file,
         hyperparameters=hyper,
-        adapter=new.adapter.model_dump(),
+        adapter=adapter.model_dump(),
         method=method,
         seed=seed,
         suffix=new.suffix or None,

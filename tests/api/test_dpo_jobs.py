@@ -79,3 +79,86 @@ def test_a_bad_preference_line_fails_the_upload(api: Api):
     resp = api.upload(lines)
     assert resp.status_code == 400, resp.get_json()
     assert "line 7" in resp.get_json()["error"]["message"]
+
+
+# --- continued fine-tuning: model "ft:..." ---------------------------------------------------
+
+
+def _succeeded(api: Api, file_id: str, adapter: dict) -> dict:
+    """A supervised job, marked succeeded through the same service the worker uses."""
+    from sqlalchemy import update
+
+    from core.db.engine import session_scope
+    from core.db.models import Job
+    from core.jobs import lifecycle
+    from core.settings import load_settings
+
+    body = {"model": "tiny-random-llama", "training_file": file_id, "adapter": adapter}
+    job = api.post("/v1/fine_tuning/jobs", body).get_json()
+    with session_scope(load_settings().database_url) as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(status="running", attempt=1))
+        name = lifecycle.succeed_job(
+            session, job["id"], 1, trained_tokens=1, adapter_key="k", result_files=[]
+        )
+    assert name is not None
+    return api.get(f"/v1/fine_tuning/jobs/{job['id']}").get_json()
+
+
+def test_ft_model_continues_with_its_adapter_and_names_its_parent(api: Api):
+    chat_id = api.upload(chat_examples(12)).get_json()["id"]
+    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    assert parent["fine_tuned_model"].startswith("ft:tiny-random-llama:")
+    assert parent["parent"] is None
+    pref_id = api.upload(preference_examples()).get_json()["id"]
+    body = {
+        "model": parent["fine_tuned_model"],
+        "training_file": pref_id,
+        "method": {"type": "dpo"},
+        "suffix": "dpo",
+    }
+    resp = api.post("/v1/fine_tuning/jobs", body)
+    assert resp.status_code == 200, resp.get_json()
+    child = resp.get_json()
+    assert child["model"] == "tiny-random-llama"  # the base, resolved through the parent
+    assert child["parent"] == parent["fine_tuned_model"]
+    assert (child["adapter"]["type"], child["adapter"]["r"]) == ("lora", 8)
+    # SFT -> SFT works the same way.
+    again = api.post(
+        "/v1/fine_tuning/jobs", {"model": parent["fine_tuned_model"], "training_file": chat_id}
+    )
+    assert again.status_code == 200 and again.get_json()["parent"] == parent["fine_tuned_model"]
+
+
+def test_ft_model_with_another_adapter_shape_is_a_400(api: Api):
+    chat_id = api.upload(chat_examples(12)).get_json()["id"]
+    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    body = {
+        "model": parent["fine_tuned_model"],
+        "training_file": chat_id,
+        "adapter": {"type": "dora", "r": 8},
+    }
+    err = assert_envelope(api.post("/v1/fine_tuning/jobs", body), 400, "adapter")
+    assert "trains its lora adapter of rank 8" in err["message"]
+
+
+def test_unknown_or_foreign_ft_model_is_model_not_available(api: Api):
+    from core.db.engine import session_scope
+    from core.db.models import Model
+    from core.settings import load_settings
+
+    chat_id = api.upload(chat_examples(12)).get_json()["id"]
+    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    from core.tenancy import auth
+
+    with session_scope(load_settings().database_url) as session:
+        other = auth.create_organization(session, "someone-else")
+        session.flush()
+        session.get(Model, parent["fine_tuned_model"]).organization_id = other.id
+    for name in ("ft:tiny-random-llama:default::nope1234", parent["fine_tuned_model"]):
+        err = assert_envelope(
+            api.post("/v1/fine_tuning/jobs", {"model": name, "training_file": chat_id}),
+            400,
+            "model",
+        )
+        assert err["code"] == "model_not_available"
+        assert "does not exist in your organization" in err["message"]

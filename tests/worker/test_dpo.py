@@ -355,3 +355,27 @@ def test_a_supervised_checkpoint_does_not_resume_a_dpo_run(
             validation_file=valid_file,
             resume_from=reporter.checkpoint_copies[0],
         )
+
+
+# --- continued fine-tuning: the adapter starts from a parent's --------------------------------
+
+
+def test_dpo_continues_from_a_supervised_adapter(
+    pref_files, small_chat_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    sft = replace(SPEC, dpo=None, n_epochs=1, checkpoint_every_n_steps=None, learning_rate=5e-2)
+    parent = train(sft, tiny_model_dir, small_chat_file, tmp_path / "sft", RecordingReporter())
+    train_file, _ = pref_files
+    spec = replace(SPEC, n_epochs=1, checkpoint_every_n_steps=None)
+    fresh, continued = RecordingReporter(), RecordingReporter()
+    train(spec, tiny_model_dir, train_file, tmp_path / "a", fresh)
+    chained = replace(spec, init_adapter_dir=parent.adapter_dir)
+    train(chained, tiny_model_dir, train_file, tmp_path / "b", continued)
+    # The reference stays the base model: the parent's own shift shows from the first step.
+    assert fresh.metrics_extra[0]["extra"]["train_reward_margin"] == pytest.approx(0, abs=1e-4)
+    assert abs(continued.metrics_extra[0]["extra"]["train_reward_margin"]) > 1e-3
+    assert continued.losses[0] != pytest.approx(math.log(2), abs=1e-4)
+
+    wrong_rank = replace(chained, adapter=replace(SPEC.adapter, r=8))
+    with pytest.raises(ValueError, match="parent adapter does not fit"):
+        train(wrong_rank, tiny_model_dir, train_file, tmp_path / "c", RecordingReporter())

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from worker.training.adapters import attach_adapter
+from worker.training.adapters import attach_adapter, load_adapter_weights
 from worker.training.checkpoints import (
     TrainingState,
     load_training_checkpoint,
@@ -470,6 +470,9 @@ class _Run:
             )
         seed_everything(spec.seed)  # the adapter's random init must not depend on setup
         self.model = attach_adapter(base, spec.adapter)
+        if spec.init_adapter_dir is not None:
+            loaded = load_adapter_weights(self.model, spec.init_adapter_dir)
+            logger.info("[job %s] adapter starts from its parent (%d tensors)", self.job, loaded)
         if spec.adapter.type == "dora" and self.options.fast_dora:
             from worker.training.fast_dora import enable_fast_dora
 

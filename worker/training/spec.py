@@ -48,7 +48,9 @@ class TrainSpec:
     ``learning_rate`` is the final, absolute rate (the caller applies any multiplier or
     override); ``options`` holds the engine's other knobs (:class:`EngineOptions`).
     ``dpo`` set: the training and validation files hold preference pairs and the loss is DPO's;
-    ``None``: supervised fine-tuning on chat examples.
+    ``None``: supervised fine-tuning on chat examples. ``init_adapter_dir`` (continued
+    fine-tuning): a saved PEFT adapter of the same type, rank and targets whose weights the
+    adapter starts from instead of its fresh initialisation.
     """
 
     adapter: AdapterSpec
@@ -66,6 +68,7 @@ class TrainSpec:
     eval_every_n_steps: int | None = None
     gradient_checkpointing: bool = False
     dpo: DpoSpec | None = None
+    init_adapter_dir: Path | None = None
 
 
 @dataclass(frozen=True)
