@@ -15,10 +15,12 @@ from tests.worker.helpers import PIRATE, RecordingReporter, write_jsonl
 from worker.training.data import IGNORE_INDEX, Batch, DatasetFormatError
 from worker.training.dpo import (
     DPO_METRIC_KEYS,
+    PairBatch,
     dpo_forward_backward,
     load_preference_dataset,
     pair_micro_batches,
     reference_policy,
+    reference_table,
     sequence_logps,
 )
 from worker.training.logits import split_head
@@ -140,7 +142,7 @@ def test_engine_dpo_loss_equals_trls_on_one_batch(
         int(inputs["attention_mask"].sum()),
         int(inputs["completion_mask"].sum()),
     )
-    got = dpo_forward_backward(policy, [batch], CPU, beta=0.3, n_pairs=4)
+    got = dpo_forward_backward(policy, [PairBatch(batch, (0, 1, 2, 3))], CPU, beta=0.3, n_pairs=4)
     assert got.loss == pytest.approx(expected, abs=1e-5)
 
 
@@ -151,7 +153,7 @@ def test_reference_is_the_model_with_its_adapter_off(tiny_model_dir: Path, token
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     pairs = _pairs(tokenizer, 2)
-    batch = pair_micro_batches(pairs, [0, 1], pad_token_id=0)[0]
+    batch = pair_micro_batches(pairs, [0, 1], pad_token_id=0)[0].batch
     before = sequence_logps(base, batch, CPU, None)
     model = attach_adapter(base, AdapterSpec(type="lora", r=4, alpha=8))
     with torch.no_grad():
@@ -191,21 +193,15 @@ def test_micro_batches_keep_pairs_together_within_the_limits(tokenizer) -> None:
     pairs = _pairs(tokenizer, 8)
     indices = [5, 0, 3, 7, 1]
     micro = pair_micro_batches(pairs, indices, pad_token_id=0, micro_batch_size=4)
-    assert all(mb.input_ids.shape[0] <= 4 and mb.input_ids.shape[0] % 2 == 0 for mb in micro)
-    seen = []
+    assert all(mb.batch.input_ids.shape[0] == 2 * len(mb.pairs) <= 4 for mb in micro)
+    assert sorted(i for mb in micro for i in mb.pairs) == sorted(indices)
     for mb in micro:
-        n = mb.input_ids.shape[0] // 2
-        for row in range(n):
-            chosen = [t for t in mb.labels[row].tolist() if t != IGNORE_INDEX]
-            rejected = [t for t in mb.labels[n + row].tolist() if t != IGNORE_INDEX]
-            match = [
-                i
-                for i in indices
-                if [t for t in pairs[i].chosen.labels if t != IGNORE_INDEX] == chosen
-                and [t for t in pairs[i].rejected.labels if t != IGNORE_INDEX] == rejected
-            ]
-            seen.extend(match[:1])
-    assert sorted(seen) == sorted(indices)
+        n = len(mb.pairs)
+        for row, index in enumerate(mb.pairs):
+            chosen = mb.batch.input_ids[row][mb.batch.attention_mask[row] == 1].tolist()
+            rejected = mb.batch.input_ids[n + row][mb.batch.attention_mask[n + row] == 1]
+            assert chosen == list(pairs[index].chosen.input_ids)
+            assert rejected.tolist() == list(pairs[index].rejected.input_ids)
 
 
 def test_accumulated_micro_batches_give_the_one_batch_gradient(
@@ -230,6 +226,15 @@ def test_accumulated_micro_batches_give_the_one_batch_gradient(
         stats = dpo_forward_backward(model, micro, CPU, 0.1, 6, loss_positions_only=True)
         grads.append((stats, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (one, g1), (many, g2) = grads
+    # The reference computed once up front gives the same step as computing it per step.
+    model.zero_grad(set_to_none=True)
+    table = reference_table(model, pairs, 0, CPU)
+    micro = pair_micro_batches(pairs, range(6), 0, micro_batch_size=4)
+    cached = dpo_forward_backward(model, micro, CPU, 0.1, 6, reference=table)
+    assert cached.loss == pytest.approx(one.loss, rel=1e-5)
+    g3 = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for a, b in zip(g1, g3, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert many.loss == pytest.approx(one.loss, rel=1e-5)
     assert many.reward_margin == pytest.approx(one.reward_margin, rel=1e-4, abs=1e-6)
     for a, b in zip(g1, g2, strict=True):

@@ -19,6 +19,11 @@ minus rejected, and the preference accuracy is the share of pairs whose chosen r
 A pair's chosen and rejected rows travel in the same padded micro-batch (the loss of a pair
 needs both), and micro-batches are cut by the engine's padding-aware split
 (:func:`worker.training.data.split_micro_batches`) over the pairs' longer side.
+
+The reference never changes during a run, so the recipe computes its log-probabilities once,
+before the first step (:func:`reference_table`, as TRL's ``precompute_ref_log_probs``), instead
+of one extra forward pass per pair per epoch; :func:`dpo_forward_backward` computes them on the
+fly when given no table.
 """
 
 from __future__ import annotations
@@ -81,6 +86,15 @@ class PreferenceDataset:
     n_truncated: int
     n_dropped_no_loss: int
     max_seq_length: int
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """A padded micro-batch of whole pairs: ``batch`` holds the chosen rows of ``pairs`` (by
+    index into the data set) first, then their rejected rows in the same order."""
+
+    batch: Batch
+    pairs: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,7 @@ def pair_micro_batches(
     micro_batch_size: int = 8,
     micro_batch_tokens: int = 8192,
     overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS,
-) -> list[Batch]:
+) -> list[PairBatch]:
     """The padded micro-batches of the pairs ``indices``: each holds whole pairs, its chosen
     rows first, then the rejected rows in the same order.
 
@@ -197,7 +211,12 @@ def pair_micro_batches(
         overhead_tokens,
     )
     return [
-        collate([pairs[i].chosen for i in part] + [pairs[i].rejected for i in part], pad_token_id)
+        PairBatch(
+            collate(
+                [pairs[i].chosen for i in part] + [pairs[i].rejected for i in part], pad_token_id
+            ),
+            tuple(part),
+        )
         for part in parts
     ]
 
@@ -239,16 +258,56 @@ def dpo_loss(
 
 def _pair_terms(
     model: torch.nn.Module,
-    mb: Batch,
+    mb: PairBatch,
     device: torch.device,
     split: HeadSplit | None,
     beta: float,
+    table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with reference_policy(model):
-        reference = sequence_logps(model, mb, device, split)
-    policy = sequence_logps(model, mb, device, split)
-    n = mb.input_ids.shape[0] // 2
-    return dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], beta)
+    n = len(mb.pairs)
+    if table is None:
+        with reference_policy(model):
+            reference = sequence_logps(model, mb.batch, device, split)
+        ref_chosen, ref_rejected = reference[:n], reference[n:]
+    else:
+        rows = table[list(mb.pairs)].to(device)
+        ref_chosen, ref_rejected = rows[:, 0], rows[:, 1]
+    policy = sequence_logps(model, mb.batch, device, split)
+    return dpo_loss(policy[:n], policy[n:], ref_chosen, ref_rejected, beta)
+
+
+@torch.no_grad()
+def reference_table(
+    model: torch.nn.Module,
+    pairs: Sequence[PreferencePair],
+    pad_token_id: int,
+    device: torch.device,
+    micro_batch_size: int = 8,
+    micro_batch_tokens: int = 8192,
+    parallel: DataParallel | None = None,
+) -> torch.Tensor:
+    """The reference log-probabilities of every pair, ``[n_pairs, 2]`` (chosen, rejected),
+    float32 on the CPU; computed in eval mode with the adapter switched off (the decoders the
+    engine trains have no dropout outside the adapter, so train mode would give the same).
+    Under data parallelism each rank computes its share and the table is summed."""
+    parallel = parallel or DataParallel()
+    table = torch.zeros(len(pairs), 2, dtype=torch.float32)
+    mine = parallel.shard(range(len(pairs)), [len(p) for p in pairs])
+    split = split_head(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for mb in pair_micro_batches(
+            pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
+        ):
+            with reference_policy(model):
+                logps = sequence_logps(model, mb.batch, device, split).float().cpu()
+            n = len(mb.pairs)
+            table[list(mb.pairs), 0] = logps[:n]
+            table[list(mb.pairs), 1] = logps[n:]
+    finally:
+        model.train(was_training)
+    return parallel.sum_(table.to(parallel.comm_device())).cpu()
 
 
 def _sums(losses: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -270,25 +329,28 @@ def _stats(sums: torch.Tensor, denom: int, n_tokens: int = 0) -> DpoStats:
 
 def dpo_forward_backward(
     model: torch.nn.Module,
-    micro_batches: Sequence[Batch],
+    micro_batches: Sequence[PairBatch],
     device: torch.device,
     beta: float,
     n_pairs: int,
     loss_positions_only: bool = True,
+    reference: torch.Tensor | None = None,
 ) -> DpoStats:
     """Forward/backward of one optimizer step's pair micro-batches; gradients accumulate.
 
     Each micro-batch's summed pair loss is divided by ``n_pairs``, the whole step's pair count
     (every rank's, under data parallelism), so the accumulated gradient is that of the mean
     over the step's pairs however it was split, and the returned means add up over ranks.
+    ``reference``: the :func:`reference_table` of the data set the pairs index, else the
+    reference log-probabilities are computed here.
     """
     split = split_head(model) if loss_positions_only else None
     sums = torch.zeros(5, dtype=torch.float64)
     for mb in micro_batches:
-        losses, chosen, rejected = _pair_terms(model, mb, device, split, beta)
+        losses, chosen, rejected = _pair_terms(model, mb, device, split, beta, reference)
         (losses.sum() / max(n_pairs, 1)).backward()
         sums += _sums(losses, chosen, rejected).cpu()
-    return _stats(sums, n_pairs, sum(mb.n_tokens for mb in micro_batches))
+    return _stats(sums, n_pairs, sum(mb.batch.n_tokens for mb in micro_batches))
 
 
 @torch.no_grad()

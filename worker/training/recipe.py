@@ -505,6 +505,20 @@ class _Run:
             # A checkpoint written under an older default continues with its own batches.
             written = read_training_state(resume_from).fingerprint.get("group_size_multiplier")
             self.group_multiplier = int(written or self.group_multiplier)
+        self.reference = None
+        if spec.dpo is not None:
+            from worker.training.dpo import reference_table
+
+            # Once per run: the reference (the adapter switched off) never changes.
+            self.reference = reference_table(
+                self.model,
+                self.examples,
+                self.pad_id,
+                self.device,
+                self.options.micro_batch_size,
+                self.options.micro_batch_tokens,
+                self.parallel,
+            )
         self.fingerprint = self._fingerprint(max_len)
         self.state = TrainingState(
             step=0,
@@ -659,6 +673,7 @@ class _Run:
             self.spec.dpo.beta,
             len(indices),
             options.loss_positions_only,
+            self.reference,
         )
         self.parallel.sum_gradients(self.trainable)
         names = ("loss", *DPO_METRIC_KEYS)
