@@ -71,6 +71,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "resources": job.resources,
         # Continued fine-tuning: the fine-tuned model this job's adapter started from.
         "parent": (job.options or {}).get("parent"),
+        "parent_job_id": (job.options or {}).get("parent_job_id"),
         "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),

@@ -204,7 +204,7 @@ def create_job(
     quotas.check_can_queue(session, org_id)
     options = dict(new.options)
     if parent is not None:
-        options["parent"] = new.model
+        options["parent"], options["parent_job_id"] = new.model, parent.id
     training = _usable_file(session, org_id, new.training_file, "training_file", new.method)
     if new.validation_file:
         _usable_file(session, org_id, new.validation_file, "validation_file", new.method)

@@ -121,6 +121,7 @@ def test_ft_model_continues_with_its_adapter_and_names_its_parent(api: Api):
     child = resp.get_json()
     assert child["model"] == "tiny-random-llama"  # the base, resolved through the parent
     assert child["parent"] == parent["fine_tuned_model"]
+    assert child["parent_job_id"] == parent["id"]
     assert (child["adapter"]["type"], child["adapter"]["r"]) == ("lora", 8)
     # SFT -> SFT works the same way.
     again = api.post(
