@@ -12,6 +12,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class JobReporter:
         full_valid_loss: float | None = None,
         full_valid_mean_token_accuracy: float | None = None,
         tokens_per_second: float | None = None,
-        extra: dict[str, float | None] | None = None,
+        extra: Mapping[str, float | None] | None = None,
     ) -> None:
         extra = dict(extra or {})  # DPO's quantities (worker.training.dpo)
         valid = {
