@@ -88,7 +88,8 @@ def load_adapter_weights(model: PeftModel, adapter_dir: Path) -> int:
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     expected = {k for k in model.state_dict() if "lora_" in k}
     try:
-        result = set_peft_model_state_dict(model, weights)
+        # torch's (missing_keys, unexpected_keys) tuple; PEFT annotates it as a bare namedtuple.
+        result: Any = set_peft_model_state_dict(model, weights)
     except RuntimeError as exc:  # a shape mismatch: another rank
         raise ValueError(f"the parent adapter does not fit this job's adapter: {exc}") from exc
     missing = sorted(k for k in result.missing_keys if k in expected)

@@ -323,8 +323,8 @@ def _sums(losses: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) ->
 
 
 def _stats(sums: torch.Tensor, denom: int, n_tokens: int = 0) -> DpoStats:
-    values = (sums.cpu() / max(denom, 1)).tolist()
-    return DpoStats(*values, n_tokens=n_tokens)
+    loss, chosen, rejected, margin, accuracy = (sums.cpu() / max(denom, 1)).tolist()
+    return DpoStats(loss, chosen, rejected, margin, accuracy, n_tokens=n_tokens)
 
 
 def dpo_forward_backward(

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,8 @@ from worker.training.spec import (
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from worker.training.dpo import PreferencePair
 
 logger = logging.getLogger(__name__)
 
@@ -512,7 +514,7 @@ class _Run:
             # Once per run: the reference (the adapter switched off) never changes.
             self.reference = reference_table(
                 self.model,
-                self.examples,
+                cast("Sequence[PreferencePair]", self.examples),
                 self.pad_id,
                 self.device,
                 self.options.micro_batch_size,
