@@ -216,7 +216,8 @@ def create_job(
         adapter=adapter,
         training=new.training,
         max_seq_length=options.get("max_seq_length"),
-        batch_size=int(hyper["batch_size"]),
+        # A DPO example is a pair: two rows (chosen, rejected) in the same micro-batch.
+        batch_size=int(hyper["batch_size"]) * (2 if new.method == "dpo" else 1),
         requested_pool=options.pop("pool", None),
         declared_pools=declared_pools,
     )
