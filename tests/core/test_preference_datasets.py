@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
 from core.jobs.hyperparams import DEFAULT_DPO_BETA, DpoHyperparameters, resolve_dpo
-from core.storage.datasets import check_format_for_method, validate_lines
+from core.storage.datasets import (
+    DatasetLimits,
+    check_format_for_method,
+    read_lines,
+    validate_lines,
+)
 
 
 def pair(i: int = 0, **overrides) -> dict:
@@ -69,6 +75,23 @@ def test_bad_preference_lines_name_the_line_and_the_problem(bad: dict, expected:
     assert not report.ok
     assert [p.line for p in report.problems] == [5]
     assert expected in report.problems[0].message, report.problems[0].message
+
+
+def test_preference_lines_keep_the_upload_caps():
+    """The caps of chat lines hold for preference lines: bytes per line (read bounded) and
+    messages per example (the input and both outputs together), and tools in OpenAI's shape."""
+    limits = DatasetLimits(max_line_bytes=400, max_example_messages=4)
+    objs = [pair(i) for i in range(12)]
+    objs[1] = pair(1, preferred_output=[{"role": "assistant", "content": "Arr! " * 200}])
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    objs[2] = pair(2, input={"messages": [*turns, {"role": "user", "content": "q2"}]})
+    objs[3] = pair(3, input={"messages": turns[:1], "tools": [{"type": "retrieval"}]})
+    raw = b"\n".join(lines(objs)) + b"\n"
+    report = validate_lines(read_lines(io.BytesIO(raw), limits.max_line_bytes), limits)
+    assert [p.line for p in report.problems] == [2, 3, 4], report.summary()
+    assert "at most 400 are allowed (DORADO_MAX_LINE_BYTES)" in report.problems[0].message
+    assert "5 messages (input and both outputs); at most 4" in report.problems[1].message
+    assert "'input': tools[0] must be an object of type 'function'" in report.problems[2].message
 
 
 def test_a_missing_output_is_named():

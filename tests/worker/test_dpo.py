@@ -251,6 +251,31 @@ def test_a_chat_file_is_not_a_preference_file(tmp_path: Path, tokenizer) -> None
         load_preference_dataset(path, tokenizer, 512)
 
 
+def test_validator_counts_pairs_and_keeps_its_limits(tmp_path: Path, tokenizer, pref_files) -> None:
+    """worker.validation.file_stats on a DPO job: pairs counted with both replies' tokens,
+    a chat file refused, the upload caps re-checked and the time budget kept."""
+    from core.storage.datasets import DatasetLimits
+    from worker.validation import ValidationTimeout, file_stats
+
+    train_file, _ = pref_files
+    stats = file_stats(train_file, tokenizer, 512, method="dpo")
+    assert stats["examples"] == 12 and stats["truncated_examples"] == 0
+    assert 0 < stats["trainable_tokens"] < stats["tokens"]
+    with pytest.raises(ValueError, match="the file holds preference"):
+        file_stats(train_file, tokenizer, 512)  # a supervised job
+    with pytest.raises(ValueError, match="DORADO_MAX_LINE_BYTES"):
+        file_stats(train_file, tokenizer, 512, limits=DatasetLimits(64, 1000), method="dpo")
+    with pytest.raises(ValidationTimeout):
+        file_stats(train_file, tokenizer, 512, deadline=0.0, budget=1.0, method="dpo")
+    chat = write_jsonl(tmp_path / "chat.jsonl", [json.loads(line) for line in _pirate(12)])
+    with pytest.raises(ValueError, match="a dpo job needs preference"):
+        file_stats(chat, tokenizer, 512, method="dpo")
+
+
+def _pirate(n: int) -> list[str]:
+    return PIRATE.read_text(encoding="utf-8").splitlines()[:n]
+
+
 # --- the recipe on DPO: metrics, checkpoints, resume ----------------------------------------
 
 
