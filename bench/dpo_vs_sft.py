@@ -14,7 +14,8 @@ kept out as warm-up); peak memory is the process's peak RSS on CPU, or
 ``torch.cuda.max_memory_allocated`` on a GPU. Targets: DPO/SFT step time <= 2.2x, peak
 memory <= 1.3x (no second copy of the model)::
 
-    .venv/bin/python bench/dpo_vs_sft.py            # ~5 minutes on 2 CPU cores
+    .venv/bin/python bench/dpo_vs_sft.py            # ~5 minutes on 2 idle CPU cores
+    .venv/bin/python bench/dpo_vs_sft.py --pairs 24 # 3 steps each (the first is warm-up)
     .venv/bin/python bench/dpo_vs_sft.py --device cuda --batch-size 16
 """
 
@@ -52,8 +53,9 @@ class StepTimer(TimingReporter):
         return sum(kept) / len(kept)
 
 
-def _files(root: Path) -> dict[str, Path]:
-    rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
+def _files(root: Path, n_pairs: int | None = None) -> dict[str, Path]:
+    pairs = PAIRS.read_text(encoding="utf-8").splitlines()[:n_pairs]
+    rows = [json.loads(line) for line in pairs]
     chosen = [{"messages": r["input"]["messages"] + r["preferred_output"]} for r in rows]
     rejected = [{"messages": r["input"]["messages"] + r["non_preferred_output"]} for r in rows]
     files = {
@@ -63,7 +65,8 @@ def _files(root: Path) -> dict[str, Path]:
     out = {name: root / f"{name}.jsonl" for name in files}
     for name, lines in files.items():
         out[name].write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-    out["dpo"] = PAIRS
+    out["dpo"] = root / "dpo.jsonl"
+    out["dpo"].write_text("".join(line + "\n" for line in pairs), encoding="utf-8")
     return out
 
 
@@ -109,10 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="the file's first N pairs only (default: all)"
+    )
     args = parser.parse_args()
     smollm2_dir()  # build once, before the measured processes
     with tempfile.TemporaryDirectory() as tmp:
-        files = _files(Path(tmp))
+        files = _files(Path(tmp), args.pairs)
         results = {k: measure(k, files[k], args.device, args.batch_size) for k in files}
     dpo_time, dpo_mem, _ = results["dpo"]
     print(f"{'run':<12} {'steps':>5} {'s/step':>8} {'peak MB':>9} {'DPO/this time':>14} {'mem':>6}")
