@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.openapi_models import OpenObject
+from api.openapi_models import OpenObject, omittable
 from api.schemas import Integration, JobCreateRequest
 
 
@@ -31,8 +31,9 @@ class FileObject(OpenObject):
     filename: str
     purpose: str
     status: Literal["uploaded", "processed", "error"]
-    status_details: str | None
-    expires_at: int | None
+    # OpenAI types these as non-null: omitted when there is none.
+    status_details: str = omittable("Why processing failed; omitted if it did not")
+    expires_at: int = omittable("Omitted: Dorado's files do not expire")
     example_count: int | None = Field(None, description="Dorado: valid examples in the file")
     statistics: dict[str, Any] | None = Field(None, description="Dorado: validation statistics")
 
@@ -80,6 +81,26 @@ class JobResources(OpenObject):
     pool_gpu_memory_mib: int | None
 
 
+class DpoHyperparametersObject(Hyperparameters):
+    beta: float | Literal["auto"]
+
+
+class SupervisedSettings(OpenObject):
+    hyperparameters: Hyperparameters
+
+
+class DpoSettings(OpenObject):
+    hyperparameters: DpoHyperparametersObject
+
+
+class MethodObject(OpenObject):
+    """The job's method: its type and the settings of that type only (none is ``null``)."""
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedSettings = omittable("Present when type is supervised")
+    dpo: DpoSettings = omittable("Present when type is dpo")
+
+
 class JobObject(OpenObject):
     id: str
     object: Literal["fine_tuning.job"]
@@ -93,7 +114,7 @@ class JobObject(OpenObject):
     ]
     error: JobError | None
     hyperparameters: Hyperparameters
-    method: dict[str, Any]
+    method: MethodObject
     training_file: str
     validation_file: str | None
     result_files: list[str]
@@ -126,7 +147,7 @@ class EventObject(OpenObject):
     level: Literal["info", "warn", "error"]
     message: str
     type: Literal["message", "metrics"]
-    data: dict[str, Any] | None
+    data: dict[str, Any] = omittable("Metrics events only; omitted otherwise")
 
 
 class EventList(OpenObject):
@@ -139,10 +160,11 @@ class CheckpointMetrics(OpenObject):
     step: float | None = None
     train_loss: float | None = None
     train_mean_token_accuracy: float | None = None
-    valid_loss: float | None = None
-    valid_mean_token_accuracy: float | None = None
-    full_valid_loss: float | None = None
-    full_valid_mean_token_accuracy: float | None = None
+    # Omitted where no validation ran (OpenAI types them as numbers).
+    valid_loss: float = omittable("Sampled validation loss")
+    valid_mean_token_accuracy: float = omittable("Sampled validation token accuracy")
+    full_valid_loss: float = omittable("Full validation loss (epoch ends)")
+    full_valid_mean_token_accuracy: float = omittable("Full validation token accuracy")
 
 
 class CheckpointObject(OpenObject):

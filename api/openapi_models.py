@@ -4,7 +4,19 @@ document: ``OpenObject`` for responses (Dorado may add fields, clients must igno
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def omittable(description: str) -> Any:
+    """A response field that is absent rather than ``null`` when it has no value: OpenAI's
+    spec types such fields as non-null, and strict generated clients follow the types."""
+    return Field(None, description=description, json_schema_extra=_drop_default)
 
 
 class OpenObject(BaseModel):

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.jobs.hyperparams import AdapterConfig, Hyperparameters, TrainingOptions
+from core.jobs.hyperparams import (
+    AdapterConfig,
+    DpoHyperparameters,
+    Hyperparameters,
+    TrainingOptions,
+)
 
 
 class SupervisedMethod(BaseModel):
@@ -14,12 +19,26 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
+    """OpenAI's ``method``: its ``type`` and at most the settings object of that type."""
+
     model_config = ConfigDict(extra="forbid")
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _settings_match_type(self) -> Method:
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.type and getattr(self, other) is not None:
+                raise ValueError(f"method.{other} is given but method.type is '{self.type}'")
+        return self
 
 
 class WandbOptions(BaseModel):
@@ -121,9 +140,21 @@ class JobCreateRequest(BaseModel):
             raise ValueError("may contain only letters, digits, '-' and '_'")
         return value
 
+    @property
+    def method_type(self) -> str:
+        """``method.type``; a request without ``method`` is supervised."""
+        return self.method.type if self.method else "supervised"
+
     def resolved_hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters of the method (``DpoHyperparameters`` for dpo), else the
+        top-level ``hyperparameters``, else all ``"auto"``."""
+        if self.method and self.method.dpo and self.method.dpo.hyperparameters:
+            return self.method.dpo.hyperparameters
         if self.method and self.method.supervised and self.method.supervised.hyperparameters:
             return self.method.supervised.hyperparameters
+        if self.method_type == "dpo":
+            top = self.hyperparameters.model_dump() if self.hyperparameters else {}
+            return DpoHyperparameters(**top)
         return self.hyperparameters or Hyperparameters()
 
 

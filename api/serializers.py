@@ -13,8 +13,14 @@ from core.jobs.status import JobStatus
 from core.timeutil import to_unix
 
 
+def _without_nulls(obj: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``obj`` minus those ``keys`` whose value is None: OpenAI's spec types them as non-null
+    (string, object, number), so strict generated clients reject a ``null`` there."""
+    return {k: v for k, v in obj.items() if not (k in keys and v is None)}
+
+
 def file_object(row: File) -> dict[str, Any]:
-    return {
+    body = {
         "id": row.id,
         "object": "file",
         "bytes": row.bytes,
@@ -28,6 +34,7 @@ def file_object(row: File) -> dict[str, Any]:
         "example_count": row.example_count,
         "statistics": row.stats,
     }
+    return _without_nulls(body, ("status_details", "expires_at"))
 
 
 def job_object(job: Job) -> dict[str, Any]:
@@ -42,7 +49,8 @@ def job_object(job: Job) -> dict[str, Any]:
         "status": job.status,
         "error": job.error,
         "hyperparameters": job.hyperparameters,
-        "method": {"dpo": None, "reinforcement": None, "supervised": None, **(job.method or {})},
+        # Only the settings object of the method's type: OpenAI's spec has no null for the others.
+        "method": dict(job.method or {"type": "supervised"}),
         "training_file": job.training_file,
         "validation_file": job.validation_file,
         "result_files": job.result_files or [],
@@ -61,6 +69,9 @@ def job_object(job: Job) -> dict[str, Any]:
         "options": job.options or {},
         # The memory planner's verdict: GPUs, estimated peak MiB per device, its terms.
         "resources": job.resources,
+        # Continued fine-tuning: the fine-tuned model this job's adapter started from.
+        "parent": (job.options or {}).get("parent"),
+        "parent_job_id": (job.options or {}).get("parent_job_id"),
         "validation": job.validation,
         # Dashboard extras: {"step", "total_steps", "percent"} or None; 1-based or None.
         **progress_fields(job),
@@ -80,7 +91,7 @@ def serving_engines(adapter: dict[str, Any] | None) -> dict[str, bool]:
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
-    return {
+    body = {
         "id": event.id,
         "object": "fine_tuning.job.event",
         "created_at": to_unix(event.created_at),
@@ -89,6 +100,7 @@ def event_object(event: JobEvent) -> dict[str, Any]:
         "type": event.type,
         "data": event.data,
     }
+    return _without_nulls(body, ("data",))
 
 
 def checkpoint_object(session: Session, job: Job, row: Checkpoint) -> dict[str, Any]:
@@ -102,7 +114,7 @@ def checkpoint_object(session: Session, job: Job, row: Checkpoint) -> dict[str, 
         "step_number": row.step_number,
         "metrics": {
             "step": float(row.step_number),
-            **{k: v for k, v in metrics.items() if k != "step"},
+            **{k: v for k, v in metrics.items() if k != "step" and v is not None},
         },
         # Dorado extras.
         "epoch": row.epoch,

@@ -14,6 +14,13 @@ METRICS_COLUMNS = (
     "valid_loss",
     "valid_mean_token_accuracy",
 )
+DPO_METRICS_COLUMNS = tuple(
+    f"{prefix}_{name}"
+    for prefix in ("train", "valid")
+    for name in ("chosen_reward", "rejected_reward", "reward_margin", "preference_accuracy")
+)
+"""Added after :data:`METRICS_COLUMNS` in a DPO job's CSV (``train_loss`` is then DPO's loss,
+``train_accuracy`` the preference accuracy)."""
 
 
 def adapter_key(job_id: str) -> str:
@@ -40,11 +47,12 @@ def checkpoint_adapter_key(prefix: str) -> str:
 
 
 def write_metrics_csv(rows: list[dict], dest: Path) -> Path:
+    """The result CSV: OpenAI's columns, plus DPO's when the rows carry them."""
+    dpo = any("train_reward_margin" in row for row in rows)
+    columns = METRICS_COLUMNS + (DPO_METRICS_COLUMNS if dpo else ())
     with open(dest, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(
-                {k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS}
-            )
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return dest

@@ -12,6 +12,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_METRIC_EVENTS = 100
 CONTROL_POLL_SECONDS = 1.0
 METRICS_HISTORY_FILE = "dorado_metrics.json"
+DPO_SUFFIXES = ("_chosen_reward", "_rejected_reward", "_reward_margin", "_preference_accuracy")
 METRIC_KEYS = (
     "valid_loss",
     "valid_mean_token_accuracy",
@@ -139,7 +141,9 @@ class JobReporter:
         full_valid_loss: float | None = None,
         full_valid_mean_token_accuracy: float | None = None,
         tokens_per_second: float | None = None,
+        extra: Mapping[str, float | None] | None = None,
     ) -> None:
+        extra = dict(extra or {})  # DPO's quantities (worker.training.dpo)
         valid = {
             "valid_loss": valid_loss,
             "valid_mean_token_accuracy": valid_mean_token_accuracy,
@@ -153,6 +157,7 @@ class JobReporter:
                 "train_loss": train_loss,
                 "train_accuracy": train_mean_token_accuracy,
                 **valid,
+                **extra,
             }
         )
         has_valid = any(v is not None for v in valid.values())
@@ -168,9 +173,12 @@ class JobReporter:
             "train_loss": train_loss,
             "train_mean_token_accuracy": train_mean_token_accuracy,
             **valid,
+            **extra,
             "tokens_per_second": tokens_per_second,
         }
         text = f"Step {step}/{total_steps}: training loss={train_loss:.4f}"
+        if extra.get("train_reward_margin") is not None:
+            text += f", reward margin={extra['train_reward_margin']:.4f}"
         if valid_loss is not None:
             text += f", validation loss={valid_loss:.4f}"
         # The estimate goes out with the metrics event, so the job's progress and its
@@ -238,6 +246,8 @@ class JobReporter:
                 k: info.metrics.get(k)
                 for k in ("train_loss", "train_mean_token_accuracy", *METRIC_KEYS)
             },
+            # DPO runs: their rewards, margin and preference accuracy (when measured).
+            **{k: v for k, v in info.metrics.items() if k.endswith(DPO_SUFFIXES) and v is not None},
         }
         with session_scope(self.settings.database_url) as session:
             row, dropped = checkpoints.record_checkpoint(

@@ -7,12 +7,12 @@ import logging
 import os
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 from core.db.engine import session_scope
-from core.db.models import File, Job
+from core.db.models import File, Job, Model
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.hyperparams import learning_rate
@@ -31,7 +31,13 @@ from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.trackers import job_reporter
 from worker.training.options import JobOptions
-from worker.training.spec import AdapterSpec, TrainingPaused, TrainingStopped, TrainSpec
+from worker.training.spec import (
+    AdapterSpec,
+    DpoSpec,
+    TrainingPaused,
+    TrainingStopped,
+    TrainSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ def build_spec(job: Job) -> TrainSpec:
     The one place where the job's stored options become typed (``JobOptions.from_stored``
     rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate,
     and the job's resolved ``training`` options (warmup, weight decay, schedule, gradient
-    checkpointing, micro-batch tokens) reach the spec and its engine options.
+    checkpointing, micro-batch tokens) reach the spec and its engine options. A ``dpo`` job
+    trains by DPO with its resolved ``beta``.
     """
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
@@ -76,7 +83,15 @@ def build_spec(job: Job) -> TrainSpec:
         weight_decay=options.weight_decay or 0.0,
         gradient_checkpointing=bool(options.gradient_checkpointing),
         options=options.engine_options(base_model_name=job.model, job_id=job.id),
+        dpo=dpo_spec(job.method),
     )
+
+
+def dpo_spec(method: dict | None) -> DpoSpec | None:
+    """The DPO settings of a job's stored ``method``, or None for a supervised job."""
+    if not method or method.get("type") != "dpo":
+        return None
+    return DpoSpec(beta=float(method["dpo"]["hyperparameters"]["beta"]))
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class Claimed:
     validation_key: str | None
     resume_prefix: str | None
     resume_step: int
+    parent_job_id: str | None = None
 
 
 def _load(settings: Settings, job_id: str) -> Claimed:
@@ -102,6 +118,10 @@ def _load(settings: Settings, job_id: str) -> Claimed:
         if job.validation_file and validation is None:
             raise ObjectNotFound(job.validation_file)
         latest = checkpoints.latest_checkpoint(session, job_id)
+        parent = (job.options or {}).get("parent")
+        parent_row = session.get(Model, parent) if parent else None
+        if parent and (parent_row is None or parent_row.job_id is None):
+            raise ObjectNotFound(f"the adapter of the parent model {parent}")
         return Claimed(
             spec=build_spec(job),
             model=job.model,
@@ -110,6 +130,7 @@ def _load(settings: Settings, job_id: str) -> Claimed:
             validation_key=validation.storage_key if validation else None,
             resume_prefix=latest.storage_prefix if latest else None,
             resume_step=latest.step_number if latest else 0,
+            parent_job_id=parent_row.job_id if parent_row else None,
         )
 
 
@@ -252,6 +273,14 @@ def _train(
             resume_dir = tmp / "resume"
             download_dir(store, claimed.resume_prefix, resume_dir)
             reporter.metrics_rows = load_history(resume_dir)
+        spec = claimed.spec
+        if claimed.parent_job_id and not resume_dir:  # a checkpoint already holds the weights
+            parent_dir = tmp / "parent-adapter"
+            parent_dir.mkdir()
+            for name in artifacts.ADAPTER_FILES:
+                key = artifacts.adapter_file_key(claimed.parent_job_id, name)
+                store.download_file(key, parent_dir / name)
+            spec = replace(spec, init_adapter_dir=parent_dir)
         base_dir = ensure_model(settings, store, claimed.model)
         if reporter.should_stop():
             raise TrainingStopped()
@@ -260,7 +289,7 @@ def _train(
         # One process per GPU (or DORADO_WORKER_CPU_PROCESSES on CPU); rank 0 uses `reporter`.
         plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
         result = run_training(
-            claimed.spec,
+            spec,
             base_dir,
             data_path,
             tmp / "adapter",

@@ -28,7 +28,7 @@ from core.jobs.status import FailureCode, JobStatus
 from core.scheduling.validation import claim_next_validation
 from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
-from core.storage.datasets import DatasetLimits, validate_stream
+from core.storage.datasets import DatasetLimits, check_format_for_method, validate_stream
 from core.storage.objects import ObjectNotFound, open_store
 from worker.failures import TRANSIENT_CODES, classify
 from worker.model_files import ensure_tokenizer_files
@@ -76,12 +76,14 @@ def file_stats(
     limits: DatasetLimits = DatasetLimits(),
     deadline: float = float("inf"),
     budget: float = 0.0,
+    method: str = "supervised",
 ) -> dict[str, int]:
-    """Examples, tokens and truncations of one file, tokenized as the engine does.
+    """Examples, tokens and truncations of one file, tokenized as the engine does (a ``dpo``
+    job's file as preference pairs: both replies' tokens count).
 
     Raises:
-        ValueError: a line breaks the upload rules (a file stored before a cap was lowered) or
-            cannot be tokenized, naming it.
+        ValueError: a line breaks the upload rules (a file stored before a cap was lowered),
+            the file's format does not fit ``method``, or a line cannot be tokenized, naming it.
         ValidationTimeout: ``deadline`` (``time.monotonic()``) passed.
     """
     from worker.training.data import read_jsonl, tokenize_dataset
@@ -90,6 +92,11 @@ def file_stats(
         report = validate_stream(handle, limits)
     if not report.ok:
         raise ValueError(report.summary())
+    mismatch = check_format_for_method(report.format, method)
+    if mismatch:
+        raise ValueError(mismatch)
+    if method == "dpo":
+        return _preference_stats(path, tokenizer, max_seq_length, deadline, budget)
     dataset = tokenize_dataset(
         tokenizer, _before(deadline, read_jsonl(path), budget), max_seq_length
     )
@@ -102,6 +109,28 @@ def file_stats(
         "truncated_examples": dataset.n_truncated,
         "dropped_examples": dataset.n_dropped_no_loss,
         "max_seq_length": dataset.max_seq_length,
+    }
+
+
+def _preference_stats(
+    path: Path, tokenizer, max_seq_length: int, deadline: float, budget: float
+) -> dict[str, int]:
+    from worker.training.dpo import read_preference_jsonl, tokenize_pairs
+
+    pairs = tokenize_pairs(
+        tokenizer, _before(deadline, read_preference_jsonl(path), budget), max_seq_length
+    )
+    if not pairs.examples:
+        raise ValueError("no preference pair has reply tokens to compare")
+    return {
+        "examples": len(pairs.examples),
+        "tokens": sum(len(p) for p in pairs.examples),
+        "trainable_tokens": sum(
+            p.chosen.n_loss_tokens + p.rejected.n_loss_tokens for p in pairs.examples
+        ),
+        "truncated_examples": pairs.n_truncated,
+        "dropped_examples": pairs.n_dropped_no_loss,
+        "max_seq_length": pairs.max_seq_length,
     }
 
 
@@ -159,10 +188,11 @@ def validate_claimed(settings: Settings, job_id: str, validator: str) -> None:
         files = {"training_file": session.get(File, job.training_file)}
         if job.validation_file:
             files["validation_file"] = session.get(File, job.validation_file)
-        model, options, n_epochs = (
+        model, options, n_epochs, method = (
             job.model,
             dict(job.options or {}),
             int(job.hyperparameters["n_epochs"]),
+            (job.method or {}).get("type", "supervised"),
         )
         keys = {param: (row.storage_key if row else None) for param, row in files.items()}
     store = open_store(settings)
@@ -184,7 +214,13 @@ def validate_claimed(settings: Settings, job_id: str, validator: str) -> None:
                 try:
                     store.download_file(key, path)
                     found = file_stats(
-                        path, tokenizer, int(limit), limits=limits, deadline=deadline, budget=budget
+                        path,
+                        tokenizer,
+                        int(limit),
+                        limits=limits,
+                        deadline=deadline,
+                        budget=budget,
+                        method=method,
                     )
                 except ValueError as exc:
                     _fail(settings, job_id, f"{param.replace('_', ' ')}: {exc}", param)

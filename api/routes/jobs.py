@@ -29,9 +29,10 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
 def create_job():
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
-    if req.method and req.method.type != "supervised":
+    if req.method_type not in jobs.TRAINABLE_METHODS:
         raise InvalidRequest(
-            f"method.type '{req.method.type}' is not supported yet; use 'supervised'",
+            f"method.type '{req.method_type}' is not supported yet; use "
+            + " or ".join(f"'{m}'" for m in jobs.TRAINABLE_METHODS),
             param="method.type",
             code="unsupported_method",
         )
@@ -42,7 +43,8 @@ def create_job():
         training_file=req.training_file,
         validation_file=req.validation_file,
         hyperparameters=req.resolved_hyperparameters(),
-        adapter=req.adapter,
+        method=req.method_type,
+        adapter=req.adapter if "adapter" in req.model_fields_set else None,
         seed=req.seed,
         suffix=req.suffix,
         metadata=req.metadata,

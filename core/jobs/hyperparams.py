@@ -84,6 +84,25 @@ def check_operator_caps(options: dict[str, Any], *, max_job_seconds: int) -> Non
         )
 
 
+# OpenAI's published bounds for DPO's beta (FineTuneDPOHyperparameters: a number in (0, 2],
+# default "auto") and the value "auto" resolves to, as in its DPO guide and TRL's DPOConfig.
+MAX_DPO_BETA = 2.0
+DEFAULT_DPO_BETA = 0.1
+
+
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones plus ``beta``; each may be ``"auto"``."""
+
+    beta: Literal["auto"] | float = Field("auto")
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: Any) -> Any:
+        if v != "auto" and not 0 < v <= MAX_DPO_BETA:
+            raise ValueError(f"must be greater than 0 and at most {MAX_DPO_BETA:g}")
+        return v
+
+
 def auto_epochs(n_examples: int) -> int:
     """OpenAI cookbook rule: aim for 3 epochs, at least ~100 and at most ~25,000 examples seen."""
     if n_examples * 3 < 100:
@@ -109,7 +128,14 @@ def resolve(h: Hyperparameters, n_examples: int) -> dict[str, int | float]:
     }
 
 
+def resolve_dpo(h: DpoHyperparameters, n_examples: int) -> dict[str, int | float]:
+    """:func:`resolve` for a DPO job, ``beta`` included (``n_examples`` counts pairs)."""
+    beta = DEFAULT_DPO_BETA if h.beta == "auto" else float(h.beta)
+    return {**resolve(h, n_examples), "beta": beta}
+
+
 def learning_rate(adapter_type: str, multiplier: float) -> float:
+    """The absolute learning rate of an adapter type at ``multiplier`` times its base rate."""
     return BASE_LEARNING_RATE[adapter_type] * multiplier
 
 

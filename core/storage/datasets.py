@@ -35,6 +35,11 @@ MESSAGE_KEYS = {
 }
 CHAT_EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 COMPLETION_EXAMPLE_KEYS = {"prompt", "completion"}
+PREFERENCE_EXAMPLE_KEYS = {"input", "preferred_output", "non_preferred_output"}
+PREFERENCE_INPUT_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
+PREFERENCE_OUTPUTS = ("preferred_output", "non_preferred_output")
+FILE_FORMATS_BY_METHOD = {"supervised": ("chat", "completion"), "dpo": ("preference",)}
+"""Which file formats (``ValidationReport.format``) each fine-tuning method trains on."""
 
 
 @dataclass(frozen=True)
@@ -281,9 +286,91 @@ def check_example(
             return "'completion' is empty", "completion", {}
         chars = len(obj["prompt"]) + len(obj["completion"])
         return None, "completion", {"messages": 2, "assistant": 1, "chars": chars}
-    if "input" in obj and "preferred_output" in obj:
-        return "preference (DPO) examples are not supported yet", "preference", {}
+    if any(key in obj for key in PREFERENCE_EXAMPLE_KEYS):
+        error, counts = check_preference_example(obj, limits)
+        return error, "preference", counts
     return "example has no 'messages' (or 'prompt'/'completion')", None, {}
+
+
+def _check_messages(
+    messages: Any, where: str, *, only_role: str | None = None
+) -> tuple[str | None, dict[str, int]]:
+    """Validate a non-empty list of chat messages (``only_role``: every one must have it)."""
+    if not isinstance(messages, list) or not messages:
+        return f"{where} must be a non-empty list of messages", {}
+    assistants = chars = 0
+    for i, msg in enumerate(messages):
+        error, role = _check_message(msg, i)
+        if error:
+            return f"{where}: {error}", {}
+        if only_role and role != only_role:
+            return f"{where}: message {i + 1} has role {role!r}; only {only_role!r} is allowed", {}
+        if "weight" in msg:
+            # Every token of a preference output is compared; a weight would be ignored.
+            return f"{where}: message {i + 1} has 'weight', which preference data cannot use", {}
+        assistants += role == "assistant"
+        chars += len(_content_text(msg.get("content")) or "")
+    return None, {"messages": len(messages), "assistant": assistants, "chars": chars}
+
+
+def check_preference_example(
+    obj: dict[str, Any], limits: DatasetLimits = DatasetLimits()
+) -> tuple[str | None, dict[str, int]]:
+    """Validate one line of OpenAI's preference (DPO) format. Returns (error, counts).
+
+    ``{"input": {"messages": [...], "tools"?: [...]}, "preferred_output": [assistant messages],
+    "non_preferred_output": [assistant messages]}``; the counts are of the input plus both
+    outputs.
+    """
+    unknown = sorted(set(obj) - PREFERENCE_EXAMPLE_KEYS)
+    if unknown:
+        return f"example has unrecognised key(s): {', '.join(unknown)}", {}
+    missing = [key for key in ("input", *PREFERENCE_OUTPUTS) if key not in obj]
+    if missing:
+        return f"preference example is missing {', '.join(repr(k) for k in missing)}", {}
+    prompt = obj["input"]
+    if not isinstance(prompt, dict):
+        return "'input' must be an object with 'messages'", {}
+    unknown = sorted(set(prompt) - PREFERENCE_INPUT_KEYS)
+    if unknown:
+        return f"'input' has unrecognised key(s): {', '.join(unknown)}", {}
+    tools_error = _check_tools(prompt)
+    if tools_error:
+        return f"'input': {tools_error}", {}
+    error, total = _check_messages(prompt.get("messages"), "'input.messages'")
+    if error:
+        return error, {}
+    for key in PREFERENCE_OUTPUTS:
+        error, counts = _check_messages(obj[key], f"'{key}'", only_role="assistant")
+        if error:
+            return error, {}
+        total = {k: total[k] + counts[k] for k in total}
+    if total["messages"] > limits.max_example_messages:
+        return (
+            f"example has {total['messages']} messages (input and both outputs); at most "
+            f"{limits.max_example_messages} are allowed (DORADO_MAX_EXAMPLE_MESSAGES)",
+            {},
+        )
+    if obj["preferred_output"] == obj["non_preferred_output"]:
+        return "'preferred_output' and 'non_preferred_output' are identical", {}
+    return None, total
+
+
+def check_format_for_method(report_format: str | None, method: str) -> str | None:
+    """Why a file of ``report_format`` cannot train a ``method`` job, or None if it can."""
+    wanted = FILE_FORMATS_BY_METHOD.get(method, ())
+    if report_format is None or report_format in wanted:
+        return None
+    if method == "dpo":
+        return (
+            f"line 1: the file is in {report_format} format, but a dpo job needs preference "
+            "examples ({'input': {'messages': [...]}, 'preferred_output': [...], "
+            "'non_preferred_output': [...]})"
+        )
+    return (
+        f"line 1: the file holds preference (DPO) examples, but a {method} job needs chat "
+        "examples ({'messages': [...]}); use method.type 'dpo' for preference data"
+    )
 
 
 def validate_lines(

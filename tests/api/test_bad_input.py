@@ -98,14 +98,20 @@ def file_id(api: Api) -> str:
         ({"suffix": "x" * 65}, "suffix"),
         ({"seed": -1}, "seed"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "dpo"}}, "training_file"),  # a chat file cannot train DPO
+        ({"method": {"type": "supervised", "dpo": {}}}, "method"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo"),
         ({"unknown_field": 1}, "unknown_field"),
     ],
 )
 def test_bad_job_requests(api: Api, file_id: str, body: dict, param: str):
     request = {"model": "tiny-random-llama", "training_file": file_id, **body}
-    status = 404 if param in ("model", "training_file") else 400
-    assert_envelope(api.post("/v1/fine_tuning/jobs", request), status, param)
+    status = 404 if param == "training_file" and "method" not in body else 400
+    err = assert_envelope(api.post("/v1/fine_tuning/jobs", request), status)
+    assert err["param"].startswith(param), err
+    if param == "model":  # as OpenAI answers
+        assert err["code"] == "model_not_available"
     assert count(Job) == 0
 
 

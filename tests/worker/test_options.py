@@ -249,6 +249,8 @@ def test_every_option_the_api_stores_is_known_to_the_worker() -> None:
     stored.pop("pool")  # core.jobs.lifecycle.create_job takes it out before storing
     # ... and adds the training options, resolved (the planner decides checkpointing).
     stored.update(resolve_training(request.training, None), gradient_checkpointing=False)
+    # ... and, for a "ft:" model (continued fine-tuning), the parent's names.
+    stored.update(parent="ft:tiny-random-llama:org:x:abc", parent_job_id="ftjob-x")
     parsed = JobOptions.from_stored(stored)
     assert parsed == JobOptions(
         learning_rate=2e-4,

@@ -208,7 +208,7 @@ def completion_object(
             }
         ],
         "usage": usage(result),
-        "system_fingerprint": None,
+        # No system_fingerprint: OpenAI's spec types it as a string, so it is omitted, not null.
     }
 
 
@@ -229,7 +229,6 @@ def sse_events(
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "system_fingerprint": None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             **extra,
         }
@@ -247,7 +246,6 @@ def sse_events(
                         "object": "chat.completion.chunk",
                         "created": created,
                         "model": model,
-                        "system_fingerprint": None,
                         "choices": [],
                         "usage": usage(item),
                     }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -41,13 +42,29 @@ class TrackingReporter(JobReporter):
         total_steps: int,
         train_loss: float,
         train_mean_token_accuracy: float,
-        **extra: float | None,
+        *,
+        valid_loss: float | None = None,
+        valid_mean_token_accuracy: float | None = None,
+        full_valid_loss: float | None = None,
+        full_valid_mean_token_accuracy: float | None = None,
+        tokens_per_second: float | None = None,
+        extra: Mapping[str, float | None] | None = None,
     ) -> None:
-        super().metrics(step, total_steps, train_loss, train_mean_token_accuracy, **extra)
+        named = {
+            "valid_loss": valid_loss,
+            "valid_mean_token_accuracy": valid_mean_token_accuracy,
+            "full_valid_loss": full_valid_loss,
+            "full_valid_mean_token_accuracy": full_valid_mean_token_accuracy,
+            "tokens_per_second": tokens_per_second,
+        }
+        super().metrics(
+            step, total_steps, train_loss, train_mean_token_accuracy, **named, extra=extra
+        )
         values = {
             "train_loss": train_loss,
             "train_mean_token_accuracy": train_mean_token_accuracy,
-            **extra,
+            **named,
+            **(extra or {}),  # DPO's quantities go to the trackers too
         }
         self.hub.log_metrics(step, {k: v for k, v in values.items() if v is not None})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -71,6 +72,34 @@ def attach_adapter(model: PreTrainedModel, spec: AdapterSpec) -> PeftModel:
         total,
     )
     return peft_model
+
+
+def load_adapter_weights(model: PeftModel, adapter_dir: Path) -> int:
+    """Start ``model``'s adapter from a saved one (continued fine-tuning): the weights of
+    ``adapter_dir/adapter_model.safetensors``, which must be of the same type, rank and target
+    modules. Returns the number of tensors loaded.
+
+    Raises:
+        ValueError: the saved adapter does not fit the attached one.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    expected = {k for k in model.state_dict() if "lora_" in k}
+    try:
+        # torch's (missing_keys, unexpected_keys) tuple; PEFT annotates it as a bare namedtuple.
+        result: Any = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # a shape mismatch: another rank
+        raise ValueError(f"the parent adapter does not fit this job's adapter: {exc}") from exc
+    missing = sorted(k for k in result.missing_keys if k in expected)
+    unexpected = sorted(result.unexpected_keys)
+    if missing or unexpected or not weights:
+        raise ValueError(
+            "the parent adapter does not fit this job's adapter "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return len(weights)
 
 
 def swap_module_class(

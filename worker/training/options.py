@@ -184,9 +184,11 @@ class JobOptions:
         return cls(**{k: v for k, v in options.items() if k in known and v is not None})
 
 
-PLATFORM_JOB_OPTIONS = frozenset({"keep_checkpoints", "max_run_seconds"})
+PLATFORM_JOB_OPTIONS = frozenset({"keep_checkpoints", "max_run_seconds", "parent", "parent_job_id"})
 """Job options that are not the engine's: ``keep_checkpoints`` (checkpoint retention,
-``core.jobs.checkpoints``) and ``max_run_seconds`` (the task's run-time limit).
+``core.jobs.checkpoints``), ``max_run_seconds`` (the task's run-time limit), ``parent`` and
+``parent_job_id`` (continued fine-tuning: the task fetches that model's adapter for
+``TrainSpec.init_adapter_dir``).
 :meth:`JobOptions.from_stored` skips them on purpose."""
 
 

@@ -28,15 +28,15 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
-from worker.training.adapters import attach_adapter
+from worker.training.adapters import attach_adapter, load_adapter_weights
 from worker.training.checkpoints import (
     TrainingState,
     load_training_checkpoint,
@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+    from worker.training.dpo import PreferencePair
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
@@ -88,15 +90,18 @@ class StepStats:
     accuracy: float
     n_tokens: int
     n_loss_tokens: int
+    extra: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class EvalStats:
-    """Token-weighted loss and accuracy over a validation set."""
+    """Token-weighted loss and accuracy over a validation set (for DPO: the mean pair loss,
+    the preference accuracy, and the DPO quantities in ``extra``, keyed without prefix)."""
 
     loss: float
     accuracy: float
     n_loss_tokens: int
+    extra: Mapping[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -306,6 +311,17 @@ def evaluate(
     return EvalStats(loss=float(sums[0]) / n, accuracy=float(sums[1]) / n, n_loss_tokens=n)
 
 
+def _preference_loader() -> Any:
+    from worker.training.dpo import load_preference_dataset
+
+    return load_preference_dataset
+
+
+def _extra_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """The metrics beyond OpenAI's keys (:data:`METRIC_KEYS`): DPO's quantities."""
+    return {k: v for k, v in metrics.items() if k not in METRIC_KEYS}
+
+
 def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for cfg in model.peft_config.values():
@@ -427,17 +443,21 @@ class _Run:
         spec = self.spec
         base, tokenizer = _load_model(base_model_dir, self.device, self.dtype)
         max_len = resolve_max_seq_length(spec, base.config)
-        dataset = load_dataset(training_file, tokenizer, max_len)
+        load = _preference_loader() if spec.dpo is not None else load_dataset
+        dataset = load(training_file, tokenizer, max_len)
         self._tell(lambda: _report_dataset(dataset, self.reporter))
         if not dataset.examples:
             raise ValueError("the training file has no example with trainable assistant tokens")
-        self.examples = dataset.examples
+        # TokenizedExample, or PreferencePair for DPO (lengths: both rows' real tokens).
+        self.examples: Sequence[Any] = dataset.examples
         self.lengths = [len(ex) for ex in self.examples]
-        self.predicted = [ex.n_predicted_tokens for ex in self.examples]
-        self.valid: tuple[TokenizedExample, ...] = ()
-        self.valid_sample: list[TokenizedExample] = []
+        self.predicted = (
+            [] if spec.dpo is not None else [ex.n_predicted_tokens for ex in self.examples]
+        )
+        self.valid: Sequence[Any] = ()
+        self.valid_sample: list[Any] = []
         if validation_file is not None:
-            valid = load_dataset(validation_file, tokenizer, max_len)
+            valid = load(validation_file, tokenizer, max_len)
             self._tell(lambda: _report_dataset(valid, self.reporter, "validation "))
             self.valid = valid.examples
             wanted = self.options.valid_sample_size or max(spec.batch_size, 16)
@@ -452,6 +472,9 @@ class _Run:
             )
         seed_everything(spec.seed)  # the adapter's random init must not depend on setup
         self.model = attach_adapter(base, spec.adapter)
+        if spec.init_adapter_dir is not None:
+            loaded = load_adapter_weights(self.model, spec.init_adapter_dir)
+            logger.info("[job %s] adapter starts from its parent (%d tensors)", self.job, loaded)
         if spec.adapter.type == "dora" and self.options.fast_dora:
             from worker.training.fast_dora import enable_fast_dora
 
@@ -484,6 +507,20 @@ class _Run:
             # A checkpoint written under an older default continues with its own batches.
             written = read_training_state(resume_from).fingerprint.get("group_size_multiplier")
             self.group_multiplier = int(written or self.group_multiplier)
+        self.reference = None
+        if spec.dpo is not None:
+            from worker.training.dpo import reference_table
+
+            # Once per run: the reference (the adapter switched off) never changes.
+            self.reference = reference_table(
+                self.model,
+                cast("Sequence[PreferencePair]", self.examples),
+                self.pad_id,
+                self.device,
+                self.options.micro_batch_size,
+                self.options.micro_batch_tokens,
+                self.parallel,
+            )
         self.fingerprint = self._fingerprint(max_len)
         self.state = TrainingState(
             step=0,
@@ -501,7 +538,8 @@ class _Run:
             self._tell(lambda: self.reporter.message(f"Resumed from step {self.state.step}"))
         self._tell(
             lambda: self.reporter.message(
-                f"Training a {spec.adapter.type} adapter (r={spec.adapter.r}) on "
+                ("DPO: " if spec.dpo is not None else "")
+                + f"Training a {spec.adapter.type} adapter (r={spec.adapter.r}) on "
                 f"{len(self.examples)} examples: {self.total_steps} steps "
                 f"({spec.n_epochs} epochs x {self.steps_per_epoch}) on {self.device.type}"
                 + (f" x {self.parallel.world_size}" if self.parallel.world_size > 1 else "")
@@ -530,6 +568,8 @@ class _Run:
             "max_seq_length": max_len,
             "group_size_multiplier": self.group_multiplier,
             "total_steps": self.total_steps,
+            # Only DPO runs carry these: supervised checkpoints keep resuming as before.
+            **({"method": "dpo", "beta": spec.dpo.beta} if spec.dpo is not None else {}),
         }
 
     def _tell(self, fn: Any) -> None:
@@ -586,6 +626,8 @@ class _Run:
     def _step(self, indices: Sequence[int]) -> StepStats:
         """One optimizer step on the examples ``indices``; returns the whole step's stats."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.spec.dpo is not None:
+            return self._dpo_step(indices)
         mine = self.parallel.shard(indices, self.lengths)
         micro = step_micro_batches(
             self.examples,
@@ -603,6 +645,53 @@ class _Run:
         self.parallel.sum_gradients(self.trainable)
         sums = torch.tensor([local.loss, local.accuracy], dtype=torch.float64)
         loss, accuracy = self.parallel.sum_(sums.to(self.parallel.comm_device())).tolist()
+        self._apply_gradients(loss)
+        return StepStats(
+            loss=loss,
+            accuracy=accuracy,
+            n_tokens=sum(self.lengths[i] for i in indices),
+            n_loss_tokens=loss_tokens,
+        )
+
+    def _dpo_step(self, indices: Sequence[int]) -> StepStats:
+        """:meth:`_step` for DPO: ``indices`` are preference pairs; the loss is their mean."""
+        from worker.training.dpo import DPO_METRIC_KEYS, dpo_forward_backward, pair_micro_batches
+
+        assert self.spec.dpo is not None
+        options = self.options
+        mine = self.parallel.shard(indices, self.lengths)
+        micro = pair_micro_batches(
+            self.examples,
+            mine,
+            self.pad_id,
+            options.micro_batch_size,
+            options.micro_batch_tokens,
+            options.micro_batch_overhead_tokens,
+        )
+        local = dpo_forward_backward(
+            self.model,
+            micro,
+            self.device,
+            self.spec.dpo.beta,
+            len(indices),
+            options.loss_positions_only,
+            self.reference,
+        )
+        self.parallel.sum_gradients(self.trainable)
+        names = ("loss", *DPO_METRIC_KEYS)
+        sums = torch.tensor([getattr(local, k) for k in names], dtype=torch.float64)
+        totals = self.parallel.sum_(sums.to(self.parallel.comm_device())).tolist()
+        values = dict(zip(names, totals, strict=True))
+        self._apply_gradients(values["loss"])
+        return StepStats(
+            loss=values["loss"],
+            accuracy=values["preference_accuracy"],
+            n_tokens=sum(self.lengths[i] for i in indices),
+            n_loss_tokens=len(indices),
+            extra={f"train_{k}": values[k] for k in DPO_METRIC_KEYS},
+        )
+
+    def _apply_gradients(self, loss: float) -> None:
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss} at step {self.state.step + 1}; "
@@ -612,28 +701,49 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return StepStats(
-            loss=loss,
-            accuracy=accuracy,
-            n_tokens=sum(self.lengths[i] for i in indices),
-            n_loss_tokens=loss_tokens,
-        )
 
     def _metrics(self, stats: StepStats, epoch_end: bool) -> dict[str, float | None]:
         step = self.state.step
         metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+        if self.spec.dpo is not None:
+            from worker.training.dpo import DPO_METRIC_KEYS
+
+            for prefix in ("train", "valid", "full_valid"):
+                metrics.update(dict.fromkeys(f"{prefix}_{k}" for k in DPO_METRIC_KEYS))
         metrics.update(step=step, train_loss=stats.loss, train_mean_token_accuracy=stats.accuracy)
+        metrics.update(stats.extra)
         if not self.valid:
             return metrics
         if step % self.eval_every == 0 or step == self.total_steps:
             sample = self._evaluate(self.valid_sample)
             metrics.update(valid_loss=sample.loss, valid_mean_token_accuracy=sample.accuracy)
+            metrics.update({f"valid_{k}": v for k, v in sample.extra.items()})
         if epoch_end:
             full = self._evaluate(self.valid)
             metrics.update(full_valid_loss=full.loss, full_valid_mean_token_accuracy=full.accuracy)
+            metrics.update({f"full_valid_{k}": v for k, v in full.extra.items()})
         return metrics
 
-    def _evaluate(self, examples: Sequence[TokenizedExample]) -> EvalStats:
+    def _evaluate(self, examples: Sequence[Any]) -> EvalStats:
+        if self.spec.dpo is not None:
+            from worker.training.dpo import DPO_METRIC_KEYS, dpo_evaluate
+
+            found = dpo_evaluate(
+                self.model,
+                examples,
+                self.pad_id,
+                self.device,
+                self.spec.dpo.beta,
+                self.options.micro_batch_size,
+                self.options.micro_batch_tokens,
+                self.parallel,
+            )
+            return EvalStats(
+                loss=found.loss,
+                accuracy=found.preference_accuracy,
+                n_loss_tokens=len(examples),
+                extra={k: getattr(found, k) for k in DPO_METRIC_KEYS},
+            )
         return evaluate(
             self.model,
             examples,
@@ -666,6 +776,8 @@ class _Run:
             full_valid_loss=metrics["full_valid_loss"],
             full_valid_mean_token_accuracy=metrics["full_valid_mean_token_accuracy"],
             tokens_per_second=tokens_per_second,
+            # DPO's quantities; only passed when there are some (older reporters lack it).
+            **({"extra": extra} if (extra := _extra_metrics(metrics)) else {}),
         )
         logger.debug("[job %s] step %d/%d %s", self.job, self.state.step, self.total_steps, metrics)
 

@@ -5,6 +5,7 @@ The training engine depends only on this module, never on the database or the AP
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -24,6 +25,20 @@ class AdapterSpec:
 
 
 @dataclass(frozen=True)
+class DpoSpec:
+    """Train by Direct Preference Optimization (``worker.training.dpo``) on preference pairs;
+    ``beta`` scales the implicit rewards (OpenAI's bounds: 0 < beta <= 2)."""
+
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)):
+            raise ValueError(f"beta must be a number, got {self.beta!r}")
+        if not 0 < self.beta <= 2:
+            raise ValueError(f"beta must be greater than 0 and at most 2, got {self.beta}")
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """Resolved hyperparameters (no "auto" left) for one run.
 
@@ -32,6 +47,10 @@ class TrainSpec:
     per run); ``gradient_checkpointing`` trades compute for activation memory.
     ``learning_rate`` is the final, absolute rate (the caller applies any multiplier or
     override); ``options`` holds the engine's other knobs (:class:`EngineOptions`).
+    ``dpo`` set: the training and validation files hold preference pairs and the loss is DPO's;
+    ``None``: supervised fine-tuning on chat examples. ``init_adapter_dir`` (continued
+    fine-tuning): a saved PEFT adapter of the same type, rank and targets whose weights the
+    adapter starts from instead of its fresh initialisation.
     """
 
     adapter: AdapterSpec
@@ -48,6 +67,8 @@ class TrainSpec:
     checkpoint_every_n_steps: int | None = None
     eval_every_n_steps: int | None = None
     gradient_checkpointing: bool = False
+    dpo: DpoSpec | None = None
+    init_adapter_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +132,14 @@ class Reporter(Protocol):
         full_valid_loss: float | None = None,
         full_valid_mean_token_accuracy: float | None = None,
         tokens_per_second: float | None = None,
+        extra: Mapping[str, float | None] | None = None,
     ) -> None:
-        """Metrics of 1-based optimizer ``step``; ``valid_*`` only where a validation ran."""
+        """Metrics of 1-based optimizer ``step``; ``valid_*`` only where a validation ran.
+
+        ``extra`` (DPO runs only, never passed otherwise) holds the DPO quantities:
+        ``{train,valid,full_valid}_{chosen_reward,rejected_reward,reward_margin,
+        preference_accuracy}``; ``train_loss`` is then the DPO loss and
+        ``train_mean_token_accuracy`` the preference accuracy."""
         ...
 
     def message(self, text: str, level: str = "info") -> None: ...

@@ -34,8 +34,11 @@ function layout(jobId, onAction) {
       "aria-label": "Training and validation loss by step", "data-points": "0"}),
     accCanvas: el("canvas", {id: "accuracy-chart", role: "img",
       "aria-label": "Training and validation token accuracy by step", "data-points": "0"}),
+    rewardCanvas: el("canvas", {id: "reward-chart", role: "img",
+      "aria-label": "DPO reward margin and rewards by step", "data-points": "0"}),
     lossCaption: el("figcaption", {}),
     accCaption: el("figcaption", {}),
+    rewardCaption: el("figcaption", {}),
     settings: el("div", {class: "grid-2"}),
     checkpoints: el("div", {}),
     events: el("div", {class: "events"}),
@@ -48,7 +51,10 @@ function layout(jobId, onAction) {
     parts.message, parts.errorArea,
     section("h-progress", "Progress",
       el("figure", {class: "chart"}, parts.lossCanvas, parts.lossCaption),
-      el("figure", {class: "chart"}, parts.accCanvas, parts.accCaption)),
+      el("figure", {class: "chart"}, parts.accCanvas, parts.accCaption),
+      // Shown for DPO jobs only (drawCharts).
+      el("figure", {class: "chart", id: "reward-figure", hidden: true},
+        parts.rewardCanvas, parts.rewardCaption)),
     section("h-settings", "Settings", parts.settings),
     section("h-ckpt", "Checkpoints", parts.checkpoints),
     section("h-events", "Events", parts.events));
@@ -60,6 +66,9 @@ function renderHeader(parts, job) {
   document.title = job.id + " · Dorado";
   replace(parts.status, badge(job.status), " ", el("span", {}, job.model),
     job.fine_tuned_model ? el("code", {class: "ftmodel"}, job.fine_tuned_model) : null,
+    // Continued fine-tuning: the model this job started from, linked to its job.
+    job.parent ? el("span", {class: "parent", id: "job-parent"}, " continues ",
+      el("a", {href: "#/jobs/" + job.parent_job_id}, el("code", {}, job.parent))) : null,
     el("div", {class: "job-progress"}, progressCell(job)));
 }
 
@@ -96,8 +105,11 @@ function renderSettings(parts, job) {
   const a = job.adapter || {};
   const h = job.hyperparameters || {};
   const options = Object.entries(job.options || {});
+  const method = job.method || {type: "supervised"};
+  const beta = method.type === "dpo" ? [["beta (DPO)", method.dpo.hyperparameters.beta]] : [];
   replace(parts.settings,
     el("div", {}, el("h3", {}, "Hyperparameters (resolved)"), definitionList([
+      ["method", method.type], ...beta,
       ["epochs", h.n_epochs], ["batch size", h.batch_size],
       ["learning rate multiplier", h.learning_rate_multiplier], ["seed", job.seed],
       ["trained tokens", fmtNumber(job.trained_tokens)], ...options])),
@@ -169,8 +181,11 @@ function renderEvents(parts, events) {
     : el("p", {class: "muted"}, "No events yet."));
 }
 
-function drawCharts(parts, events) {
+function drawCharts(parts, events, job) {
   const list = Array.from(events.values());
+  // DPO: the loss is DPO's and the accuracy is the share of pairs ranked right.
+  const dpo = Boolean(job && job.method && job.method.type === "dpo");
+  const accName = dpo ? "preference accuracy" : "token accuracy";
   const loss = [
     {label: "training loss", color: COLORS[0], points: metricSeries(list, "train_loss")},
     {label: "validation loss", color: COLORS[1], dash: true,
@@ -179,14 +194,15 @@ function drawCharts(parts, events) {
       points: metricSeries(list, "full_valid_loss")},
   ];
   const acc = [
-    {label: "training token accuracy", color: COLORS[0],
+    {label: "training " + accName, color: COLORS[0],
       points: metricSeries(list, "train_mean_token_accuracy")},
-    {label: "validation token accuracy", color: COLORS[1], dash: true,
+    {label: "validation " + accName, color: COLORS[1], dash: true,
       points: metricSeries(list, "valid_mean_token_accuracy")},
   ];
+  drawRewards(parts, list, dpo);
   draw(parts.lossCanvas, {series: loss, xLabel: "step", yLabel: "loss",
     empty: "No training metrics yet"});
-  draw(parts.accCanvas, {series: acc, xLabel: "step", yLabel: "token accuracy",
+  draw(parts.accCanvas, {series: acc, xLabel: "step", yLabel: accName,
     empty: "No accuracy metrics yet"});
   const train = lastPoint(loss[0].points);
   const valid = lastPoint(loss[1].points);
@@ -196,8 +212,31 @@ function drawCharts(parts, events) {
       (valid ? "; latest validation loss " + fmtNumber(valid[1]) : "") + "."
     : "Loss: no metrics yet.";
   parts.accCaption.textContent = accuracy
-    ? "Token accuracy: latest " + (100 * accuracy[1]).toFixed(1) + "% (training)."
-    : "Token accuracy: no metrics yet.";
+    ? (dpo ? "Preference accuracy" : "Token accuracy") + ": latest " +
+      (100 * accuracy[1]).toFixed(1) + "% (training)."
+    : (dpo ? "Preference accuracy" : "Token accuracy") + ": no metrics yet.";
+}
+
+/** DPO's implicit rewards: the chosen minus rejected margin, and each side's reward. */
+function drawRewards(parts, list, dpo) {
+  parts.rewardCanvas.parentElement.hidden = !dpo;
+  if (!dpo) return;
+  const series = [
+    {label: "training reward margin", color: COLORS[0],
+      points: metricSeries(list, "train_reward_margin")},
+    {label: "validation reward margin", color: COLORS[1], dash: true,
+      points: metricSeries(list, "valid_reward_margin")},
+    {label: "chosen reward", color: COLORS[2], points: metricSeries(list, "train_chosen_reward")},
+    {label: "rejected reward", color: COLORS[3], dash: true,
+      points: metricSeries(list, "train_rejected_reward")},
+  ];
+  draw(parts.rewardCanvas, {series, xLabel: "step", yLabel: "reward",
+    empty: "No DPO metrics yet"});
+  const margin = lastPoint(series[0].points);
+  parts.rewardCaption.textContent = margin
+    ? "Reward margin (chosen minus rejected): latest " + fmtNumber(margin[1]) + " at step " +
+      margin[0] + "."
+    : "Reward margin: no metrics yet.";
 }
 
 /** Renders the job's page into the view and polls it until the job is final. */
@@ -239,7 +278,7 @@ export function jobPage(gen, jobId) {
       renderActions(parts, job);
       renderFailure(parts, job);
       renderSettings(parts, job);
-      drawCharts(parts, events);
+      drawCharts(parts, events, job);
       renderCheckpoints(parts, job, checkpoints.data);
       renderEvents(parts, events);
       view.dataset.jobStatus = job.status;
@@ -251,7 +290,7 @@ export function jobPage(gen, jobId) {
     return !isFinal(job.status);
   }
 
-  onResize(gen, () => drawCharts(parts, events), 150);
+  onResize(gen, () => drawCharts(parts, events, job), 150);
   refresh().then((again) => {
     if (again) poll(gen, refresh);
   });
