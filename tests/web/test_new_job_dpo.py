@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from openai import OpenAI
 from playwright.sync_api import Page, expect
 
 from tests.conftest import EXAMPLES
@@ -46,6 +47,16 @@ def no_script_errors() -> Iterator[None]:
     assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
+@pytest.fixture
+def client(platform: Platform) -> Iterator[OpenAI]:
+    """Closed after the test: an open keep-alive connection holds the API's shutdown 30 s."""
+    opened = client_for(platform)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 def _upload(platform: Platform, name: str) -> str:
     with open(EXAMPLES / name, "rb") as handle:
         resp = requests.post(
@@ -59,8 +70,9 @@ def _upload(platform: Platform, name: str) -> str:
     return resp.json()["id"]
 
 
-def test_form_creates_a_dpo_job_from_a_fine_tuned_model(page: Page, platform: Platform):
-    client = client_for(platform)
+def test_form_creates_a_dpo_job_from_a_fine_tuned_model(
+    page: Page, platform: Platform, client: OpenAI
+):
     chat_id = _upload(platform, "pirate.jsonl")
     pref_id = _upload(platform, "pirate_preferences.jsonl")
     sft = client.fine_tuning.jobs.create(
