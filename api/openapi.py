@@ -132,6 +132,13 @@ class JobObject(OpenObject):
         description="Dorado: GPUs and estimated peak memory per device; null when the base "
         "model's architecture is unknown",
     )
+    parent: str | None = Field(
+        description="Dorado: the fine-tuned model (ft:...) this job continues, whose adapter "
+        "it started from; null for a job on a base model"
+    )
+    parent_job_id: str | None = Field(
+        description="Dorado: the id of the job that produced `parent`; null with it"
+    )
 
 
 class JobList(OpenObject):

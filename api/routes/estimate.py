@@ -14,8 +14,8 @@ bp = Blueprint("estimate", __name__, url_prefix="/v1/fine_tuning/jobs")
 
 @bp.post("/estimate")
 def estimate():
-    """Same body as ``POST /v1/fine_tuning/jobs``; answers steps, approximate tokens and time,
-    and the memory plan (``resources``)."""
+    """Same body as ``POST /v1/fine_tuning/jobs`` (``ft:`` models and DPO ``method`` too);
+    answers steps, approximate tokens and time, and the memory plan (``resources``)."""
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
     result = estimate_job(
@@ -25,7 +25,9 @@ def estimate():
         training_file=req.training_file,
         validation_file=req.validation_file,
         hyperparameters=req.resolved_hyperparameters(),
-        adapter=req.adapter,
+        # As creation: None when not given (a continued job trains its parent's adapter).
+        adapter=req.adapter if "adapter" in req.model_fields_set else None,
+        method=req.method_type,
         training=req.training,
         max_seq_length=req.max_seq_length,
         pool=req.pool,

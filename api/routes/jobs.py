@@ -17,6 +17,7 @@ from core.errors import InvalidRequest
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.hyperparams import check_operator_caps
+from core.jobs.inputs import check_trainable
 from core.jobs.status import JobStatus
 from core.scheduling.wakeups import commit_and_publish
 from core.storage import quota
@@ -29,13 +30,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/fine_tuning/jobs")
 def create_job():
     # A ValidationError becomes the 400 envelope in api.errors.
     req = JobCreateRequest.model_validate(json_object())
-    if req.method_type not in jobs.TRAINABLE_METHODS:
-        raise InvalidRequest(
-            f"method.type '{req.method_type}' is not supported yet; use "
-            + " or ".join(f"'{m}'" for m in jobs.TRAINABLE_METHODS),
-            param="method.type",
-            code="unsupported_method",
-        )
+    check_trainable(req.method_type)
     check_operator_caps(req.options(), max_job_seconds=dorado().settings.max_job_seconds)
     quota.check_room_for_outputs(db(), g.org_id, "a new job")
     new = jobs.NewJob(

@@ -20,19 +20,15 @@ from sqlalchemy import Select, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import ids
-from core.catalog import lookup as catalog
 from core.db.dml import execute_dml
 from core.db.keyset import after_cursor
 from core.db.models import Job, JobEvent, Model, Organization
-from core.errors import Conflict, InvalidFile, InvalidRequest, NotFound
-from core.jobs import progress
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.jobs import inputs, progress
 from core.jobs.hyperparams import (
     AdapterConfig,
-    DpoHyperparameters,
     Hyperparameters,
     TrainingOptions,
-    resolve,
-    resolve_dpo,
 )
 from core.jobs.resources import plan_job
 from core.jobs.status import (
@@ -43,8 +39,6 @@ from core.jobs.status import (
     JobStatus,
 )
 from core.scheduling import quotas
-from core.storage.datasets import check_format_for_method
-from core.storage.files import get_file
 from core.timeutil import utcnow
 from core.webhooks import events as webhook_events
 from core.webhooks.outbox import emit_job_event
@@ -52,8 +46,6 @@ from core.webhooks.outbox import emit_job_event
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2_147_483_647
-TRAINABLE_METHODS = ("supervised", "dpo")
-"""The ``method.type`` values the engine trains (OpenAI's ``reinforcement`` is not one)."""
 
 
 @dataclass(frozen=True)
@@ -96,89 +88,6 @@ def add_event(
     return event
 
 
-def _usable_file(
-    session: Session, org_id: str, file_id: str, param: str, method: str = "supervised"
-):
-    try:
-        row = get_file(session, org_id, file_id, param=param)
-    except NotFound as exc:
-        raise NotFound(
-            f"Invalid file ID: {file_id}. No such file.", param=param, code="file_not_found"
-        ) from exc
-    if row.purpose != "fine-tune":
-        raise InvalidFile(
-            f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'", param=param
-        )
-    if row.status != "processed":
-        raise InvalidFile(f"File {file_id} is not ready (status '{row.status}')", param=param)
-    mismatch = check_format_for_method((row.stats or {}).get("format"), method)
-    if mismatch:
-        raise InvalidFile(f"File {file_id} cannot train this job: {mismatch}", param=param)
-    return row
-
-
-def _base_model(session: Session, name: str) -> Model:
-    """The job's base model, which must be in the catalogue: OpenAI answers 400
-    ``model_not_available`` for one it does not offer."""
-    try:
-        return catalog.get_base_model(session, name)
-    except NotFound as exc:
-        raise InvalidRequest(exc.message, param="model", code="model_not_available") from exc
-
-
-FINE_TUNED_PREFIX = "ft:"
-
-
-def _parent_job(session: Session, org_id: str, name: str) -> Job:
-    """The succeeded job of the caller's organization that produced the model ``name``
-    (continued fine-tuning starts from its adapter)."""
-    row = session.get(Model, name)
-    parent = session.get(Job, row.job_id) if row is not None and row.job_id else None
-    if (
-        row is None
-        or row.kind != "fine-tuned"
-        or row.organization_id != org_id
-        or parent is None
-        or parent.organization_id != org_id
-    ):
-        raise InvalidRequest(
-            f"The fine-tuned model '{name}' does not exist in your organization",
-            param="model",
-            code="model_not_available",
-        )
-    if parent.status != JobStatus.SUCCEEDED or not parent.adapter_key:
-        raise InvalidRequest(
-            f"The fine-tuned model '{name}' has no adapter to continue from",
-            param="model",
-            code="model_not_available",
-        )
-    return parent
-
-
-def _continued_adapter(parent: Job, asked: AdapterConfig | None) -> AdapterConfig:
-    """A continued job trains its parent's adapter: same type, rank and targets."""
-    inherited = AdapterConfig(**parent.adapter)
-    if asked is not None and (asked.type, asked.r) != (inherited.type, inherited.r):
-        raise InvalidRequest(
-            f"A job continuing '{parent.fine_tuned_model}' trains its {inherited.type} adapter "
-            f"of rank {inherited.r}; got adapter type '{asked.type}', rank {asked.r}",
-            param="adapter",
-        )
-    return inherited
-
-
-def _method_settings(new: NewJob, n_examples: int) -> tuple[dict[str, int | float], dict[str, Any]]:
-    """The resolved hyperparameters (OpenAI's top-level three) and the ``method`` object
-    echoed by the job, its hyperparameters resolved (``beta`` too for dpo)."""
-    if new.method == "dpo":
-        hyper = DpoHyperparameters(**new.hyperparameters.model_dump())
-        resolved = resolve_dpo(hyper, n_examples)
-        top = {k: v for k, v in resolved.items() if k != "beta"}
-        return top, {"type": "dpo", "dpo": {"hyperparameters": resolved}}
-    top = resolve(new.hyperparameters, n_examples)
-    return top, {"type": "supervised", "supervised": {"hyperparameters": top}}
-
-
 def create_job(
     session: Session,
     org_id: str,
@@ -194,21 +103,18 @@ def create_job(
 
     ``model: "ft:..."`` continues fine-tuning: the base model (the one the planner sizes and
     the pool is chosen for) and the adapter are the parent job's."""
-    parent = None
-    model, adapter = new.model, new.adapter or AdapterConfig()
-    if new.model.startswith(FINE_TUNED_PREFIX):
-        # Continued fine-tuning: the base model is the parent's; the adapter starts from its.
-        parent = _parent_job(session, org_id, new.model)
-        model, adapter = parent.model, _continued_adapter(parent, new.adapter)
-    base = _base_model(session, model)
+    origin = inputs.resolve_origin(session, org_id, new.model, new.adapter)
+    parent, base, adapter = origin.parent, origin.base, origin.adapter
     quotas.check_can_queue(session, org_id)
     options = dict(new.options)
     if parent is not None:
         options["parent"], options["parent_job_id"] = new.model, parent.id
-    training = _usable_file(session, org_id, new.training_file, "training_file", new.method)
+    training = inputs.usable_file(session, org_id, new.training_file, "training_file", new.method)
     if new.validation_file:
-        _usable_file(session, org_id, new.validation_file, "validation_file", new.method)
-    hyper, method = _method_settings(new, training.example_count or 0)
+        inputs.usable_file(session, org_id, new.validation_file, "validation_file", new.method)
+    hyper, method = inputs.method_settings(
+        new.method, new.hyperparameters, training.example_count or 0
+    )
     # The memory planner: training options for this model, GPUs, pool (or a 400 if none fits).
     planned = plan_job(
         session,
@@ -216,8 +122,7 @@ def create_job(
         adapter=adapter,
         training=new.training,
         max_seq_length=options.get("max_seq_length"),
-        # A DPO example is a pair: two rows (chosen, rejected) in the same micro-batch.
-        batch_size=int(hyper["batch_size"]) * (2 if new.method == "dpo" else 1),
+        batch_size=inputs.batch_rows(new.method, int(hyper["batch_size"])),
         requested_pool=options.pop("pool", None),
         declared_pools=declared_pools,
     )
@@ -231,7 +136,7 @@ def create_job(
     job = Job(
         id=ids.job_id(),
         organization_id=org_id,
-        model=model,
+        model=base.id,
         status=JobStatus.VALIDATING_FILES,
         training_file=training.id,
         validation_file=new.validation_file,

@@ -104,6 +104,8 @@ class ValidationReport:
     assistant_message_count: int = 0
     total_chars: int = 0
     max_example_chars: int = 0
+    # Preference files: the characters of the inputs, which both rows of a pair repeat.
+    prompt_chars: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,7 +117,7 @@ class ValidationReport:
             self.problems.append(Problem(line, message))
 
     def stats(self) -> dict[str, Any]:
-        return {
+        stats = {
             "format": self.format,
             "example_count": self.example_count,
             "message_count": self.message_count,
@@ -123,6 +125,9 @@ class ValidationReport:
             "total_chars": self.total_chars,
             "max_example_chars": self.max_example_chars,
         }
+        if self.format == "preference":
+            stats["prompt_chars"] = self.prompt_chars
+        return stats
 
     def summary(self) -> str:
         """One human sentence naming the problems, for an error message."""
@@ -320,7 +325,8 @@ def check_preference_example(
 
     ``{"input": {"messages": [...], "tools"?: [...]}, "preferred_output": [assistant messages],
     "non_preferred_output": [assistant messages]}``; the counts are of the input plus both
-    outputs.
+    outputs, and ``prompt_chars`` those of the input alone (a pair trains two rows, each
+    holding the input).
     """
     unknown = sorted(set(obj) - PREFERENCE_EXAMPLE_KEYS)
     if unknown:
@@ -340,6 +346,7 @@ def check_preference_example(
     error, total = _check_messages(prompt.get("messages"), "'input.messages'")
     if error:
         return error, {}
+    prompt_chars = total["chars"]
     for key in PREFERENCE_OUTPUTS:
         error, counts = _check_messages(obj[key], f"'{key}'", only_role="assistant")
         if error:
@@ -353,7 +360,7 @@ def check_preference_example(
         )
     if obj["preferred_output"] == obj["non_preferred_output"]:
         return "'preferred_output' and 'non_preferred_output' are identical", {}
-    return None, total
+    return None, {**total, "prompt_chars": prompt_chars}
 
 
 def check_format_for_method(report_format: str | None, method: str) -> str | None:
@@ -412,6 +419,7 @@ def validate_lines(
         report.message_count += counts["messages"]
         report.assistant_message_count += counts["assistant"]
         report.total_chars += counts["chars"]
+        report.prompt_chars += counts.get("prompt_chars", 0)
         report.max_example_chars = max(report.max_example_chars, counts["chars"])
     if report.problem_count == 0 and report.example_count < MIN_EXAMPLES:
         report.add(

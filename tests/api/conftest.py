@@ -47,6 +47,37 @@ def chat_examples(n: int = 12) -> list[dict]:
     ]
 
 
+def preference_examples(n: int = 12) -> list[dict]:
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Question {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Arr, answer {i}!"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"Answer {i}."}],
+        }
+        for i in range(n)
+    ]
+
+
+def succeeded_job(api: Api, file_id: str, adapter: dict) -> dict:
+    """A supervised job, marked succeeded through the same service the worker uses."""
+    from sqlalchemy import update
+
+    from core.db.engine import session_scope
+    from core.db.models import Job
+    from core.jobs import lifecycle
+    from core.settings import load_settings
+
+    body = {"model": "tiny-random-llama", "training_file": file_id, "adapter": adapter}
+    job = api.post("/v1/fine_tuning/jobs", body).get_json()
+    with session_scope(load_settings().database_url) as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(status="running", attempt=1))
+        name = lifecycle.succeed_job(
+            session, job["id"], 1, trained_tokens=1, adapter_key="k", result_files=[]
+        )
+    assert name is not None
+    return api.get(f"/v1/fine_tuning/jobs/{job['id']}").get_json()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def api(request, tmp_path, monkeypatch) -> Api:
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Api, chat_examples
+from tests.api.conftest import Api, chat_examples, preference_examples, succeeded_job
 from tests.api.test_bad_input import assert_envelope
-
-
-def preference_examples(n: int = 12) -> list[dict]:
-    return [
-        {
-            "input": {"messages": [{"role": "user", "content": f"Question {i}?"}]},
-            "preferred_output": [{"role": "assistant", "content": f"Arr, answer {i}!"}],
-            "non_preferred_output": [{"role": "assistant", "content": f"Answer {i}."}],
-        }
-        for i in range(n)
-    ]
 
 
 def test_dpo_job_resolves_auto_and_echoes_method(api: Api):
@@ -84,29 +73,9 @@ def test_a_bad_preference_line_fails_the_upload(api: Api):
 # --- continued fine-tuning: model "ft:..." ---------------------------------------------------
 
 
-def _succeeded(api: Api, file_id: str, adapter: dict) -> dict:
-    """A supervised job, marked succeeded through the same service the worker uses."""
-    from sqlalchemy import update
-
-    from core.db.engine import session_scope
-    from core.db.models import Job
-    from core.jobs import lifecycle
-    from core.settings import load_settings
-
-    body = {"model": "tiny-random-llama", "training_file": file_id, "adapter": adapter}
-    job = api.post("/v1/fine_tuning/jobs", body).get_json()
-    with session_scope(load_settings().database_url) as session:
-        session.execute(update(Job).where(Job.id == job["id"]).values(status="running", attempt=1))
-        name = lifecycle.succeed_job(
-            session, job["id"], 1, trained_tokens=1, adapter_key="k", result_files=[]
-        )
-    assert name is not None
-    return api.get(f"/v1/fine_tuning/jobs/{job['id']}").get_json()
-
-
 def test_ft_model_continues_with_its_adapter_and_names_its_parent(api: Api):
     chat_id = api.upload(chat_examples(12)).get_json()["id"]
-    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    parent = succeeded_job(api, chat_id, {"type": "lora", "r": 8})
     assert parent["fine_tuned_model"].startswith("ft:tiny-random-llama:")
     assert parent["parent"] is None
     pref_id = api.upload(preference_examples()).get_json()["id"]
@@ -132,7 +101,7 @@ def test_ft_model_continues_with_its_adapter_and_names_its_parent(api: Api):
 
 def test_ft_model_with_another_adapter_shape_is_a_400(api: Api):
     chat_id = api.upload(chat_examples(12)).get_json()["id"]
-    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    parent = succeeded_job(api, chat_id, {"type": "lora", "r": 8})
     body = {
         "model": parent["fine_tuned_model"],
         "training_file": chat_id,
@@ -148,7 +117,7 @@ def test_unknown_or_foreign_ft_model_is_model_not_available(api: Api):
     from core.settings import load_settings
 
     chat_id = api.upload(chat_examples(12)).get_json()["id"]
-    parent = _succeeded(api, chat_id, {"type": "lora", "r": 8})
+    parent = succeeded_job(api, chat_id, {"type": "lora", "r": 8})
     from core.tenancy import auth
 
     with session_scope(load_settings().database_url) as session:

@@ -7,7 +7,7 @@ import re
 from openapi_spec_validator import validate
 
 from api.openapi import EventList, FileList, FileObject, JobList, JobObject, ModelList
-from tests.api.conftest import Api, chat_examples
+from tests.api.conftest import Api, chat_examples, preference_examples, succeeded_job
 
 
 def test_document_is_valid_openapi_and_public(api: Api):
@@ -43,6 +43,35 @@ def test_responses_match_the_documented_schemas(api: Api):
         api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").get_json(), strict=True
     )
     ModelList.model_validate(api.get("/v1/models").get_json(), strict=True)
+
+
+def test_continued_and_dpo_jobs_match_the_documented_schemas(api: Api):
+    """A DPO job continuing a fine-tuned model: ``parent``, ``parent_job_id`` and the dpo
+    ``method`` are documented, required where always sent, and typed as returned."""
+    spec = api.client.get("/v1/openapi.json").get_json()["components"]["schemas"]
+    job_schema = spec["JobObject"]
+    assert {"parent", "parent_job_id", "method"} <= set(job_schema["required"])
+    assert spec["MethodObject"]["properties"]["dpo"] == {
+        "$ref": "#/components/schemas/DpoSettings",
+        "description": "Present when type is dpo",
+    }
+    assert "beta" in spec["DpoHyperparametersObject"]["required"]
+
+    chat_id = api.upload(chat_examples(12)).get_json()["id"]
+    parent = succeeded_job(api, chat_id, {"type": "lora", "r": 8})
+    JobObject.model_validate(parent, strict=True)
+    assert parent["parent"] is None and parent["parent_job_id"] is None
+    pref_id = api.upload(preference_examples()).get_json()["id"]
+    body = {
+        "model": parent["fine_tuned_model"],
+        "training_file": pref_id,
+        "method": {"type": "dpo"},
+    }
+    child = api.post("/v1/fine_tuning/jobs", body).get_json()
+    JobObject.model_validate(child, strict=True)
+    assert (child["parent"], child["parent_job_id"]) == (parent["fine_tuned_model"], parent["id"])
+    assert set(child["method"]) == {"type", "dpo"}
+    JobList.model_validate(api.get("/v1/fine_tuning/jobs").get_json(), strict=True)
 
 
 # Served under /v1 but deliberately absent from the document, each with its reason.

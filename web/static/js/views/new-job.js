@@ -1,5 +1,6 @@
 /* #/new: the new-job form, with a pre-flight estimate (steps, tokens, time, and the memory
-   planner's GPUs and peak memory per device) as it is filled. */
+   planner's GPUs and peak memory per device) as it is filled. Supervised or DPO, on a base
+   model or continuing a fine-tuned one (ft:..., whose adapter it keeps). */
 
 import {api} from "../api.js";
 import {append, el, replace} from "../dom.js";
@@ -23,6 +24,9 @@ function controls() {
     training: el("select", {required: true}),
     validation: el("select", {}),
     model: el("select", {required: true}),
+    method: el("select", {},
+      el("option", {value: "supervised"}, "Supervised (chat examples)"),
+      el("option", {value: "dpo"}, "DPO (preference pairs)")),
     lora: el("input", {type: "radio", name: "adapter-type", value: "lora", id: "type-lora"}),
     dora: el("input", {type: "radio", name: "adapter-type", value: "dora", id: "type-dora",
       checked: true}),
@@ -34,6 +38,8 @@ function controls() {
     batch: el("input", {type: "number", min: "1", max: "256", placeholder: "auto"}),
     lrm: el("input", {type: "number", min: "0.001", max: "100", step: "any",
       placeholder: "auto"}),
+    beta: el("input", {type: "number", min: "0.001", max: "2", step: "any", placeholder: "auto",
+      disabled: true}),
     suffix: el("input", {type: "text", maxlength: "64", pattern: "[A-Za-z0-9_\\-]+",
       spellcheck: "false"}),
     maxSeq: el("input", {type: "number", min: "16", max: "131072", placeholder: "auto"}),
@@ -43,19 +49,30 @@ function controls() {
   };
 }
 
+/** A fine-tuned model: a job on it continues its adapter (same type and rank). */
+const isFineTuned = (model) => model.startsWith("ft:");
+
 /** The create (and estimate) request body from the form; empty numbers mean "auto". */
 function requestBody(c) {
   const num = (input, parse) => input.value.trim() === "" ? "auto" : parse(input.value);
   const mods = c.modules.value.trim();
-  const payload = {
-    model: c.model.value, training_file: c.training.value,
-    hyperparameters: {n_epochs: num(c.epochs, parseInt), batch_size: num(c.batch, parseInt),
-      learning_rate_multiplier: num(c.lrm, parseFloat)},
-    adapter: {type: c.lora.checked ? "lora" : "dora", r: parseInt(c.rank.value, 10),
+  const hyperparameters = {n_epochs: num(c.epochs, parseInt), batch_size: num(c.batch, parseInt),
+    learning_rate_multiplier: num(c.lrm, parseFloat)};
+  const payload = {model: c.model.value, training_file: c.training.value};
+  if (c.method.value === "dpo") {
+    // OpenAI's shape: the method's own hyperparameters, beta with them.
+    payload.method = {type: "dpo",
+      dpo: {hyperparameters: {...hyperparameters, beta: num(c.beta, parseFloat)}}};
+  } else {
+    payload.hyperparameters = hyperparameters;
+  }
+  // A continued job trains its parent's adapter: sending another would be refused.
+  if (!isFineTuned(c.model.value)) {
+    payload.adapter = {type: c.lora.checked ? "lora" : "dora", r: parseInt(c.rank.value, 10),
       alpha: parseInt(c.alpha.value, 10), dropout: parseFloat(c.dropout.value || "0"),
       target_modules: mods === "" || mods === "all-linear" ? "all-linear"
-        : mods.split(",").map((m) => m.trim()).filter(Boolean)},
-  };
+        : mods.split(",").map((m) => m.trim()).filter(Boolean)};
+  }
   if (c.validation.value) payload.validation_file = c.validation.value;
   if (c.suffix.value.trim()) payload.suffix = c.suffix.value.trim();
   if (c.maxSeq.value.trim()) payload.max_seq_length = parseInt(c.maxSeq.value, 10);
@@ -65,9 +82,13 @@ function requestBody(c) {
 }
 
 function renderEstimate(area, e) {
+  const dpo = e.method.type === "dpo";
+  const a = e.adapter;
   replace(area, el("h2", {}, "Estimate"), definitionList([
-    ["examples", fmtNumber(e.example_count)],
-    ["epochs × batch size", e.hyperparameters.n_epochs + " × " + e.hyperparameters.batch_size],
+    [dpo ? "preference pairs" : "examples", fmtNumber(e.example_count)],
+    ["adapter", a.type + ", rank " + a.r + (e.parent ? " (continues " + e.parent + ")" : "")],
+    ["epochs × batch size", e.hyperparameters.n_epochs + " × " + e.hyperparameters.batch_size +
+      (dpo ? " pairs (two rows each); beta " + e.method.dpo.hyperparameters.beta : "")],
     ["steps", e.steps_per_epoch + " per epoch, " + e.total_steps + " in all"],
     ["tokens (estimated)", "≈ " + fmtNumber(e.estimated_total_tokens) + " (≈ " +
       fmtNumber(e.estimated_tokens_per_epoch) + " per epoch)"],
@@ -75,6 +96,7 @@ function renderEstimate(area, e) {
     ["memory (planned)", memoryText(e)],
   ]), el("p", {class: "hint"}, e.note));
   area.dataset.totalSteps = String(e.total_steps);
+  area.dataset.method = e.method.type;
 }
 
 /** The planner's verdict: GPUs, peak MiB per device, pool, checkpointing and its terms. */
@@ -95,8 +117,11 @@ function formLayout(c, estimateArea) {
       field("training-file", "Training file", c.training),
       field("validation-file", "Validation file (optional)", c.validation,
         "Used for the validation loss curve."),
-      field("base-model", "Base model", c.model)),
-    el("fieldset", {}, el("legend", {}, "Adapter"),
+      field("base-model", "Base model (or a fine-tuned one to continue)", c.model,
+        "A fine-tuned model (ft:…) continues training its adapter, with its type and rank."),
+      field("method", "Method", c.method,
+        "DPO trains on preference pairs (a preferred and a non-preferred reply per prompt).")),
+    el("fieldset", {id: "adapter-settings"}, el("legend", {}, "Adapter"),
       el("div", {class: "radios", role: "radiogroup", "aria-label": "Adapter type"},
         el("span", {}, c.dora, el("label", {for: "type-dora"}, "DoRA")),
         el("span", {}, c.lora, el("label", {for: "type-lora"}, "LoRA"))),
@@ -109,6 +134,8 @@ function formLayout(c, estimateArea) {
       field("n-epochs", "Epochs", c.epochs, "Empty means auto."),
       field("batch-size", "Batch size", c.batch, "Empty means auto."),
       field("lr-multiplier", "Learning rate multiplier", c.lrm, "Empty means auto (1)."),
+      field("beta", "DPO beta", c.beta,
+        "DPO only: how far the model may move from the reference. Empty means auto (0.1)."),
       field("max-seq-length", "Max sequence length", c.maxSeq,
         "Empty means auto (the model's, at most 2048). Longer needs more GPU memory."),
       field("gradient-checkpointing", "Gradient checkpointing", c.checkpointing,
@@ -125,14 +152,19 @@ async function loadChoices(gen, c, formError) {
       api("GET", "/v1/models")]);
     if (!isCurrent(gen)) return;
     const usable = files.data.filter((f) => f.purpose === "fine-tune" && f.status === "processed");
+    const counted = (f) => f.example_count + ((f.statistics || {}).format === "preference"
+      ? " preference pairs" : " examples");
     replace(c.training, el("option", {value: ""}, usable.length ? "Choose a file…"
       : "No files yet: upload one first"), usable.map((f) =>
-      el("option", {value: f.id}, f.filename + " — " + f.example_count + " examples (" +
-        f.id + ")")));
+      el("option", {value: f.id}, f.filename + " — " + counted(f) + " (" + f.id + ")")));
     replace(c.validation, el("option", {value: ""}, "None"), usable.map((f) =>
       el("option", {value: f.id}, f.filename + " (" + f.id + ")")));
-    const bases = models.data.filter((m) => !m.id.startsWith("ft:"));
-    replace(c.model, bases.map((m) => el("option", {value: m.id}, m.id)));
+    const bases = models.data.filter((m) => !isFineTuned(m.id));
+    const tuned = models.data.filter((m) => isFineTuned(m.id));
+    replace(c.model, bases.map((m) => el("option", {value: m.id}, m.id)), tuned.length
+      ? el("optgroup", {label: "Continue a fine-tuned model"},
+        tuned.map((m) => el("option", {value: m.id}, m.id)))
+      : null);
   } catch (exc) {
     replace(formError, errorBox(exc, "Could not load files and models"));
   }
@@ -190,7 +222,12 @@ export function newJobPage(gen) {
     formLayout(c, estimateArea), formError, el("div", {class: "row"}, submit));
   append(view, el("div", {class: "page-head"}, el("h1", {}, "New fine-tuning job")), form);
   focusHeading();
+  // The adapter is the parent's for a fine-tuned model; beta is DPO's alone.
+  function syncFields() {
+    c.rank.closest("fieldset").disabled = isFineTuned(c.model.value);
+    c.beta.disabled = c.method.value !== "dpo";
+  }
   form.addEventListener("input", scheduleEstimate);
-  form.addEventListener("change", scheduleEstimate);
+  form.addEventListener("change", () => { syncFields(); scheduleEstimate(); });
   loadChoices(gen, c, formError);
 }
