@@ -65,6 +65,7 @@ def build_spec(job: Job) -> TrainSpec:
             alpha=int(adapter["alpha"]),
             dropout=float(adapter["dropout"]),
             target_modules=modules if isinstance(modules, str) else tuple(modules),
+            quantization=adapter.get("quantization"),
         ),
         n_epochs=int(hyper["n_epochs"]),
         batch_size=int(hyper["batch_size"]),

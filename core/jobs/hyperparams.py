@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core.errors import InvalidRequest
 
@@ -12,6 +12,11 @@ from core.errors import InvalidRequest
 # built-in SmolLM2 picks up a new style from ~50 examples in about three epochs.
 BASE_LEARNING_RATE: dict[str, float] = {"lora": 1e-3, "dora": 1e-3}
 MAX_RANK = 256
+
+Quantization = Literal["nf4", "int8"]
+"""How the frozen base model is stored while an adapter trains on it (bitsandbytes): ``"nf4"``
+(4-bit NormalFloat with double quantization: QLoRA / QDoRA) or ``"int8"`` (LLM.int8(), LoRA only:
+PEFT's DoRA initialisation leaves a CPU 8-bit layer without its scales)."""
 
 
 class AdapterConfig(BaseModel):
@@ -24,6 +29,7 @@ class AdapterConfig(BaseModel):
     alpha: int = Field(32, ge=1, le=4 * MAX_RANK)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    quantization: Quantization | None = None
 
     @field_validator("target_modules")
     @classmethod
@@ -35,6 +41,12 @@ class AdapterConfig(BaseModel):
         if not value or not all(isinstance(v, str) and v.strip() for v in value):
             raise ValueError("must be a non-empty list of module names")
         return value
+
+    @model_validator(mode="after")
+    def _quantized_dora(self) -> AdapterConfig:
+        if self.type == "dora" and self.quantization == "int8":
+            raise ValueError('a DoRA adapter needs quantization "nf4" or null, not "int8"')
+        return self
 
 
 class Hyperparameters(BaseModel):
@@ -117,7 +129,6 @@ def learning_rate(adapter_type: str, multiplier: float) -> float:
 
 LARGE_MODEL_PARAMETERS = 1_000_000_000
 HUGE_MODEL_PARAMETERS = 13_000_000_000
-Quantization = Literal["nf4", "int8"]
 
 
 class TrainingOptions(BaseModel):
