@@ -111,16 +111,22 @@ def test_int8_dora_is_refused_with_a_clear_error() -> None:
         AdapterConfig(quantization="int4")  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="module")
+def nf4_dora(tiny_model_dir: Path, train_file: Path, tmp_path_factory) -> Path:
+    """A QDoRA adapter trained in fp32 compute (references then differ by float rounding)."""
+    out = tmp_path_factory.mktemp("nf4") / "adapter"
+    spec = _spec("dora", precision="fp32")
+    return train(spec, tiny_model_dir, train_file, out, RecordingReporter()).adapter_dir
+
+
 def test_merge_dequantizes_the_base_first(
-    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+    tiny_model_dir: Path, nf4_dora: Path, tmp_path: Path
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    # fp32 compute: the reference below then differs from the merge by float rounding only.
-    spec = _spec("dora", precision="fp32")
-    result = train(spec, tiny_model_dir, train_file, tmp_path / "a", RecordingReporter())
-    merged_dir = merge_adapter(tiny_model_dir, result.adapter_dir, tmp_path / "merged")
+    adapter_dir = nf4_dora
+    merged_dir = merge_adapter(tiny_model_dir, adapter_dir, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     assert not hasattr(merged.config, "quantization_config")
 
@@ -128,9 +134,9 @@ def test_merge_dequantizes_the_base_first(
     # forward is also what used to repack the 4-bit weights on AVX512-BF16 CPUs and garble
     # PEFT's DoRA norm (keep_standard_4bit_layout).
     quantized = load_quantized(tiny_model_dir, "nf4", torch.float32, torch.device("cpu"))
-    served = PeftModel.from_pretrained(quantized, str(result.adapter_dir)).eval()
+    served = PeftModel.from_pretrained(quantized, str(adapter_dir)).eval()
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    naive = PeftModel.from_pretrained(plain, str(result.adapter_dir)).merge_and_unload().eval()
+    naive = PeftModel.from_pretrained(plain, str(adapter_dir)).merge_and_unload().eval()
     ids = torch.tensor([[1, 5, 9, 30, 42, 7, 3]])
     with torch.no_grad():
         want = served(ids).logits
@@ -139,3 +145,36 @@ def test_merge_dequantizes_the_base_first(
     err = (got - want).abs().max()
     assert err < 1e-4
     assert err < naive_err / 10  # merging into the original weights is measurably further off
+
+
+def test_serving_loads_the_base_quantized_as_the_adapter_was_trained(
+    tiny_model_dir: Path, nf4_dora: Path, tmp_path: Path
+) -> None:
+    import bitsandbytes as bnb
+
+    from core.settings import load_settings
+    from core.storage.objects import LocalStore, upload_dir
+    from worker.inference.adapters import AdapterRef
+    from worker.inference.engine import GenerationParams, InferenceEngine
+
+    store = LocalStore(tmp_path / "objects")
+    upload_dir(store, "jobs/ftjob-q/adapter", nf4_dora)
+    engine = InferenceEngine(
+        load_settings(),
+        store,
+        adapter_cache_size=2,
+        adapter_dir=tmp_path / "adapters",
+        model_loader=lambda name: tiny_model_dir,
+    )
+    params = GenerationParams(
+        messages=[{"role": "user", "content": "Hello?"}], max_tokens=4, temperature=0.0
+    )
+    name = "tiny-random-llama"
+    assert engine.complete(name, None, params).completion_tokens == 4
+    tuned = engine.complete(name, AdapterRef("ftjob-q", "jobs/ftjob-q/adapter"), params)
+    assert tuned.completion_tokens == 4
+    assert list(engine._bases) == [name, f"{name}@nf4"]
+    quantized = engine._bases[f"{name}@nf4"]
+    assert quantized.adapters == {"ftjob-q"}
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in quantized.model.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in engine._bases[name].model.modules())
