@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from core.storage.objects import ObjectStore
 from worker.inference.adapters import AdapterRef, ensure_adapter
@@ -45,6 +46,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, dest: Path) -> Path:
     # A fresh copy of the base: merging rewrites weights in place, and the serving copy must
     # stay the plain base model.
     quantized = read_quantization(adapter_dir)
+    base: Any
     if quantized is None:
         base = AutoModelForCausalLM.from_pretrained(base_dir)
     else:

@@ -122,20 +122,17 @@ def dequantize_linear_layers(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Replace each bitsandbytes 4-/8-bit linear layer in ``model`` by an ``nn.Linear`` holding
     its de-quantized weight (in ``dtype``). Returns how many were replaced."""
     import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
+    from peft.utils.integrations import dequantize_bnb_weight
 
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, bnb.nn.Linear4bit):
-                weight = dequantize_4bit(child.weight.data, child.weight.quant_state)
-            elif isinstance(child, bnb.nn.Linear8bitLt):
-                state = child.state
-                cb = child.weight.data
-                scb = child.weight.SCB if state.SCB is None else state.SCB
-                weight = cb.float() * scb.float().unsqueeze(1) / 127.0
-            else:
+            if not isinstance(child, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
                 continue
+            weight = dequantize_bnb_weight(
+                child.weight,  # type: ignore[arg-type]  # a bnb Params4bit / Int8Params
+                state=getattr(child, "state", None),
+            )
             linear = torch.nn.Linear(
                 child.in_features, child.out_features, bias=child.bias is not None
             )
@@ -157,7 +154,7 @@ def dequantized_base(
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(model.config, attr):
             delattr(model.config, attr)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     # transformers refuses to cast a model loaded with a quantizer; it holds none any more.
     torch.nn.Module.to(model, dtype)
     return model
