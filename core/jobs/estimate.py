@@ -99,6 +99,7 @@ def estimate_job(
     max_seq_length: int | None = None,
     pool: str | None = None,
     declared_pools: Mapping[str, int | None] | None = None,
+    precision: str | None = None,
 ) -> Estimate:
     """Estimate a job from the inputs of ``core.jobs.lifecycle.create_job``; nothing is written."""
     base = catalog.get_base_model(session, model)
@@ -121,6 +122,7 @@ def estimate_job(
         batch_size=batch_size,
         requested_pool=pool,
         declared_pools=declared_pools,
+        precision=precision,
     )
     total_chars = int((training_row.stats or {}).get("total_chars") or 0)
     tokens_per_epoch = math.ceil(total_chars / CHARS_PER_TOKEN)

@@ -138,8 +138,8 @@ class TrainingOptions(BaseModel):
     :func:`resolve_training` from the model's size; the job echoes the values used in its
     ``options``. ``gradient_checkpointing: "auto"`` is decided by the memory planner
     (``core.jobs.planner``): on only when the job would not fit its GPUs without it.
-    ``quantization`` (``"nf4"``, ``"int8"``) is an input of the planner already, but training
-    a quantized base model is not supported yet: a job that asks for it is refused.
+    The base model's quantization is the adapter's (``AdapterConfig.quantization``): a
+    ``training.quantization`` is refused with a 400 that says so.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -162,9 +162,17 @@ class TrainingOptions(BaseModel):
     micro_batch_tokens: Literal["auto"] | Annotated[int, Field(strict=True, ge=256, le=262_144)] = (
         Field("auto", description="Padded tokens per forward/backward pass (gradient accumulation)")
     )
-    quantization: Quantization | None = Field(
-        None, description="Base-model quantization for QLoRA-style training: not supported yet"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quantization_is_the_adapters(cls, data: Any) -> Any:
+        # An earlier API took it here (and refused it); say where it went, not just "extra".
+        if isinstance(data, dict) and "quantization" in data:
+            raise ValueError(
+                'quantization is an adapter setting: set adapter.quantization ("nf4" or '
+                '"int8") instead of training.quantization'
+            )
+        return data
 
 
 def training_defaults(parameters: int | None) -> dict[str, Any]:
@@ -188,15 +196,7 @@ def training_defaults(parameters: int | None) -> dict[str, Any]:
 
 def resolve_training(options: TrainingOptions, parameters: int | None) -> dict[str, Any]:
     """The options with every ``"auto"`` replaced, except ``gradient_checkpointing`` (None:
-    the memory planner decides). Raises InvalidRequest for a quantization (not supported yet)."""
-    if options.quantization is not None:
-        raise InvalidRequest(
-            f'quantization "{options.quantization}" is not supported yet: train the model in '
-            "bf16 (leave training.quantization null), shorten max_seq_length, or use a "
-            "smaller model",
-            param="training.quantization",
-            code="unsupported_quantization",
-        )
+    the memory planner decides)."""
     defaults = training_defaults(parameters)
     resolved: dict[str, Any] = {}
     for key, default in defaults.items():

@@ -129,6 +129,7 @@ def create_job(
         batch_size=int(hyper["batch_size"]),
         requested_pool=options.pop("pool", None),
         declared_pools=declared_pools,
+        precision=options.get("precision"),
     )
     options.update(planned.training)
     seed = (
