@@ -197,3 +197,26 @@ def test_int8_merge_dequantizes_the_base_first(
         err = (merged(ids).logits - served(ids).logits).abs().max()
     # LLM.int8()'s forward also rounds the activations to int8: agreement to ~2e-3, not 1e-6.
     assert err < 5e-3
+
+
+def test_the_planner_counts_the_bytes_bitsandbytes_stores(tiny_model_dir: Path) -> None:
+    """core.jobs.planner.QUANTIZED_BYTES["nf4"] against the tiny model as training loads it."""
+    import json
+
+    import bitsandbytes as bnb
+
+    from core.jobs.planner import QUANTIZED_BYTES, Architecture
+
+    model = load_quantized(tiny_model_dir, "nf4", torch.bfloat16, torch.device("cpu"))
+    stored = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = module.weight
+            state = weight.quant_state
+            # The packed 4-bit words, the uint8 block absmax and its fp32 absmax (double
+            # quantization); the 256-entry code tables are per layer, not per weight.
+            stored += weight.numel() * weight.element_size()
+            stored += state.absmax.numel() * state.absmax.element_size()
+            stored += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    arch = Architecture.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
+    assert stored / arch.linear_parameters == pytest.approx(QUANTIZED_BYTES["nf4"], rel=0.01)
