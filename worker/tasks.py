@@ -276,7 +276,7 @@ def _train(
             raise TrainingStopped()
         key = artifacts.adapter_key(job_id)
         store.put_file(key, artifacts.pack_adapter(result.adapter_dir, tmp / "adapter.tar.gz"))
-        for name in artifacts.ADAPTER_FILES:
+        for name in artifacts.adapter_files(result.adapter_dir):
             store.put_file(artifacts.adapter_file_key(job_id, name), result.adapter_dir / name)
         csv_path = artifacts.write_metrics_csv(reporter.metrics_rows, tmp / "metrics.csv")
         with session_scope(settings.database_url) as session:

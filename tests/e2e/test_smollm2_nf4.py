@@ -26,6 +26,7 @@ def _answer(client, model: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes when quiet; a shared 2-core machine can triple that
 def test_smollm2_in_nf4_learns_pirate_speak_and_is_served_quantized(tmp_path) -> None:
     assert HELD_OUT not in (EXAMPLES / "pirate.jsonl").read_text()
     platform = Platform(tmp_path / "home", "dor-e2e-smollm2-nf4-key-0000", MODEL_CACHE).start()
@@ -36,6 +37,9 @@ def test_smollm2_in_nf4_learns_pirate_speak_and_is_served_quantized(tmp_path) ->
         job = client.fine_tuning.jobs.create(
             model="smollm2-135m-instruct",
             training_file=training.id,
+            # As short as it can be and still show learning: 2 epochs (22 steps) at twice the
+            # base rate instead of the 3 epochs "auto" picks for 52 examples.
+            hyperparameters={"n_epochs": 2, "learning_rate_multiplier": 2.0},
             extra_body={"adapter": {"type": "dora", "quantization": "nf4"}},
         )
         assert job.model_extra["adapter"]["quantization"] == "nf4"
@@ -49,5 +53,8 @@ def test_smollm2_in_nf4_learns_pirate_speak_and_is_served_quantized(tmp_path) ->
         after = _answer(client, job.fine_tuned_model)
         assert "Paris" in before and not before.startswith("Arr"), before
         assert after.startswith("Arr"), after
+        # Served on the base quantized as it was trained (its record left the worker with it).
+        log = platform.log_path.read_text(errors="replace")
+        assert f"adapter {job.id} attached to smollm2-135m-instruct@nf4" in log
     finally:
         platform.stop()

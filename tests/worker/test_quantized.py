@@ -220,3 +220,24 @@ def test_the_planner_counts_the_bytes_bitsandbytes_stores(tiny_model_dir: Path) 
             stored += state.state2.absmax.numel() * state.state2.absmax.element_size()
     arch = Architecture.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
     assert stored / arch.linear_parameters == pytest.approx(QUANTIZED_BYTES["nf4"], rel=0.01)
+
+
+def test_the_quantization_record_leaves_the_worker_with_the_adapter(
+    nf4_dora: Path, tmp_path: Path
+) -> None:
+    """The object store's adapter (served, merged) and its download keep how the base was
+    stored; a full-precision adapter's files are the PEFT ones alone."""
+    import shutil
+    import tarfile
+
+    from worker import artifacts
+
+    assert artifacts.OPTIONAL_ADAPTER_FILES == (QUANTIZATION_FILE,)
+    assert artifacts.adapter_files(nf4_dora) == [*artifacts.ADAPTER_FILES, QUANTIZATION_FILE]
+    with tarfile.open(artifacts.pack_adapter(nf4_dora, tmp_path / "adapter.tar.gz")) as tar:
+        assert QUANTIZATION_FILE in tar.getnames()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in artifacts.ADAPTER_FILES:
+        shutil.copy(nf4_dora / name, plain / name)
+    assert artifacts.adapter_files(plain) == list(artifacts.ADAPTER_FILES)
