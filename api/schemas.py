@@ -99,6 +99,8 @@ class JobCreateRequest(BaseModel):
     keep_checkpoints: int | None = Field(None, ge=1, le=100)
     # At most DORADO_MAX_JOB_SECONDS (checked by the route: the schema has no settings).
     max_run_seconds: int | None = Field(None, ge=1, le=2_147_483_647)
+    # Training precision instead of the worker's choice (worker.training.options.Precision).
+    precision: Literal["auto", "fp32", "bf16"] | None = None
     # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
     pool: str | None = Field(None, min_length=1, max_length=64)
     # Optimizer and memory options (warmup, weight decay, schedule, checkpointing, micro-batch).
@@ -112,6 +114,7 @@ class JobCreateRequest(BaseModel):
             "keep_checkpoints",
             "max_run_seconds",
             "pool",
+            "precision",
         )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 

@@ -17,6 +17,16 @@ positions only). ``--trainer-own-order`` lets the Trainer draw its own random ba
 Prints a table: real (non-padding) and padded tokens/s over the training steps only, padding,
 the last step's training loss and the loss/accuracy on 16 held-out examples; then, per method,
 the engine/Trainer ratios against the targets of issue 4.
+
+``--precisions fp32 bf16 nf4`` instead runs the engine alone in each precision (``nf4``: an NF4
+base computing in bf16) and reports model FLOPs utilisation (MFU): the analytic FLOPs of the
+real tokens (below, :func:`train_flops`) per second, divided by the matrix-product peak of this
+machine measured in the same run at the training dtype (:func:`matmul_peak`)::
+
+    .venv/bin/python bench/train_throughput.py --precisions fp32 bf16 nf4 --examples 16
+
+The held-out loss is always taken over the float32 base (an NF4 adapter's is then a little
+pessimistic: it was trained against the quantized weights).
 """
 
 from __future__ import annotations
@@ -40,8 +50,67 @@ LR = 1e-3
 BATCH = 8
 
 
-def adapter(method: str) -> AdapterSpec:
-    return AdapterSpec(type=method, r=16, alpha=32)
+def adapter(method: str, quantization: str | None = None) -> AdapterSpec:
+    return AdapterSpec(type=method, r=16, alpha=32, quantization=quantization)  # type: ignore[arg-type]
+
+
+PRECISION_RUNS: dict[str, tuple[str, str | None]] = {
+    "fp32": ("fp32", None),
+    "bf16": ("bf16", None),
+    "nf4": ("bf16", "nf4"),
+}
+"""``--precisions`` name -> (engine precision, base quantization)."""
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, rows: int = 512, seconds: float = 2.0) -> float:
+    """The best FLOP/s of ``[rows, n] @ [n, n]`` products in ``dtype`` on this CPU's threads."""
+    a = torch.randn(rows, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        began = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * rows * n * n / (time.perf_counter() - began))
+    return best
+
+
+def train_flops(config, examples, r: int) -> float:
+    """Analytic FLOPs of one training pass over ``examples`` (real tokens only).
+
+    Per token, for each frozen decoder matrix of ``p`` weights: 2p forward + 2p for the input
+    gradient (no weight gradient); per adapter of rank r on an [out, in] layer: 6 r (in + out)
+    (forward, input and weight gradients), and DoRA's extra scaling is element-wise (not
+    counted). Causal attention: 2 x 2 d x (position + 1) forward per layer, times 3 with the
+    backward. The output head (2 d V forward + 2 d V backward) only at loss positions, where
+    the engine computes it. Embedding look-ups and norms are not counted.
+    """
+    d = config.hidden_size
+    inter = config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads)
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    shapes = [
+        (heads * head_dim, d),
+        (kv * head_dim, d),
+        (kv * head_dim, d),
+        (d, heads * head_dim),
+        (inter, d),
+        (inter, d),
+        (d, inter),
+    ]
+    per_token = sum(4 * o * i + 6 * r * (o + i) for o, i in shapes) * config.num_hidden_layers
+    total = 0.0
+    for ex in examples:
+        n = len(ex)
+        positions = n * (n + 1) / 2  # sum over tokens of (position + 1)
+        total += per_token * n
+        total += 3 * 4 * heads * head_dim * positions * config.num_hidden_layers
+        total += 4 * d * config.vocab_size * ex.n_predicted_tokens
+    return total
 
 
 class QuietReporter(TimingReporter):
@@ -52,18 +121,27 @@ class QuietReporter(TimingReporter):
 
 
 def run_ours(
-    method, model_dir, train_file, examples, valid_examples, pad_id, out: Path, seed: int
+    method,
+    model_dir,
+    train_file,
+    examples,
+    valid_examples,
+    pad_id,
+    out: Path,
+    seed: int,
+    precision: str = "fp32",
+    quantization: str | None = None,
 ) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     spec = TrainSpec(
-        adapter=adapter(method),
+        adapter=adapter(method, quantization),
         n_epochs=1,
         batch_size=BATCH,
         learning_rate=LR,
         seed=seed,
-        options=EngineOptions(device="cpu"),
+        options=EngineOptions(device="cpu", precision=precision),  # type: ignore[arg-type]
     )
     reporter = QuietReporter()
     result = train(spec, model_dir, train_file, out, reporter)
@@ -205,6 +283,85 @@ def verdict(method: str, ours: dict, base: dict) -> str:
     )
 
 
+def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> None:
+    """The engine alone in each of ``args.precisions``: tokens/s, MFU, held-out loss."""
+    import platform
+
+    from transformers import AutoConfig
+
+    from worker.training.precision import cpu_has_fast_bf16
+
+    config = AutoConfig.from_pretrained(model_dir)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    print(
+        f"CPU: {cpu}; fast bf16 (AMX/AVX512-BF16): {cpu_has_fast_bf16()}; matmul peak "
+        f"fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f}"
+        " GFLOP/s",
+        flush=True,
+    )
+    train_file = root / "train.jsonl"
+    print(f"{'run':14s} {'real tok/s':>10s} {'s/step':>7s} {'MFU':>6s} {'held-out loss':>13s}")
+    results: dict[tuple[str, str], dict] = {}
+    for name in args.precisions:
+        precision, quantization = PRECISION_RUNS[name]
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        for method in args.methods:
+            r = run_ours(
+                method,
+                model_dir,
+                train_file,
+                examples,
+                valid_examples,
+                pad_id,
+                root / f"{name}-{method}",
+                args.seed,
+                precision,
+                quantization,
+            )
+            flops = train_flops(config, examples, 16)
+            r["mfu"] = flops / r["seconds"] / peaks[dtype]
+            results[(name, method)] = r
+            print(
+                f"{name + ' ' + method:14s} {r['real'] / r['seconds']:10.1f}"
+                f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}",
+                flush=True,
+            )
+    print()
+
+    def step(name: str, method: str) -> float | None:
+        r = results.get((name, method))
+        return r["seconds"] / r["steps"] if r else None
+
+    for method in args.methods:
+        fp32, bf16, nf4 = (results.get((n, method)) for n in ("fp32", "bf16", "nf4"))
+        if fp32:
+            print(f"{method} fp32 MFU {fp32['mfu']:.2f} (target >= 0.5)")
+        if fp32 and bf16:
+            speed = (bf16["real"] / bf16["seconds"]) / (fp32["real"] / fp32["seconds"])
+            loss = bf16["heldout_loss"] / fp32["heldout_loss"] - 1
+            print(
+                f"{method} bf16/fp32 real tok/s {speed:.2f}x (target on AMX >= 3x);"
+                f" held-out loss {loss:+.2%} (target within 1%)"
+            )
+        if bf16 and nf4:
+            print(
+                f"{method} nf4/bf16 step time {step('nf4', method) / step('bf16', method):.2f}x"
+                " (target <= 1.5x)"
+            )
+    for name in args.precisions:
+        lora, dora = step(name, "lora"), step(name, "dora")
+        if lora and dora:
+            print(f"{name} DoRA/LoRA step time {dora / lora:.2f}x (target <= 1.05x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64)
@@ -214,6 +371,12 @@ def main() -> None:
         "--trainer-own-order",
         action="store_true",
         help="the Trainer draws its own random batches instead of the engine's",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=sorted(PRECISION_RUNS),
+        help="run the engine alone in these precisions and report MFU (no Trainer baseline)",
     )
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -250,6 +413,9 @@ def main() -> None:
             root / "warm",
             args.seed,
         )
+        if args.precisions:
+            precision_table(args, model_dir, root, examples, valid_examples, pad_id)
+            return
         print(HEADER, flush=True)
         for method in args.methods:
             ours = run_ours(

@@ -7,6 +7,9 @@ import tarfile
 from pathlib import Path
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+OPTIONAL_ADAPTER_FILES = ("base_quantization.json",)
+"""Kept with the PEFT files when a run wrote them: how a quantized base was stored
+(``worker.training.quantization.QUANTIZATION_FILE``), which serving and merging read."""
 METRICS_COLUMNS = (
     "step",
     "train_loss",
@@ -31,13 +34,25 @@ def adapter_file_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/adapter/{name}"
 
 
-def pack_adapter(adapter_dir: Path, dest: Path) -> Path:
-    """A .tar.gz with the PEFT files at its top level (extract, then from_pretrained)."""
+def adapter_files(adapter_dir: Path) -> list[str]:
+    """The names of ``adapter_dir``'s files that leave the worker: the PEFT files, plus each
+    optional one present.
+
+    Raises:
+        FileNotFoundError: a PEFT file is missing.
+    """
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"adapter is missing {', '.join(missing)}")
+    optional = [name for name in OPTIONAL_ADAPTER_FILES if (adapter_dir / name).is_file()]
+    return [*ADAPTER_FILES, *optional]
+
+
+def pack_adapter(adapter_dir: Path, dest: Path) -> Path:
+    """A .tar.gz with the adapter's files at its top level (extract, then from_pretrained)."""
+    names = adapter_files(adapter_dir)
     with tarfile.open(dest, "w:gz") as tar:
-        for name in ADAPTER_FILES:
+        for name in names:
             tar.add(adapter_dir / name, arcname=name)
     return dest
 

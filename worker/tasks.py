@@ -72,6 +72,7 @@ def build_spec(job: Job) -> TrainSpec:
             alpha=int(adapter["alpha"]),
             dropout=float(adapter["dropout"]),
             target_modules=modules if isinstance(modules, str) else tuple(modules),
+            quantization=adapter.get("quantization"),
         ),
         n_epochs=int(hyper["n_epochs"]),
         batch_size=int(hyper["batch_size"]),
@@ -304,7 +305,7 @@ def _train(
             raise TrainingStopped()
         key = artifacts.adapter_key(job_id)
         store.put_file(key, artifacts.pack_adapter(result.adapter_dir, tmp / "adapter.tar.gz"))
-        for name in artifacts.ADAPTER_FILES:
+        for name in artifacts.adapter_files(result.adapter_dir):
             store.put_file(artifacts.adapter_file_key(job_id, name), result.adapter_dir / name)
         csv_path = artifacts.write_metrics_csv(reporter.metrics_rows, tmp / "metrics.csv")
         with session_scope(settings.database_url) as session:

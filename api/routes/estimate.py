@@ -31,6 +31,7 @@ def estimate():
         training=req.training,
         max_seq_length=req.max_seq_length,
         pool=req.pool,
+        precision=req.precision,
         declared_pools=dorado().settings.declared_pools,
     )
     return result.as_dict()

@@ -95,6 +95,7 @@ def estimate_job(
     max_seq_length: int | None = None,
     pool: str | None = None,
     declared_pools: Mapping[str, int | None] | None = None,
+    precision: str | None = None,
 ) -> Estimate:
     """Estimate a job from the inputs of ``core.jobs.lifecycle.create_job``; nothing is written.
 
@@ -124,6 +125,7 @@ def estimate_job(
         batch_size=batch_rows(method, batch_size),
         requested_pool=pool,
         declared_pools=declared_pools,
+        precision=precision,
     )
     tokens_per_epoch = _tokens_per_epoch(training_row, method)
     total_tokens = tokens_per_epoch * n_epochs

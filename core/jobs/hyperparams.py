@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core.errors import InvalidRequest
 
@@ -12,6 +12,11 @@ from core.errors import InvalidRequest
 # built-in SmolLM2 picks up a new style from ~50 examples in about three epochs.
 BASE_LEARNING_RATE: dict[str, float] = {"lora": 1e-3, "dora": 1e-3}
 MAX_RANK = 256
+
+Quantization = Literal["nf4", "int8"]
+"""How the frozen base model is stored while an adapter trains on it (bitsandbytes): ``"nf4"``
+(4-bit NormalFloat with double quantization: QLoRA / QDoRA) or ``"int8"`` (LLM.int8(), LoRA only:
+PEFT's DoRA initialisation leaves a CPU 8-bit layer without its scales)."""
 
 
 class AdapterConfig(BaseModel):
@@ -24,6 +29,7 @@ class AdapterConfig(BaseModel):
     alpha: int = Field(32, ge=1, le=4 * MAX_RANK)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    quantization: Quantization | None = None
 
     @field_validator("target_modules")
     @classmethod
@@ -35,6 +41,12 @@ class AdapterConfig(BaseModel):
         if not value or not all(isinstance(v, str) and v.strip() for v in value):
             raise ValueError("must be a non-empty list of module names")
         return value
+
+    @model_validator(mode="after")
+    def _quantized_dora(self) -> AdapterConfig:
+        if self.type == "dora" and self.quantization == "int8":
+            raise ValueError('a DoRA adapter needs quantization "nf4" or null, not "int8"')
+        return self
 
 
 class Hyperparameters(BaseModel):
@@ -143,7 +155,6 @@ def learning_rate(adapter_type: str, multiplier: float) -> float:
 
 LARGE_MODEL_PARAMETERS = 1_000_000_000
 HUGE_MODEL_PARAMETERS = 13_000_000_000
-Quantization = Literal["nf4", "int8"]
 
 
 class TrainingOptions(BaseModel):
@@ -153,8 +164,8 @@ class TrainingOptions(BaseModel):
     :func:`resolve_training` from the model's size; the job echoes the values used in its
     ``options``. ``gradient_checkpointing: "auto"`` is decided by the memory planner
     (``core.jobs.planner``): on only when the job would not fit its GPUs without it.
-    ``quantization`` (``"nf4"``, ``"int8"``) is an input of the planner already, but training
-    a quantized base model is not supported yet: a job that asks for it is refused.
+    The base model's quantization is the adapter's (``AdapterConfig.quantization``): a
+    ``training.quantization`` is refused with a 400 that says so.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -177,9 +188,17 @@ class TrainingOptions(BaseModel):
     micro_batch_tokens: Literal["auto"] | Annotated[int, Field(strict=True, ge=256, le=262_144)] = (
         Field("auto", description="Padded tokens per forward/backward pass (gradient accumulation)")
     )
-    quantization: Quantization | None = Field(
-        None, description="Base-model quantization for QLoRA-style training: not supported yet"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quantization_is_the_adapters(cls, data: Any) -> Any:
+        # An earlier API took it here (and refused it); say where it went, not just "extra".
+        if isinstance(data, dict) and "quantization" in data:
+            raise ValueError(
+                'quantization is an adapter setting: set adapter.quantization ("nf4" or '
+                '"int8") instead of training.quantization'
+            )
+        return data
 
 
 def training_defaults(parameters: int | None) -> dict[str, Any]:
@@ -203,15 +222,7 @@ def training_defaults(parameters: int | None) -> dict[str, Any]:
 
 def resolve_training(options: TrainingOptions, parameters: int | None) -> dict[str, Any]:
     """The options with every ``"auto"`` replaced, except ``gradient_checkpointing`` (None:
-    the memory planner decides). Raises InvalidRequest for a quantization (not supported yet)."""
-    if options.quantization is not None:
-        raise InvalidRequest(
-            f'quantization "{options.quantization}" is not supported yet: train the model in '
-            "bf16 (leave training.quantization null), shorten max_seq_length, or use a "
-            "smaller model",
-            param="training.quantization",
-            code="unsupported_quantization",
-        )
+    the memory planner decides)."""
     defaults = training_defaults(parameters)
     resolved: dict[str, Any] = {}
     for key, default in defaults.items():

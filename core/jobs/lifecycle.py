@@ -125,6 +125,7 @@ def create_job(
         batch_size=inputs.batch_rows(new.method, int(hyper["batch_size"])),
         requested_pool=options.pop("pool", None),
         declared_pools=declared_pools,
+        precision=options.get("precision"),
     )
     options.update(planned.training)
     seed = (

@@ -58,11 +58,17 @@ def plan_job(
     batch_size: int,
     requested_pool: str | None = None,
     declared_pools: Mapping[str, int | None] | None = None,
+    precision: str | None = None,
 ) -> JobResources:
     """Resolve the job's training options, plan its memory and choose its pool.
 
-    Raises InvalidRequest when the job fits no GPU pool (naming what would fit), for an
-    unsupported quantization, or for an unknown pool.
+    The base model's weights are planned as the worker will hold them: the adapter's
+    ``quantization`` (nf4, int8) shrinks the decoder's linear weights, and ``precision``
+    ``"fp32"`` (the job's option) doubles every bf16 byte; ``"auto"``/``"bf16"``/``None``
+    plan bf16, what a GPU pool trains in.
+
+    Raises InvalidRequest when the job fits no GPU pool (naming what would fit), or for an
+    unknown pool.
     """
     arch = model_architecture(model)
     resolved = resolve_training(training, arch.parameters if arch else None)
@@ -78,7 +84,8 @@ def plan_job(
         micro_batch_tokens=int(resolved["micro_batch_tokens"]),
         batch_size=batch_size,
         gradient_checkpointing=resolved["gradient_checkpointing"],
-        quantization=training.quantization,
+        quantization=adapter.quantization,
+        weight_bytes=4 if precision == "fp32" else 2,
     )
     placement = pools.choose_pool(
         session, requested_pool, declared_pools, architecture=arch, request=request

@@ -156,6 +156,7 @@ def test_job_create_resolves_auto_and_echoes_adapter(api: Api, file_id: str):
         "alpha": 32,
         "dropout": 0.0,
         "target_modules": "all-linear",
+        "quantization": None,
     }
     assert job["seed"] == 7 and job["fine_tuned_model"] is None
     events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").get_json()["data"]

@@ -77,8 +77,59 @@ def test_a_job_that_fits_no_pool_is_refused_with_what_would_fit(pooled: Api):
         assert response.status_code == 400, response.get_json()
         error = response.get_json()["error"]
         assert error["code"] == "job_too_large"
-        assert "81,920 MiB" in error["message"] and 'quantization "nf4"' in error["message"]
+        assert "81,920 MiB" in error["message"]
+        assert 'adapter.quantization "nf4"' in error["message"]
     assert pooled.get("/v1/fine_tuning/jobs").get_json()["data"] == []
+
+
+def test_a_quantized_job_is_planned_with_its_quantized_weights(pooled: Api):
+    """The suggestion taken: the 70B job that fit nowhere fits the 80 GB pool in NF4."""
+    file_id = pooled.upload(chat_examples()).get_json()["id"]
+    body = {
+        "model": "llama-3.1-70b",
+        "training_file": file_id,
+        "adapter": {"type": "dora", "quantization": "nf4"},
+    }
+    estimate = pooled.post("/v1/fine_tuning/jobs/estimate", body).get_json()
+    job = pooled.post("/v1/fine_tuning/jobs", body).get_json()
+    for resources in (estimate["resources"], job["resources"]):
+        assert resources["pool"] == "a100-80gb" and resources["quantization"] == "nf4"
+        assert resources["estimated_peak_mib_per_device"] <= 81920
+    assert job["adapter"]["quantization"] == "nf4"
+    # 8B: the weights term shrinks from bf16 (15,317 MiB) to NF4 linear layers + bf16 rest.
+    small = {"model": "llama-3.1-8b", "training_file": file_id, "max_seq_length": 2048}
+    nf4 = {**small, "adapter": {"type": "lora", "quantization": "nf4"}}
+    int8 = {**small, "adapter": {"type": "lora", "quantization": "int8"}}
+    weights = [
+        pooled.post("/v1/fine_tuning/jobs/estimate", b).get_json()["resources"]["breakdown_mib"][
+            "weights"
+        ]
+        for b in (small, int8, nf4)
+    ]
+    assert weights[0] == 15_317 and weights[0] > weights[1] > weights[2] > 15_317 / 4
+
+
+def test_precision_fp32_is_planned_at_four_bytes_a_weight(pooled: Api):
+    file_id = pooled.upload(chat_examples()).get_json()["id"]
+    body = {"model": "llama-3.1-8b", "training_file": file_id, "max_seq_length": 2048}
+    for precision, weights in ((None, 15_317), ("auto", 15_317), ("fp32", 30_634)):
+        chosen = body if precision is None else {**body, "precision": precision}
+        estimate = pooled.post("/v1/fine_tuning/jobs/estimate", chosen).get_json()
+        assert estimate["resources"]["breakdown_mib"]["weights"] == weights, precision
+
+
+def test_int8_dora_and_training_quantization_are_clear_400s(api: Api):
+    file_id = api.upload(chat_examples()).get_json()["id"]
+    body = {"model": "tiny-random-llama", "training_file": file_id}
+    response = api.post(
+        "/v1/fine_tuning/jobs", {**body, "adapter": {"type": "dora", "quantization": "int8"}}
+    )
+    assert response.status_code == 400
+    assert "nf4" in response.get_json()["error"]["message"]
+    response = api.post("/v1/fine_tuning/jobs", {**body, "training": {"quantization": "nf4"}})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["param"] == "training" and "set adapter.quantization" in error["message"], error
 
 
 def test_the_estimate_shows_the_plan(pooled: Api):
@@ -97,7 +148,7 @@ def test_the_estimate_shows_the_plan(pooled: Api):
         ({"lr_scheduler": "step"}, "training.lr_scheduler"),
         ({"micro_batch_tokens": 8}, "training.micro_batch_tokens"),
         ({"gradient_checkpointing": "yes"}, "training.gradient_checkpointing"),
-        ({"quantization": "nf4"}, "training.quantization"),
+        ({"quantization": "nf4"}, "training"),
     ],
 )
 def test_bad_training_options_are_clear_400s(api: Api, training, param):

@@ -132,6 +132,20 @@ def test_quantization_shrinks_only_the_linear_weights():
     int8 = plan(arch, PlanRequest(gradient_checkpointing=True, quantization="int8"))
     assert nf4.weights < int8.weights < bf16.weights
     assert nf4.weights > arch.other_parameters * 2  # embeddings and head stay bf16
+    # 4 bits, a uint8 absmax per 64 weights, an fp32 absmax per 256 blocks (bitsandbytes'
+    # double quantization; tests/worker/test_quantized.py checks it against a real model).
+    linear = nf4.weights - arch.other_parameters * 2
+    assert linear / arch.linear_parameters == pytest.approx(0.5159, abs=1e-4)
+    assert (int8.weights - arch.other_parameters * 2) / arch.linear_parameters > 1.0
+    assert nf4.as_dict()["quantization"] == "nf4"
+
+
+def test_fp32_doubles_the_weights_and_activations_of_bf16():
+    arch = Architecture.from_config(SMOLLM2)
+    bf16 = plan(arch, PlanRequest(gradient_checkpointing=False))
+    fp32 = plan(arch, PlanRequest(gradient_checkpointing=False, weight_bytes=4))
+    assert (fp32.weights, fp32.activations) == (2 * bf16.weights, 2 * bf16.activations)
+    assert (fp32.adapter, fp32.logits) == (bf16.adapter, bf16.logits)  # float32 either way
 
 
 def test_a_long_example_is_one_micro_batch_however_small_the_budget():
@@ -171,7 +185,7 @@ def test_a_70b_job_is_refused_with_what_would_fit():
     error = caught.value
     assert error.code == "job_too_large"
     assert "the largest GPUs here are 81,920 MiB (pool 'a100-80gb')" in error.message
-    assert 'quantization "nf4"' in error.message
+    assert 'adapter.quantization "nf4"' in error.message
     # The figure shown is the cheapest plan (with checkpointing), not a strawman.
     shown = int(error.message.split("about ")[1].split(" MiB")[0].replace(",", ""))
     cheapest = plan(Architecture.from_config(LLAMA_70B), PlanRequest(gradient_checkpointing=True))
@@ -209,10 +223,15 @@ def test_training_defaults_depend_on_the_model_size():
     assert resolved["gradient_checkpointing"] is True
 
 
-def test_quantization_is_refused_for_now():
-    with pytest.raises(InvalidRequest, match='quantization "nf4" is not supported yet') as caught:
-        resolve_training(TrainingOptions(quantization="nf4"), None)
-    assert caught.value.param == "training.quantization"
+def test_quantization_is_the_adapters_not_a_training_option():
+    from pydantic import ValidationError
+
+    from core.jobs.hyperparams import AdapterConfig
+
+    for value in ("nf4", None):
+        with pytest.raises(ValidationError, match="set adapter.quantization"):
+            TrainingOptions.model_validate({"quantization": value})
+    assert AdapterConfig(type="lora", quantization="int8").quantization == "int8"
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ NON_DEFAULT = EngineOptions(
     fused_adapters=False,
     loss_positions_only=False,
     device="cpu",
+    precision="bf16",
     base_model_name="my-base-model",
     job_id="ftjob-options",
 )
@@ -105,6 +106,7 @@ def test_every_engine_option_reaches_the_engine(
     evaluate = _spy(monkeypatch, recipe, "evaluate")
     fast = _spy(monkeypatch, fast_dora, "enable_fast_dora")
     fused = _spy(monkeypatch, fused_adapter, "enable_fused_adapters")
+    load_model = _spy(monkeypatch, recipe, "_load_model")
     spec = TrainSpec(
         adapter=AdapterSpec(type="dora", r=4, alpha=8),
         n_epochs=1,
@@ -142,6 +144,7 @@ def test_every_engine_option_reaches_the_engine(
         "fused_adapters": len(fused),
         "loss_positions_only": {c["loss_positions_only"] for c in forward_backward},
         "device": {c["preferred"] for c in select_device},
+        "precision": {str(c["dtype"]) for c in load_model},
         "base_model_name": config["base_model_name_or_path"],
         "job_id": {m.partition("]")[0] for m in caplog.messages},
     }
@@ -156,6 +159,7 @@ def test_every_engine_option_reaches_the_engine(
         "fused_adapters": 0,
         "loss_positions_only": {False},
         "device": {"cpu"},
+        "precision": {"torch.bfloat16"},
         "base_model_name": "my-base-model",
         "job_id": {"[job ftjob-options"},
     }
@@ -241,6 +245,7 @@ def test_every_option_the_api_stores_is_known_to_the_worker() -> None:
             "keep_checkpoints": 2,
             "max_run_seconds": 60,
             "pool": "default",
+            "precision": "bf16",
         }
     )
     from core.jobs.hyperparams import resolve_training
@@ -261,6 +266,7 @@ def test_every_option_the_api_stores_is_known_to_the_worker() -> None:
         lr_scheduler="linear",
         gradient_checkpointing=False,
         micro_batch_tokens=8192,
+        precision="bf16",
     )
     assert set(stored) == {f.name for f in fields(JobOptions)} | PLATFORM_JOB_OPTIONS
 
@@ -285,9 +291,11 @@ def test_build_spec_turns_job_options_into_the_typed_spec() -> None:
     spec = build_spec(_job(max_seq_length=128, checkpoint_every_n_steps=3, keep_checkpoints=1))
     assert spec.learning_rate == learning_rate("lora", 2.0)
     assert (spec.max_seq_length, spec.checkpoint_every_n_steps) == (128, 3)
+    # A worker trains in the precision it detects unless the job forces one.
     assert spec.options == EngineOptions(
-        base_model_name="smollm2-135m-instruct", job_id="ftjob-abc"
+        base_model_name="smollm2-135m-instruct", job_id="ftjob-abc", precision="auto"
     )
+    assert build_spec(_job(precision="fp32")).options.precision == "fp32"
     # The job's learning_rate is the one override: it replaces the multiplied base rate.
     assert build_spec(_job(learning_rate=5e-5)).learning_rate == 5e-5
 

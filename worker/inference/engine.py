@@ -6,6 +6,13 @@ waits behind another organization's long answers, requests take turns on the mod
 (``worker.inference.turns``: round-robin by organization) and generate at most
 ``slice_tokens`` tokens per turn, keeping their KV cache, sampling state and stop watcher
 between turns; each turn selects the request's own adapter again.
+
+An adapter trained on a quantized base (its directory holds ``base_quantization.json``, see
+``worker.training.quantization``) is served on the base loaded the same way (NF4 or int8, same
+compute dtype), a base of its own next to the full-precision one: the adapter learned to correct
+the quantized weights, so this reproduces what it was trained and validated on, and keeps the
+memory saving. (The merged export de-quantizes and merges instead, for engines that cannot load
+a quantized base.)
 """
 
 from __future__ import annotations
@@ -113,20 +120,35 @@ class InferenceEngine:
         """
         return list(self._snapshot)
 
-    def _base(self, name: str) -> _Base:
-        base = self._bases.get(name)
+    def _base(self, name: str, quantization: dict[str, Any] | None = None) -> _Base:
+        """Base model ``name``, quantized as ``quantization`` records (a base of its own)."""
+        key = name if quantization is None else f"{name}@{quantization['method']}"
+        base = self._bases.get(key)
         if base is not None:
-            self._bases.move_to_end(name)
+            self._bases.move_to_end(key)
             return base
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = self.model_dir(name)
-        log.info("loading base model %s from %s", name, model_dir)
+        log.info("loading base model %s from %s", key, model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        if quantization is None:
+            model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        else:
+            import torch
+
+            from worker.training.quantization import compute_dtype_of, load_quantized
+
+            # On the CPU, as the full-precision bases are.
+            model = load_quantized(
+                model_dir,
+                quantization["method"],
+                compute_dtype_of(quantization),
+                torch.device("cpu"),
+            ).eval()
         context = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
-        base = _Base(name=name, model=model, tokenizer=tokenizer, context_length=context)
-        self._bases[name] = base
+        base = _Base(name=key, model=model, tokenizer=tokenizer, context_length=context)
+        self._bases[key] = base
         while len(self._bases) > MAX_BASE_MODELS:
             old_name, old = self._bases.popitem(last=False)
             for adapter in old.adapters:
@@ -223,12 +245,19 @@ class InferenceEngine:
         on_text: Callable[[str], None] | None,
         cancel: threading.Event,
     ) -> Completion:
+        from worker.training.quantization import read_quantization
+
         run: _Run | None = None
+        quantization: dict[str, Any] | None = None
         while run is None or not run.finished:
             with self._turns.turn(organization):
+                if run is None and adapter is not None:
+                    # How the adapter's base was quantized picks the base it is served on.
+                    path = ensure_adapter(self.store, self.adapter_dir, adapter)
+                    quantization = read_quantization(path)
                 # Loaded again each turn: meanwhile another request may have switched the
                 # adapter, evicted it, or unloaded the base (the KV cache stays valid).
-                base = self._base(base_name)
+                base = self._base(base_name, quantization)
                 if adapter is not None:
                     self._attach(base, adapter)
                 self._snapshot = tuple(self._adapters)

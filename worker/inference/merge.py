@@ -4,6 +4,11 @@ For serving engines that cannot load a DoRA adapter (vLLM, LoRAX): ``merge_and_u
 the low-rank update (and DoRA's magnitude) into the weights, so the result loads with
 ``AutoModelForCausalLM.from_pretrained`` alone. Built once per job and kept in the object store
 at ``jobs/<job id>/merged.tar.gz``.
+
+An adapter trained on a quantized base (QLoRA / QDoRA, ``worker.training.quantization``) learned
+to correct the quantized weights: the base is quantized the same way, de-quantized into plain
+linear layers, and only then merged, so the merged model computes what the adapter was trained
+against (merging into the original weights would add back the quantization error it corrected).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from core.storage.objects import ObjectStore
 from worker.inference.adapters import AdapterRef, ensure_adapter
@@ -31,12 +37,23 @@ def merged_key(job_id: str) -> str:
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, dest: Path) -> Path:
     """Write ``base + adapter`` merged into ``dest`` (config, safetensors, tokenizer files)."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from worker.training.quantization import compute_dtype_of, dequantized_base, read_quantization
+
     # A fresh copy of the base: merging rewrites weights in place, and the serving copy must
     # stay the plain base model.
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    quantized = read_quantization(adapter_dir)
+    base: Any
+    if quantized is None:
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+    else:
+        log.info("de-quantizing the %s base before merging", quantized["method"])
+        base = dequantized_base(
+            base_dir, quantized["method"], compute_dtype_of(quantized), torch.float32
+        )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     dest.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(dest, safe_serialization=True)

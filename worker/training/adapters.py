@@ -31,6 +31,12 @@ def validate_adapter_spec(spec: AdapterSpec) -> None:
         raise ValueError(f"adapter dropout must be in [0, 1), got {spec.dropout}")
     if not spec.target_modules:
         raise ValueError("adapter target_modules must not be empty")
+    if spec.quantization not in (None, "nf4", "int8"):
+        raise ValueError(f'quantization must be "nf4", "int8" or None, got {spec.quantization!r}')
+    if spec.quantization == "int8" and spec.type == "dora":
+        # PEFT's DoRA initialisation de-quantizes the 8-bit weight and leaves the CPU layer
+        # without its scales (the first forward fails): QDoRA is NF4 only.
+        raise ValueError('a DoRA adapter needs quantization "nf4" or None, not "int8"')
 
 
 def build_peft_config(spec: AdapterSpec) -> LoraConfig:
@@ -60,7 +66,15 @@ def attach_adapter(model: PreTrainedModel, spec: AdapterSpec) -> PeftModel:
     The adapter's random initialisation (LoRA's A matrices) draws from torch's global RNG, so
     seed before calling this for reproducible runs. At initialisation the adapted model computes
     exactly what the base model computes (B = 0; DoRA's magnitude = the base column norms).
+
+    On a quantized base (``spec.quantization``) PEFT's ``prepare_model_for_kbit_training``
+    runs first: it freezes the base and keeps its unquantized parameters (norms, embeddings,
+    head) in float32; gradient checkpointing stays the caller's choice.
     """
+    if spec.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_model = get_peft_model(model, build_peft_config(spec))
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(

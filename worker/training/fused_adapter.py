@@ -19,10 +19,17 @@ functions. ``g`` uses the factored, detached weight norm of :mod:`worker.trainin
 DoRA layers take the fused path only once :func:`~worker.training.fast_dora.enable_fast_dora`
 ran.
 
+Mixed precision: over a bf16 base PEFT keeps the adapter in float32 (its optimizer state and
+updates stay exact); the fused path multiplies in the input's dtype with a bf16 view of ``A``
+and ``s g B`` (autograd casts the gradients back to float32), while DoRA's norm and gain are
+taken in float32 and rounded once. PEFT's bf16 forward instead runs the adapter product in
+float32 and rounds the sum: the two agree within bf16 rounding. Under ``torch.autocast`` the
+products run in the autocast dtype as PEFT's do.
+
 Only the plain case is taken over: one active adapter without ``lora_bias``, no dropout in
-training, an unmerged ``nn.Linear`` base whose weight, input and adapter share a dtype. Anything
-else runs PEFT's own forward: dropout, mixed adapter batches, merged or quantised layers, and a
-GPU run in bf16, where PEFT keeps the adapter in float32. Saving, loading and merging are
+training, an unmerged ``nn.Linear`` base whose weight and input share a floating dtype, and a
+floating adapter. Anything else runs PEFT's own forward: dropout, mixed adapter batches, merged
+or quantized (bitsandbytes) layers. Saving, loading and merging are
 untouched: the layers keep their class's state dict and only their forward changes.
 """
 
@@ -61,7 +68,7 @@ class FusedLoraLinear(LoraLinear):
         dtype = base.weight.dtype
         if not dtype.is_floating_point or x.dtype != dtype:
             return None
-        if self.lora_A[name].weight.dtype != dtype:
+        if not self.lora_A[name].weight.dtype.is_floating_point:
             return None
         if getattr(self.lora_B[name], "bias", None) is not None:
             return None  # lora_bias=True: B carries a bias the fused product leaves out
@@ -81,17 +88,20 @@ class FusedLoraLinear(LoraLinear):
         lora_a = cast(torch.Tensor, self.lora_A[name].weight)
         lora_b = cast(torch.Tensor, self.lora_B[name].weight)
         scaling = self.scaling[name]
-        down = F.linear(x2, lora_a)  # [tokens, r]
+        down = F.linear(x2, lora_a.to(x.dtype))  # [tokens, r]
         if name in self.lora_magnitude_vector:
             magnitude = cast(FastDoraLinearLayer, self.lora_magnitude_vector[name])
-            norm = magnitude._adapted_norm(weight, lora_a, lora_b, scaling).to(x.dtype)
-            gain = cast(torch.Tensor, magnitude.weight) / norm  # [out]; detached, as in PEFT
+            norm = magnitude._adapted_norm(weight, lora_a, lora_b, scaling)  # float32
+            # [out]; the norm is detached, as in PEFT; the magnitude (float32) gets gradients.
+            gain = cast(torch.Tensor, magnitude.weight).float() / norm
             plain = F.linear(x2, weight)
-            scaled = plain * gain if bias is None else torch.addcmul(bias, plain, gain)
-            up = lora_b * (scaling * gain).unsqueeze(1)
-            out = torch.addmm(scaled, down, up.t())
+            out_gain = gain.to(plain.dtype)
+            scaled = plain * out_gain if bias is None else torch.addcmul(bias, plain, out_gain)
+            up = lora_b.float() * (scaling * gain).unsqueeze(1)
+            out = torch.addmm(scaled, down, up.to(down.dtype).t())
         else:
-            out = torch.addmm(F.linear(x2, weight, bias), down, (lora_b * scaling).t())
+            up = (lora_b * scaling).to(down.dtype)
+            out = torch.addmm(F.linear(x2, weight, bias), down, up.t())
         return out.reshape(*lead, out.shape[-1])
 
 

@@ -17,6 +17,12 @@ from typing import Any, Literal, get_args
 LrScheduler = Literal["linear", "cosine", "constant"]
 LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+"""The numeric precision of training (``worker.training.precision``): ``"auto"`` picks bf16 on a
+GPU that has it or a CPU with fast bf16 matrix products (AMX / AVX512-BF16), fp32 elsewhere;
+the others force one."""
+
 GROUP_SIZE_MULTIPLIER = 1
 """Length grouping sorts within shuffled groups of ``batch_size * GROUP_SIZE_MULTIPLIER``.
 
@@ -67,6 +73,10 @@ class EngineOptions:
       (``worker.training.logits``).
     * ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` instead of the automatic
       choice (a CUDA GPU when there is one).
+    * ``precision``: :data:`Precision`; bf16 keeps the frozen base in bf16 and the adapter,
+      optimizer state and loss in float32. ``None`` (the engine's default, exact and
+      unchanged): bf16 on a CUDA GPU that has it, fp32 elsewhere; the worker passes the job's
+      ``precision`` option, ``"auto"`` unless the job forces one.
 
     Labels:
 
@@ -87,6 +97,7 @@ class EngineOptions:
     fused_adapters: bool = True
     loss_positions_only: bool = True
     device: str | None = None
+    precision: Precision | None = None
     base_model_name: str | None = None
     job_id: str | None = None
 
@@ -104,6 +115,8 @@ class EngineOptions:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _check_device(self.device)
+        if self.precision is not None:
+            _check_precision(self.precision)
         for name in ("base_model_name", "job_id"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -122,10 +135,12 @@ class JobOptions:
     ``learning_rate`` is the one learning-rate override: an absolute rate that replaces the
     adapter type's base rate times ``learning_rate_multiplier``. ``max_seq_length``,
     ``checkpoint_every_n_steps``, ``warmup_ratio``, ``weight_decay`` and
-    ``gradient_checkpointing`` go to the same-named ``TrainSpec`` fields; ``lr_scheduler`` and
-    ``micro_batch_tokens`` to :class:`EngineOptions`. The job's ``training`` options
-    (``core.jobs.hyperparams.TrainingOptions``) are stored resolved, so none is ``"auto"``
-    here; ``None`` keeps the engine's default.
+    ``gradient_checkpointing`` go to the same-named ``TrainSpec`` fields; ``lr_scheduler``,
+    ``micro_batch_tokens`` and ``precision`` to :class:`EngineOptions`. The job's ``training``
+    options (``core.jobs.hyperparams.TrainingOptions``) are stored resolved, so none is
+    ``"auto"`` here; ``None`` keeps the engine's default. ``precision`` forces fp32 or bf16
+    instead of the worker's automatic choice (:data:`Precision`; a job without one trains
+    with ``"auto"``).
     """
 
     learning_rate: float | None = None
@@ -136,6 +151,7 @@ class JobOptions:
     lr_scheduler: LrScheduler | None = None
     gradient_checkpointing: bool | None = None
     micro_batch_tokens: int | None = None
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         rate = self.learning_rate
@@ -155,17 +171,20 @@ class JobOptions:
         checkpointing = self.gradient_checkpointing
         if checkpointing is not None and not isinstance(checkpointing, bool):
             raise ValueError(f"gradient_checkpointing must be True or False, got {checkpointing!r}")
+        if self.precision is not None:
+            _check_precision(self.precision)
 
     def engine_options(self, **labels: Any) -> EngineOptions:
         """The :class:`EngineOptions` of this job: its ``lr_scheduler`` and
-        ``micro_batch_tokens`` where set, the defaults otherwise, plus ``labels``
-        (``base_model_name``, ``job_id``)."""
+        ``micro_batch_tokens`` where set, the defaults otherwise, its ``precision``
+        (``"auto"`` unless the job forces one), plus ``labels`` (``base_model_name``,
+        ``job_id``)."""
         chosen = {
             name: getattr(self, name)
             for name in ("lr_scheduler", "micro_batch_tokens")
             if getattr(self, name) is not None
         }
-        return EngineOptions(**chosen, **labels)
+        return EngineOptions(**chosen, precision=self.precision or "auto", **labels)
 
     @classmethod
     def from_stored(cls, options: Mapping[str, Any] | None) -> JobOptions:
@@ -214,6 +233,11 @@ def _check_fraction(obj: object, name: str, *, below: float | None) -> None:
     ):
         bound = f" and < {below}" if below is not None else ""
         raise ValueError(f"{name} must be a number >= 0{bound} or None, got {value!r}")
+
+
+def _check_precision(precision: object) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def _check_device(device: object) -> None:

@@ -58,6 +58,7 @@ from worker.training.data import (
 from worker.training.logits import split_head, target_logits
 from worker.training.options import GROUP_SIZE_MULTIPLIER, LR_SCHEDULERS
 from worker.training.parallel import DataParallel
+from worker.training.precision import resolve_dtype
 from worker.training.spec import (
     METRIC_KEYS,
     CheckpointInfo,
@@ -202,11 +203,17 @@ def _validate(spec: TrainSpec) -> None:
 
 
 def _load_model(
-    base_model_dir: Path, device: torch.device, dtype: torch.dtype
+    base_model_dir: Path, device: torch.device, dtype: torch.dtype, quantization: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model in ``dtype`` on ``device``, its linear layers quantized by
+    ``quantization`` ("nf4" or "int8", computing in ``dtype``) when set, and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    if quantization is not None:
+        from worker.training.quantization import load_quantized
+
+        return load_quantized(base_model_dir, quantization, dtype, device), tokenizer
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
     model.to(device)  # type: ignore[arg-type]  # transformers' typed wrapper of Module.to is wrong
     return model, tokenizer
@@ -322,7 +329,12 @@ def _extra_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | Non
     return {k: v for k, v in metrics.items() if k not in METRIC_KEYS}
 
 
-def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | None) -> None:
+def _save_adapter(
+    model: PeftModel,
+    output_dir: Path,
+    base_model_name: str | None,
+    quantization: tuple[str, torch.dtype] | None = None,
+) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for cfg in model.peft_config.values():
         if base_model_name:
@@ -341,6 +353,10 @@ def _save_adapter(model: PeftModel, output_dir: Path, base_model_name: str | Non
     card = output_dir / "README.md"
     if card.exists():
         card.unlink()
+    if quantization is not None:
+        from worker.training.quantization import write_quantization
+
+        write_quantization(output_dir, *quantization)
 
 
 def train(
@@ -390,7 +406,8 @@ def train(
     """
     _validate(spec)
     parallel = DataParallel.current()
-    device, dtype = select_device(spec.options.device, parallel)
+    device, _ = select_device(spec.options.device, parallel)
+    dtype = resolve_dtype(spec.options.precision, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
@@ -441,7 +458,10 @@ class _Run:
         resume_from: Path | None,
     ) -> None:
         spec = self.spec
-        base, tokenizer = _load_model(base_model_dir, self.device, self.dtype)
+        quantization = spec.adapter.quantization
+        base, tokenizer = _load_model(base_model_dir, self.device, self.dtype, quantization)
+        # How a quantized base was stored goes with every adapter it trains (serving, merging).
+        self.quantization = (quantization, self.dtype) if quantization else None
         max_len = resolve_max_seq_length(spec, base.config)
         load = _preference_loader() if spec.dpo is not None else load_dataset
         dataset = load(training_file, tokenizer, max_len)
@@ -556,7 +576,10 @@ class _Run:
 
     def _fingerprint(self, max_len: int) -> dict[str, Any]:
         spec = self.spec
+        # Only a quantized run adds its key: checkpoints of full-precision runs stay valid.
+        quantized = {"quantization": spec.adapter.quantization} if self.quantization else {}
         return {
+            **quantized,
             "n_examples": len(self.examples),
             "n_tokens": sum(self.lengths),
             "n_valid_examples": len(self.valid),
@@ -796,7 +819,9 @@ class _Run:
                     self.optimizer,
                     self.scheduler,
                     state,
-                    lambda m, d: _save_adapter(m, d, self.options.base_model_name),
+                    lambda m, d: _save_adapter(
+                        m, d, self.options.base_model_name, self.quantization
+                    ),
                 )
                 # The step's epoch, 1-based; a pause before any step belongs to epoch 1.
                 epoch = max(1, math.ceil(state.step / self.steps_per_epoch))
@@ -820,7 +845,7 @@ class _Run:
     def save(self, output_dir: Path) -> TrainResult:
         """Write the final adapter (rank 0) and return the run's totals."""
         if self.parallel.is_main:
-            _save_adapter(self.model, output_dir, self.options.base_model_name)
+            _save_adapter(self.model, output_dir, self.options.base_model_name, self.quantization)
             logger.info(
                 "[job %s] saved adapter to %s after %d steps", self.job, output_dir, self.state.step
             )

@@ -15,13 +15,18 @@ from worker.training.options import EngineOptions
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Which PEFT adapter to train. ``type == "dora"`` sets ``use_dora=True``."""
+    """Which PEFT adapter to train. ``type == "dora"`` sets ``use_dora=True``.
+
+    ``quantization`` stores the frozen base in 4-bit NF4 (``"nf4"``, QLoRA/QDoRA) or 8-bit
+    (``"int8"``) with bitsandbytes while the adapter trains in float32.
+    """
 
     type: Literal["lora", "dora"] = "dora"
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"
+    quantization: Literal["nf4", "int8"] | None = None
 
 
 @dataclass(frozen=True)
