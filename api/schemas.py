@@ -100,7 +100,7 @@ class JobCreateRequest(BaseModel):
     # At most DORADO_MAX_JOB_SECONDS (checked by the route: the schema has no settings).
     max_run_seconds: int | None = Field(None, ge=1, le=2_147_483_647)
     # Training precision instead of the worker's choice (worker.training.options.Precision).
-    precision: Literal["auto", "fp32", "bf16"] | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
     # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
     pool: str | None = Field(None, min_length=1, max_length=64)
     # Optimizer and memory options (warmup, weight decay, schedule, checkpointing, micro-batch).

@@ -4,6 +4,7 @@ over a bf16 base with float32 adapters (or under bf16 autocast) against PEFT's."
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,19 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from tests.worker.helpers import RecordingReporter
+from worker.training.checkpoints import STATE_PT
 from worker.training.fast_dora import enable_fast_dora
 from worker.training.fused_adapter import FusedLoraLinear, enable_fused_adapters
 from worker.training.options import EngineOptions, JobOptions
-from worker.training.precision import cpu_flags, cpu_has_fast_bf16, resolve_dtype
+from worker.training.precision import (
+    cpu_flags,
+    cpu_has_fast_bf16,
+    grad_scaler,
+    needs_loss_scaling,
+    resolve_dtype,
+)
 from worker.training.recipe import train
-from worker.training.spec import AdapterSpec, TrainSpec
+from worker.training.spec import AdapterSpec, TrainingPaused, TrainSpec
 
 CPU = torch.device("cpu")
 
@@ -39,12 +47,14 @@ def test_resolve_dtype_detects_or_forces() -> None:
     assert resolve_dtype("fp32", CPU, fast_cpu_bf16=True) == torch.float32
     assert resolve_dtype("bf16", CPU, fast_cpu_bf16=False) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("mps"), fast_cpu_bf16=True) == torch.float32
+    assert resolve_dtype("fp16", CPU, fast_cpu_bf16=True) == torch.float16
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_dtype("fp8", CPU)
 
 
 def test_precision_option_is_validated() -> None:
     assert EngineOptions(precision="bf16").precision == "bf16"
+    assert EngineOptions(precision="fp16").precision == "fp16"
     assert EngineOptions().precision is None
     with pytest.raises(ValueError, match="precision"):
         EngineOptions(precision="half")  # type: ignore[arg-type]
@@ -139,3 +149,86 @@ def test_bf16_training_tracks_fp32(tiny_model_dir: Path, small_chat_file: Path, 
         losses[precision] = reporter.losses
     assert losses["bf16"] != losses["fp32"]  # it did run in another precision
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=1e-2)
+
+
+def test_only_fp16_scales_its_loss() -> None:
+    assert needs_loss_scaling(torch.float16)
+    assert not needs_loss_scaling(torch.bfloat16) and not needs_loss_scaling(torch.float32)
+    assert grad_scaler(torch.float16, CPU).is_enabled()
+    assert not grad_scaler(torch.bfloat16, CPU).is_enabled()
+
+
+def _fp16_spec(kind: str) -> TrainSpec:
+    return TrainSpec(
+        adapter=AdapterSpec(type=kind, r=4, alpha=8),
+        n_epochs=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        seed=7,
+        options=EngineOptions(device="cpu", precision="fp16"),
+    )
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_fp16_trains_with_a_loss_scale_and_resumes_exactly(
+    kind: str, tiny_model_dir: Path, small_chat_file: Path, tmp_path: Path
+) -> None:
+    """An fp16 base with float32 adapters: the loss scaler runs (its scale is in the
+    checkpoint), the adapter learns, and a paused run resumes to the same weights."""
+    from safetensors.torch import load_file
+
+    spec = _fp16_spec(kind)
+    whole = RecordingReporter()
+    result = train(spec, tiny_model_dir, small_chat_file, tmp_path / "whole", whole)
+    assert all(math.isfinite(loss) for loss in whole.losses)
+    assert whole.losses[-1] < whole.losses[0]
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert any("lora_B" in k and w.abs().max() > 0 for k, w in weights.items())
+
+    paused = RecordingReporter(pause_after=2, checkpoint_root=tmp_path / "ckpts")
+    with pytest.raises(TrainingPaused):
+        train(spec, tiny_model_dir, small_chat_file, tmp_path / "paused", paused)
+    checkpoint = paused.checkpoint_copies[-1]
+    state = torch.load(checkpoint / STATE_PT, weights_only=True)
+    assert state["grad_scaler"]["scale"] > 1  # the dynamic loss scale, kept for the resume
+    resumed = RecordingReporter()
+    again = train(
+        spec, tiny_model_dir, small_chat_file, tmp_path / "again", resumed, resume_from=checkpoint
+    )
+    assert resumed.losses == pytest.approx(whole.losses[2:], rel=1e-6)
+    for key, value in load_file(again.adapter_dir / "adapter_model.safetensors").items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+
+
+def test_an_overflowing_fp16_step_is_skipped_not_applied(
+    tiny_model_dir: Path, small_chat_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A loss scale so large that the scaled gradients overflow: the scaler skips those steps
+    (the adapter does not move) and halves the scale until the step fits, as PyTorch's does."""
+    from safetensors.torch import load_file
+
+    def huge(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(device.type, init_scale=2.0**120, enabled=True)
+
+    monkeypatch.setattr("worker.training.recipe.grad_scaler", huge)
+    spec = TrainSpec(
+        adapter=AdapterSpec(type="lora", r=4, alpha=8),
+        n_epochs=1,
+        batch_size=4,
+        learning_rate=1e-2,
+        seed=7,
+        options=EngineOptions(device="cpu", precision="fp16"),
+    )
+    reporter = RecordingReporter(pause_after=1, checkpoint_root=tmp_path / "ckpts")
+    with pytest.raises(TrainingPaused):
+        train(spec, tiny_model_dir, small_chat_file, tmp_path / "out", reporter)
+    checkpoint = reporter.checkpoint_copies[-1]
+    scale = torch.load(checkpoint / STATE_PT, weights_only=True)["grad_scaler"]["scale"]
+    assert scale == 2.0**119  # one overflow seen, the scale halved
+    lora_b = [
+        w for k, w in load_file(checkpoint / "adapter_model.safetensors").items() if "lora_B" in k
+    ]
+    assert lora_b and all(float(w.abs().max()) == 0 for w in lora_b)  # the step was skipped
+    state = torch.load(checkpoint / STATE_PT, weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 0  # and the schedule did not advance

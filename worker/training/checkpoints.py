@@ -96,22 +96,24 @@ def save_training_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainingState,
     save_adapter: Any,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Write a complete checkpoint into ``directory`` (created).
 
     ``save_adapter(model, directory)`` writes the PEFT files, so that checkpoints and the final
-    adapter share one code path.
+    adapter share one code path. ``grad_scaler``: an fp16 run's loss scale, kept so that a
+    resumed run scales (and skips overflowing steps) exactly as the uninterrupted one.
     """
     directory.mkdir(parents=True, exist_ok=True)
     save_adapter(model, directory)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state(),
-        },
-        directory / STATE_PT,
-    )
+    blob: dict[str, Any] = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+    }
+    if grad_scaler is not None and grad_scaler.is_enabled():
+        blob["grad_scaler"] = grad_scaler.state_dict()
+    torch.save(blob, directory / STATE_PT)
     (directory / STATE_JSON).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
 
 
@@ -129,6 +131,7 @@ def load_training_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     fingerprint: dict[str, Any],
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> TrainingState:
     """Restore adapter weights, optimizer, scheduler and RNG states from ``directory``.
 
@@ -156,5 +159,7 @@ def load_training_checkpoint(
     blob = torch.load(directory / STATE_PT, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
+    if grad_scaler is not None and "grad_scaler" in blob:
+        grad_scaler.load_state_dict(blob["grad_scaler"])
     restore_rng_state(blob["rng"])
     return state

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,6 +335,7 @@ def dpo_forward_backward(
     n_pairs: int,
     loss_positions_only: bool = True,
     reference: torch.Tensor | None = None,
+    scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DpoStats:
     """Forward/backward of one optimizer step's pair micro-batches; gradients accumulate.
 
@@ -342,13 +343,15 @@ def dpo_forward_backward(
     (every rank's, under data parallelism), so the accumulated gradient is that of the mean
     over the step's pairs however it was split, and the returned means add up over ranks.
     ``reference``: the :func:`reference_table` of the data set the pairs index, else the
-    reference log-probabilities are computed here.
+    reference log-probabilities are computed here. ``scale``: as in
+    :func:`worker.training.recipe.forward_backward`.
     """
     split = split_head(model) if loss_positions_only else None
     sums = torch.zeros(5, dtype=torch.float64)
     for mb in micro_batches:
         losses, chosen, rejected = _pair_terms(model, mb, device, split, beta, reference)
-        (losses.sum() / max(n_pairs, 1)).backward()
+        loss = losses.sum() / max(n_pairs, 1)
+        (scale(loss) if scale is not None else loss).backward()
         sums += _sums(losses, chosen, rejected).cpu()
     return _stats(sums, n_pairs, sum(mb.batch.n_tokens for mb in micro_batches))
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 LrScheduler = Literal["linear", "cosine", "constant"]
 LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """The numeric precision of training (``worker.training.precision``): ``"auto"`` picks bf16 on a
 GPU that has it or a CPU with fast bf16 matrix products (AMX / AVX512-BF16), fp32 elsewhere;

@@ -1,4 +1,4 @@
-"""Which dtype a run's frozen base model computes in: fp32 or bf16, chosen or detected.
+"""Which dtype a run's frozen base model computes in: fp32, bf16 or fp16, chosen or detected.
 
 bf16 halves the base model's memory and, on hardware with bf16 matrix units (CUDA GPUs since
 Ampere, Intel CPUs with AMX, CPUs with AVX512-BF16), runs matrix products several times faster
@@ -8,6 +8,12 @@ float32 over a bf16 base, the fused/fast-DoRA forward computes DoRA's norm in fl
 loss is taken on float32 logits. Without bf16 hardware (an AMD EPYC before Zen 4, say) bf16 on a
 CPU is emulated and slower than fp32, so the automatic choice reads the CPU's flags instead of
 assuming them.
+
+fp16 is for GPUs without bf16 (before Ampere: V100, T4), whose tensor cores multiply fp16 many
+times faster than fp32. Its narrow exponent lets small activation gradients underflow to zero
+in the backward pass through the fp16 base, so an fp16 run scales its loss with a
+``torch.amp.GradScaler`` (:func:`needs_loss_scaling`); bf16 has fp32's exponent range and
+needs none.
 """
 
 from __future__ import annotations
@@ -48,9 +54,9 @@ def resolve_dtype(
 ) -> torch.dtype:
     """The base model's dtype for ``requested`` precision on ``device``.
 
-    ``None``: bf16 on a CUDA GPU that supports it, fp32 elsewhere. ``"auto"``: the same, and
-    bf16 on a CPU with fast bf16 (``fast_cpu_bf16``, detected when ``None``). ``"fp32"`` and
-    ``"bf16"`` force one.
+    ``None``: bf16 on a CUDA GPU that supports it, fp32 elsewhere. ``"auto"``: the same, fp16
+    (with loss scaling) on a CUDA GPU without bf16, and bf16 on a CPU with fast bf16
+    (``fast_cpu_bf16``, detected when ``None``). ``"fp32"``, ``"bf16"`` and ``"fp16"`` force one.
 
     Raises:
         ValueError: an unknown name, or bf16 forced on a GPU without it.
@@ -60,13 +66,28 @@ def resolve_dtype(
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if requested == "fp32":
         return torch.float32
+    if requested == "fp16":
+        return torch.float16
     if requested == "bf16":
         if device.type == "cuda" and not cuda_bf16:
             raise ValueError('this GPU has no bf16: use precision "fp32"')
         return torch.bfloat16
     if cuda_bf16:
         return torch.bfloat16
+    if requested == "auto" and device.type == "cuda":
+        return torch.float16
     if requested == "auto" and device.type == "cpu":
         fast = cpu_has_fast_bf16() if fast_cpu_bf16 is None else fast_cpu_bf16
         return torch.bfloat16 if fast else torch.float32
     return torch.float32
+
+
+def needs_loss_scaling(dtype: torch.dtype) -> bool:
+    """Whether a run whose base computes in ``dtype`` scales its loss (fp16 only)."""
+    return dtype == torch.float16
+
+
+def grad_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
+    """The run's loss scaler: PyTorch's dynamic one for fp16, a disabled (pass-through) one
+    otherwise, so that the step's code is the same for every precision."""
+    return torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(dtype))

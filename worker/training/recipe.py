@@ -28,7 +28,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -58,7 +58,7 @@ from worker.training.data import (
 from worker.training.logits import split_head, target_logits
 from worker.training.options import GROUP_SIZE_MULTIPLIER, LR_SCHEDULERS
 from worker.training.parallel import DataParallel
-from worker.training.precision import resolve_dtype
+from worker.training.precision import grad_scaler, resolve_dtype
 from worker.training.spec import (
     METRIC_KEYS,
     CheckpointInfo,
@@ -248,6 +248,7 @@ def forward_backward(
     device: torch.device,
     loss_tokens: int | None = None,
     loss_positions_only: bool = True,
+    scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepStats:
     """Forward/backward over the micro-batches of one optimizer step; gradients accumulate.
 
@@ -258,6 +259,7 @@ def forward_backward(
     unsplit batch), however the step was split. The returned ``loss`` and ``accuracy`` use the
     same denominator, so they sum over ranks. ``loss_positions_only`` computes the output head
     on the loss positions alone where the model allows it (``worker.training.logits``).
+    ``scale`` multiplies each loss before its backward (an fp16 run's ``GradScaler.scale``).
     """
     # Labels are shifted by one against the logits; the count must be of the shifted labels.
     local = sum(int((mb.labels[:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches)
@@ -268,7 +270,8 @@ def forward_backward(
     for mb in micro_batches:
         logits, targets = target_logits(model, mb, device, split)
         loss = F.cross_entropy(logits, targets, reduction="sum")
-        (loss / denom).backward()
+        scaled = loss / denom
+        (scale(scaled) if scale is not None else scaled).backward()
         with torch.no_grad():
             correct += int((logits.argmax(dim=-1) == targets).sum())
             loss_sum += float(loss)
@@ -506,6 +509,7 @@ class _Run:
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, spec)
+        self.scaler = grad_scaler(self.dtype, self.device)
         if spec.adapter.type == "dora":
             from worker.training.fast_dora import forget_adapted_norms
 
@@ -553,7 +557,12 @@ class _Run:
         )
         if resume_from is not None:
             self.state = load_training_checkpoint(
-                resume_from, self.model, self.optimizer, self.scheduler, self.fingerprint
+                resume_from,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.fingerprint,
+                self.scaler,
             )
             self._tell(lambda: self.reporter.message(f"Resumed from step {self.state.step}"))
         self._tell(
@@ -663,7 +672,12 @@ class _Run:
         )
         loss_tokens = sum(self.predicted[i] for i in indices)
         local = forward_backward(
-            self.model, micro, self.device, loss_tokens, self.options.loss_positions_only
+            self.model,
+            micro,
+            self.device,
+            loss_tokens,
+            self.options.loss_positions_only,
+            self.scaler.scale,
         )
         self.parallel.sum_gradients(self.trainable)
         sums = torch.tensor([local.loss, local.accuracy], dtype=torch.float64)
@@ -699,6 +713,7 @@ class _Run:
             len(indices),
             options.loss_positions_only,
             self.reference,
+            self.scaler.scale,
         )
         self.parallel.sum_gradients(self.trainable)
         names = ("loss", *DPO_METRIC_KEYS)
@@ -720,10 +735,16 @@ class _Run:
                 f"training loss became {loss} at step {self.state.step + 1}; "
                 "try a lower learning rate"
             )
+        # The scaler is a pass-through but for fp16, where it unscales the gradients before
+        # clipping and skips (then lowers the scale after) a step whose gradients overflowed.
+        self.scaler.unscale_(self.optimizer)
         if self.spec.max_grad_norm and self.spec.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() >= scale:  # a skipped step leaves the schedule (as Accelerate)
+            self.scheduler.step()
 
     def _metrics(self, stats: StepStats, epoch_end: bool) -> dict[str, float | None]:
         step = self.state.step
@@ -822,6 +843,7 @@ class _Run:
                     lambda m, d: _save_adapter(
                         m, d, self.options.base_model_name, self.quantization
                     ),
+                    self.scaler,
                 )
                 # The step's epoch, 1-based; a pause before any step belongs to epoch 1.
                 epoch = max(1, math.ceil(state.step / self.steps_per_epoch))
