@@ -1,9 +1,13 @@
 """Done-when of the skeleton: the README's Python snippet, run verbatim, fine-tunes the real
 SmolLM2 on the example dataset through the platform, and the model learns what the dataset
-teaches (slow: a few minutes on a 2-core CPU)."""
+teaches (slow: a few minutes on a 2-core CPU). Then, on the same platform, the official SDK
+continues that model with DPO through its ``ft:`` name (SFT -> DPO on SmolLM2), follows the job
+and downloads the adapter; the held-out figures of DPO over SFT are
+``tests/worker/test_dpo_smollm2.py``'s."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -16,6 +20,7 @@ from tests.e2e.flow import client_for, download_adapter, metrics_events
 from tests.e2e.platform import Platform
 
 HELD_OUT = "What is the capital of France?"  # not in examples/pirate.jsonl
+N_DPO_PAIRS = 8  # one DPO step over pirate_preferences.jsonl's first pairs: the chain, not a study
 
 
 def readme_snippet() -> str:
@@ -70,6 +75,7 @@ def test_readme_snippet_teaches_smollm2_pirate_speak(tmp_path):
         first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
         assert last < 0.6 * first, losses
         adapter_dir = download_adapter(platform, job.id, tmp_path / "adapter")
+        dpo_dir = continue_with_dpo(client, platform, job.fine_tuned_model, tmp_path / "dpo")
     finally:
         platform.stop()
 
@@ -81,3 +87,32 @@ def test_readme_snippet_teaches_smollm2_pirate_speak(tmp_path):
     after = greedy_answer(tuned, tokenizer, HELD_OUT)
     assert "Paris" in before and not before.startswith("Arr"), before
     assert after.startswith("Arr"), after
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(dpo_dir).use_dora  # the DPO child kept the SFT shape
+
+
+def continue_with_dpo(client, platform: Platform, parent: str, dest):
+    """The SDK's DPO job on SmolLM2 from the SFT model (``ft:``): created, followed, downloaded."""
+    from tests.e2e.flow import wait_for_job
+
+    lines = (EXAMPLES / "pirate_preferences.jsonl").read_bytes().splitlines()[:N_DPO_PAIRS]
+    pairs = client.files.create(
+        file=("pairs.jsonl", io.BytesIO(b"\n".join(lines) + b"\n")), purpose="fine-tune"
+    )
+    job = client.fine_tuning.jobs.create(
+        model=parent,
+        training_file=pairs.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
+        suffix="dpo",
+    )
+    assert job.model == "smollm2-135m-instruct" and job.model_extra["parent"] == parent
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
+    done = wait_for_job(client, job.id, timeout=900, platform=platform)
+    assert done.status == "succeeded", (done.error, platform.log_tail())
+    assert done.fine_tuned_model.startswith("ft:smollm2-135m-instruct:")
+    (step,) = [e.data for e in metrics_events(client, job.id)]
+    assert step["step"] == 1 and step["train_preference_accuracy"] is not None
+    # The adapter starts from the SFT one, which already prefers pirate replies over plain ones.
+    assert step["train_reward_margin"] > 0, step
+    return download_adapter(platform, job.id, dest)
