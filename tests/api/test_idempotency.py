@@ -56,7 +56,8 @@ def test_client_errors_are_replayed_and_keys_are_per_organization(api: Api):
     body = {"model": "nope", "training_file": "file-x"}
     first = api.client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
     second = api.client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
-    assert first.status_code == second.status_code == 404
+    assert first.status_code == second.status_code == 400  # an unknown model, as OpenAI
+    assert first.get_json()["error"]["code"] == "model_not_available"
     assert second.get_json() == first.get_json()
 
 
