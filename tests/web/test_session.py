@@ -309,7 +309,8 @@ def test_estimate(client: FlaskClient):
         json={**body, "model": "nope"},
         headers={"X-CSRF-Token": token},
     )
-    assert bad.status_code == 404
+    assert bad.status_code == 400  # what job creation answers (OpenAI's model_not_available)
+    assert bad.get_json()["error"]["code"] == "model_not_available"
     bad = client.post(
         "/v1/fine_tuning/jobs/estimate", json={**body, "extra": 1}, headers={"X-CSRF-Token": token}
     )
