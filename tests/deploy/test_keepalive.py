@@ -87,7 +87,7 @@ def poll_on_kept_connections(
 
 
 @pytest.fixture
-def api_url(tmp_path) -> Iterator[str]:
+def api_server(tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
     """The API, started with the launcher's gunicorn command on a temp SQLite home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DORADO_")}
     # gunicorn's default control socket would be ~/.gunicorn/gunicorn.ctl: HOME is this test's.
@@ -112,7 +112,7 @@ def api_url(tmp_path) -> Iterator[str]:
                 assert proc.poll() is None, (tmp_path / "api.log").read_text()
                 assert time.monotonic() < deadline, "the API did not start"
                 time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -120,6 +120,29 @@ def api_url(tmp_path) -> Iterator[str]:
     # No control socket: two gunicorn masters of one user would otherwise share that path.
     assert "Control socket" not in (tmp_path / "api.log").read_text()
     assert not (tmp_path / ".gunicorn").exists()
+
+
+@pytest.fixture
+def api_url(api_server: tuple[str, subprocess.Popen]) -> str:
+    return api_server[0]
+
+
+def test_a_stop_does_not_wait_for_idle_kept_alive_connections(api_server) -> None:
+    """SIGTERM with clients holding idle pooled connections: gunicorn would wait its whole
+    graceful timeout (30 s) for them; the worker closes them and the API stops at once, while
+    a request in progress is still answered."""
+    url, proc = api_server
+    clients = [httpx2.Client(timeout=30) for _ in range(3)]
+    try:
+        for client in clients:
+            assert client.get(url).status_code == 200  # each keeps its connection open
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=25)
+        assert time.monotonic() - started < 8
+    finally:
+        for client in clients:
+            client.close()
 
 
 @pytest.mark.timeout(120)
