@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -68,12 +69,17 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+_REDIS_DATABASES = itertools.count(os.getpid())
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database number of its own, flushed before and after."""
     import redis
 
-    url = f"{REDIS_URL}/{11 + (os.getpid() % 4)}"
+    # The next of databases 11-15 in turn: a process a failed test left behind, still
+    # consuming from its broker database, cannot take the next test's messages.
+    url = f"{REDIS_URL}/{11 + next(_REDIS_DATABASES) % 5}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
