@@ -20,7 +20,8 @@ from tests.e2e.flow import client_for, download_adapter, metrics_events
 from tests.e2e.platform import Platform
 
 HELD_OUT = "What is the capital of France?"  # not in examples/pirate.jsonl
-N_DPO_PAIRS = 8  # one DPO step over pirate_preferences.jsonl's first pairs: the chain, not a study
+# One DPO step over the fewest pairs a job takes (pirate_preferences.jsonl's first): the chain.
+N_DPO_PAIRS = 10
 
 
 def readme_snippet() -> str:
@@ -103,7 +104,10 @@ def continue_with_dpo(client, platform: Platform, parent: str, dest):
     job = client.fine_tuning.jobs.create(
         model=parent,
         training_file=pairs.id,
-        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": N_DPO_PAIRS}},
+        },
         suffix="dpo",
     )
     assert job.model == "smollm2-135m-instruct" and job.model_extra["parent"] == parent
