@@ -17,6 +17,12 @@ memory <= 1.3x (no second copy of the model)::
     .venv/bin/python bench/dpo_vs_sft.py            # ~5 minutes on 2 idle CPU cores
     .venv/bin/python bench/dpo_vs_sft.py --pairs 24 # 3 steps each (the first is warm-up)
     .venv/bin/python bench/dpo_vs_sft.py --device cuda --batch-size 16
+    .venv/bin/python bench/dpo_vs_sft.py --pairs 24 --micro-batch-rows 8
+
+By default every step is one micro-batch (rows capped at twice the pairs), so DPO holds the
+activations of twice SFT-on-chosen's rows at once. ``--micro-batch-rows N`` caps every run's
+micro-batches at N rows instead (the engine's default is 8), as a job's memory budget does: the
+memory ratio then shows what DPO itself adds (the reference table, no second model).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def _files(root: Path, n_pairs: int | None = None) -> dict[str, Path]:
     return out
 
 
-def _run(kind: str, data: str, device: str, batch_size: int, queue) -> None:
+def _run(kind: str, data: str, device: str, batch_size: int, micro_rows: int | None, queue) -> None:
     import torch
 
     from worker.training.options import EngineOptions
@@ -85,7 +91,7 @@ def _run(kind: str, data: str, device: str, batch_size: int, queue) -> None:
         batch_size=batch,
         learning_rate=1e-4,
         seed=0,
-        options=EngineOptions(device=device, micro_batch_size=2 * batch_size),
+        options=EngineOptions(device=device, micro_batch_size=micro_rows or 2 * batch_size),
         dpo=DpoSpec(beta=0.1) if kind == "dpo" else None,
     )
     timer = StepTimer()
@@ -98,10 +104,13 @@ def _run(kind: str, data: str, device: str, batch_size: int, queue) -> None:
     queue.put((timer.step_seconds(), peak_mb, timer.steps))
 
 
-def measure(kind: str, data: Path, device: str, batch_size: int) -> tuple[float, float, int]:
+def measure(
+    kind: str, data: Path, device: str, batch_size: int, micro_rows: int | None = None
+) -> tuple[float, float, int]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=_run, args=(kind, str(data), device, batch_size, queue))
+    args = (kind, str(data), device, batch_size, micro_rows, queue)
+    process = ctx.Process(target=_run, args=args)
     process.start()
     result = queue.get()
     process.join()
@@ -115,11 +124,20 @@ def main() -> None:
     parser.add_argument(
         "--pairs", type=int, default=None, help="the file's first N pairs only (default: all)"
     )
+    parser.add_argument(
+        "--micro-batch-rows",
+        type=int,
+        default=None,
+        help="cap every run's micro-batches at N rows (default: one micro-batch a step)",
+    )
     args = parser.parse_args()
     smollm2_dir()  # build once, before the measured processes
     with tempfile.TemporaryDirectory() as tmp:
         files = _files(Path(tmp), args.pairs)
-        results = {k: measure(k, files[k], args.device, args.batch_size) for k in files}
+        results = {
+            k: measure(k, files[k], args.device, args.batch_size, args.micro_batch_rows)
+            for k in files
+        }
     dpo_time, dpo_mem, _ = results["dpo"]
     print(f"{'run':<12} {'steps':>5} {'s/step':>8} {'peak MB':>9} {'DPO/this time':>14} {'mem':>6}")
     for name, (seconds, peak, steps) in results.items():
