@@ -208,6 +208,8 @@ def test_new_job_trains_and_charts(page: Page, state: dict[str, Any], tmp_path: 
     assert inked > 100, "the training loss curve was not drawn"
     assert int(page.locator("#accuracy-chart").get_attribute("data-points")) > 0
     expect(page.locator("#loss-chart + figcaption")).to_contain_text("latest training loss")
+    # DPO's reward chart is for DPO jobs: no empty card on a supervised one (wide layout too).
+    expect(page.locator("#reward-figure")).to_be_hidden()
 
     settings = page.locator("section[aria-labelledby='h-settings']")
     expect(settings).to_contain_text("LoRA")
