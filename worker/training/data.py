@@ -176,11 +176,11 @@ def parse_line(obj: Any, line_no: int = 0) -> Conversation:
     raise DatasetFormatError(f"{where}expected 'messages' or 'prompt' and 'completion'")
 
 
-def read_jsonl(path: Path) -> Iterator[Conversation]:
-    """Yield the conversations of a chat JSONL file, skipping blank lines.
+def json_lines(path: Path) -> Iterator[tuple[Any, int]]:
+    """Yield (decoded object, 1-based line number) of a JSONL file, skipping blank lines.
 
     Raises:
-        DatasetFormatError: naming the first bad line.
+        DatasetFormatError: naming the first line that is not JSON.
     """
     with Path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -190,7 +190,17 @@ def read_jsonl(path: Path) -> Iterator[Conversation]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetFormatError(f"line {line_no}: invalid JSON ({exc.msg})") from None
-            yield parse_line(obj, line_no)
+            yield obj, line_no
+
+
+def read_jsonl(path: Path) -> Iterator[Conversation]:
+    """Yield the conversations of a chat JSONL file, skipping blank lines.
+
+    Raises:
+        DatasetFormatError: naming the first bad line.
+    """
+    for obj, line_no in json_lines(path):
+        yield parse_line(obj, line_no)
 
 
 def _render(

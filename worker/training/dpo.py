@@ -29,7 +29,6 @@ fly when given no table.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from worker.training.data import (
     DatasetFormatError,
     TokenizedExample,
     collate,
+    json_lines,
     split_micro_batches,
     tokenize_conversation,
 )
@@ -146,15 +146,8 @@ def parse_preference_line(obj: Any, line_no: int = 0) -> tuple[Conversation, Con
 
 def read_preference_jsonl(path: Path) -> Iterator[tuple[Conversation, Conversation]]:
     """Yield the (chosen, rejected) conversations of a preference JSONL file."""
-    with Path(path).open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetFormatError(f"line {line_no}: invalid JSON ({exc.msg})") from None
-            yield parse_preference_line(obj, line_no)
+    for obj, line_no in json_lines(path):
+        yield parse_preference_line(obj, line_no)
 
 
 def tokenize_pairs(
