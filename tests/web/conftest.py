@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,34 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 WEB_API_KEY = "dor-web-module-key-0000000000"
+PAGE_ERRORS: list[str] = []
+"""Uncaught JavaScript errors of the pages :func:`open_page` opened, since the test began."""
+
+
+@contextmanager
+def open_page(browser, platform: Platform, **context_options) -> Iterator:
+    """A dashboard page of ``platform`` (1280x900, 15 s timeouts) in a context of its own,
+    whose uncaught script errors go to :data:`PAGE_ERRORS`; closed afterwards."""
+    context = browser.new_context(
+        base_url=f"http://127.0.0.1:{platform.port}",
+        viewport={"width": 1280, "height": 900},
+        **context_options,
+    )
+    context.set_default_timeout(15_000)
+    opened = context.new_page()
+    opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+@pytest.fixture(autouse=True)
+def no_script_errors() -> Iterator[None]:
+    """Any uncaught error in the dashboard's JavaScript fails the step that caused it."""
+    PAGE_ERRORS.clear()
+    yield
+    assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
 @pytest.fixture(scope="module")

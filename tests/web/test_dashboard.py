@@ -20,9 +20,8 @@ from playwright.sync_api import Page, expect
 from core.jobs.status import FAILURE_HELP, FailureCode
 from tests.conftest import EXAMPLES, ROOT
 from tests.e2e.platform import Platform
-from tests.web.conftest import WEB_API_KEY
+from tests.web.conftest import WEB_API_KEY, open_page
 
-PAGE_ERRORS: list[str] = []
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 JOB_TIMEOUT_MS = 150_000
 BAD_FILE = (
@@ -41,26 +40,8 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{platform.port}",
-        viewport={"width": 1280, "height": 900},
-        accept_downloads=True,
-    )
-    context.set_default_timeout(15_000)
-    opened = context.new_page()
-    opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
-    try:
+    with open_page(browser, platform, accept_downloads=True) as opened:
         yield opened
-    finally:
-        context.close()
-
-
-@pytest.fixture(autouse=True)
-def no_script_errors() -> Iterator[None]:
-    """Any uncaught error in the dashboard's JavaScript fails the step that caused it."""
-    PAGE_ERRORS.clear()
-    yield
-    assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
 def shot(page: Page, name: str) -> None:

@@ -16,35 +16,19 @@ from playwright.sync_api import Page, expect
 from tests.conftest import EXAMPLES
 from tests.e2e.flow import client_for, wait_for_job
 from tests.e2e.platform import Platform
-from tests.web.conftest import WEB_API_KEY
+from tests.web.conftest import WEB_API_KEY, open_page
 
-PAGE_ERRORS: list[str] = []
 PARENT_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{platform.port}", viewport={"width": 1280, "height": 900}
-    )
-    context.set_default_timeout(15_000)
-    opened = context.new_page()
-    opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
-    opened.goto("/")
-    opened.get_by_label("API key").fill(WEB_API_KEY)
-    opened.get_by_role("button", name="Sign in").click()
-    expect(opened.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
-    try:
+    with open_page(browser, platform) as opened:
+        opened.goto("/")
+        opened.get_by_label("API key").fill(WEB_API_KEY)
+        opened.get_by_role("button", name="Sign in").click()
+        expect(opened.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
         yield opened
-    finally:
-        context.close()
-
-
-@pytest.fixture(autouse=True)
-def no_script_errors() -> Iterator[None]:
-    PAGE_ERRORS.clear()
-    yield
-    assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
 @pytest.fixture

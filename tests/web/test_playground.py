@@ -23,6 +23,7 @@ from playwright.sync_api import Page, expect
 from tests.conftest import EXAMPLES, MODEL_CACHE, ROOT
 from tests.e2e.flow import client_for, wait_for_job
 from tests.e2e.platform import Platform
+from tests.web.conftest import open_page
 
 API_KEY = "dor-web-playground-key-000000"
 LEASE_SECONDS = 600
@@ -31,7 +32,6 @@ SMOL = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
 HELD_OUT = "What is the capital of France?"  # not in examples/pirate.jsonl
 SCREENSHOT = ROOT / "docs" / "screenshots" / "playground.png"
-PAGE_ERRORS: list[str] = []
 # A test's time includes waiting for its job, and the worker trains one job at a time.
 pytestmark = pytest.mark.timeout(1800)
 
@@ -85,27 +85,12 @@ def jobs(client: OpenAI, request) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{platform.port}", viewport={"width": 1280, "height": 900}
-    )
-    context.set_default_timeout(15_000)
-    opened = context.new_page()
-    opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
-    opened.goto("/")
-    opened.get_by_label("API key").fill(API_KEY)
-    opened.get_by_role("button", name="Sign in").click()
-    expect(opened.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
-    try:
+    with open_page(browser, platform) as opened:
+        opened.goto("/")
+        opened.get_by_label("API key").fill(API_KEY)
+        opened.get_by_role("button", name="Sign in").click()
+        expect(opened.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
         yield opened
-    finally:
-        context.close()
-
-
-@pytest.fixture(autouse=True)
-def no_script_errors() -> Iterator[None]:
-    PAGE_ERRORS.clear()
-    yield
-    assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
 def open_view(page: Page, hash_path: str) -> None:

@@ -18,10 +18,8 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import EXAMPLES, MODEL_CACHE
 from tests.e2e.platform import Platform
-from tests.web.conftest import WEB_API_KEY
+from tests.web.conftest import WEB_API_KEY, open_page
 from tests.webhooks.receiver import Receiver
-
-PAGE_ERRORS: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -54,24 +52,9 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{platform.port}", viewport={"width": 1280, "height": 900}
-    )
-    context.set_default_timeout(15_000)
-    opened = context.new_page()
-    opened.on("pageerror", lambda exc: PAGE_ERRORS.append(str(exc)))
-    opened.on("dialog", lambda dialog: dialog.accept())  # the delete confirmation
-    try:
+    with open_page(browser, platform) as opened:
+        opened.on("dialog", lambda dialog: dialog.accept())  # the delete confirmation
         yield opened
-    finally:
-        context.close()
-
-
-@pytest.fixture(autouse=True)
-def no_script_errors() -> Iterator[None]:
-    PAGE_ERRORS.clear()
-    yield
-    assert not PAGE_ERRORS, f"JavaScript errors: {PAGE_ERRORS}"
 
 
 def sign_in(page: Page, key: str) -> None:
