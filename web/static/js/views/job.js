@@ -116,6 +116,7 @@ function renderSettings(parts, job) {
     el("div", {}, el("h3", {}, "Adapter"), definitionList([
       ["type", a.type === "lora" ? "LoRA" : "DoRA"], ["rank (r)", a.r], ["alpha", a.alpha],
       ["dropout", a.dropout], ["target modules", targetModules(a.target_modules)],
+      ["base quantization", a.quantization || "none"],
       ["loads in", el("span", {id: "serving"}, servingLabel(job.serving))]])),
     el("div", {}, el("h3", {}, "Data"), definitionList([
       ["training file", job.training_file], ["validation file", job.validation_file],

@@ -1,13 +1,14 @@
 /* #/new: the new-job form, with a pre-flight estimate (steps, tokens, time, and the memory
    planner's GPUs and peak memory per device) as it is filled. Supervised or DPO, on a base
-   model or continuing a fine-tuned one (ft:..., whose adapter it keeps). */
+   model or continuing a fine-tuned one (ft:..., whose adapter it keeps). The form only builds
+   the request: what fits, and what would, is the API's answer. */
 
 import {api} from "../api.js";
 import {append, el, replace} from "../dom.js";
-import {fmtDuration, fmtNumber} from "../format.js";
 import {isCurrent} from "../navigation.js";
 import {announce, focusHeading, view} from "../shell.js";
-import {definitionList, errorBox} from "../widgets.js";
+import {errorBox} from "../widgets.js";
+import {renderEstimate, renderEstimateError, renderEstimatePrompt} from "./new-job-estimate.js";
 
 const ESTIMATE_DELAY_MS = 250;
 
@@ -34,6 +35,10 @@ function controls() {
     alpha: el("input", {type: "number", min: "1", max: "1024", value: "32"}),
     dropout: el("input", {type: "number", min: "0", max: "0.99", step: "0.01", value: "0"}),
     modules: el("input", {type: "text", value: "all-linear", spellcheck: "false"}),
+    quantization: el("select", {},
+      el("option", {value: ""}, "None (bf16/fp32 weights)"),
+      el("option", {value: "nf4"}, "NF4 4-bit (QLoRA / QDoRA)"),
+      el("option", {value: "int8"}, "int8 8-bit (LoRA only)")),
     epochs: el("input", {type: "number", min: "1", max: "50", placeholder: "auto"}),
     batch: el("input", {type: "number", min: "1", max: "256", placeholder: "auto"}),
     lrm: el("input", {type: "number", min: "0.001", max: "100", step: "any",
@@ -43,9 +48,21 @@ function controls() {
     suffix: el("input", {type: "text", maxlength: "64", pattern: "[A-Za-z0-9_\\-]+",
       spellcheck: "false"}),
     maxSeq: el("input", {type: "number", min: "16", max: "131072", placeholder: "auto"}),
+    // Advanced training options: "auto" (or empty) is the server's choice for the model.
+    precision: el("select", {}, ["auto", "fp32", "bf16", "fp16"].map((p) =>
+      el("option", {value: p}, p))),
+    warmup: el("input", {type: "number", min: "0", max: "0.5", step: "any", placeholder: "auto"}),
+    weightDecay: el("input", {type: "number", min: "0", max: "1", step: "any",
+      placeholder: "auto"}),
+    scheduler: el("select", {}, ["auto", "linear", "cosine", "constant"].map((p) =>
+      el("option", {value: p}, p))),
     checkpointing: el("select", {},
       el("option", {value: "auto"}, "auto (only when needed to fit)"),
       el("option", {value: "true"}, "on"), el("option", {value: "false"}, "off")),
+    microBatch: el("input", {type: "number", min: "256", max: "262144", step: "256",
+      placeholder: "auto"}),
+    pool: el("input", {type: "text", maxlength: "64", spellcheck: "false",
+      autocomplete: "off", placeholder: "auto"}),
   };
 }
 
@@ -72,43 +89,32 @@ function requestBody(c) {
       alpha: parseInt(c.alpha.value, 10), dropout: parseFloat(c.dropout.value || "0"),
       target_modules: mods === "" || mods === "all-linear" ? "all-linear"
         : mods.split(",").map((m) => m.trim()).filter(Boolean)};
+    if (c.quantization.value) payload.adapter.quantization = c.quantization.value;
   }
   if (c.validation.value) payload.validation_file = c.validation.value;
   if (c.suffix.value.trim()) payload.suffix = c.suffix.value.trim();
   if (c.maxSeq.value.trim()) payload.max_seq_length = parseInt(c.maxSeq.value, 10);
-  const ckpt = c.checkpointing.value;
-  if (ckpt !== "auto") payload.training = {gradient_checkpointing: ckpt === "true"};
+  if (c.precision.value !== "auto") payload.precision = c.precision.value;
+  if (c.pool.value.trim()) payload.pool = c.pool.value.trim();
+  const training = trainingOptions(c);
+  if (Object.keys(training).length) payload.training = training;
   return payload;
 }
 
-function renderEstimate(area, e) {
-  const dpo = e.method.type === "dpo";
-  const a = e.adapter;
-  replace(area, el("h2", {}, "Estimate"), definitionList([
-    [dpo ? "preference pairs" : "examples", fmtNumber(e.example_count)],
-    ["adapter", a.type + ", rank " + a.r + (e.parent ? " (continues " + e.parent + ")" : "")],
-    ["epochs × batch size", e.hyperparameters.n_epochs + " × " + e.hyperparameters.batch_size +
-      (dpo ? " pairs (two rows each); beta " + e.method.dpo.hyperparameters.beta : "")],
-    ["steps", e.steps_per_epoch + " per epoch, " + e.total_steps + " in all"],
-    ["tokens (estimated)", "≈ " + fmtNumber(e.estimated_total_tokens) + " (≈ " +
-      fmtNumber(e.estimated_tokens_per_epoch) + " per epoch)"],
-    ["time (estimated)", "≈ " + fmtDuration(e.estimated_seconds)],
-    ["memory (planned)", memoryText(e)],
-  ]), el("p", {class: "hint"}, e.note));
-  area.dataset.totalSteps = String(e.total_steps);
-  area.dataset.method = e.method.type;
-}
-
-/** The planner's verdict: GPUs, peak MiB per device, pool, checkpointing and its terms. */
-function memoryText(e) {
-  const r = e.resources;
-  if (!r) return "unknown for this model (its architecture is not known); pool " + e.pool;
-  const terms = Object.entries(r.breakdown_mib).map(([k, v]) => k + " " + fmtNumber(v))
-    .join(", ");
-  return "≈ " + fmtNumber(r.estimated_peak_mib_per_device) + " MiB per GPU × " + r.gpus +
-    " in pool " + r.pool + (r.pool_gpu_memory_mib ? " (" + fmtNumber(r.pool_gpu_memory_mib) +
-    " MiB GPUs)" : "") + "; gradient checkpointing " + (r.gradient_checkpointing ? "on" : "off") +
-    " (" + terms + ")";
+/** The `training` object: only the options changed from "auto" (an empty number is auto). */
+function trainingOptions(c) {
+  const training = {};
+  const number = (key, input, parse) => {
+    if (input.value.trim() !== "") training[key] = parse(input.value);
+  };
+  number("warmup_ratio", c.warmup, parseFloat);
+  number("weight_decay", c.weightDecay, parseFloat);
+  if (c.scheduler.value !== "auto") training.lr_scheduler = c.scheduler.value;
+  if (c.checkpointing.value !== "auto") {
+    training.gradient_checkpointing = c.checkpointing.value === "true";
+  }
+  number("micro_batch_tokens", c.microBatch, (v) => parseInt(v, 10));
+  return training;
 }
 
 function formLayout(c, estimateArea) {
@@ -129,7 +135,10 @@ function formLayout(c, estimateArea) {
       field("alpha", "Alpha", c.alpha),
       field("dropout", "Dropout", c.dropout),
       field("target-modules", "Target modules", c.modules,
-        "\"all-linear\", or module names separated by commas (e.g. q_proj, v_proj)")),
+        "\"all-linear\", or module names separated by commas (e.g. q_proj, v_proj)"),
+      field("quantization", "Base quantization", c.quantization,
+        "Stores the frozen base model in 4 or 8 bits while the adapter trains: less GPU " +
+        "memory. int8 takes a LoRA adapter.")),
     el("fieldset", {}, el("legend", {}, "Training"),
       field("n-epochs", "Epochs", c.epochs, "Empty means auto."),
       field("batch-size", "Batch size", c.batch, "Empty means auto."),
@@ -138,11 +147,31 @@ function formLayout(c, estimateArea) {
         "DPO only: how far the model may move from the reference. Empty means auto (0.1)."),
       field("max-seq-length", "Max sequence length", c.maxSeq,
         "Empty means auto (the model's, at most 2048). Longer needs more GPU memory."),
-      field("gradient-checkpointing", "Gradient checkpointing", c.checkpointing,
-        "Less memory for about a third more compute."),
       field("suffix", "Suffix (optional)", c.suffix,
-        "Letters, digits, - and _; becomes part of the model name.")),
+        "Letters, digits, - and _; becomes part of the model name."),
+      advancedOptions(c)),
     el("div", {}, estimateArea));
+}
+
+/** The collapsed advanced options; left empty or "auto", each is the server's choice. */
+function advancedOptions(c) {
+  return el("details", {class: "advanced", id: "advanced-options"},
+    el("summary", {}, "Advanced training options"),
+    field("precision", "Precision", c.precision,
+      "auto: bf16 on GPUs that have it, fp16 on older ones; on a CPU bf16 where it has " +
+      "bf16 units, else fp32. fp32 doubles the base weights' memory."),
+    field("warmup-ratio", "Warmup ratio", c.warmup,
+      "Share of the steps with a linear learning-rate warmup, 0 to 0.5. Empty means auto."),
+    field("weight-decay", "Weight decay", c.weightDecay,
+      "AdamW weight decay of the adapter, 0 to 1. Empty means auto (0)."),
+    field("lr-scheduler", "Learning-rate schedule", c.scheduler,
+      "The decay after the warmup; auto: linear below 1B parameters, cosine from 1B."),
+    field("gradient-checkpointing", "Gradient checkpointing", c.checkpointing,
+      "Less memory for about a third more compute."),
+    field("micro-batch-tokens", "Micro-batch tokens", c.microBatch,
+      "Padded tokens per forward and backward pass, 256 to 262144. Empty means auto."),
+    field("pool", "Pool (GPUs)", c.pool,
+      "A worker pool by name; empty means the smallest pool whose GPUs fit the job."));
 }
 
 /** Fills the file and base-model choices. */
@@ -173,11 +202,19 @@ async function loadChoices(gen, c, formError) {
 /** Renders the new-job form; a created job opens its own page. */
 export function newJobPage(gen) {
   const c = controls();
-  const estimateArea = el("div", {id: "estimate", "aria-live": "polite"},
-    el("p", {class: "muted"}, "Choose a training file and a model to see an estimate."));
+  const estimateArea = el("div", {id: "estimate", "aria-live": "polite"});
+  renderEstimatePrompt(estimateArea);
   const formError = el("div", {});
-  const submit = el("button", {type: "submit", class: "primary", id: "create-job"},
-    "Start fine-tuning");
+  const submitHint = el("p", {class: "hint", id: "create-job-hint", hidden: true},
+    "The estimate says this job would be refused: change what it names, then start.");
+  const submit = el("button", {type: "submit", class: "primary", id: "create-job",
+    "aria-describedby": "create-job-hint"}, "Start fine-tuning");
+  let refused = false;  // the latest estimate was a 400: creation would be refused too
+  let creating = false;
+  function syncSubmit() {
+    submit.disabled = refused || creating;
+    submitHint.hidden = !refused;
+  }
 
   let estimateTimer = null;
   let estimateSeq = 0;  // only the answer to the latest request is shown
@@ -186,17 +223,24 @@ export function newJobPage(gen) {
     estimateTimer = setTimeout(runEstimate, ESTIMATE_DELAY_MS);
   }
   async function runEstimate() {
-    if (!c.training.value || !c.model.value) return;
     const seq = ++estimateSeq;
-    try {
-      const estimate = await api("POST", "/v1/fine_tuning/jobs/estimate", requestBody(c));
-      if (seq !== estimateSeq || !isCurrent(gen)) return;
-      renderEstimate(estimateArea, estimate);
-    } catch (exc) {
-      if (seq !== estimateSeq) return;
-      replace(estimateArea, el("h2", {}, "Estimate"), errorBox(exc, "No estimate"));
-      delete estimateArea.dataset.totalSteps;
+    if (!c.training.value || !c.model.value) {
+      refused = false;
+      syncSubmit();
+      renderEstimatePrompt(estimateArea);
+      return;
     }
+    const body = requestBody(c);
+    try {
+      const estimate = await api("POST", "/v1/fine_tuning/jobs/estimate", body);
+      if (seq !== estimateSeq || !isCurrent(gen)) return;
+      renderEstimate(estimateArea, estimate, body);
+      refused = false;
+    } catch (exc) {
+      if (seq !== estimateSeq || !isCurrent(gen)) return;
+      refused = renderEstimateError(estimateArea, exc);
+    }
+    syncSubmit();
   }
 
   async function create(ev) {
@@ -207,22 +251,25 @@ export function newJobPage(gen) {
         "Choose a training file (upload one on the Files page)."));
       return;
     }
-    submit.disabled = true;
+    creating = true;
+    syncSubmit();
     try {
       const job = await api("POST", "/v1/fine_tuning/jobs", requestBody(c));
       announce("Job " + job.id + " created");
       window.location.hash = "#/jobs/" + job.id;
     } catch (exc) {
       replace(formError, errorBox(exc, "The job was not created"));
-      submit.disabled = false;
+      creating = false;
+      syncSubmit();
     }
   }
 
   const form = el("form", {class: "card new-job", novalidate: true, onsubmit: create},
-    formLayout(c, estimateArea), formError, el("div", {class: "row"}, submit));
+    formLayout(c, estimateArea), formError, el("div", {class: "row"}, submit, submitHint));
   append(view, el("div", {class: "page-head"}, el("h1", {}, "New fine-tuning job")), form);
   focusHeading();
-  // The adapter is the parent's for a fine-tuned model; beta is DPO's alone.
+  // The adapter (its base quantization too) is the parent's for a fine-tuned model; beta is
+  // DPO's alone.
   function syncFields() {
     c.rank.closest("fieldset").disabled = isFineTuned(c.model.value);
     c.beta.disabled = c.method.value !== "dpo";
