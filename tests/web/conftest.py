@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.conftest import MODEL_CACHE
+from tests.conftest import EXAMPLES, MODEL_CACHE
 from tests.e2e.platform import Platform
 
 CHROMIUM = Path(os.environ.get("DORADO_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -44,6 +45,30 @@ def open_page(browser, platform: Platform, **context_options) -> Iterator:
         yield opened
     finally:
         context.close()
+
+
+def sign_in(page) -> None:
+    """Sign ``page`` in with the test key and wait for the jobs list."""
+    from playwright.sync_api import expect
+
+    page.goto("/")
+    page.get_by_label("API key").fill(WEB_API_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
+
+
+def upload_example(platform: Platform, name: str) -> str:
+    """Uploads ``examples/<name>`` for fine-tuning through the API; returns the file id."""
+    with open(EXAMPLES / name, "rb") as handle:
+        resp = requests.post(
+            f"{platform.base_url}/files",
+            headers=platform.headers(),
+            files={"file": (name, handle)},
+            data={"purpose": "fine-tune"},
+            timeout=60,
+        )
+    assert resp.status_code == 200, resp.text
+    return resp.json()["id"]
 
 
 @pytest.fixture(autouse=True)

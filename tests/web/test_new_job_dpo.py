@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from tests.conftest import EXAMPLES
 from tests.e2e.flow import client_for, wait_for_job
 from tests.e2e.platform import Platform
-from tests.web.conftest import WEB_API_KEY, open_page
+from tests.web.conftest import open_page, sign_in, upload_example
 
 PARENT_TIMEOUT_S = 120
 
@@ -24,10 +24,7 @@ PARENT_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def page(browser, platform: Platform) -> Iterator[Page]:
     with open_page(browser, platform) as opened:
-        opened.goto("/")
-        opened.get_by_label("API key").fill(WEB_API_KEY)
-        opened.get_by_role("button", name="Sign in").click()
-        expect(opened.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
+        sign_in(opened)
         yield opened
 
 
@@ -41,24 +38,11 @@ def client(platform: Platform) -> Iterator[OpenAI]:
         opened.close()
 
 
-def _upload(platform: Platform, name: str) -> str:
-    with open(EXAMPLES / name, "rb") as handle:
-        resp = requests.post(
-            f"{platform.base_url}/files",
-            headers=platform.headers(),
-            files={"file": (name, handle)},
-            data={"purpose": "fine-tune"},
-            timeout=60,
-        )
-    assert resp.status_code == 200, resp.text
-    return resp.json()["id"]
-
-
 def test_form_creates_a_dpo_job_from_a_fine_tuned_model(
     page: Page, platform: Platform, client: OpenAI
 ):
-    chat_id = _upload(platform, "pirate.jsonl")
-    pref_id = _upload(platform, "pirate_preferences.jsonl")
+    chat_id = upload_example(platform, "pirate.jsonl")
+    pref_id = upload_example(platform, "pirate_preferences.jsonl")
     sft = client.fine_tuning.jobs.create(
         model="tiny-random-llama",
         training_file=chat_id,
@@ -76,6 +60,7 @@ def test_form_creates_a_dpo_job_from_a_fine_tuned_model(
     training.select_option(pref_id)
     page.get_by_label("Base model").select_option(ft_model)
     expect(page.get_by_label("Rank (r)")).to_be_disabled()
+    expect(page.get_by_label("Base quantization")).to_be_disabled()  # the parent's is kept
     expect(page.get_by_label("DPO beta")).to_be_disabled()
     # A preference file for a supervised job: the estimate says why not.
     estimate = page.locator("#estimate")
