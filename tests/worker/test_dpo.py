@@ -517,3 +517,43 @@ def test_a_resumed_continued_run_ends_like_the_uninterrupted_one(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_continued_run_on_two_processes_matches_one_process(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Under data parallelism each rank computes its share of both reference tables (the
+    parent's, as one process does) and the tables are summed: the same run as one process."""
+    from worker.training.distributed import train_data_parallel
+
+    train_file, valid_file = pref_files
+    spec = replace(
+        SPEC,
+        adapter=replace(SPEC.adapter, dropout=0.0),  # no rank-dependent dropout masks
+        n_epochs=1,
+        checkpoint_every_n_steps=None,
+        init_adapter_dir=sft_parent,
+    )
+    one, two = RecordingReporter(), RecordingReporter()
+    single = train(
+        spec, tiny_model_dir, train_file, tmp_path / "one", one, validation_file=valid_file
+    )
+    double = train_data_parallel(
+        2,
+        spec,
+        tiny_model_dir,
+        train_file,
+        tmp_path / "two",
+        two,
+        validation_file=valid_file,
+        backend="gloo",
+    )
+    assert double.steps == single.steps == 3
+    assert two.losses == pytest.approx(one.losses, rel=1e-5)
+    assert one.losses[0] == pytest.approx(math.log(2), abs=1e-5)  # the parent is the reference
+    for got, want in zip(two.metrics_extra, one.metrics_extra, strict=True):
+        for key, value in want["extra"].items():
+            assert got["extra"][key] == (
+                value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)
+            )
+    assert one.metrics_extra[-1]["extra"]["full_valid_reward_margin"] is not None
