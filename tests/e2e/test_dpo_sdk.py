@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,9 @@ def test_sft_then_dpo_through_the_ft_model(client: OpenAI, platform: Platform, p
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:tiny-random-llama:default:sft-dpo:{dpo.id[-8:]}"
     assert done.model_extra["parent"] == sft_done.fine_tuned_model
-    # The adapter started from the SFT one: rewards against the base are not 0 at step 1.
+    # The reference is the policy the job starts from, the SFT model: step 1 (the starting
+    # weights) scores rewards 0 and loss ln 2. That the adapter and the reference are the
+    # parent's own is checked in tests/worker/test_dpo.py.
     first = metrics_events(client, dpo.id)[0].data
-    assert first["step"] == 1 and abs(first["train_reward_margin"]) > 1e-4
+    assert first["step"] == 1 and abs(first["train_reward_margin"]) < 1e-4
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-4)

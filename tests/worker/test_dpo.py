@@ -390,22 +390,170 @@ def test_a_supervised_checkpoint_does_not_resume_a_dpo_run(
 # --- continued fine-tuning: the adapter starts from a parent's --------------------------------
 
 
-def test_dpo_continues_from_a_supervised_adapter(
-    pref_files, small_chat_file: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def sft_parent(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A supervised DoRA adapter (the SPEC's type and rank): the parent of ``ft:`` DPO runs."""
+    root = tmp_path_factory.mktemp("sft")
+    chat = root / "chat.jsonl"
+    chat.write_text("\n".join(_pirate(12)) + "\n", encoding="utf-8")
     sft = replace(SPEC, dpo=None, n_epochs=1, checkpoint_every_n_steps=None, learning_rate=5e-2)
-    parent = train(sft, tiny_model_dir, small_chat_file, tmp_path / "sft", RecordingReporter())
-    train_file, _ = pref_files
-    spec = replace(SPEC, n_epochs=1, checkpoint_every_n_steps=None)
-    fresh, continued = RecordingReporter(), RecordingReporter()
-    train(spec, tiny_model_dir, train_file, tmp_path / "a", fresh)
-    chained = replace(spec, init_adapter_dir=parent.adapter_dir)
-    train(chained, tiny_model_dir, train_file, tmp_path / "b", continued)
-    # The reference stays the base model: the parent's own shift shows from the first step.
-    assert fresh.metrics_extra[0]["extra"]["train_reward_margin"] == pytest.approx(0, abs=1e-4)
-    assert abs(continued.metrics_extra[0]["extra"]["train_reward_margin"]) > 1e-3
-    assert continued.losses[0] != pytest.approx(math.log(2), abs=1e-4)
+    return train(sft, tiny_model_dir, chat, root / "adapter", RecordingReporter()).adapter_dir
 
-    wrong_rank = replace(chained, adapter=replace(SPEC.adapter, r=8))
+
+def _logps_of(model: torch.nn.Module, pairs) -> torch.Tensor:
+    """``[n_pairs, 2]`` summed reply log-probs, one pair per batch (no padding involved)."""
+    rows = []
+    with torch.no_grad():
+        for i in range(len(pairs)):
+            batch = pair_micro_batches(pairs, [i], pad_token_id=0)[0].batch
+            rows.append(sequence_logps(model, batch, CPU, None))
+    return torch.stack(rows)
+
+
+def test_a_continued_run_takes_its_parent_as_the_reference(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tokenizer
+) -> None:
+    """An ``ft:`` DPO run's reference is the parent adapter's model (as PEFT loads it), for
+    the training and the validation pairs; at step 0 rewards and margin are 0, loss log 2."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.parallel import SINGLE
+    from worker.training.recipe import _Run
+
+    train_file, valid_file = pref_files
+    adapter = replace(SPEC.adapter, dropout=0.0)  # train mode then computes what eval does
+    spec = replace(
+        SPEC,
+        adapter=adapter,
+        n_epochs=1,
+        checkpoint_every_n_steps=None,
+        init_adapter_dir=sft_parent,
+    )
+    reporter = RecordingReporter()
+    run = _Run(spec, reporter, CPU, torch.float32, SINGLE)
+    run.setup(tiny_model_dir, train_file, valid_file, None)
+    assert run.reference is not None and run.valid_reference is not None
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    parent = PeftModel.from_pretrained(base, sft_parent).eval()
+    train_pairs = load_preference_dataset(train_file, tokenizer, 512).examples
+    valid_pairs = load_preference_dataset(valid_file, tokenizer, 512).examples
+    want_train, want_valid = _logps_of(parent, train_pairs), _logps_of(parent, valid_pairs)
+    torch.testing.assert_close(run.reference, want_train, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(run.valid_reference, want_valid, rtol=1e-5, atol=1e-4)
+    with parent.disable_adapter():  # the parent is not the base model: the check has teeth
+        assert not torch.allclose(_logps_of(parent, valid_pairs), want_valid, atol=1e-2)
+
+    at_start = run._evaluate(run.valid, range(len(run.valid)))  # validation at step 0
+    assert at_start.loss == pytest.approx(math.log(2), abs=1e-5)
+    for key in ("chosen_reward", "rejected_reward", "reward_margin"):
+        assert at_start.extra[key] == pytest.approx(0.0, abs=1e-5)
+    run.train()
+    first = reporter.metrics_extra[0]["extra"]  # step 1's figures: the starting weights'
+    for key in ("train_chosen_reward", "train_rejected_reward", "train_reward_margin"):
+        assert first[key] == pytest.approx(0.0, abs=1e-5)
+    assert reporter.losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert reporter.metrics_extra[-1]["extra"]["train_reward_margin"] > 0.01  # and it learns
+
+
+def test_a_parent_that_does_not_fit_is_refused(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train_file, _ = pref_files
+    wrong_rank = replace(
+        SPEC, adapter=replace(SPEC.adapter, r=8), n_epochs=1, init_adapter_dir=sft_parent
+    )
     with pytest.raises(ValueError, match="parent adapter does not fit"):
         train(wrong_rank, tiny_model_dir, train_file, tmp_path / "c", RecordingReporter())
+
+
+@pytest.fixture(scope="module")
+def ft_dpo_run(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    train_file, valid_file = pref_files
+    root = tmp_path_factory.mktemp("ft-dpo")
+    reporter = RecordingReporter(checkpoint_root=root / "ckpts")
+    spec = replace(SPEC, init_adapter_dir=sft_parent)
+    result = train(
+        spec, tiny_model_dir, train_file, root / "adapter", reporter, validation_file=valid_file
+    )
+    return spec, result, reporter
+
+
+def test_a_resumed_continued_run_ends_like_the_uninterrupted_one(
+    ft_dpo_run, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The resumed run's reference is the parent again (its tables are computed before the
+    checkpoint's adapter is restored): the same figures and the same adapter."""
+    spec, result, reporter = ft_dpo_run
+    train_file, valid_file = pref_files
+    index = 2  # step 4: the parent's adapter has moved for four steps
+    done = reporter.checkpoints[index].step
+    assert done == 4
+    resumed = RecordingReporter()
+    again = train(
+        spec,
+        tiny_model_dir,
+        train_file,
+        tmp_path / "adapter",
+        resumed,
+        validation_file=valid_file,
+        resume_from=reporter.checkpoint_copies[index],
+    )
+    assert ("info", f"Resumed from step {done}") in resumed.messages
+    assert again.steps == result.steps == TOTAL
+    for got, want in zip(resumed.metrics_extra, reporter.metrics_extra[done:], strict=True):
+        figures = {**got["extra"], "valid_loss": got["valid_loss"]}
+        wanted = {**want["extra"], "valid_loss": want["valid_loss"]}
+        assert figures.keys() == wanted.keys() and got["step"] == want["step"]
+        for key, value in wanted.items():  # train_*, valid_* and full_valid_* figures
+            assert figures[key] == (value if value is None else pytest.approx(value, rel=1e-5))
+    for got, want in zip(resumed.metrics_calls, reporter.metrics_calls[done:], strict=True):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    a = load_file(again.adapter_dir / "adapter_model.safetensors")
+    b = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_continued_run_on_two_processes_matches_one_process(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Under data parallelism each rank computes its share of both reference tables (the
+    parent's, as one process does) and the tables are summed: the same run as one process."""
+    from worker.training.distributed import train_data_parallel
+
+    train_file, valid_file = pref_files
+    spec = replace(
+        SPEC,
+        adapter=replace(SPEC.adapter, dropout=0.0),  # no rank-dependent dropout masks
+        n_epochs=1,
+        checkpoint_every_n_steps=None,
+        init_adapter_dir=sft_parent,
+    )
+    one, two = RecordingReporter(), RecordingReporter()
+    single = train(
+        spec, tiny_model_dir, train_file, tmp_path / "one", one, validation_file=valid_file
+    )
+    double = train_data_parallel(
+        2,
+        spec,
+        tiny_model_dir,
+        train_file,
+        tmp_path / "two",
+        two,
+        validation_file=valid_file,
+        backend="gloo",
+    )
+    assert double.steps == single.steps == 3
+    assert two.losses == pytest.approx(one.losses, rel=1e-5)
+    assert one.losses[0] == pytest.approx(math.log(2), abs=1e-5)  # the parent is the reference
+    for got, want in zip(two.metrics_extra, one.metrics_extra, strict=True):
+        for key, value in want["extra"].items():
+            assert got["extra"][key] == (
+                value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)
+            )
+    assert one.metrics_extra[-1]["extra"]["full_valid_reward_margin"] is not None

@@ -11,19 +11,25 @@ The loss is TRL's ``sigmoid`` DPO loss::
     loss = -logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
 
 where ``pi`` and ``ref`` are log-probabilities of a reply summed over its loss tokens, under the
-trained policy and under the reference policy. The reference is the same model with its adapter
-switched off (``PeftModel.disable_adapter()``, under ``no_grad``): no second copy of the model
-is held in memory. The implicit rewards are ``beta * (pi - ref)``; the reward margin is chosen
-minus rejected, and the preference accuracy is the share of pairs whose chosen reward is higher.
+trained policy and under the reference policy. The reference is the policy the run starts from
+(as in the paper, and TRL's recommendation when DPO follows SFT): for a fresh adapter that is
+the base model, so the reference is the same model with its adapter switched off
+(``PeftModel.disable_adapter()``, under ``no_grad``); for a run continuing a parent adapter
+(``ft:``, ``TrainSpec.init_adapter_dir``) it is the base model with the parent's adapter, i.e.
+the model as loaded, before any step. No second copy of the model or of the adapter is held in
+memory. The implicit rewards are ``beta * (pi - ref)``; the reward margin is chosen minus
+rejected, and the preference accuracy is the share of pairs whose chosen reward is higher.
 
 A pair's chosen and rejected rows travel in the same padded micro-batch (the loss of a pair
 needs both), and micro-batches are cut by the engine's padding-aware split
 (:func:`worker.training.data.split_micro_batches`) over the pairs' longer side.
 
 The reference never changes during a run, so the recipe computes its log-probabilities once,
-before the first step (:func:`reference_table`, as TRL's ``precompute_ref_log_probs``), instead
-of one extra forward pass per pair per epoch; :func:`dpo_forward_backward` computes them on the
-fly when given no table.
+before the first step (:func:`reference_table`, as TRL's ``precompute_ref_log_probs``), for the
+training pairs and for the validation pairs, instead of one extra forward pass per pair per
+step or evaluation. A resumed run computes them before it restores the checkpoint's adapter, so
+from the same starting weights. :func:`dpo_forward_backward` and :func:`dpo_evaluate` compute
+them on the fly (adapter off) when given no table.
 """
 
 from __future__ import annotations
@@ -226,8 +232,13 @@ def sequence_logps(
 
 
 @contextlib.contextmanager
-def reference_policy(model: torch.nn.Module) -> Iterator[None]:
-    """The reference policy: ``model`` with its adapter switched off, without gradients."""
+def reference_policy(model: torch.nn.Module, with_adapter: bool = False) -> Iterator[None]:
+    """The reference policy, without gradients: ``model`` with its adapter switched off (the
+    base model), or, ``with_adapter``, ``model`` as it is (its adapter's current weights)."""
+    if with_adapter:
+        with torch.no_grad():
+            yield
+        return
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
         raise TypeError("DPO's reference policy needs a PEFT model (an adapter to switch off)")
@@ -278,10 +289,12 @@ def reference_table(
     micro_batch_size: int = 8,
     micro_batch_tokens: int = 8192,
     parallel: DataParallel | None = None,
+    with_adapter: bool = False,
 ) -> torch.Tensor:
     """The reference log-probabilities of every pair, ``[n_pairs, 2]`` (chosen, rejected),
-    float32 on the CPU; computed in eval mode with the adapter switched off (the decoders the
-    engine trains have no dropout outside the adapter, so train mode would give the same).
+    float32 on the CPU, computed in eval mode (no dropout) under :func:`reference_policy`:
+    with the adapter switched off, or, ``with_adapter``, with the adapter as it is now (a run
+    continuing a parent adapter calls this before any step: the reference is the parent).
     Under data parallelism each rank computes its share and the table is summed."""
     parallel = parallel or DataParallel()
     table = torch.zeros(len(pairs), 2, dtype=torch.float32)
@@ -293,7 +306,7 @@ def reference_table(
         for mb in pair_micro_batches(
             pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
         ):
-            with reference_policy(model):
+            with reference_policy(model, with_adapter):
                 logps = sequence_logps(model, mb.batch, device, split).float().cpu()
             n = len(mb.pairs)
             table[list(mb.pairs), 0] = logps[:n]
@@ -359,9 +372,12 @@ def dpo_evaluate(
     micro_batch_size: int = 8,
     micro_batch_tokens: int = 8192,
     parallel: DataParallel | None = None,
+    reference: torch.Tensor | None = None,
 ) -> DpoStats:
     """Mean DPO loss, rewards, margin and preference accuracy of ``model`` on ``pairs``, in
-    eval mode (restored afterwards); under data parallelism each rank takes its share."""
+    eval mode (restored afterwards); under data parallelism each rank takes its share.
+    ``reference``: the :func:`reference_table` of ``pairs`` (row ``i`` for ``pairs[i]``), else
+    the reference is ``model`` with its adapter switched off, computed here."""
     parallel = parallel or DataParallel()
     mine = parallel.shard(range(len(pairs)), [len(p) for p in pairs])
     split = split_head(model)
@@ -372,7 +388,7 @@ def dpo_evaluate(
         for mb in pair_micro_batches(
             pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
         ):
-            sums += _sums(*_pair_terms(model, mb, device, split, beta)).cpu()
+            sums += _sums(*_pair_terms(model, mb, device, split, beta, reference)).cpu()
     finally:
         model.train(was_training)
     sums = parallel.sum_(sums.to(parallel.comm_device())).cpu()

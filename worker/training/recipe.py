@@ -479,6 +479,7 @@ class _Run:
         )
         self.valid: Sequence[Any] = ()
         self.valid_sample: list[Any] = []
+        self.valid_picks: list[int] = []  # the sample's positions in self.valid
         if validation_file is not None:
             valid = load(validation_file, tokenizer, max_len)
             self._tell(lambda: _report_dataset(valid, self.reporter, "validation "))
@@ -486,7 +487,8 @@ class _Run:
             wanted = self.options.valid_sample_size or max(spec.batch_size, 16)
             size = min(len(self.valid), wanted)
             picks = random.Random(f"{spec.seed}:valid").sample(range(len(self.valid)), size)
-            self.valid_sample = [self.valid[i] for i in sorted(picks)]
+            self.valid_picks = sorted(picks)
+            self.valid_sample = [self.valid[i] for i in self.valid_picks]
 
         if spec.gradient_checkpointing:
             # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
@@ -531,20 +533,10 @@ class _Run:
             # A checkpoint written under an older default continues with its own batches.
             written = read_training_state(resume_from).fingerprint.get("group_size_multiplier")
             self.group_multiplier = int(written or self.group_multiplier)
-        self.reference = None
+        self.reference: torch.Tensor | None = None
+        self.valid_reference: torch.Tensor | None = None
         if spec.dpo is not None:
-            from worker.training.dpo import reference_table
-
-            # Once per run: the reference (the adapter switched off) never changes.
-            self.reference = reference_table(
-                self.model,
-                cast("Sequence[PreferencePair]", self.examples),
-                self.pad_id,
-                self.device,
-                self.options.micro_batch_size,
-                self.options.micro_batch_tokens,
-                self.parallel,
-            )
+            self._reference_tables()
         self.fingerprint = self._fingerprint(max_len)
         self.state = TrainingState(
             step=0,
@@ -582,6 +574,31 @@ class _Run:
             self.dtype,
             self.state.step,
         )
+
+    def _reference_tables(self) -> None:
+        """DPO's reference log-probabilities of the training and validation pairs, once per
+        run: the policy the run starts from never changes. A fresh adapter starts as the base
+        model (LoRA's B is 0, DoRA's magnitude the weight's norm): the adapter is switched off.
+        A run continuing a parent adapter starts from the parent: the adapter is kept on, as
+        loaded. Called before a resumed run restores its checkpoint's adapter, so a resumed
+        run's reference is the parent too, as in the uninterrupted run."""
+        from worker.training.dpo import reference_table
+
+        def table(pairs: Sequence[Any]) -> torch.Tensor:
+            return reference_table(
+                self.model,
+                cast("Sequence[PreferencePair]", pairs),
+                self.pad_id,
+                self.device,
+                self.options.micro_batch_size,
+                self.options.micro_batch_tokens,
+                self.parallel,
+                with_adapter=self.spec.init_adapter_dir is not None,
+            )
+
+        self.reference = table(self.examples)
+        if self.valid:
+            self.valid_reference = table(self.valid)
 
     def _fingerprint(self, max_len: int) -> dict[str, Any]:
         spec = self.spec
@@ -759,19 +776,21 @@ class _Run:
         if not self.valid:
             return metrics
         if step % self.eval_every == 0 or step == self.total_steps:
-            sample = self._evaluate(self.valid_sample)
+            sample = self._evaluate(self.valid_sample, self.valid_picks)
             metrics.update(valid_loss=sample.loss, valid_mean_token_accuracy=sample.accuracy)
             metrics.update({f"valid_{k}": v for k, v in sample.extra.items()})
         if epoch_end:
-            full = self._evaluate(self.valid)
+            full = self._evaluate(self.valid, range(len(self.valid)))
             metrics.update(full_valid_loss=full.loss, full_valid_mean_token_accuracy=full.accuracy)
             metrics.update({f"full_valid_{k}": v for k, v in full.extra.items()})
         return metrics
 
-    def _evaluate(self, examples: Sequence[Any]) -> EvalStats:
+    def _evaluate(self, examples: Sequence[Any], positions: Sequence[int]) -> EvalStats:
+        """Validation on ``examples``, which are ``self.valid[positions]``."""
         if self.spec.dpo is not None:
             from worker.training.dpo import DPO_METRIC_KEYS, dpo_evaluate
 
+            assert self.valid_reference is not None
             found = dpo_evaluate(
                 self.model,
                 examples,
@@ -781,6 +800,7 @@ class _Run:
                 self.options.micro_batch_size,
                 self.options.micro_batch_tokens,
                 self.parallel,
+                self.valid_reference[list(positions)],
             )
             return EvalStats(
                 loss=found.loss,
