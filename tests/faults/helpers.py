@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from openai import OpenAI
 
@@ -38,3 +39,19 @@ def metrics_steps(client: OpenAI, job_id: str) -> list[int]:
     """The steps of a job's metrics events, oldest first (each should appear once)."""
     events = reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))
     return [e.data["step"] for e in events if e.type == "metrics"]
+
+
+def rank_pids(worker_pid: int) -> list[int]:
+    """The worker's multiprocessing children that are training ranks (spawned Pythons)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == worker_pid and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
