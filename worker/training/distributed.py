@@ -204,9 +204,11 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _prefer_as_oom_victim(pid: int) -> None:
+def _prefer_as_oom_victim(pid: int | None) -> None:
     # Set by the launcher as soon as the rank exists: a rank's first allocations (importing
     # torch) come before any line of its own could run.
+    if pid is None:  # not started
+        return
     try:
         Path(f"/proc/{pid}/oom_score_adj").write_text(str(RANK_OOM_SCORE_ADJ))
     except OSError:  # not Linux, or the rank already exited: the kernel picks by size alone
