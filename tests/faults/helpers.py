@@ -41,9 +41,8 @@ def metrics_steps(client: OpenAI, job_id: str) -> list[int]:
     return [e.data["step"] for e in events if e.type == "metrics"]
 
 
-def rank_pids(worker_pid: int) -> list[int]:
-    """The worker's multiprocessing children that are training ranks (spawned Pythons)."""
-    pids = []
+def _children(pid: int) -> list[tuple[int, bytes]]:
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -52,6 +51,13 @@ def rank_pids(worker_pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == worker_pid and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def rank_pids(worker_pid: int) -> list[int]:
+    """The worker's training ranks: the children of its rank server (a multiprocessing fork
+    server), but for the warm-up child, which lives for an instant."""
+    servers = [pid for pid, cmd in _children(worker_pid) if b"forkserver" in cmd]
+    return sorted(pid for server in servers for pid, _ in _children(server))

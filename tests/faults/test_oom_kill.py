@@ -143,6 +143,12 @@ def test_an_oom_killed_training_process_fails_the_job_as_out_of_memory(
         ],
     )
     wait_until(lambda: "registered" in cluster.log("tight", 1000), 120, "the worker to register")
+    # The limit leaves room for the worker and its rank server (torch & co. imported), no more.
+    wait_until(
+        lambda: "training process server ready" in cluster.log("tight", 1000),
+        120,
+        "the worker's training process server",
+    )
     assert str(worker.pid) in memory_cgroup.procs().read_text().split()
     memory_cgroup.limit(memory_cgroup.usage() + HEADROOM)
     kills_before = memory_cgroup.oom_kills()
