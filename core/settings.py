@@ -241,8 +241,15 @@ class Settings(BaseSettings):
     )
     worker_cpu_processes: int = Field(
         default=1,
-        description="On a worker without CUDA: gloo processes per job (1: train in the "
-        "worker's process).",
+        description="On a worker without CUDA: gloo processes per job (1: one training "
+        "process, see DORADO_WORKER_ISOLATE_TRAINING).",
+    )
+    worker_isolate_training: bool = Field(
+        default=True,
+        description="1: a single-process job trains in a child process of the worker, so "
+        "that a kernel OOM kill ends that process, not the worker, and fails the job as "
+        "out_of_memory with what to change; 0: it trains in the worker's process (an OOM kill "
+        "then takes the worker, and the job is re-queued when its lease expires).",
     )
     worker_dist_timeout_seconds: float = Field(
         default=1800.0,

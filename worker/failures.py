@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Sequence
-from pathlib import Path
 
 from core.jobs.status import FailureCode
 from core.storage.objects import ObjectNotFound
+from worker import oom
 from worker.model_store import ModelUnavailable
 from worker.training.spec import TrainingProcessLost
 
@@ -26,8 +25,9 @@ TRANSIENT_CODES = frozenset(
 # What to change when a job runs out of memory, in the order that costs the least.
 OOM_ADVICE = (
     "lower max_seq_length or training.micro_batch_tokens, set "
-    "training.gradient_checkpointing to true, or run it on larger GPUs (a pool with more "
-    "memory) or more of them"
+    "training.gradient_checkpointing to true, quantize the base model "
+    '(adapter.quantization "nf4"), or run it on larger GPUs (a pool with more memory) or more '
+    "of them"
 )
 # How allocators say they failed: torch's CPU allocator raises a plain RuntimeError
 # ("DefaultCPUAllocator: can't allocate memory"), CUDA's an OutOfMemoryError (a RuntimeError)
@@ -36,28 +36,18 @@ _ALLOCATION_FAILED = re.compile(
     r"can't allocate memory|out of memory|CUDA_ERROR_OUT_OF_MEMORY|CUBLAS_STATUS_ALLOC_FAILED",
     re.IGNORECASE,
 )
-# The kernel's count of OOM kills in this process's memory cgroup (v2, then v1).
-CGROUP_OOM_FILES = (
-    Path("/sys/fs/cgroup/memory.events"),
-    Path("/sys/fs/cgroup/memory/memory.oom_control"),
-)
+
+OOM_COUNTER = oom.find_counter()
+"""Where this worker reads the kernel's OOM kills (see worker.oom); None: nowhere."""
 
 
-def cgroup_oom_kills(paths: Sequence[Path] = CGROUP_OOM_FILES) -> int | None:
-    """The ``oom_kill`` counter of the first readable cgroup file, None where none is."""
-    for path in paths:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        match = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
-        if match:
-            return int(match.group(1))
-    return None
+def oom_kills() -> int | None:
+    """The kernel's OOM kill count for this worker now, None where it cannot be read."""
+    return OOM_COUNTER.read() if OOM_COUNTER is not None else None
 
 
-OOM_KILLS_AT_START = cgroup_oom_kills()
-"""The counter when this worker started: a later kill raised it (None: not readable here)."""
+OOM_KILLS_AT_START = oom_kills()
+"""The count when this worker started: the baseline of a run that did not read its own."""
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
@@ -67,28 +57,38 @@ def is_allocation_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and bool(_ALLOCATION_FAILED.search(str(exc)))
 
 
-def host_oom_killed(exc: TrainingProcessLost, kills_now: int | None = None) -> bool | None:
+def host_oom_killed(
+    exc: TrainingProcessLost, kills_before: int | None, kills_now: int | None = None
+) -> bool | None:
     """Whether a lost training process was killed by the kernel's OOM killer: True when it
-    died of SIGKILL and the cgroup counted an OOM kill since this worker started, False when it
-    did not die of SIGKILL or no kill was counted, None when SIGKILL is all that is known
-    (the counter is not readable here)."""
+    died of SIGKILL and the kernel counted an OOM kill since ``kills_before`` (read before the
+    run started), False when it did not die of SIGKILL or no kill was counted, None when
+    SIGKILL is all that is known (the counter is not readable here)."""
     if exc.exit_code != -signal.SIGKILL:
         return False
-    now = cgroup_oom_kills() if kills_now is None else kills_now
-    if now is None or OOM_KILLS_AT_START is None:
+    now = oom_kills() if kills_now is None else kills_now
+    if now is None or kills_before is None:
         return None
-    return now > OOM_KILLS_AT_START
+    return now > kills_before
 
 
-def classify(exc: BaseException) -> tuple[FailureCode, str, str | None]:
-    """(code, human message, param) for a failed run."""
+def classify(
+    exc: BaseException, oom_kills_before: int | None = OOM_KILLS_AT_START
+) -> tuple[FailureCode, str, str | None]:
+    """(code, human message, param) for a failed run; ``oom_kills_before`` is the kernel's
+    OOM kill count (:func:`oom_kills`) when the run started (default: when the worker did)."""
     if isinstance(exc, TrainingProcessLost):
-        killed = host_oom_killed(exc)
+        killed = host_oom_killed(exc, oom_kills_before)
         if killed:
+            counted_by = (
+                "the host's kernel (its memory cgroup is not readable here)"
+                if OOM_COUNTER is not None and OOM_COUNTER.scope == oom.HOST
+                else "the worker's memory cgroup"
+            )
             return (
                 FailureCode.OUT_OF_MEMORY,
-                "The host ran out of memory: the kernel killed a training process (SIGKILL, "
-                f"counted as an OOM kill by its memory cgroup); {OOM_ADVICE}",
+                "The worker ran out of memory: the kernel's OOM killer ended the training "
+                f"process (SIGKILL, an OOM kill counted by {counted_by}); {OOM_ADVICE}",
                 "max_seq_length",
             )
         hint = (

@@ -82,6 +82,18 @@ def start(app: Celery) -> None:
         target=_run, args=(app, settings, _state.name), daemon=True, name="dorado-heartbeat"
     )
     _state.thread.start()
+    threading.Thread(target=_warm_rank_server, daemon=True, name="dorado-rank-warmup").start()
+
+
+def _warm_rank_server() -> None:
+    from worker.training.distributed import warm_rank_server
+
+    try:
+        seconds = warm_rank_server()
+    except Exception:  # the first job starts the server instead (and reports what fails)
+        log.exception("could not start the training process server")
+        return
+    log.info("training process server ready in %.1f s (torch, transformers, peft loaded)", seconds)
 
 
 def stop() -> None:

@@ -26,7 +26,7 @@ from core.storage.objects import ObjectNotFound, ObjectStore, download_dir, open
 from core.timeutil import utcnow
 from worker import artifacts, registry, shutdown
 from worker.celery_app import app
-from worker.failures import TRANSIENT_CODES, classify
+from worker.failures import TRANSIENT_CODES, classify, oom_kills
 from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.trackers import job_reporter
@@ -202,6 +202,8 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
         deadline = started + timedelta(seconds=limit)
     reporter = job_reporter(settings, store, job_id, attempt, deadline=deadline)
     reporter.start()
+    # A training process the kernel kills while this count stays put was not out of memory.
+    kills_before = oom_kills()
     try:
         _train(settings, store, job_id, attempt, reporter)
     except TrainingStopped:
@@ -235,7 +237,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
         )
     except Exception as exc:
         log.exception("job %s: failed", job_id)
-        code, message, param = classify(exc)
+        code, message, param = classify(exc, oom_kills_before=kills_before)
         with session_scope(settings.database_url) as session:
             if code in TRANSIENT_CODES and jobs.retry_after_transient_error(
                 session,
@@ -288,6 +290,7 @@ def _train(
         if shutdown.in_progress():  # nothing trained yet: hand the job back as it was
             raise TrainingPaused(step=0)
         # One process per GPU (or DORADO_WORKER_CPU_PROCESSES on CPU); rank 0 uses `reporter`.
+        # A single one is a child too (isolated), unless DORADO_WORKER_ISOLATE_TRAINING=0.
         plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
         result = run_training(
             spec,
@@ -300,6 +303,7 @@ def _train(
             resume_from=resume_dir,
             timeout_seconds=settings.worker_dist_timeout_seconds,
             log_setup=configure_logging,
+            isolate=settings.worker_isolate_training,
         )
         if reporter.should_stop():
             raise TrainingStopped()

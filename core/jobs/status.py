@@ -80,7 +80,8 @@ FAILURE_HELP: dict[FailureCode, str] = {
     ),
     FailureCode.MODEL_UNAVAILABLE: "The base model could not be loaded on the worker.",
     FailureCode.OUT_OF_MEMORY: (
-        "The worker ran out of memory. Try a smaller batch size or shorter examples."
+        "The job ran out of memory. Try shorter examples (max_seq_length), gradient "
+        'checkpointing, a quantized model (adapter.quantization "nf4") or larger GPUs.'
     ),
     FailureCode.TRAINING_DIVERGED: (
         "The loss became NaN or infinite. Try a lower learning rate multiplier."

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from openai import OpenAI
 
@@ -38,3 +39,25 @@ def metrics_steps(client: OpenAI, job_id: str) -> list[int]:
     """The steps of a job's metrics events, oldest first (each should appear once)."""
     events = reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))
     return [e.data["step"] for e in events if e.type == "metrics"]
+
+
+def _children(pid: int) -> list[tuple[int, bytes]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def rank_pids(worker_pid: int) -> list[int]:
+    """The worker's training ranks: the children of its rank server (a multiprocessing fork
+    server), but for the warm-up child, which lives for an instant."""
+    servers = [pid for pid, cmd in _children(worker_pid) if b"forkserver" in cmd]
+    return sorted(pid for server in servers for pid, _ in _children(server))

@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, upload_pirate, wait_until
+from tests.faults.helpers import csv_steps, messages, rank_pids, upload_pirate, wait_until
 
 EXAMPLES = 52  # examples/pirate.jsonl
 
@@ -55,22 +55,6 @@ def finish(client: OpenAI, cluster: Cluster, job_id: str):
     )
     assert job.status == "succeeded", (job.error, cluster.logs())
     return job
-
-
-def rank_pids(worker_pid: int) -> list[int]:
-    """The worker's multiprocessing children that are training ranks (spawned Pythons)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == worker_pid and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
 
 
 def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_path: Path):

@@ -145,28 +145,34 @@ def test_allocation_failures_are_out_of_memory_with_what_to_change():
 def test_a_host_oom_kill_is_told_from_a_lost_process(tmp_path: Path, monkeypatch):
     from core.jobs.status import FailureCode
     from worker import failures
+    from worker.oom import OomCounter
 
     events = tmp_path / "memory.events"
     events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
-    monkeypatch.setattr(failures, "CGROUP_OOM_FILES", (tmp_path / "absent", events))
-    assert failures.cgroup_oom_kills(failures.CGROUP_OOM_FILES) == 1
-    monkeypatch.setattr(failures, "OOM_KILLS_AT_START", 1)
-    killed = TrainingProcessLost("training process 1 of 2 died", exit_code=-signal.SIGKILL)
+    monkeypatch.setattr(failures, "OOM_COUNTER", OomCounter(events, "memory cgroup"))
+    assert failures.oom_kills() == 1
+    killed = TrainingProcessLost("training process 0 of 1 died", exit_code=-signal.SIGKILL)
 
-    # SIGKILL and no new kill counted: a lost process, retried.
-    assert failures.host_oom_killed(killed, kills_now=1) is False
-    # The kernel counted a kill since the worker started: out of memory, with the advice.
+    # SIGKILL and no new kill counted since the run started: a lost process, retried.
+    assert failures.host_oom_killed(killed, kills_before=1) is False
+    assert failures.classify(killed, oom_kills_before=1)[0] == FailureCode.TRAINING_PROCESS_LOST
+    # The kernel counted a kill since: out of memory, with the advice.
     events.write_text("oom 2\noom_kill 2\n")
-    monkeypatch.setattr(failures, "cgroup_oom_kills", lambda paths=(): 2)
-    code, message, _ = failures.classify(killed)
-    assert code == FailureCode.OUT_OF_MEMORY and "kernel killed a training process" in message
+    code, message, param = failures.classify(killed, oom_kills_before=1)
+    assert code == FailureCode.OUT_OF_MEMORY and param == "max_seq_length"
+    assert "OOM killer ended the training process" in message
+    assert "memory cgroup" in message and 'adapter.quantization "nf4"' in message
+    # Counted by the host's vmstat (no readable cgroup): said so.
+    monkeypatch.setattr(failures, "OOM_COUNTER", OomCounter(events, "host"))
+    assert "host's kernel" in failures.classify(killed, oom_kills_before=1)[1]
     # A crash (a non-zero exit) is never taken for an OOM kill.
     crashed = TrainingProcessLost("training process 1 of 2 died", exit_code=1)
-    assert failures.classify(crashed)[0] == FailureCode.TRAINING_PROCESS_LOST
+    assert failures.classify(crashed, oom_kills_before=1)[0] == FailureCode.TRAINING_PROCESS_LOST
     # Where the counter cannot be read, SIGKILL alone is not proof: lost, with the hint.
-    monkeypatch.setattr(failures, "cgroup_oom_kills", lambda paths=(): None)
-    code, message, _ = failures.classify(killed)
+    monkeypatch.setattr(failures, "OOM_COUNTER", None)
+    code, message, _ = failures.classify(killed, oom_kills_before=1)
     assert code == FailureCode.TRAINING_PROCESS_LOST and "out of memory" in message
+    assert "max_seq_length" in message
     # The exit code survives pickling (a rank's error travels to its launcher).
     import pickle
 

@@ -1,12 +1,19 @@
 """Train one job on several devices of one worker with ``torch.distributed``.
 
-:func:`run_training` is what the worker calls: one process trains in place; more than one
-goes through :func:`train_data_parallel`, which spawns ``world_size`` rank processes, joins them
-into a process group (NCCL on CUDA, one GPU per rank; gloo on CPU) and runs
-:func:`worker.training.recipe.train` in each. The recipe sees the group
-(``worker.training.parallel``): every rank trains on its share of every batch, gradients are
-summed across ranks, and rank 0 alone talks to the reporter, writes checkpoints and saves the
-adapter. The result equals a single-process run of the same global batch up to float rounding.
+:func:`run_training` is what the worker calls. More than one process goes through
+:func:`train_data_parallel`, which starts ``world_size`` rank processes, joins them into a
+process group (NCCL on CUDA, one GPU per rank; gloo on CPU) and runs
+:func:`worker.training.recipe.train` in each. One process goes the same way with
+``isolate`` (``DORADO_WORKER_ISOLATE_TRAINING``, the worker's default): a single rank, with no
+group, so that a kernel OOM kill ends the training process and not the worker, which then
+reports it (see worker.failures); without ``isolate`` it trains in the caller's process.
+Ranks are forked from a multiprocessing fork server that the worker starts once, at boot
+(:func:`warm_rank_server`), and that has imported torch, transformers and peft: a rank starts
+in a fraction of a second instead of paying those imports (about 5 s of CPU) per job.
+The recipe sees the group (``worker.training.parallel``): every rank trains on its share of
+every batch, gradients are summed across ranks, and rank 0 alone talks to the reporter, writes
+checkpoints and saves the adapter. The result equals a single-process run of the same global
+batch up to float rounding.
 
 The reporter stays in the calling process (it holds database connections, a lease heartbeat
 thread and the worker's shutdown flag, none of which can cross a process boundary). Rank 0
@@ -19,7 +26,10 @@ raises ends it with that exception; in both cases the other ranks, which may be 
 collective waiting for the dead one, are killed after a short grace period. The process
 group's own timeout bounds any collective that hangs without a crash. Ranks ignore SIGINT and
 SIGTERM (a shutdown reaches them as a pause through rank 0's reporter) and die with their
-parent, so a worker killed outright leaves no rank behind.
+parent, so a worker killed outright leaves no rank behind. The launcher sets each rank's
+``oom_score_adj`` to the most (1000) as it starts: when memory runs out, the kernel kills a
+rank (whose death the worker reports as out of memory) and never the worker first (whose job
+would wait for its lease to expire, as a lost worker).
 """
 
 from __future__ import annotations
@@ -59,6 +69,10 @@ FAILURE_GRACE_SECONDS = 10.0
 
 EXIT_GRACE_SECONDS = 5.0
 """How long ranks get to exit by themselves once the run is decided."""
+
+RANK_OOM_SCORE_ADJ = 1000
+"""A rank's ``oom_score_adj`` (-1000..1000): the kernel's first choice when memory runs out.
+Raising it needs no privilege."""
 
 REPORTER_METHODS = frozenset(
     {"metrics", "message", "should_stop", "should_pause", "save_checkpoint"}
@@ -193,6 +207,52 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def _prefer_as_oom_victim(pid: int | None) -> None:
+    # Set by the launcher as soon as the rank exists: a rank's first allocations (importing
+    # torch) come before any line of its own could run.
+    if pid is None:  # not started
+        return
+    try:
+        Path(f"/proc/{pid}/oom_score_adj").write_text(str(RANK_OOM_SCORE_ADJ))
+    except OSError:  # not Linux, or the rank already exited: the kernel picks by size alone
+        logger.debug("could not raise the oom_score_adj of rank process %s", pid)
+
+
+# What every rank imports, loaded once per worker by the fork server its ranks start from: a
+# spawned rank paid these imports (about 5 s of CPU here) at the start of every job.
+RANK_PRELOAD = [
+    "worker.training.rank_server",
+    "torch",
+    "transformers",
+    "peft",
+    "worker.training.recipe",
+]
+
+
+def _rank_context() -> Any:
+    """Ranks are forked from a fork server (a clean process started once per worker, which
+    imported :data:`RANK_PRELOAD`), never from the worker itself, whose threads (Celery's pool,
+    the lease heartbeat) a plain fork would copy in whatever state they hold."""
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(RANK_PRELOAD)
+    return ctx
+
+
+def _warmup() -> None:
+    """The rank server's first child: returns at once."""
+
+
+def warm_rank_server() -> float:
+    """Start the fork server that ranks start from and wait until its imports are done (a
+    worker calls this once it is up, so that its first job starts as fast as the next, and the
+    server's memory is there before any job's); the seconds it took."""
+    started = time.monotonic()
+    proc = _rank_context().Process(target=_warmup, name="dorado-rank-warmup")
+    proc.start()
+    proc.join()
+    return time.monotonic() - started
+
+
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: a rank must not train on (and hold a GPU) after its worker was killed.
     try:
@@ -201,6 +261,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the launcher's cleanup still applies
         pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -226,7 +296,7 @@ def _rank_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    if os.getppid() != config.parent_pid:  # the parent died before the line above
+    if not _alive(config.parent_pid):  # the worker died before the line above
         os._exit(1)
     if config.log_setup is not None:
         config.log_setup()
@@ -238,13 +308,14 @@ def _rank_main(
         # The ranks share the machine's cores; more threads than cores each only thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.world_size))
     try:
-        dist.init_process_group(
-            config.backend,
-            init_method=f"tcp://127.0.0.1:{config.port}",
-            rank=rank,
-            world_size=config.world_size,
-            timeout=timedelta(seconds=config.timeout_seconds),
-        )
+        if config.world_size > 1:  # one isolated process trains alone, without a group
+            dist.init_process_group(
+                config.backend,
+                init_method=f"tcp://127.0.0.1:{config.port}",
+                rank=rank,
+                world_size=config.world_size,
+                timeout=timedelta(seconds=config.timeout_seconds),
+            )
         reporter = ReporterProxy(conn) if rank == 0 else SilentReporter()
         result = train(*args, reporter, **kwargs)
         conn.send(("result", result))
@@ -282,7 +353,7 @@ def train_data_parallel(
     """
     if world_size < 1:
         raise ValueError("world_size must be >= 1")
-    ctx = get_context("spawn")
+    ctx = _rank_context()
     config = _RankConfig(
         world_size=world_size,
         port=free_port(),
@@ -304,6 +375,7 @@ def train_data_parallel(
                 name=f"dorado-rank-{rank}",
             )
             proc.start()
+            _prefer_as_oom_victim(proc.pid)
             theirs.close()
             ranks.append(proc)
             conns.append(ours)
@@ -444,9 +516,14 @@ def run_training(
     resume_from: Path | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     log_setup: Callable[[], None] | None = None,
+    isolate: bool = False,
 ) -> TrainResult:
-    """Train in this process, or across ``plan.world_size`` processes when it is above 1."""
-    if plan is None or plan.world_size == 1:
+    """Train across ``plan.world_size`` processes when it is above 1; else in one process,
+    spawned when ``isolate`` (its death, an OOM kill say, then raises
+    ``TrainingProcessLost`` here) or this one."""
+    world_size = 1 if plan is None else plan.world_size
+    backend = default_backend() if plan is None else plan.backend
+    if world_size == 1 and not isolate:
         from worker.training.recipe import train
 
         return train(
@@ -459,14 +536,14 @@ def run_training(
             resume_from=resume_from,
         )
     logger.info(
-        "[job %s] training on %d %s processes (%s)",
+        "[job %s] training on %d %s process(es) (%s)",
         spec.options.log_label,
-        plan.world_size,
-        plan.device_type,
-        plan.backend,
+        world_size,
+        "cuda" if backend == "nccl" else "cpu",
+        backend if world_size > 1 else "isolated",
     )
     return train_data_parallel(
-        plan.world_size,
+        world_size,
         spec,
         base_model_dir,
         training_file,
@@ -474,7 +551,7 @@ def run_training(
         reporter,
         validation_file=validation_file,
         resume_from=resume_from,
-        backend=plan.backend,
+        backend=backend,
         timeout_seconds=timeout_seconds,
         log_setup=log_setup,
     )

@@ -179,8 +179,9 @@ class TrainingPaused(Exception):
 
 
 class TrainingProcessLost(RuntimeError):
-    """A process of a multi-process run died without reporting (killed, crashed, lost its
-    device); the run stops, and the job may be retried from its last checkpoint."""
+    """A training process (a rank of a multi-process run, or a single isolated one) died
+    without reporting (killed, crashed, lost its device); the run stops, and the job may be
+    retried from its last checkpoint, unless the kernel's OOM killer ended it."""
 
     def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
