@@ -20,7 +20,7 @@ scatters is a collective: all ranks must call it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -149,7 +149,8 @@ def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimi
     by_name = get_optimizer_state_dict(model, optimizer, options=_trainable_state_options())
     if dist.get_rank() != 0:
         return {}
-    return _renumber(by_name, dict(_numbering(by_name["param_groups"])))
+    numbers = {name: n for n, name in enumerate(_parameter_names(model, optimizer))}
+    return _renumber(by_name, numbers)
 
 
 def load_optimizer_state(
@@ -157,25 +158,18 @@ def load_optimizer_state(
 ) -> None:
     """Load a full optimizer state in ``optimizer.state_dict()``'s layout (every rank passes
     the same one) into the sharded optimizer. A collective."""
-    names = get_optimizer_state_dict(model, optimizer, options=_trainable_state_options())
-    number_to_name = {n: name for name, n in _numbering(names["param_groups"])}
-    if set(number_to_name) != {p for g in state["param_groups"] for p in g["params"]}:
+    names = dict(enumerate(_parameter_names(model, optimizer)))
+    if set(names) != {p for g in state["param_groups"] for p in g["params"]}:
         raise ValueError("the checkpoint's optimizer state is for other parameters")
     set_optimizer_state_dict(
-        model,
-        optimizer,
-        _renumber(state, number_to_name),
-        options=StateDictOptions(full_state_dict=True),
+        model, optimizer, _renumber(state, names), options=StateDictOptions(full_state_dict=True)
     )
 
 
-def _numbering(groups: list[dict[str, Any]]) -> Iterator[tuple[Any, Any]]:
-    """(name, number) of each parameter, numbered across groups as ``Optimizer.state_dict``."""
-    number = 0
-    for group in groups:
-        for name in group["params"]:
-            yield name, number
-            number += 1
+def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters' names in the order ``Optimizer.state_dict`` numbers them."""
+    names = {param: name for name, param in model.named_parameters()}
+    return [names[param] for group in optimizer.param_groups for param in group["params"]]
 
 
 def _renumber(state: dict[str, Any], key: dict[Any, Any]) -> dict[str, Any]:
