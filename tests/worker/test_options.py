@@ -317,3 +317,25 @@ def test_build_spec_rejects_an_unknown_job_option() -> None:
 
     with pytest.raises(ValueError, match="unknown job option 'learning_rat'"):
         build_spec(_job(learning_rat=1e-4))
+
+
+def test_the_planners_sharding_reaches_the_engine() -> None:
+    """A job that fits its pool's GPUs only sharded (core.jobs.planner) trains with FSDP: the
+    plan's ``as_dict`` is the job's ``resources``, which build_spec reads."""
+    from core.jobs.planner import Architecture, PlanRequest, place
+    from tests.core.test_planner import LLAMA_8B
+    from worker.tasks import build_spec
+
+    arch = Architecture.from_config(LLAMA_8B)
+    placed = place(arch, PlanRequest(max_seq_length=2048), {"v100": 32768}, {"v100": 4})
+    assert placed.plan is not None
+    job = _job()
+    job.resources = placed.plan.as_dict()
+    assert build_spec(job).options.sharding == "fsdp"
+    job.resources = place(arch, PlanRequest(), {"a100": 81920}, {"a100": 4}).plan.as_dict()
+    assert build_spec(job).options.sharding == "ddp"
+    # Not planned (unknown architecture), or planned before sharding existed: data parallel.
+    job.resources = None
+    assert build_spec(job).options.sharding == "ddp"
+    job.resources = {"gpus": 1, "estimated_peak_mib_per_device": 900}
+    assert build_spec(job).options.sharding == "ddp"

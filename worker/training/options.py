@@ -198,17 +198,19 @@ class JobOptions:
         if self.precision is not None:
             _check_precision(self.precision)
 
-    def engine_options(self, **labels: Any) -> EngineOptions:
+    def engine_options(self, sharding: Sharding = "ddp", **labels: Any) -> EngineOptions:
         """The :class:`EngineOptions` of this job: its ``lr_scheduler`` and
         ``micro_batch_tokens`` where set, the defaults otherwise, its ``precision``
-        (``"auto"`` unless the job forces one), plus ``labels`` (``base_model_name``,
-        ``job_id``)."""
+        (``"auto"`` unless the job forces one), the memory planner's ``sharding`` (the job's
+        ``resources``), plus ``labels`` (``base_model_name``, ``job_id``)."""
         chosen = {
             name: getattr(self, name)
             for name in ("lr_scheduler", "micro_batch_tokens")
             if getattr(self, name) is not None
         }
-        return EngineOptions(**chosen, precision=self.precision or "auto", **labels)
+        return EngineOptions(
+            **chosen, precision=self.precision or "auto", sharding=sharding, **labels
+        )
 
     @classmethod
     def from_stored(cls, options: Mapping[str, Any] | None) -> JobOptions:
