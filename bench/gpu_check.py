@@ -12,13 +12,14 @@ forwards, ``build_optimizer``, ``forward_backward``, FSDP2 sharding from
 
 * ``lora`` and ``dora``: bf16 base, one GPU;
 * ``qlora``: the decoder's linear layers in bitsandbytes NF4 (double quantization, bf16
-  compute) under a LoRA adapter; skipped with a line saying why without bitsandbytes or CUDA;
+  compute, stored in bf16-sized words as ``worker.training.quantization`` stores them) under
+  a LoRA adapter; skipped with a line saying why without bitsandbytes;
 * ``fsdp``: DoRA with the model sharded per decoder layer over every visible GPU (NCCL);
   skipped with one GPU.
 
 Columns: tokens/s over the measured steps (warm-up steps excluded), model FLOPs utilisation,
 the peak of allocated GPU memory (the largest rank's under FSDP) and the memory planner's
-estimate per device (``core.jobs.planner`` when this tree has it, else ``n/a``). The FLOPs
+estimate per device (``core.jobs.planner``, asked for the same sharding). The FLOPs
 counted per token are those adapter training performs: the frozen base runs forward and
 back-propagates into its inputs but computes no weight gradient, so ``4 * N`` for the ``N``
 weights of the decoder's matrices and the head, plus attention's ``8 * layers * seq * q_dim``
@@ -29,8 +30,9 @@ Every case runs in its own process (an out-of-memory or a crash costs that row o
 memory is measured from a clean start) under ``--case-timeout`` seconds.
 
 ``--dry-run`` runs the same code on the CPU with a tiny configuration in under a minute: two
-gloo processes stand in for the GPUs of the FSDP case and the peak is the process's RSS. It is
-what the tests run (``tests/worker/test_fsdp_bench.py``); the real run needs a GPU.
+gloo processes stand in for the GPUs of the FSDP case, NF4 uses bitsandbytes' CPU kernels
+(fp32 compute) and the peak is the process's RSS. It is what the tests run
+(``tests/worker/test_fsdp_bench.py``); the real run needs a GPU.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def random_model(case: Case, device: Any, sharded: bool) -> Any:
     if case.case == "qlora":
         base.to_empty(device=device)
         _randomise(base)
-        _quantize_nf4(base)
+        _quantize_nf4(base, dtype)
     spec = AdapterSpec(type=case.adapter_type, r=case.rank, alpha=2 * case.rank)
     model = attach_adapter(base, spec)
     if case.adapter_type == "dora":
@@ -189,8 +191,9 @@ def _reset_rotary(model: Any, config: Any, device: Any) -> None:
     decoder.rotary_emb = type(decoder.rotary_emb)(config=config).to(device)
 
 
-def _quantize_nf4(model: Any) -> None:
-    """Replace every decoder linear layer by a bitsandbytes NF4 layer holding its weight."""
+def _quantize_nf4(model: Any, compute_dtype: Any) -> None:
+    """Replace every decoder linear layer by a bitsandbytes NF4 layer holding its weight, laid
+    out as ``worker.training.quantization.bnb_config`` has transformers lay it out."""
     import bitsandbytes as bnb
     import torch
 
@@ -204,18 +207,24 @@ def _quantize_nf4(model: Any) -> None:
                     child.in_features,
                     child.out_features,
                     bias=child.bias is not None,
-                    compute_dtype=torch.bfloat16,
+                    compute_dtype=compute_dtype,
                     compress_statistics=True,  # double quantization
                     quant_type="nf4",
+                    quant_storage=torch.bfloat16,
                     device="cpu",
                 )
                 weight = child.weight.data.to("cpu")
                 quantized.weight = bnb.nn.Params4bit(
-                    weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
+                    weight,
+                    requires_grad=False,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                    quant_storage=torch.bfloat16,
                 )
                 setattr(parent, name, quantized.to(child.weight.device))
                 del child
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def random_batch(case: Case, seed: int) -> Any:
@@ -316,11 +325,8 @@ def run_case(case: Case) -> dict[str, Any]:
     """The child's work: one row, as a dict (``skipped`` says why a case did not run)."""
     import torch
 
-    if case.case == "qlora":
-        if case.dry_run or not torch.cuda.is_available():
-            return {"skipped": "NF4 needs CUDA (bitsandbytes' 4-bit kernels)"}
-        if importlib.util.find_spec("bitsandbytes") is None:
-            return {"skipped": "NF4 needs bitsandbytes, which is not installed"}
+    if case.case == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        return {"skipped": "NF4 needs bitsandbytes, which is not installed"}
     if case.case != "fsdp":
         return measure(case)
     world_size = 2 if case.dry_run else torch.cuda.device_count()
@@ -368,11 +374,10 @@ def peak_tflops(gpu: str, override: float | None) -> float | None:
 
 
 def planner_estimate_mib(case: Case, gpus: int) -> str:
-    """The memory planner's peak per device, when ``core.jobs.planner`` is in this tree."""
-    if importlib.util.find_spec("core.jobs.planner") is None:
-        return "n/a"
+    """The memory planner's peak per device for the case, sharded as the case runs."""
+    from core.jobs import planner
+
     try:
-        planner = importlib.import_module("core.jobs.planner")
         arch = planner.Architecture.from_config({"model_type": "llama", **SIZES[case.size]})
         request = planner.PlanRequest(
             adapter_type=case.adapter_type,
@@ -385,9 +390,10 @@ def planner_estimate_mib(case: Case, gpus: int) -> str:
             gpus=gpus,
             weight_bytes=4 if case.dry_run else 2,
             cuda=not case.dry_run,
+            sharding="fsdp" if case.case == "fsdp" else "ddp",
         )
         return f"{planner.plan(arch, request).peak_mib:,}"
-    except Exception as exc:  # the planner's interface may have moved on: say so, go on
+    except ValueError as exc:  # a size the planner cannot read: say so, go on
         return f"n/a ({type(exc).__name__}: {exc})"
 
 
