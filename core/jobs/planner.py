@@ -334,7 +334,7 @@ def plan(arch: Architecture, request: PlanRequest) -> MemoryPlan:
     decoder = layer_weights * arch.num_layers
     outside = (arch.other_parameters - 2 * arch.num_layers * arch.hidden_size) * dtype
     trainable = trainable_parameters(arch, request)
-    adapter = trainable * ADAPTER_STATE_BYTES
+    adapter: float = trainable * ADAPTER_STATE_BYTES
     if sharding == "fsdp" and gpus > 1:
         gathered = FSDP_GATHERED_LAYERS * layer_weights + outside
         weights = (decoder + outside) / gpus + gathered

@@ -21,7 +21,7 @@ scatters is a collective: all ranks must call it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -139,7 +139,8 @@ def _trainable_state_options() -> StateDictOptions:
 def gather_adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The full trainable parameters on rank 0's CPU, keyed as ``model.state_dict()``
     (empty on the other ranks). A collective."""
-    return get_model_state_dict(model, options=_trainable_state_options())
+    state = get_model_state_dict(model, options=_trainable_state_options())
+    return cast("dict[str, torch.Tensor]", state)
 
 
 def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:

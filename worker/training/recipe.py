@@ -480,6 +480,7 @@ class _Run:
         # How a quantized base was stored goes with every adapter it trains (serving, merging).
         self.quantization = (quantization, self.dtype) if quantization else None
         base: PreTrainedModel | None = None
+        tokenizer: PreTrainedTokenizerBase
         if self.parallel.sharded and quantization is None:
             # Every rank builds the model on the meta device; rank 0 loads it (_sharded_model).
             from transformers import AutoConfig, AutoTokenizer
