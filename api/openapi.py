@@ -68,6 +68,11 @@ class JobResources(OpenObject):
     """The memory planner's verdict on a job (core/jobs/planner.py)."""
 
     gpus: int
+    sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How the job's GPUs share the model: ddp (each holds all of it) or fsdp "
+        "(decoder layers and adapter state split across them), chosen when no single GPU fits",
+    )
     estimated_peak_mib_per_device: int
     gradient_checkpointing: bool
     quantization: str | None

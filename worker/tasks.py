@@ -30,7 +30,7 @@ from worker.failures import TRANSIENT_CODES, classify, oom_kills
 from worker.model_store import ensure_model
 from worker.reporting import JobReporter, load_history
 from worker.trackers import job_reporter
-from worker.training.options import JobOptions
+from worker.training.options import JobOptions, Sharding
 from worker.training.spec import (
     AdapterSpec,
     DpoSpec,
@@ -55,8 +55,9 @@ def build_spec(job: Job) -> TrainSpec:
     The one place where the job's stored options become typed (``JobOptions.from_stored``
     rejects a key it does not know); their ``learning_rate`` replaces the multiplied base rate,
     and the job's resolved ``training`` options (warmup, weight decay, schedule, gradient
-    checkpointing, micro-batch tokens) reach the spec and its engine options. A ``dpo`` job
-    trains by DPO with its resolved ``beta``.
+    checkpointing, micro-batch tokens) reach the spec and its engine options, with the
+    planner's ``sharding`` from its ``resources``. A ``dpo`` job trains by DPO with its
+    resolved ``beta``.
     """
     adapter = job.adapter
     modules = adapter.get("target_modules", "all-linear")
@@ -83,9 +84,18 @@ def build_spec(job: Job) -> TrainSpec:
         warmup_ratio=options.warmup_ratio or 0.0,
         weight_decay=options.weight_decay or 0.0,
         gradient_checkpointing=bool(options.gradient_checkpointing),
-        options=options.engine_options(base_model_name=job.model, job_id=job.id),
+        options=options.engine_options(
+            sharding=planned_sharding(job.resources), base_model_name=job.model, job_id=job.id
+        ),
         dpo=dpo_spec(job.method),
     )
+
+
+def planned_sharding(resources: dict | None) -> Sharding:
+    """How the memory planner split the job over its GPUs (``core.jobs.planner``, the job's
+    ``resources``): "fsdp" when it fits only sharded, else (and for a job planned before
+    sharding existed, or not planned) "ddp"."""
+    return "fsdp" if (resources or {}).get("sharding") == "fsdp" else "ddp"
 
 
 def dpo_spec(method: dict | None) -> DpoSpec | None:

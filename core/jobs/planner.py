@@ -34,9 +34,23 @@ The peak per device (bytes) is the sum of these terms (:class:`MemoryPlan` keeps
     The CUDA context (:data:`CUDA_CONTEXT_BYTES`, none on a CPU) plus :data:`FRAGMENTATION` of
     the rest for the allocator's fragmentation and the engine's temporaries.
 
-The engine is data parallel (``worker.training.parallel``): every GPU holds the whole model,
-so more GPUs do not lower the peak per device; :data:`ENGINE_SHARDS_WEIGHTS` says so, and the
-planner only divides weights and adapter states by the GPU count once the engine shards them.
+A job runs on every GPU of one worker (``gpus``: the fewest any registered worker of its pool
+has), in one of two ways (``sharding``, the engine's ``EngineOptions.sharding``):
+
+``"ddp"``
+    Data parallel (``worker.training.parallel``): every GPU holds the whole model, so more
+    GPUs do not lower the peak per device.
+``"fsdp"``
+    FSDP2 per decoder layer (``worker.training.fsdp``): the decoder layers' weights and the
+    adapter's states are split across the GPUs. A GPU then holds its share of them, plus the
+    gathered weights of two decoder layers (the one running and the next, prefetched), plus
+    the embeddings, output head and final norm whole (the root of the sharded model gathers
+    them for the whole step) next to their share. Activations and logits do not shrink: each
+    GPU runs its own micro-batches.
+
+:func:`fits` prefers DDP (no per-layer all-gathers): FSDP is chosen only when the job does not
+fit one GPU, with gradient checkpointing or without, but fits sharded over its GPUs. It is never
+chosen for an int8 base or fp16 (``shardable=False``: the engine refuses them under FSDP).
 
 Calibration: ``bench/planner_calibration.py`` measures the peak of live tensors on a CPU
 (profiler memory timeline) for the tiny model and SmolLM2 at two sequence lengths; the figures
@@ -64,8 +78,9 @@ LOGIT_COPIES = 4  # logits, log-softmax output, gradient of the logits, loss tem
 CUDA_CONTEXT_BYTES = 1024 * MIB
 FRAGMENTATION = 0.10
 DEFAULT_MICRO_BATCH_SIZE = 8  # worker.training.options.EngineOptions.micro_batch_size
-ENGINE_SHARDS_WEIGHTS = False
 MAX_GPUS = 8
+Sharding = Literal["ddp", "fsdp"]  # worker.training.options.Sharding
+FSDP_GATHERED_LAYERS = 2  # the running decoder layer and the next one, prefetched
 
 # Architectures whose decoder layers the planner counts (q/k/v/o attention, gated MLP).
 SUPPORTED_MODEL_TYPES = frozenset(
@@ -194,8 +209,10 @@ class Architecture:
 class PlanRequest:
     """What a job asks for, as far as memory is concerned.
 
-    ``gradient_checkpointing`` and ``gpus`` of ``None`` let :func:`place` choose.
+    ``gradient_checkpointing`` and ``sharding`` of ``None`` let :func:`place` choose.
+    ``gpus``: the GPUs the job runs on (``None``: one; :func:`place` takes each pool's).
     ``weight_bytes`` is the compute dtype's size: 2 (bf16, GPUs), 4 (fp32, CPUs).
+    ``shardable``: False where the engine cannot shard the job (an int8 base, fp16).
     """
 
     adapter_type: str = "dora"
@@ -209,6 +226,8 @@ class PlanRequest:
     gpus: int | None = None
     weight_bytes: int = 2
     cuda: bool = True
+    sharding: Sharding | None = None
+    shardable: bool = True
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,7 @@ class MemoryPlan:
     gradient_checkpointing: bool
     gpus: int
     quantization: str | None
+    sharding: str = "ddp"
 
     @property
     def peak(self) -> int:
@@ -235,10 +255,12 @@ class MemoryPlan:
         return math.ceil(self.peak / MIB)
 
     def as_dict(self) -> dict[str, Any]:
-        """The job's ``resources``: GPUs, estimated peak MiB per device and its terms."""
+        """The job's ``resources``: GPUs, how they share the model (``sharding``, which the
+        worker passes to the engine), estimated peak MiB per device and its terms."""
         terms = ("weights", "adapter", "activations", "logits", "headroom")
         return {
             "gpus": self.gpus,
+            "sharding": self.sharding,
             "estimated_peak_mib_per_device": self.peak_mib,
             "gradient_checkpointing": self.gradient_checkpointing,
             "quantization": self.quantization,
@@ -304,15 +326,21 @@ def plan(arch: Architecture, request: PlanRequest) -> MemoryPlan:
     """The peak memory of one device for ``request`` (every choice already made)."""
     checkpointing = bool(request.gradient_checkpointing)
     gpus = request.gpus or 1
-    shards = gpus if ENGINE_SHARDS_WEIGHTS else 1
+    sharding = request.sharding or "ddp"
     dtype = request.weight_bytes
-    if request.quantization is not None:
-        weights = arch.linear_parameters * QUANTIZED_BYTES[request.quantization]
-        weights += arch.other_parameters * dtype
-    else:
-        weights = arch.parameters * dtype
+    linear_bytes = QUANTIZED_BYTES[request.quantization] if request.quantization else dtype
+    layer_weights = arch.linear_parameters / arch.num_layers * linear_bytes
+    layer_weights += 2 * arch.hidden_size * dtype  # the layer's two norms
+    decoder = layer_weights * arch.num_layers
+    outside = (arch.other_parameters - 2 * arch.num_layers * arch.hidden_size) * dtype
     trainable = trainable_parameters(arch, request)
-    adapter = trainable * ADAPTER_STATE_BYTES
+    adapter: float = trainable * ADAPTER_STATE_BYTES
+    if sharding == "fsdp" and gpus > 1:
+        gathered = FSDP_GATHERED_LAYERS * layer_weights + outside
+        weights = (decoder + outside) / gpus + gathered
+        adapter /= gpus
+    else:
+        weights = decoder + outside
     tokens = micro_batch_tokens(request)
     layer = activation_elements_per_token(arch, request) * tokens * dtype
     if checkpointing:
@@ -320,11 +348,11 @@ def plan(arch: Architecture, request: PlanRequest) -> MemoryPlan:
     else:
         activations = arch.num_layers * layer
     logits = LOGIT_COPIES * tokens * arch.vocab_size * 4
-    body = weights / shards + adapter / shards + activations + logits
+    body = weights + adapter + activations + logits
     headroom = FRAGMENTATION * body + (CUDA_CONTEXT_BYTES if request.cuda else 0)
     return MemoryPlan(
-        weights=math.ceil(weights / shards),
-        adapter=math.ceil(adapter / shards),
+        weights=math.ceil(weights),
+        adapter=math.ceil(adapter),
         activations=math.ceil(activations),
         logits=math.ceil(logits),
         headroom=math.ceil(headroom),
@@ -333,51 +361,62 @@ def plan(arch: Architecture, request: PlanRequest) -> MemoryPlan:
         gradient_checkpointing=checkpointing,
         gpus=gpus,
         quantization=request.quantization,
+        sharding=sharding,
     )
 
 
 def fits(arch: Architecture, request: PlanRequest, capacity_mib: int) -> MemoryPlan | None:
     """The cheapest plan of ``request`` that fits ``capacity_mib`` per device, or None.
 
-    Choices left open are tried cheapest first: no checkpointing before checkpointing (it
-    costs ~30% more compute), one GPU before more (only when the engine shards weights).
+    Choices left open are tried cheapest first: DDP before FSDP (which all-gathers every
+    layer's weights in every forward and backward pass, and only helps on more than one GPU),
+    then no checkpointing before checkpointing (it costs ~30% more compute).
     """
     checkpointing = (
         [False, True]
         if request.gradient_checkpointing is None
         else [request.gradient_checkpointing]
     )
-    gpu_counts = (
-        [request.gpus]
-        if request.gpus is not None
-        else (_powers_of_two(MAX_GPUS) if ENGINE_SHARDS_WEIGHTS else [1])
-    )
-    for gpus in gpu_counts:
+    for sharding in _shardings(request):
         for ckpt in checkpointing:
-            candidate = plan(arch, replace(request, gradient_checkpointing=ckpt, gpus=gpus))
+            candidate = plan(arch, replace(request, gradient_checkpointing=ckpt, sharding=sharding))
             if candidate.peak_mib <= capacity_mib:
                 return candidate
     return None
 
 
+def _shardings(request: PlanRequest) -> list[Sharding]:
+    if request.sharding is not None:
+        return [request.sharding]
+    if (request.gpus or 1) > 1 and request.shardable:
+        return ["ddp", "fsdp"]
+    return ["ddp"]
+
+
 def place(
-    arch: Architecture, request: PlanRequest, capacities: Mapping[str, int | None]
+    arch: Architecture,
+    request: PlanRequest,
+    capacities: Mapping[str, int | None],
+    gpus: Mapping[str, int] | None = None,
 ) -> Placement:
     """The smallest pool whose GPUs fit the job, with its plan.
 
     ``capacities`` maps each known pool to the memory of one of its GPUs in MiB (``None``:
-    unknown, e.g. CPU workers). When no pool with a known size fits, the job goes nowhere by
-    memory (``pool=None``) if some pool's size is unknown or none is known at all; otherwise it
-    is refused with :class:`InvalidRequest` naming what would fit.
+    unknown, e.g. CPU workers); ``gpus`` each pool to the GPUs a job gets there (absent:
+    ``request.gpus``), over which a job too big for one GPU is sharded (FSDP). When no pool
+    with a known size fits, the job goes nowhere by memory (``pool=None``) if some pool's size
+    is unknown or none is known at all; otherwise it is refused with :class:`InvalidRequest`
+    naming what would fit.
     """
     sized = sorted((mib, pool) for pool, mib in capacities.items() if mib is not None)
     for mib, pool in sized:
-        found = fits(arch, request, mib)
+        found = fits(arch, _on(request, pool, gpus), mib)
         if found is not None:
             return Placement(pool=pool, plan=found, capacity_mib=mib)
     if not sized or any(mib is None for mib in capacities.values()):
         return Placement(pool=None, plan=plan(arch, _settled(request)))
     largest_mib, largest = sized[-1]
+    request = _on(request, largest, gpus)
     fallback = _cheapest(arch, request)
     raise InvalidRequest(
         f"This job needs about {fallback.peak_mib:,} MiB per GPU "
@@ -402,10 +441,12 @@ def suggest(arch: Architecture, request: PlanRequest, capacity_mib: int) -> str:
         arch, replace(request, quantization="nf4"), capacity_mib
     ):
         options.append('adapter.quantization "nf4"')
-    if ENGINE_SHARDS_WEIGHTS:
+    if request.shardable and request.sharding != "ddp":
         for gpus in _powers_of_two(MAX_GPUS)[1:]:
-            if fits(arch, replace(request, gpus=gpus), capacity_mib):
-                options.append(f"{gpus} GPUs")
+            if gpus > (request.gpus or 1) and fits(
+                arch, replace(request, gpus=gpus, sharding="fsdp"), capacity_mib
+            ):
+                options.append(f"{gpus} such GPUs per worker (sharded with FSDP)")
                 break
     if not options:
         return (
@@ -413,6 +454,12 @@ def suggest(arch: Architecture, request: PlanRequest, capacity_mib: int) -> str:
             "(DORADO_POOLS) or use a smaller model."
         )
     return "It would fit with " + _either(options) + "."
+
+
+def _on(request: PlanRequest, pool: str, gpus: Mapping[str, int] | None) -> PlanRequest:
+    """``request`` with the GPU count of ``pool``'s workers, where known."""
+    count = (gpus or {}).get(pool)
+    return replace(request, gpus=count) if count else request
 
 
 def _settled(request: PlanRequest) -> PlanRequest:
@@ -425,10 +472,13 @@ def _settled(request: PlanRequest) -> PlanRequest:
 
 
 def _cheapest(arch: Architecture, request: PlanRequest) -> MemoryPlan:
-    """The plan with the open choices made for the least memory (checkpointing on)."""
+    """The plan with the open choices made for the least memory (checkpointing on, sharded
+    where it can be)."""
     checkpointing = request.gradient_checkpointing is not False
-    return plan(
-        arch, replace(request, gradient_checkpointing=checkpointing, gpus=request.gpus or 1)
+    request = replace(request, gradient_checkpointing=checkpointing, gpus=request.gpus or 1)
+    return min(
+        (plan(arch, replace(request, sharding=sharding)) for sharding in _shardings(request)),
+        key=lambda found: found.peak,
     )
 
 

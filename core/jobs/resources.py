@@ -65,7 +65,9 @@ def plan_job(
     The base model's weights are planned as the worker will hold them: the adapter's
     ``quantization`` (nf4, int8) shrinks the decoder's linear weights, and ``precision``
     ``"fp32"`` (the job's option) doubles every bf16 byte; ``"auto"``/``"bf16"``/``None``
-    plan bf16, what a GPU pool trains in.
+    plan bf16, what a GPU pool trains in. A job too big for one GPU of its pool is planned
+    sharded (FSDP) over the pool's GPUs where the engine can shard it (not an int8 base, not
+    fp16); ``resources["sharding"]`` tells the worker.
 
     Raises InvalidRequest when the job fits no GPU pool (naming what would fit), or for an
     unknown pool.
@@ -86,6 +88,8 @@ def plan_job(
         gradient_checkpointing=resolved["gradient_checkpointing"],
         quantization=adapter.quantization,
         weight_bytes=4 if precision == "fp32" else 2,
+        # The engine refuses these under FSDP (worker.training.options.FSDP_INT8, FSDP_FP16).
+        shardable=adapter.quantization != "int8" and precision != "fp16",
     )
     placement = pools.choose_pool(
         session, requested_pool, declared_pools, architecture=arch, request=request

@@ -8,6 +8,10 @@ The rule (docs/operations.md "Pools"):
    ``config.json`` and the job's settings, and the job goes to the known GPU pool with the
    *smallest* GPU memory that fits it (so big cards stay free for big models), with gradient
    checkpointing turned on if that is what makes it fit.
+   A pool's registered workers tell how many GPUs a job gets there (the fewest any of them
+   has, :func:`pool_gpus`); a job that fits none of its GPUs alone but fits sharded over them
+   is planned with ``sharding`` "fsdp", which reaches the engine through the job's
+   ``resources``.
 3. A job that fits no GPU pool, when every known pool's GPU size is known, is refused
    (``InvalidRequest``, code ``job_too_large``) with what would make it fit. Otherwise (the
    model's architecture is unknown, some pool's size is unknown, e.g. CPU workers, or no pool
@@ -43,6 +47,16 @@ def pool_capacities(
         given = known.get(pool)
         known[pool] = memory if given is None else (given if memory is None else min(given, memory))
     return known
+
+
+def pool_gpus(session: Session) -> dict[str, int]:
+    """Each pool with a registered GPU worker, with the fewest GPUs any of them has: what one
+    job gets there (a worker trains a job on all its GPUs by default,
+    ``DORADO_WORKER_GPUS_PER_JOB``)."""
+    rows = session.execute(
+        select(Worker.pool, func.min(Worker.gpus)).where(Worker.gpus > 0).group_by(Worker.pool)
+    ).all()
+    return {pool: int(count) for pool, count in rows}
 
 
 def validate_pool_name(pool: str) -> str:
@@ -84,17 +98,18 @@ def choose_pool(
     GPUs of that pool when their size is known.
     """
     capacities = pool_capacities(session, declared)
+    gpus = pool_gpus(session)
     request = request or PlanRequest()
     if requested is not None:
         pool = check_requested_pool(capacities, requested)
         if architecture is None:
             return Placement(pool=pool, plan=None)
         size = capacities.get(pool)
-        placed = place(architecture, request, {pool: size} if size is not None else {})
+        placed = place(architecture, request, {pool: size} if size is not None else {}, gpus)
         return Placement(pool=pool, plan=placed.plan, capacity_mib=size)
     if architecture is None:
         return Placement(pool=DEFAULT_POOL, plan=None)
-    placed = place(architecture, request, capacities)
+    placed = place(architecture, request, capacities, gpus)
     return Placement(
         pool=placed.pool or DEFAULT_POOL, plan=placed.plan, capacity_mib=placed.capacity_mib
     )

@@ -218,3 +218,22 @@ def test_pool_rule_with_declared_pools(url, monkeypatch):
             choose(SMOLLM2, "h100")
         with pytest.raises(InvalidRequest, match="Invalid pool name"):
             choose(SMOLLM2, "Bad Pool!")
+
+
+def test_a_pools_workers_give_its_jobs_their_gpus_to_shard_over(url):
+    """A registered worker's GPU count is what the planner shards over (core.scheduling.pools
+    .pool_gpus): Llama 8B fits four 32 GB GPUs only with FSDP."""
+    from core.jobs.planner import Architecture, PlanRequest
+    from core.scheduling import pools, workers
+    from tests.core.test_planner import LLAMA_8B
+
+    with session_scope(url) as session:
+        workers.register(session, workers.WorkerInfo("v4@h", "h", 1, "v100x4", 4, 32768))
+        workers.register(session, workers.WorkerInfo("v8@h", "h", 2, "v100x4", 8, 32768))
+        workers.register(session, workers.WorkerInfo("cpu@h", "h", 3, "cpu", 0, None))
+        assert pools.pool_gpus(session) == {"v100x4": 4}  # the fewest; CPU workers have none
+        arch = Architecture.from_config(LLAMA_8B)
+        request = PlanRequest(max_seq_length=2048)
+        placed = pools.choose_pool(session, "v100x4", architecture=arch, request=request)
+        assert placed.plan is not None
+        assert (placed.plan.sharding, placed.plan.gpus) == ("fsdp", 4)

@@ -1,7 +1,11 @@
 """The memory planner (core/jobs/planner.py): sizes from config.json, the plan's terms, the
-choice of pool and gradient checkpointing, and the refusal that says what would fit."""
+choice of pool, gradient checkpointing and sharding (DDP or FSDP), and the refusal that says
+what would fit."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import pytest
 
@@ -197,6 +201,60 @@ def test_a_shorter_sequence_is_suggested_when_it_fits():
     request = PlanRequest(max_seq_length=32768, micro_batch_tokens=32768)
     with pytest.raises(InvalidRequest, match=r"max_seq_length \d+"):
         place(arch, request, {"default": 23034, "a100-40gb": 40960})
+
+
+def test_fsdp_splits_the_decoder_and_adapter_but_not_activations():
+    arch = Architecture.from_config(SMOLLM2)
+    request = PlanRequest(adapter_type="lora", rank=8, max_seq_length=1024, gpus=4)
+    ddp = plan(arch, replace(request, sharding="ddp"))
+    fsdp = plan(arch, replace(request, sharding="fsdp"))
+    assert (ddp.sharding, fsdp.sharding) == ("ddp", "fsdp")
+    layer = (arch.linear_parameters // 30 + 2 * 576) * 2  # one decoder layer's weights, bf16
+    outside = 49152 * 576 * 2 + 576 * 2  # tied embeddings/head and the final norm, whole
+    assert ddp.weights == 30 * layer + outside == arch.parameters * 2
+    # A quarter of everything, plus two gathered layers and the root's weights whole.
+    assert fsdp.weights == math.ceil((30 * layer + outside) / 4 + 2 * layer + outside)
+    assert fsdp.adapter == math.ceil(ddp.adapter / 4)
+    assert (fsdp.activations, fsdp.logits) == (ddp.activations, ddp.logits)
+    # One GPU has nothing to share: FSDP plans as DDP does.
+    alone = plan(arch, replace(request, sharding="fsdp", gpus=1))
+    assert alone.peak == ddp.peak
+    assert fsdp.as_dict()["sharding"] == "fsdp"
+
+
+def test_fsdp_is_chosen_only_when_no_single_gpu_fits():
+    arch = Architecture.from_config(LLAMA_8B)
+    request = PlanRequest(max_seq_length=2048)
+    four = {"v100-32gb": 4}
+    # Llama 8B needs ~40 GB on one GPU even with checkpointing: over four 32 GB GPUs it is
+    # sharded, with checkpointing still on.
+    placed = place(arch, request, {"v100-32gb": 32768}, gpus=four)
+    assert (placed.plan.sharding, placed.plan.gpus) == ("fsdp", 4)
+    assert placed.plan.gradient_checkpointing and placed.plan.peak_mib <= 32768
+    assert placed.plan.peak_mib < plan(arch, replace(request, gradient_checkpointing=True)).peak_mib
+    # Where one GPU holds it, the job stays data parallel however many GPUs there are.
+    roomy = place(arch, request, {"a100-80gb": 81920}, gpus={"a100-80gb": 4})
+    assert (roomy.plan.sharding, roomy.plan.gpus) == ("ddp", 4)
+    # The smallest pool that fits wins, sharded or not.
+    both = place(arch, request, {"v100-32gb": 32768, "a100-80gb": 81920}, gpus=four)
+    assert (both.pool, both.plan.sharding) == ("v100-32gb", "fsdp")
+    # Two such GPUs are not enough; the refusal names the GPU count that would be.
+    with pytest.raises(InvalidRequest, match=r"4 such GPUs per worker \(sharded with FSDP\)"):
+        place(arch, request, {"v100-32gb": 32768}, gpus={"v100-32gb": 2})
+
+
+def test_what_the_engine_cannot_shard_is_never_planned_sharded():
+    arch = Architecture.from_config(LLAMA_8B)
+    # An int8 base or fp16 (core.jobs.resources sets shardable=False for them).
+    request = PlanRequest(max_seq_length=2048, shardable=False)
+    with pytest.raises(InvalidRequest) as caught:
+        place(arch, request, {"v100-32gb": 32768}, gpus={"v100-32gb": 4})
+    assert "FSDP" not in caught.value.message
+    # Asked for DDP, the planner keeps it.
+    forced = place(
+        arch, replace(request, shardable=True, sharding="ddp"), {"big": 81920}, {"big": 4}
+    )
+    assert forced.plan.sharding == "ddp"
 
 
 def test_unknown_pool_sizes_send_the_job_nowhere_in_particular():

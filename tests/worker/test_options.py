@@ -15,6 +15,7 @@ import pytest
 from tests.worker.helpers import RecordingReporter
 from worker.training import fast_dora, fused_adapter, recipe
 from worker.training.options import PLATFORM_JOB_OPTIONS, EngineOptions, JobOptions
+from worker.training.parallel import DataParallel
 from worker.training.spec import AdapterSpec, TrainSpec
 
 # Every knob away from its default, so that a run shows each one being read.
@@ -30,6 +31,7 @@ NON_DEFAULT = EngineOptions(
     loss_positions_only=False,
     device="cpu",
     precision="bf16",
+    sharding="fsdp",  # asked for; a single process has nothing to shard
     base_model_name="my-base-model",
     job_id="ftjob-options",
 )
@@ -107,6 +109,14 @@ def test_every_engine_option_reaches_the_engine(
     fast = _spy(monkeypatch, fast_dora, "enable_fast_dora")
     fused = _spy(monkeypatch, fused_adapter, "enable_fused_adapters")
     load_model = _spy(monkeypatch, recipe, "_load_model")
+    asked_sharded: list[bool] = []
+    current = DataParallel.current.__func__  # type: ignore[attr-defined]
+
+    def recording_current(cls: type[DataParallel], sharded: bool = False) -> DataParallel:
+        asked_sharded.append(sharded)
+        return current(cls, sharded)
+
+    monkeypatch.setattr(DataParallel, "current", classmethod(recording_current))
     spec = TrainSpec(
         adapter=AdapterSpec(type="dora", r=4, alpha=8),
         n_epochs=1,
@@ -145,6 +155,7 @@ def test_every_engine_option_reaches_the_engine(
         "loss_positions_only": {c["loss_positions_only"] for c in forward_backward},
         "device": {c["preferred"] for c in select_device},
         "precision": {str(c["dtype"]) for c in load_model},
+        "sharding": set(asked_sharded),
         "base_model_name": config["base_model_name_or_path"],
         "job_id": {m.partition("]")[0] for m in caplog.messages},
     }
@@ -160,6 +171,7 @@ def test_every_engine_option_reaches_the_engine(
         "loss_positions_only": {False},
         "device": {"cpu"},
         "precision": {"torch.bfloat16"},
+        "sharding": {True},
         "base_model_name": "my-base-model",
         "job_id": {"[job ftjob-options"},
     }
@@ -305,3 +317,25 @@ def test_build_spec_rejects_an_unknown_job_option() -> None:
 
     with pytest.raises(ValueError, match="unknown job option 'learning_rat'"):
         build_spec(_job(learning_rat=1e-4))
+
+
+def test_the_planners_sharding_reaches_the_engine() -> None:
+    """A job that fits its pool's GPUs only sharded (core.jobs.planner) trains with FSDP: the
+    plan's ``as_dict`` is the job's ``resources``, which build_spec reads."""
+    from core.jobs.planner import Architecture, PlanRequest, place
+    from tests.core.test_planner import LLAMA_8B
+    from worker.tasks import build_spec
+
+    arch = Architecture.from_config(LLAMA_8B)
+    placed = place(arch, PlanRequest(max_seq_length=2048), {"v100": 32768}, {"v100": 4})
+    assert placed.plan is not None
+    job = _job()
+    job.resources = placed.plan.as_dict()
+    assert build_spec(job).options.sharding == "fsdp"
+    job.resources = place(arch, PlanRequest(), {"a100": 81920}, {"a100": 4}).plan.as_dict()
+    assert build_spec(job).options.sharding == "ddp"
+    # Not planned (unknown architecture), or planned before sharding existed: data parallel.
+    job.resources = None
+    assert build_spec(job).options.sharding == "ddp"
+    job.resources = {"gpus": 1, "estimated_peak_mib_per_device": 900}
+    assert build_spec(job).options.sharding == "ddp"

@@ -8,12 +8,17 @@ A checkpoint directory holds:
   plain containers only, read back with ``torch.load(weights_only=True)`` (no arbitrary pickle);
 * ``training_state.json``: the data position (epoch and steps done in it), step and token
   counters, the metrics history and a fingerprint of the run that must match on resume.
+
+A run sharded with FSDP writes the same files from the adapter and optimizer state gathered
+onto rank 0 (``worker.training.fsdp``), so any checkpoint resumes on any number of ranks,
+sharded or not.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,17 +102,20 @@ def save_training_checkpoint(
     state: TrainingState,
     save_adapter: Any,
     grad_scaler: torch.amp.GradScaler | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write a complete checkpoint into ``directory`` (created).
 
     ``save_adapter(model, directory)`` writes the PEFT files, so that checkpoints and the final
     adapter share one code path. ``grad_scaler``: an fp16 run's loss scale, kept so that a
     resumed run scales (and skips overflowing steps) exactly as the uninterrupted one.
+    ``optimizer_state`` replaces ``optimizer.state_dict()`` (a sharded optimizer's state,
+    gathered in that layout).
     """
     directory.mkdir(parents=True, exist_ok=True)
     save_adapter(model, directory)
     blob: dict[str, Any] = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng_state(),
     }
@@ -125,22 +133,41 @@ def read_training_state(directory: Path) -> TrainingState:
     return TrainingState(**raw)
 
 
-def load_training_checkpoint(
-    directory: Path,
-    model: PeftModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    fingerprint: dict[str, Any],
-    grad_scaler: torch.amp.GradScaler | None = None,
-) -> TrainingState:
-    """Restore adapter weights, optimizer, scheduler and RNG states from ``directory``.
+def load_checkpoint_adapter(directory: Path, model: PeftModel) -> None:
+    """Load a checkpoint's adapter weights into ``model`` (an unsharded PEFT model).
 
     Raises:
-        CheckpointMismatch: the checkpoint was written by a run with another fingerprint.
+        CheckpointMismatch: the checkpoint's adapter has layers ``model`` lacks.
     """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    weights = load_file(Path(directory) / "adapter_model.safetensors", device=str(device))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise CheckpointMismatch(f"checkpoint adapter has unexpected keys: {unexpected[:3]}")
+
+
+def load_training_checkpoint(
+    directory: Path,
+    model: PeftModel | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    fingerprint: dict[str, Any],
+    grad_scaler: torch.amp.GradScaler | None = None,
+    load_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainingState:
+    """Restore adapter weights, optimizer, scheduler and RNG states from ``directory``.
+
+    A sharded run passes ``model=None`` (its adapter weights were loaded with
+    :func:`load_checkpoint_adapter` before sharding) and a ``load_optimizer_state`` that takes
+    the saved optimizer state (``optimizer.load_state_dict`` by default).
+
+    Raises:
+        CheckpointMismatch: the checkpoint was written by a run with another fingerprint.
+    """
     directory = Path(directory)
     state = read_training_state(directory)
     if state.fingerprint != fingerprint:
@@ -150,14 +177,10 @@ def load_training_checkpoint(
             if fingerprint.get(k) != state.fingerprint.get(k)
         )
         raise CheckpointMismatch(f"checkpoint does not match this run (differs in {diff})")
-    device = next(p.device for p in model.parameters() if p.requires_grad)
-    weights = load_file(directory / "adapter_model.safetensors", device=str(device))
-    result = set_peft_model_state_dict(model, weights)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if unexpected:
-        raise CheckpointMismatch(f"checkpoint adapter has unexpected keys: {unexpected[:3]}")
+    if model is not None:
+        load_checkpoint_adapter(directory, model)
     blob = torch.load(directory / STATE_PT, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    (load_optimizer_state or optimizer.load_state_dict)(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if grad_scaler is not None and "grad_scaler" in blob:
         grad_scaler.load_state_dict(blob["grad_scaler"])

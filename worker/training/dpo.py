@@ -56,7 +56,7 @@ from worker.training.data import (
 )
 from worker.training.logits import HeadSplit, split_head, target_logits
 from worker.training.options import MICRO_BATCH_OVERHEAD_TOKENS
-from worker.training.parallel import DataParallel
+from worker.training.parallel import DataParallel, empty_micro_batch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -220,6 +220,16 @@ def pair_micro_batches(
     ]
 
 
+def even_pair_batches(
+    micro_batches: list[PairBatch], pad_token_id: int, parallel: DataParallel
+) -> list[PairBatch]:
+    """Under FSDP, ``micro_batches`` padded with empty ones (no pair, no loss token) to the
+    most any rank has: every forward and backward pass there is a collective. A collective
+    under FSDP; else returned as is."""
+    missing = parallel.missing_passes(len(micro_batches))
+    return micro_batches + [PairBatch(empty_micro_batch(pad_token_id), ()) for _ in range(missing)]
+
+
 def sequence_logps(
     model: torch.nn.Module, batch: Batch, device: torch.device, split: HeadSplit | None
 ) -> torch.Tensor:
@@ -272,12 +282,13 @@ def _pair_terms(
     if table is None:
         with reference_policy(model):
             reference = sequence_logps(model, mb.batch, device, split)
-        ref_chosen, ref_rejected = reference[:n], reference[n:]
+        ref_chosen, ref_rejected = reference[:n], reference[n : 2 * n]
     else:
         rows = table[list(mb.pairs)].to(device)
         ref_chosen, ref_rejected = rows[:, 0], rows[:, 1]
     policy = sequence_logps(model, mb.batch, device, split)
-    return dpo_loss(policy[:n], policy[n:], ref_chosen, ref_rejected, beta)
+    # [n : 2n], not [n:]: an empty PairBatch (even_pair_batches) holds one dummy row.
+    return dpo_loss(policy[:n], policy[n : 2 * n], ref_chosen, ref_rejected, beta)
 
 
 @torch.no_grad()
@@ -303,14 +314,13 @@ def reference_table(
     was_training = model.training
     model.eval()
     try:
-        for mb in pair_micro_batches(
-            pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
-        ):
+        micro = pair_micro_batches(pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens)
+        for mb in even_pair_batches(micro, pad_token_id, parallel):
             with reference_policy(model, with_adapter):
                 logps = sequence_logps(model, mb.batch, device, split).float().cpu()
             n = len(mb.pairs)
             table[list(mb.pairs), 0] = logps[:n]
-            table[list(mb.pairs), 1] = logps[n:]
+            table[list(mb.pairs), 1] = logps[n : 2 * n]
     finally:
         model.train(was_training)
     return parallel.sum_(table.to(parallel.comm_device())).cpu()
@@ -385,9 +395,8 @@ def dpo_evaluate(
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)
     try:
-        for mb in pair_micro_batches(
-            pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens
-        ):
+        micro = pair_micro_batches(pairs, mine, pad_token_id, micro_batch_size, micro_batch_tokens)
+        for mb in even_pair_batches(micro, pad_token_id, parallel):
             sums += _sums(*_pair_terms(model, mb, device, split, beta, reference)).cpu()
     finally:
         model.train(was_training)

@@ -33,7 +33,13 @@ class HeadSplit:
 
 def split_head(model: torch.nn.Module) -> HeadSplit | None:
     """The decoder and head of ``model`` (a transformers causal LM, PEFT-wrapped or not), or
-    None when its logits are more than a linear map of the decoder's output."""
+    None when its logits are more than a linear map of the decoder's output, or when the
+    model is sharded with FSDP (its root's forward gathers the embeddings and head, so the
+    parts cannot run alone)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return None
     get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper
     base = get_base_model() if get_base_model is not None else model
     config = getattr(base, "config", None)

@@ -16,6 +16,17 @@ from typing import Any, Literal, get_args
 
 LrScheduler = Literal["linear", "cosine", "constant"]
 LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
+Sharding = Literal["ddp", "fsdp"]
+SHARDINGS: tuple[str, ...] = get_args(Sharding)
+
+FSDP_FP16 = (
+    'precision "fp16" cannot be combined with sharding "fsdp" (its loss scaler does not '
+    'unscale sharded gradients): use precision "bf16" or "fp32", or sharding "ddp"'
+)
+FSDP_INT8 = (
+    'adapter.quantization "int8" cannot be combined with sharding "fsdp" (bitsandbytes\' '
+    '8-bit weights cannot be split across ranks): use quantization "nf4", or sharding "ddp"'
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -77,6 +88,12 @@ class EngineOptions:
       optimizer state and loss in float32. ``None`` (the engine's default, exact and
       unchanged): bf16 on a CUDA GPU that has it, fp32 elsewhere; the worker passes the job's
       ``precision`` option, ``"auto"`` unless the job forces one.
+    * ``sharding``: how a run on several ranks splits the model: ``"ddp"`` (every rank holds
+      the whole model; gradients summed by ``worker.training.parallel``) or ``"fsdp"`` (FSDP2
+      per decoder layer, ``worker.training.fsdp``: base, adapter and optimizer state split
+      across ranks, for models that do not fit one device). Ignored by a single process.
+      ``"fsdp"`` refuses precision ``"fp16"`` (:data:`FSDP_FP16`) and an int8 base
+      (:data:`FSDP_INT8`); an nf4 base is sharded too.
 
     Labels:
 
@@ -98,6 +115,7 @@ class EngineOptions:
     loss_positions_only: bool = True
     device: str | None = None
     precision: Precision | None = None
+    sharding: Sharding = "ddp"
     base_model_name: str | None = None
     job_id: str | None = None
 
@@ -117,6 +135,12 @@ class EngineOptions:
         _check_device(self.device)
         if self.precision is not None:
             _check_precision(self.precision)
+        if self.sharding not in SHARDINGS:
+            raise ValueError(
+                f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}"
+            )
+        if self.sharding == "fsdp" and self.precision == "fp16":
+            raise ValueError(FSDP_FP16)
         for name in ("base_model_name", "job_id"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -174,17 +198,19 @@ class JobOptions:
         if self.precision is not None:
             _check_precision(self.precision)
 
-    def engine_options(self, **labels: Any) -> EngineOptions:
+    def engine_options(self, sharding: Sharding = "ddp", **labels: Any) -> EngineOptions:
         """The :class:`EngineOptions` of this job: its ``lr_scheduler`` and
         ``micro_batch_tokens`` where set, the defaults otherwise, its ``precision``
-        (``"auto"`` unless the job forces one), plus ``labels`` (``base_model_name``,
-        ``job_id``)."""
+        (``"auto"`` unless the job forces one), the memory planner's ``sharding`` (the job's
+        ``resources``), plus ``labels`` (``base_model_name``, ``job_id``)."""
         chosen = {
             name: getattr(self, name)
             for name in ("lr_scheduler", "micro_batch_tokens")
             if getattr(self, name) is not None
         }
-        return EngineOptions(**chosen, precision=self.precision or "auto", **labels)
+        return EngineOptions(
+            **chosen, precision=self.precision or "auto", sharding=sharding, **labels
+        )
 
     @classmethod
     def from_stored(cls, options: Mapping[str, Any] | None) -> JobOptions:

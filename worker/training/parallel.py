@@ -8,6 +8,11 @@ training the same global batch, however the examples were split. This does what
 ``DistributedDataParallel`` does, but without its requirement that every rank run the same
 number of backward passes: with token-budgeted micro-batches, ranks may need different counts.
 
+Under FSDP (``sharded``, see ``worker.training.fsdp``) the model is split across ranks, every
+forward and backward pass is a collective, and FSDP reduce-scatters the gradients itself. Ranks
+must then run the same number of micro-batches: :meth:`DataParallel.even_out` pads a rank's
+step with empty ones (no loss token, so no loss and no gradient) up to the most any rank has.
+
 A single process uses :data:`SINGLE` (every operation is a no-op).
 """
 
@@ -18,13 +23,20 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.training.data import IGNORE_INDEX, Batch
+
 
 @dataclass(frozen=True)
 class DataParallel:
-    """This process's place in a data-parallel group (``world_size == 1``: no group)."""
+    """This process's place in a data-parallel group (``world_size == 1``: no group).
+
+    ``sharded``: the model is sharded with FSDP (gradients are reduced by FSDP, and every rank
+    must run as many forward/backward passes as the others).
+    """
 
     rank: int = 0
     world_size: int = 1
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -32,12 +44,13 @@ class DataParallel:
         return self.rank == 0
 
     @classmethod
-    def current(cls) -> DataParallel:
-        """The group set up by ``torch.distributed.init_process_group``, if any."""
+    def current(cls, sharded: bool = False) -> DataParallel:
+        """The group set up by ``torch.distributed.init_process_group``, if any; ``sharded``
+        asks for FSDP (which a single process never uses)."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            return cls(dist.get_rank(), dist.get_world_size())
+            return cls(dist.get_rank(), dist.get_world_size(), sharded)
         return SINGLE
 
     def shard(self, indices: Sequence[int], lengths: Sequence[int]) -> list[int]:
@@ -56,8 +69,9 @@ class DataParallel:
         return values
 
     def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients of ``params`` over ranks with a single flat all-reduce."""
-        if self.world_size == 1:
+        """Sum the gradients of ``params`` over ranks with a single flat all-reduce (a no-op
+        under FSDP, whose backward already reduced them)."""
+        if self.world_size == 1 or self.sharded:
             return
         grads = []
         for p in params:
@@ -71,6 +85,25 @@ class DataParallel:
             n = grad.numel()
             grad.copy_(flat[offset : offset + n].view_as(grad))
             offset += n
+
+    def even_out(self, micro_batches: list[Batch], pad_token_id: int) -> list[Batch]:
+        """Under FSDP, ``micro_batches`` padded with empty ones to the most any rank has.
+
+        A collective under FSDP (every rank must call it for every step); else returned as is.
+        """
+        missing = self.missing_passes(len(micro_batches))
+        return micro_batches + [empty_micro_batch(pad_token_id) for _ in range(missing)]
+
+    def missing_passes(self, count: int) -> int:
+        """Under FSDP, how many empty passes this rank must add to its ``count`` to run as
+        many as the rank with the most; 0 otherwise. A collective under FSDP."""
+        if not self.sharded:
+            return 0
+        import torch.distributed as dist
+
+        most = torch.tensor([count], dtype=torch.long, device=self.comm_device())
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item()) - count
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (cancel and pause must stop all ranks together)."""
@@ -96,6 +129,18 @@ class DataParallel:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def empty_micro_batch(pad_token_id: int) -> Batch:
+    """A two-token batch with no loss token: its forward and backward run every layer's
+    collectives but add nothing to the loss, the gradients or the token counts."""
+    return Batch(
+        input_ids=torch.full((1, 2), pad_token_id, dtype=torch.long),
+        attention_mask=torch.ones((1, 2), dtype=torch.long),
+        labels=torch.full((1, 2), IGNORE_INDEX, dtype=torch.long),
+        n_tokens=0,
+        n_loss_tokens=0,
+    )
 
 
 SINGLE = DataParallel()

@@ -16,7 +16,8 @@ Checkpoints (adapter + optimizer + scheduler + RNG + data position, see
 next step with the same data order, ending with the same adapter as an uninterrupted run.
 
 Under ``torch.distributed`` (see ``worker.training.distributed``) every rank runs this same code
-on its share of each batch (``worker.training.parallel``); rank 0 reports and saves.
+on its share of each batch (``worker.training.parallel``); rank 0 reports and saves. With
+``options.sharding == "fsdp"`` the model is sharded across the ranks (``worker.training.fsdp``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import torch.nn.functional as F
 
 from worker.training.adapters import attach_adapter, load_adapter_weights
 from worker.training.checkpoints import (
+    CheckpointMismatch,
     TrainingState,
+    load_checkpoint_adapter,
     load_training_checkpoint,
     read_training_state,
     save_training_checkpoint,
@@ -56,7 +59,7 @@ from worker.training.data import (
     step_micro_batches,
 )
 from worker.training.logits import split_head, target_logits
-from worker.training.options import GROUP_SIZE_MULTIPLIER, LR_SCHEDULERS
+from worker.training.options import FSDP_INT8, GROUP_SIZE_MULTIPLIER, LR_SCHEDULERS
 from worker.training.parallel import DataParallel
 from worker.training.precision import grad_scaler, resolve_dtype
 from worker.training.spec import (
@@ -81,6 +84,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_SEQ_LENGTH = 2048
 EVALS_PER_RUN = 10
 """With ``eval_every_n_steps=None``, the sampled validation runs about this often per run."""
+REFERENCE_FILE = "dpo_reference.pt"
+"""A DPO checkpoint's reference log-probs: ``{"train": [n, 2], "valid": [m, 2] or None}``."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,8 @@ def _validate(spec: TrainSpec) -> None:
         value = getattr(spec, name)
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1")
+    if spec.options.sharding == "fsdp" and spec.adapter.quantization == "int8":
+        raise ValueError(FSDP_INT8)
 
 
 def _load_model(
@@ -307,9 +314,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
+    parts = split_micro_batches(mine, lengths, micro_batch_size, micro_batch_tokens)
+    batches = parallel.even_out(
+        [collate([examples[i] for i in part], pad_token_id) for part in parts], pad_token_id
+    )
     try:
-        for part in split_micro_batches(mine, lengths, micro_batch_size, micro_batch_tokens):
-            batch = collate([examples[i] for i in part], pad_token_id)
+        for batch in batches:
             logits, targets = target_logits(model, batch, device, split)
             sums[0] += float(F.cross_entropy(logits, targets, reduction="sum"))
             sums[1] += int((logits.argmax(dim=-1) == targets).sum())
@@ -337,7 +347,11 @@ def _save_adapter(
     output_dir: Path,
     base_model_name: str | None,
     quantization: tuple[str, torch.dtype] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Write the adapter's PEFT files (and the quantization record of a quantized base);
+    ``state_dict``: the trainable weights gathered from a sharded model
+    (``worker.training.fsdp.gather_adapter_state``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for cfg in model.peft_config.values():
         if base_model_name:
@@ -350,7 +364,7 @@ def _save_adapter(
     # Dorado never resizes the vocabulary, so the embedding layers need no saving; PEFT's
     # default ("auto") would find that out by fetching the base model's config.json from the
     # Hugging Face Hub under base_model_name_or_path (a Dorado name, not a Hub repository).
-    model.save_pretrained(str(output_dir), save_embedding_layers=False)
+    model.save_pretrained(str(output_dir), save_embedding_layers=False, state_dict=state_dict)
     # PEFT also writes a boilerplate model card; the adapter directory is meant to hold exactly
     # the two files that loaders read.
     card = output_dir / "README.md"
@@ -408,9 +422,13 @@ def train(
         FloatingPointError: the loss became NaN or infinite (learning rate too high).
     """
     _validate(spec)
-    parallel = DataParallel.current()
+    parallel = DataParallel.current(sharded=spec.options.sharding == "fsdp")
     device, _ = select_device(spec.options.device, parallel)
     dtype = resolve_dtype(spec.options.precision, device)
+    if parallel.sharded:
+        from worker.training.fsdp import check_shardable
+
+        check_shardable(dtype)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
@@ -462,10 +480,20 @@ class _Run:
     ) -> None:
         spec = self.spec
         quantization = spec.adapter.quantization
-        base, tokenizer = _load_model(base_model_dir, self.device, self.dtype, quantization)
         # How a quantized base was stored goes with every adapter it trains (serving, merging).
         self.quantization = (quantization, self.dtype) if quantization else None
-        max_len = resolve_max_seq_length(spec, base.config)
+        base: PreTrainedModel | None = None
+        tokenizer: PreTrainedTokenizerBase
+        if self.parallel.sharded and quantization is None:
+            # Every rank builds the model on the meta device; rank 0 loads it (_sharded_model).
+            from transformers import AutoConfig, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+            config = AutoConfig.from_pretrained(base_model_dir)
+        else:
+            base, tokenizer = _load_model(base_model_dir, self.device, self.dtype, quantization)
+            config = base.config
+        max_len = resolve_max_seq_length(spec, config)
         load = _preference_loader() if spec.dpo is not None else load_dataset
         dataset = load(training_file, tokenizer, max_len)
         self._tell(lambda: _report_dataset(dataset, self.reporter))
@@ -490,24 +518,13 @@ class _Run:
             self.valid_picks = sorted(picks)
             self.valid_sample = [self.valid[i] for i in self.valid_picks]
 
-        if spec.gradient_checkpointing:
-            # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        seed_everything(spec.seed)  # the adapter's random init must not depend on setup
-        self.model = attach_adapter(base, spec.adapter)
-        if spec.init_adapter_dir is not None:
-            loaded = load_adapter_weights(self.model, spec.init_adapter_dir)
-            logger.info("[job %s] adapter starts from its parent (%d tensors)", self.job, loaded)
-        if spec.adapter.type == "dora" and self.options.fast_dora:
-            from worker.training.fast_dora import enable_fast_dora
-
-            enable_fast_dora(self.model)
-        if self.options.fused_adapters:
-            from worker.training.fused_adapter import enable_fused_adapters
-
-            enable_fused_adapters(self.model)
+        if not self.parallel.sharded:
+            assert base is not None
+            self.model = self._swapped(self._adapted(base))
+        elif base is None:
+            self.model = self._sharded_model(base_model_dir, config, resume_from)
+        else:
+            self.model = self._sharded_in_place(base, resume_from)
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, spec)
@@ -536,7 +553,7 @@ class _Run:
         self.reference: torch.Tensor | None = None
         self.valid_reference: torch.Tensor | None = None
         if spec.dpo is not None:
-            self._reference_tables()
+            self._reference_tables(resume_from)
         self.fingerprint = self._fingerprint(max_len)
         self.state = TrainingState(
             step=0,
@@ -548,14 +565,7 @@ class _Run:
             fingerprint=self.fingerprint,
         )
         if resume_from is not None:
-            self.state = load_training_checkpoint(
-                resume_from,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.fingerprint,
-                self.scaler,
-            )
+            self.state = self._resume(resume_from)
             self._tell(lambda: self.reporter.message(f"Resumed from step {self.state.step}"))
         self._tell(
             lambda: self.reporter.message(
@@ -575,14 +585,32 @@ class _Run:
             self.state.step,
         )
 
-    def _reference_tables(self) -> None:
+    def _reference_tables(self, resume_from: Path | None) -> None:
         """DPO's reference log-probabilities of the training and validation pairs, once per
         run: the policy the run starts from never changes. A fresh adapter starts as the base
         model (LoRA's B is 0, DoRA's magnitude the weight's norm): the adapter is switched off.
         A run continuing a parent adapter starts from the parent: the adapter is kept on, as
-        loaded. Called before a resumed run restores its checkpoint's adapter, so a resumed
-        run's reference is the parent too, as in the uninterrupted run."""
+        loaded. Checkpoints keep the tables (:data:`REFERENCE_FILE`), and a resumed run reads
+        them back: a sharded run has loaded its checkpoint's adapter before it could compute
+        them. A checkpoint without them (written before they were kept) has them computed
+        again here, before an unsharded run restores its checkpoint's adapter, so that the
+        reference is still the parent's."""
         from worker.training.dpo import reference_table
+
+        kept = Path(resume_from) / REFERENCE_FILE if resume_from is not None else None
+        if kept is not None and kept.is_file():
+            tables = torch.load(kept, map_location="cpu", weights_only=True)
+            if len(tables["train"]) == len(self.examples) and (
+                tables["valid"] is None or len(tables["valid"]) == len(self.valid)
+            ):
+                self.reference, self.valid_reference = tables["train"], tables["valid"]
+                return
+            raise CheckpointMismatch("the checkpoint's DPO reference is for other data")
+        if kept is not None and self.parallel.sharded and self.spec.init_adapter_dir is not None:
+            logger.warning(
+                "[job %s] the checkpoint keeps no DPO reference: computed from its adapter",
+                self.job,
+            )
 
         def table(pairs: Sequence[Any]) -> torch.Tensor:
             return reference_table(
@@ -599,6 +627,92 @@ class _Run:
         self.reference = table(self.examples)
         if self.valid:
             self.valid_reference = table(self.valid)
+
+    def _adapted(self, base: PreTrainedModel, with_parent: bool = True) -> PeftModel:
+        """``base`` with the adapter attached (initialised from the run's seed, then from the
+        parent adapter of a continued fine-tune unless ``with_parent`` is False)."""
+        spec = self.spec
+        if spec.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        seed_everything(spec.seed)  # the adapter's random init must not depend on setup
+        model = attach_adapter(base, spec.adapter)
+        if with_parent and spec.init_adapter_dir is not None:
+            loaded = load_adapter_weights(model, spec.init_adapter_dir)
+            logger.info("[job %s] adapter starts from its parent (%d tensors)", self.job, loaded)
+        return model
+
+    def _swapped(self, model: PeftModel) -> PeftModel:
+        """``model`` with the engine's faster LoRA/DoRA forwards switched on (as configured)."""
+        if self.spec.adapter.type == "dora" and self.options.fast_dora:
+            from worker.training.fast_dora import enable_fast_dora
+
+            enable_fast_dora(model)
+        if self.options.fused_adapters:
+            from worker.training.fused_adapter import enable_fused_adapters
+
+            enable_fused_adapters(model)
+        return model
+
+    def _sharded_model(
+        self, base_model_dir: Path, config: PretrainedConfig, resume_from: Path | None
+    ) -> PeftModel:
+        """The model sharded with FSDP: rank 0 loads it (and a resumed adapter) on the CPU and
+        broadcasts every weight into the ranks' shards; no rank holds another full copy."""
+        from transformers import AutoModelForCausalLM
+
+        from worker.training.fsdp import build_sharded_model
+
+        def build() -> PeftModel:
+            base = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+            return self._swapped(self._adapted(base, with_parent=False))
+
+        def load_full() -> PeftModel:
+            # Seeded as a single process is, so the initial adapter is the same.
+            base, _ = _load_model(base_model_dir, torch.device("cpu"), self.dtype)
+            model = self._adapted(base)
+            if resume_from is not None:
+                load_checkpoint_adapter(resume_from, model)
+            return model
+
+        return build_sharded_model(build, load_full if self.parallel.is_main else None, self.device)
+
+    def _sharded_in_place(self, base: PreTrainedModel, resume_from: Path | None) -> PeftModel:
+        """A quantized ``base`` (loaded by every rank: bitsandbytes quantizes while loading,
+        so there is no meta-device build) with the adapter attached, then sharded with FSDP.
+        Quantizing is deterministic and the adapter seeded, so every rank starts the same."""
+        from worker.training.fsdp import shard
+
+        model = self._swapped(self._adapted(base))
+        if resume_from is not None:
+            load_checkpoint_adapter(resume_from, model)
+        shard(model, self.device)
+        return model
+
+    def _resume(self, resume_from: Path) -> TrainingState:
+        if not self.parallel.sharded:
+            return load_training_checkpoint(
+                resume_from,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.fingerprint,
+                self.scaler,
+            )
+        from worker.training.fsdp import load_optimizer_state
+
+        # The adapter weights were loaded before sharding (_sharded_model, _sharded_in_place).
+        return load_training_checkpoint(
+            resume_from,
+            None,
+            self.optimizer,
+            self.scheduler,
+            self.fingerprint,
+            self.scaler,
+            lambda state: load_optimizer_state(self.model, self.optimizer, state),
+        )
 
     def _fingerprint(self, max_len: int) -> dict[str, Any]:
         spec = self.spec
@@ -687,6 +801,7 @@ class _Run:
             self.options.micro_batch_tokens,
             self.options.micro_batch_overhead_tokens,
         )
+        micro = self.parallel.even_out(micro, self.pad_id)
         loss_tokens = sum(self.predicted[i] for i in indices)
         local = forward_backward(
             self.model,
@@ -709,7 +824,12 @@ class _Run:
 
     def _dpo_step(self, indices: Sequence[int]) -> StepStats:
         """:meth:`_step` for DPO: ``indices`` are preference pairs; the loss is their mean."""
-        from worker.training.dpo import DPO_METRIC_KEYS, dpo_forward_backward, pair_micro_batches
+        from worker.training.dpo import (
+            DPO_METRIC_KEYS,
+            dpo_forward_backward,
+            even_pair_batches,
+            pair_micro_batches,
+        )
 
         assert self.spec.dpo is not None
         options = self.options
@@ -722,6 +842,7 @@ class _Run:
             options.micro_batch_tokens,
             options.micro_batch_overhead_tokens,
         )
+        micro = even_pair_batches(micro, self.pad_id, self.parallel)
         local = dpo_forward_backward(
             self.model,
             micro,
@@ -848,6 +969,7 @@ class _Run:
     def _checkpoint(self, reason: CheckpointReason) -> None:
         """Write a checkpoint of the current state, hand it to the reporter, delete it."""
         state = self.state
+        adapter_state, optimizer_state = self._gathered()
         if self.parallel.is_main:
             metrics = state.history[-1] if state.history else {**dict.fromkeys(METRIC_KEYS)}
             metrics = {**metrics, "step": state.step}
@@ -861,10 +983,14 @@ class _Run:
                     self.scheduler,
                     state,
                     lambda m, d: _save_adapter(
-                        m, d, self.options.base_model_name, self.quantization
+                        m, d, self.options.base_model_name, self.quantization, adapter_state
                     ),
                     self.scaler,
+                    optimizer_state,
                 )
+                if self.reference is not None:
+                    tables = {"train": self.reference, "valid": self.valid_reference}
+                    torch.save(tables, directory / REFERENCE_FILE)
                 # The step's epoch, 1-based; a pause before any step belongs to epoch 1.
                 epoch = max(1, math.ceil(state.step / self.steps_per_epoch))
                 self.reporter.save_checkpoint(
@@ -882,12 +1008,31 @@ class _Run:
             logger.info("[job %s] %s checkpoint at step %d", self.job, reason, state.step)
         self.parallel.barrier()
 
+    def _gathered(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        """Under FSDP, the adapter and optimizer state gathered onto rank 0 (a collective)."""
+        if not self.parallel.sharded:
+            return None, None
+        from worker.training.fsdp import gather_adapter_state, gather_optimizer_state
+
+        return gather_adapter_state(self.model), gather_optimizer_state(self.model, self.optimizer)
+
     # save
 
     def save(self, output_dir: Path) -> TrainResult:
         """Write the final adapter (rank 0) and return the run's totals."""
+        adapter_state = None
+        if self.parallel.sharded:
+            from worker.training.fsdp import gather_adapter_state
+
+            adapter_state = gather_adapter_state(self.model)
         if self.parallel.is_main:
-            _save_adapter(self.model, output_dir, self.options.base_model_name, self.quantization)
+            _save_adapter(
+                self.model,
+                output_dir,
+                self.options.base_model_name,
+                self.quantization,
+                adapter_state,
+            )
             logger.info(
                 "[job %s] saved adapter to %s after %d steps", self.job, output_dir, self.state.step
             )
