@@ -557,3 +557,78 @@ def test_a_continued_run_on_two_processes_matches_one_process(
                 value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)
             )
     assert one.metrics_extra[-1]["extra"]["full_valid_reward_margin"] is not None
+
+
+def test_a_continued_run_resumed_under_fsdp_keeps_the_parents_reference(
+    sft_parent: Path, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A sharded run loads its checkpoint's adapter before it can compute anything, so it reads
+    the reference tables the checkpoint keeps (the parent's): resumed on two FSDP ranks, a
+    continued DPO run ends like the uninterrupted single process."""
+    from worker.training.distributed import train_data_parallel
+    from worker.training.recipe import REFERENCE_FILE
+
+    train_file, valid_file = pref_files
+    spec = replace(
+        SPEC,
+        adapter=replace(SPEC.adapter, dropout=0.0),  # no rank-dependent dropout masks
+        n_epochs=1,
+        checkpoint_every_n_steps=1,
+        init_adapter_dir=sft_parent,
+    )
+    whole = RecordingReporter(checkpoint_root=tmp_path / "ckpts")
+    single = train(
+        spec, tiny_model_dir, train_file, tmp_path / "one", whole, validation_file=valid_file
+    )
+    checkpoint = whole.checkpoint_copies[0]
+    assert whole.checkpoints[0].step == 1 and (checkpoint / REFERENCE_FILE).is_file()
+    resumed = RecordingReporter()
+    sharded = train_data_parallel(
+        2,
+        replace(spec, options=replace(spec.options, sharding="fsdp")),
+        tiny_model_dir,
+        train_file,
+        tmp_path / "two",
+        resumed,
+        validation_file=valid_file,
+        resume_from=checkpoint,
+        backend="gloo",
+        timeout_seconds=60,
+    )
+    assert sharded.steps == single.steps == 3
+    assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
+    for got, want in zip(resumed.metrics_extra, whole.metrics_extra[1:], strict=True):
+        for key, value in want["extra"].items():
+            assert got["extra"][key] == (
+                value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)
+            )
+    a = load_file(sharded.adapter_dir / "adapter_model.safetensors")
+    b = load_file(single.adapter_dir / "adapter_model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_dpo_trains_over_an_nf4_base(
+    kind: str, pref_files, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """QLoRA/QDoRA DPO: the reference is the 4-bit base (the adapter switched off), so step 1's
+    loss is ln 2 exactly; the policy then moves, and the adapter records its quantized base."""
+    from worker.training.quantization import QUANTIZATION_FILE
+
+    train_file, valid_file = pref_files
+    spec = replace(
+        SPEC,
+        adapter=AdapterSpec(type=kind, r=4, alpha=8, quantization="nf4"),
+        n_epochs=1,
+        checkpoint_every_n_steps=None,
+    )
+    reporter = RecordingReporter()
+    result = train(
+        spec, tiny_model_dir, train_file, tmp_path / "q", reporter, validation_file=valid_file
+    )
+    assert result.steps == 3
+    assert reporter.losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert reporter.losses[-1] != pytest.approx(math.log(2), abs=1e-4)
+    assert all(math.isfinite(loss) for loss in reporter.losses)
+    assert (result.adapter_dir / QUANTIZATION_FILE).is_file()
