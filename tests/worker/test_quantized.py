@@ -241,3 +241,32 @@ def test_the_quantization_record_leaves_the_worker_with_the_adapter(
     for name in artifacts.ADAPTER_FILES:
         shutil.copy(nf4_dora / name, plain / name)
     assert artifacts.adapter_files(plain) == list(artifacts.ADAPTER_FILES)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fast_qdora_trains_as_pefts_qdora(
+    dropout: float, tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    """QDoRA through the engine's fast DoRA (the NF4 weight de-quantized once per step, for
+    the norm only) trains the same adapter as PEFT's DoRA forward (de-quantized on every pass),
+    with the adapter's dropout off (PEFT hands over the base output) and on (it does not)."""
+    from dataclasses import replace
+
+    spec = _spec("dora", precision="fp32")
+    spec = replace(spec, n_epochs=1, adapter=replace(spec.adapter, dropout=dropout))
+    results = {}
+    for fast in (True, False):
+        reporter = RecordingReporter()
+        options = replace(spec.options, fast_dora=fast)
+        result = train(
+            replace(spec, options=options),
+            tiny_model_dir,
+            train_file,
+            tmp_path / str(fast),
+            reporter,
+        )
+        results[fast] = (reporter.losses, _weights(result.adapter_dir))
+    (fast_losses, fast_weights), (peft_losses, peft_weights) = results[True], results[False]
+    assert fast_losses == pytest.approx(peft_losses, rel=1e-4)
+    for key, value in peft_weights.items():
+        torch.testing.assert_close(fast_weights[key], value, rtol=1e-3, atol=1e-5)

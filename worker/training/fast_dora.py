@@ -18,12 +18,18 @@ the correction is exactly 0, so the norm is exactly PEFT's ``||W0_i||``, the mag
 and the adapted layer reproduces the base layer bit for bit. As in PEFT (and the paper, section
 4.3) the norm is detached: it gets no gradient.
 
+Over a quantized base (bitsandbytes NF4 or int8: QDoRA) PEFT de-quantizes the whole weight on
+every forward pass. Here the weight is de-quantized only when the norm must be computed again,
+once per optimizer step (see :meth:`FastDoraLinearLayer._adapted_norm`), and the base output
+comes from the quantized layer itself.
+
 Only the training/inference forward is replaced. Merging, saving and loading still use PEFT's
 code, and the state dict is unchanged (the magnitude is the same parameter).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,16 +80,19 @@ def dora_row_norm(
 class FastDoraLinearLayer(DoraLinearLayer):
     """A ``DoraLinearLayer`` whose forward takes the weight norm with :func:`dora_row_norm`.
 
-    Anything it does not handle (``fan_in_fan_out`` layers, quantised or non-2-D base weights)
-    falls back to PEFT's own forward.
+    Anything it does not handle (``fan_in_fan_out`` layers, non-2-D base weights, layers other
+    than ``torch.nn.Linear`` and bitsandbytes' quantized linears) falls back to PEFT's own
+    forward.
     """
 
     # (key of the tensors it was computed from, norm); see _adapted_norm.
     _fast_norm: tuple[tuple[object, ...], torch.Tensor] | None
 
-    def _base_norm(self, weight: torch.Tensor) -> torch.Tensor:
-        # Keyed on the tensor's identity and version: a merge or reload writes a new weight.
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+    def _base_norm(self, weight: torch.Tensor, stored: torch.Tensor | None = None) -> torch.Tensor:
+        # Keyed on the stored tensor's identity and version (a merge or reload writes a new
+        # weight); ``stored``: the quantized tensor ``weight`` was de-quantized from.
+        keyed = weight if stored is None else stored
+        key = (keyed.data_ptr(), keyed._version, keyed.device, keyed.dtype)
         cached = getattr(self, "_fast_base_norm", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():
@@ -92,7 +101,12 @@ class FastDoraLinearLayer(DoraLinearLayer):
         return cached[1]
 
     def _adapted_norm(
-        self, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
+        self,
+        weight: torch.Tensor | Callable[[], torch.Tensor],
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        stored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:func:`dora_row_norm`, reused until a weight changes.
 
@@ -102,12 +116,16 @@ class FastDoraLinearLayer(DoraLinearLayer):
         state-dict load and a merge all bump it). ``AdamW(fused=True)`` writes without bumping
         it: whoever steps an optimizer calls :func:`forget_adapted_norms` after each step.
         """
+        keyed = stored if stored is not None else weight
+        assert isinstance(keyed, torch.Tensor)
         key = tuple(
-            (t.data_ptr(), t._version, t.device, t.dtype) for t in (weight, lora_a, lora_b)
+            (t.data_ptr(), t._version, t.device, t.dtype) for t in (keyed, lora_a, lora_b)
         ) + (scaling,)
         cached = getattr(self, "_fast_norm", None)
         if cached is None or cached[0] != key:
-            cached = (key, dora_row_norm(weight, lora_a, lora_b, scaling, self._base_norm(weight)))
+            # ``weight`` as a callable: a quantized base, de-quantized here only.
+            w0 = weight() if callable(weight) else weight
+            cached = (key, dora_row_norm(w0, lora_a, lora_b, scaling, self._base_norm(w0, keyed)))
             self._fast_norm = cached
         return cached[1]
 
@@ -132,6 +150,10 @@ class FastDoraLinearLayer(DoraLinearLayer):
             and not self.fan_in_fan_out
             and type(base_layer) is torch.nn.Linear
         )
+        if not plain and _is_quantized(base_layer) and isinstance(magnitude, torch.Tensor):
+            return self._quantized_forward(
+                x, lora_A, lora_B, scaling, base_layer, base_result, magnitude
+            )
         if not plain or weight is None or not isinstance(magnitude, torch.Tensor):
             return super().forward(
                 x,
@@ -152,6 +174,42 @@ class FastDoraLinearLayer(DoraLinearLayer):
         else:
             base_result = F.linear(x, weight.to(x.dtype))
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+    def _quantized_forward(
+        self,
+        x: torch.Tensor,
+        lora_A: torch.nn.Linear,
+        lora_B: torch.nn.Linear,
+        scaling: float,
+        base_layer: torch.nn.Module,
+        base_result: torch.Tensor | None,
+        magnitude: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` over a bitsandbytes layer: the weight is de-quantized for the norm
+        only, when A, B (or the weight) changed; the base output is the quantized layer's."""
+        from peft.utils.integrations import dequantize_module_weight
+
+        def dequantized() -> torch.Tensor:
+            with torch.no_grad():
+                return dequantize_module_weight(base_layer)
+
+        stored = base_layer.weight
+        norm = self._adapted_norm(dequantized, lora_A.weight, lora_B.weight, scaling, stored)
+        mag_norm_scale = (magnitude / norm.to(x.dtype)).view(1, -1)
+        lora_result = lora_B(lora_A(x))
+        if base_result is None:  # PEFT passes none when the adapter's dropout is active
+            base_result = base_layer(x)
+        bias = getattr(base_layer, "bias", None)
+        if bias is not None:
+            base_result = base_result - bias
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def _is_quantized(layer: torch.nn.Module) -> bool:
+    """A bitsandbytes 4-bit or 8-bit linear layer (bitsandbytes not imported to find out)."""
+    return type(layer).__name__ in ("Linear4bit", "Linear8bitLt") and type(
+        layer
+    ).__module__.startswith("bitsandbytes")
 
 
 def enable_fast_dora(model: Any) -> int:
