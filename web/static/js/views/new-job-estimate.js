@@ -68,6 +68,8 @@ function memoryPlan(area, e, body) {
       (r.pool_gpu_memory_mib ? " (GPUs of " + fmtNumber(r.pool_gpu_memory_mib) + " MiB)" : "")],
     ["GPUs", r.gpus + " in pool " + r.pool +
       (r.pool_gpu_memory_mib ? "" : " (its GPU memory is not known)")],
+    ["sharding", r.sharding === "fsdp" ? "FSDP: the model sharded over the " + r.gpus + " GPUs"
+      : "none: each GPU holds the whole model"],
     ["gradient checkpointing", checkpointing],
     ["base weights", QUANTIZATION_LABELS[r.quantization] || "not quantized"],
     ["breakdown (MiB)", terms],
