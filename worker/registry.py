@@ -103,11 +103,23 @@ def stop() -> None:
     _state.stop.set()
     if _state.thread is not None:
         _state.thread.join(timeout=5)
+    _stop_rank_server()
     try:
         with session_scope(load_settings().database_url) as session:
             workers.mark_stopped(session, _state.name)
     except Exception:  # database down: the row goes stale and shows as lost
         log.exception("could not mark worker %s stopped", _state.name)
+
+
+def _stop_rank_server() -> None:
+    # The fork server would exit once it sees the worker gone; stop it now so that a worker
+    # that has stopped leaves no process behind.
+    try:
+        from multiprocessing import forkserver
+
+        forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    except Exception:  # not started, or already gone
+        log.debug("no training process server to stop")
 
 
 def detect_gpus(settings: Settings) -> tuple[int, int | None]:

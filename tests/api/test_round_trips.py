@@ -47,8 +47,9 @@ def test_poll_list_and_create_round_trips(api: Api):
         assert api.post("/v1/fine_tuning/jobs", body).status_code == 200
     # Key, organization (read once for the storage and the queued-jobs quotas), model, the
     # organization row again under lock (organizations have a max_queued_jobs cap by
-    # default: two creations must not both take the last slot), pools, file; then the job, its
+    # default: two creations must not both take the last slot), pools, the pools' GPU counts
+    # (the planner's FSDP choice), file; then the job, its
     # events and the audit entry in one transaction; the publish mark last: no audit
     # transaction or progress query after it.
-    assert seen.count("SELECT") == 6
+    assert seen.count("SELECT") == 7
     assert seen[-1] == "UPDATE" and "INSERT" not in seen[seen.index("UPDATE") :]

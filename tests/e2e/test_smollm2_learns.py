@@ -8,6 +8,7 @@ and downloads the adapter; the held-out figures of DPO over SFT are
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import subprocess
@@ -117,6 +118,7 @@ def continue_with_dpo(client, platform: Platform, parent: str, dest):
     assert done.fine_tuned_model.startswith("ft:smollm2-135m-instruct:")
     (step,) = [e.data for e in metrics_events(client, job.id)]
     assert step["step"] == 1 and step["train_preference_accuracy"] is not None
-    # The adapter starts from the SFT one, which already prefers pirate replies over plain ones.
-    assert step["train_reward_margin"] > 0, step
+    # The reference is the SFT model the job starts from: step 1's rewards start at 0.
+    assert abs(step["train_reward_margin"]) < 0.05, step
+    assert step["train_loss"] == pytest.approx(math.log(2), abs=0.02), step
     return download_adapter(platform, job.id, dest)

@@ -30,7 +30,7 @@ code, and the state dict is unchanged (the magnitude is the same parameter).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -193,7 +193,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
             with torch.no_grad():
                 return dequantize_module_weight(base_layer)
 
-        stored = base_layer.weight
+        stored = cast("torch.Tensor", base_layer.weight)
         norm = self._adapted_norm(dequantized, lora_A.weight, lora_B.weight, scaling, stored)
         mag_norm_scale = (magnitude / norm.to(x.dtype)).view(1, -1)
         lora_result = lora_B(lora_A(x))
