@@ -30,10 +30,7 @@ def cluster(tmp_path, postgres_url, redis_url):
             "DORADO_WORKER_HEARTBEAT_SECONDS": "1",
         },
     )
-    running.migrate()
-    running.start_api()
-    running.start_scheduler()
-    running.start_validator()
+    running.start_platform()
     yield running
     running.stop()
 

@@ -82,6 +82,14 @@ class Cluster:
     def start_validator(self) -> subprocess.Popen:
         return self._spawn("validator", validator_command(name="validator"))
 
+    def start_platform(self) -> None:
+        """Everything but the training workers: the schema, the API, the scheduler and the
+        validator."""
+        self.migrate()
+        self.start_api()
+        self.start_scheduler()
+        self.start_validator()
+
     def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """A training worker; ``env`` adds settings of its own (e.g. DORADO_WORKER_POOL)."""
         return self._spawn(name, worker_command(name=name), env)

@@ -106,10 +106,7 @@ def memory_cgroup() -> Iterator[MemoryCgroup]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "home", "dor-oom-kill-key-00000000000", MODEL_CACHE)
-    running.migrate()
-    running.start_api()
-    running.start_scheduler()
-    running.start_validator()
+    running.start_platform()
     yield running
     running.stop()
 

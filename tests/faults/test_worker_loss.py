@@ -20,10 +20,7 @@ TOTAL = EPOCHS * EXAMPLES
 @pytest.fixture
 def cluster(tmp_path):
     running = Cluster(tmp_path / "home", "dor-faults-key-00000000000", MODEL_CACHE)
-    running.migrate()
-    running.start_api()
-    running.start_scheduler()
-    running.start_validator()
+    running.start_platform()
     yield running
     running.stop()
 

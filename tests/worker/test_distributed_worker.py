@@ -28,10 +28,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     running = Cluster(
         home, "dor-dist-worker-key-0000000000", MODEL_CACHE, {"DORADO_WORKER_CPU_PROCESSES": "2"}
     )
-    running.migrate()
-    running.start_api()
-    running.start_scheduler()
-    running.start_validator()
+    running.start_platform()
     running.start_worker("dist")
     yield running
     running.stop()
