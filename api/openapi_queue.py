@@ -26,6 +26,10 @@ class QueueEntry(OpenObject):
     age_seconds: int
     worker: str | None
     held: str | None = Field(description="Why a queued job cannot be dispatched now")
+    nodes: int = Field(description="Worker hosts the job trains on together (1: one)")
+    hosts: list[str] | None = Field(
+        description="A running multi-node job's gang: its hosts in node order, the first leads"
+    )
 
 
 class QueueList(OpenObject):
@@ -34,16 +38,25 @@ class QueueList(OpenObject):
     has_more: bool
 
 
+class WorkerGang(OpenObject):
+    job_id: str = Field(description="The multi-node job this worker is booked into")
+    node_rank: int = Field(description="Its place in the job's gang (0 leads)")
+    joined: bool = Field(description="Whether it has started its part")
+
+
 class WorkerObject(OpenObject):
     object: Literal["worker"]
     name: str
-    state: Literal["idle", "busy", "draining", "drained", "lost", "stopped"]
+    state: Literal["idle", "booked", "busy", "draining", "drained", "lost", "stopped"]
     pool: str
     hostname: str
     pid: int | None
     gpus: int
     gpu_memory_mb: int | None
     current_job_id: str | None
+    gang: WorkerGang | None = Field(
+        description="The gang of another worker's multi-node job that this one is part of"
+    )
     draining: bool
     started_at: int
     last_heartbeat_at: int

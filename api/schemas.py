@@ -12,6 +12,7 @@ from core.jobs.hyperparams import (
     Hyperparameters,
     TrainingOptions,
 )
+from core.scheduling.gangs import MAX_NODES
 
 
 class SupervisedMethod(BaseModel):
@@ -103,6 +104,8 @@ class JobCreateRequest(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
     # The worker pool to run in (docs/operations.md "Pools"); default: the smallest that fits.
     pool: str | None = Field(None, min_length=1, max_length=64)
+    # Worker hosts the job trains on together (a gang, core.scheduling.gangs); default 1.
+    nodes: int | None = Field(None, ge=1, le=MAX_NODES)
     # Optimizer and memory options (warmup, weight decay, schedule, checkpointing, micro-batch).
     training: TrainingOptions = Field(default_factory=TrainingOptions)
 
@@ -115,6 +118,7 @@ class JobCreateRequest(BaseModel):
             "max_run_seconds",
             "pool",
             "precision",
+            "nodes",
         )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 

@@ -270,6 +270,18 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(
         default=5.0, description="How often a worker refreshes its row in the workers registry."
     )
+    worker_address: str = Field(
+        default="",
+        description="The address other worker hosts reach this one at when it leads a "
+        "multi-node job (the job's rendezvous and rank 0's process group); a pod's IP on "
+        "Kubernetes.",
+        json_schema_extra=_doc(shown_default="the IP address the host name resolves to"),
+    )
+    gang_join_seconds: float = Field(
+        default=300.0,
+        description="How long the first host of a multi-node job waits for the other hosts it "
+        "booked to join before it gives the attempt up (re-queued).",
+    )
     pools: str = Field(
         default="",
         description="Pools new jobs may be routed to even while none of their workers runs "

@@ -21,6 +21,7 @@ from celery import Celery
 from core.db.engine import session_scope
 from core.scheduling import workers
 from core.scheduling.broker import JOBS_QUEUE, jobs_queue
+from core.scheduling.gangs import host_queue
 from core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def setup(nodename: str, worker) -> None:
     if _state.queue != JOBS_QUEUE:
         queues.select_add(_state.queue)
         queues.deselect([JOBS_QUEUE])
+    # Its own queue: the wake-up of a multi-node job's first host that booked this one.
+    queues.select_add(host_queue(nodename))
     log.info("worker %s serves pool %s (queue %s)", nodename, _state.pool, _state.queue)
 
 

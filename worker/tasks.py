@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,8 @@ from core.jobs import lifecycle as jobs
 from core.jobs.hyperparams import learning_rate
 from core.jobs.status import FailureCode
 from core.scheduling import dispatch as scheduling
-from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job
+from core.scheduling import gangs, workers
+from core.scheduling.broker import RUN_JOB_TASK, VALIDATE_JOB_TASK, publish_job, publish_to_host
 from core.settings import Settings, load_settings
 from core.storage import quota
 from core.storage.files import create_system_file
@@ -154,8 +156,10 @@ def validate_job(job_id: str) -> None:
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
-    """A wake-up for this worker's pool: claim the best eligible queued job
-    (core.scheduling.dispatch; not necessarily ``job_id``) and train it."""
+    """A wake-up for this worker's pool (or for this worker alone): claim the best eligible
+    queued job (core.scheduling.dispatch; not necessarily ``job_id``) and train it, leading
+    its gang when it runs on several hosts; or, when another worker booked this one into its
+    gang, train this host's part of that job."""
     settings = load_settings()
     with session_scope(settings.database_url) as session:
         dispatched = scheduling.claim_next(
@@ -163,7 +167,13 @@ def run_job(job_id: str) -> None:
             pool=registry.pool(),
             worker=worker_name(),
             lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.worker_heartbeat_seconds,
+            # Only a registered worker (which others can see alive) leads a gang.
+            rendezvous=_rendezvous(settings) if registry.name() else None,
         )
+    if isinstance(dispatched, gangs.Booking):
+        _follow(settings, dispatched)
+        return
     if dispatched is None:
         if registry.draining():
             _hand_back(settings, job_id)
@@ -171,11 +181,52 @@ def run_job(job_id: str) -> None:
             log.info("wake-up for job %s: nothing eligible in pool %s", job_id, registry.pool())
         return
     registry.set_current_job(dispatched.job_id)
+    gang = dispatched.gang
     try:
-        _run_claimed(settings, dispatched.job_id, dispatched.attempt)
+        if gang is not None:
+            _wake_followers(settings, dispatched.job_id, gang)
+        _run_claimed(settings, dispatched.job_id, dispatched.attempt, gang)
     finally:
         registry.set_current_job(None)
+        if gang is not None:
+            _release_gang(settings, dispatched.job_id, dispatched.attempt)
         _wake_held(settings, dispatched.organization_id)
+
+
+def _rendezvous(settings: Settings) -> gangs.Rendezvous:
+    """Where a gang this worker leads meets: its address, a free port, and the processes each
+    host runs (this worker's own plan; every host of a pool is expected to be alike)."""
+    from worker.training.distributed import free_port, plan_parallelism
+
+    plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
+    address = settings.worker_address or _host_address()
+    return gangs.Rendezvous(address=address, port=free_port(""), ranks_per_node=plan.world_size)
+
+
+def _host_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:  # a host name that does not resolve: only this host can reach it
+        return "127.0.0.1"
+
+
+def _wake_followers(settings: Settings, job_id: str, gang: dict) -> None:
+    """Send each booked host a wake-up on its own queue (the sweeper does not; a follower
+    that misses it joins at its next wake-up, or the leader gives up after
+    DORADO_GANG_JOIN_SECONDS)."""
+    for follower in gang["hosts"][1:]:
+        try:
+            publish_to_host(settings, job_id, gangs.host_queue(follower))
+        except Exception:
+            log.exception("job %s: could not wake host %s", job_id, follower)
+
+
+def _release_gang(settings: Settings, job_id: str, attempt: int) -> None:
+    try:
+        with session_scope(settings.database_url) as session:
+            gangs.release(session, job_id, attempt)
+    except Exception:  # the sweeper releases bookings of attempts that ended
+        log.exception("job %s: could not release its gang", job_id)
 
 
 def _hand_back(settings: Settings, job_id: str) -> None:
@@ -200,8 +251,13 @@ def _wake_held(settings: Settings, org_id: str) -> None:
         log.exception("could not wake a worker for organization %s", org_id)
 
 
-def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
-    log.info("job %s: claimed (attempt %s)", job_id, attempt)
+def _run_claimed(settings: Settings, job_id: str, attempt: int, gang: dict | None = None) -> None:
+    log.info(
+        "job %s: claimed (attempt %s)%s",
+        job_id,
+        attempt,
+        f" with hosts {', '.join(gang['hosts'][1:])}" if gang else "",
+    )
     store = open_store(settings)
     with session_scope(settings.database_url) as session:
         job = session.get_one(Job, job_id)
@@ -215,7 +271,7 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
     # A training process the kernel kills while this count stays put was not out of memory.
     kills_before = oom_kills()
     try:
-        _train(settings, store, job_id, attempt, reporter)
+        _train(settings, store, job_id, attempt, reporter, gang)
     except TrainingStopped:
         if reporter.timed_out:
             with session_scope(settings.database_url) as session:
@@ -263,11 +319,50 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int) -> None:
         reporter.close()
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """A job's files on this host: data, the checkpoint it resumes from, the base model."""
+
+    spec: TrainSpec
+    base_dir: Path
+    data_path: Path
+    valid_path: Path | None
+    resume_dir: Path | None
+
+
+def _fetch_inputs(settings: Settings, store: ObjectStore, claimed: Claimed, tmp: Path) -> _Inputs:
+    data_path = tmp / "train.jsonl"
+    store.download_file(claimed.training_key, data_path)
+    valid_path = None
+    if claimed.validation_key:
+        valid_path = tmp / "valid.jsonl"
+        store.download_file(claimed.validation_key, valid_path)
+    resume_dir = None
+    if claimed.resume_prefix:
+        resume_dir = tmp / "resume"
+        download_dir(store, claimed.resume_prefix, resume_dir)
+    spec = claimed.spec
+    if claimed.parent_job_id and not resume_dir:  # a checkpoint already holds the weights
+        parent_dir = tmp / "parent-adapter"
+        parent_dir.mkdir()
+        for name in artifacts.ADAPTER_FILES:
+            key = artifacts.adapter_file_key(claimed.parent_job_id, name)
+            store.download_file(key, parent_dir / name)
+        spec = replace(spec, init_adapter_dir=parent_dir)
+    base_dir = ensure_model(settings, store, claimed.model)
+    return _Inputs(spec, base_dir, data_path, valid_path, resume_dir)
+
+
 def _train(
-    settings: Settings, store: ObjectStore, job_id: str, attempt: int, reporter: JobReporter
+    settings: Settings,
+    store: ObjectStore,
+    job_id: str,
+    attempt: int,
+    reporter: JobReporter,
+    gang: dict | None = None,
 ) -> None:
     from core.observability.logconfig import configure_logging
-    from worker.training.distributed import plan_parallelism, run_training
+    from worker.training.distributed import MultiNode, ParallelPlan, plan_parallelism, run_training
 
     claimed = _load(settings, job_id)
     with session_scope(settings.database_url) as session:
@@ -275,26 +370,9 @@ def _train(
         jobs.discard_replayed_metrics(session, job_id, attempt, claimed.resume_step)
     with tempfile.TemporaryDirectory(prefix=f"dorado-{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
-        data_path = tmp / "train.jsonl"
-        store.download_file(claimed.training_key, data_path)
-        valid_path = None
-        if claimed.validation_key:
-            valid_path = tmp / "valid.jsonl"
-            store.download_file(claimed.validation_key, valid_path)
-        resume_dir = None
-        if claimed.resume_prefix:
-            resume_dir = tmp / "resume"
-            download_dir(store, claimed.resume_prefix, resume_dir)
-            reporter.metrics_rows = load_history(resume_dir)
-        spec = claimed.spec
-        if claimed.parent_job_id and not resume_dir:  # a checkpoint already holds the weights
-            parent_dir = tmp / "parent-adapter"
-            parent_dir.mkdir()
-            for name in artifacts.ADAPTER_FILES:
-                key = artifacts.adapter_file_key(claimed.parent_job_id, name)
-                store.download_file(key, parent_dir / name)
-            spec = replace(spec, init_adapter_dir=parent_dir)
-        base_dir = ensure_model(settings, store, claimed.model)
+        inputs = _fetch_inputs(settings, store, claimed, tmp)
+        if inputs.resume_dir is not None:
+            reporter.metrics_rows = load_history(inputs.resume_dir)
         if reporter.should_stop():
             raise TrainingStopped()
         if shutdown.in_progress():  # nothing trained yet: hand the job back as it was
@@ -302,18 +380,25 @@ def _train(
         # One process per GPU (or DORADO_WORKER_CPU_PROCESSES on CPU); rank 0 uses `reporter`.
         # A single one is a child too (isolated), unless DORADO_WORKER_ISOLATE_TRAINING=0.
         plan = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
+        multinode = None
+        if gang is not None:  # this host leads: node 0 of the gang
+            plan = ParallelPlan(int(gang["ranks_per_node"]), plan.backend)
+            multinode = MultiNode(0, len(gang["hosts"]), gang["address"], int(gang["port"]))
         result = run_training(
-            spec,
-            base_dir,
-            data_path,
+            inputs.spec,
+            inputs.base_dir,
+            inputs.data_path,
             tmp / "adapter",
             reporter,
             plan=plan,
-            validation_file=valid_path,
-            resume_from=resume_dir,
+            validation_file=inputs.valid_path,
+            resume_from=inputs.resume_dir,
             timeout_seconds=settings.worker_dist_timeout_seconds,
             log_setup=configure_logging,
             isolate=settings.worker_isolate_training,
+            multinode=multinode,
+            watchdog=_followers_watchdog(settings, job_id, attempt) if gang else None,
+            watch_seconds=settings.worker_heartbeat_seconds,
         )
         if reporter.should_stop():
             raise TrainingStopped()
@@ -345,3 +430,126 @@ def _train(
             if model_name is None:
                 raise TrainingStopped()
         log.info("job %s: succeeded as %s (%s tokens)", job_id, model_name, result.trained_tokens)
+
+
+def _followers_watchdog(settings: Settings, job_id: str, attempt: int) -> Callable[[], str | None]:
+    """The leader's check of its gang: why to give the attempt up, or None."""
+    deadline = utcnow() + timedelta(seconds=settings.gang_join_seconds)
+
+    def check() -> str | None:
+        with session_scope(settings.database_url) as session:
+            return gangs.follower_problem(
+                session,
+                job_id,
+                attempt,
+                heartbeat_seconds=settings.worker_heartbeat_seconds,
+                join_deadline=deadline,
+            )
+
+    return check
+
+
+def _follow(settings: Settings, booking: gangs.Booking) -> None:
+    """Train this host's part of another worker's multi-node job (node ``booking.node_rank``).
+
+    The leader alone reports, checkpoints and decides the job's status: whatever ends this
+    part is only logged here, and the booking is released."""
+    name = worker_name()
+    job_id, attempt = booking.job_id, booking.attempt
+    with session_scope(settings.database_url) as session:
+        if not gangs.mark_joined(session, name, job_id, attempt):
+            return
+    registry.set_current_job(job_id)
+    log.info(
+        "job %s: joined as node %d of %d (attempt %d, led by %s)",
+        job_id,
+        booking.node_rank,
+        booking.nodes,
+        attempt,
+        booking.leader,
+    )
+    try:
+        _train_part(settings, booking)
+        log.info("job %s: node %d finished its part", job_id, booking.node_rank)
+    except (TrainingStopped, TrainingPaused):
+        log.info(
+            "job %s: node %d stopped with the job (paused or stopped)", job_id, booking.node_rank
+        )
+    except Exception as exc:
+        log.warning(
+            "job %s: node %d's part ended: %s: %s",
+            job_id,
+            booking.node_rank,
+            type(exc).__name__,
+            exc,
+        )
+    finally:
+        registry.set_current_job(None)
+        try:
+            with session_scope(settings.database_url) as session:
+                gangs.release_member(session, name, job_id, attempt)
+                workers.set_current_job(session, name, None)
+        except Exception:  # the sweeper releases bookings of attempts that ended
+            log.exception("job %s: could not release this host's booking", job_id)
+
+
+def _train_part(settings: Settings, booking: gangs.Booking) -> None:
+    from core.observability.logconfig import configure_logging
+    from worker.training.distributed import (
+        MultiNode,
+        ParallelPlan,
+        SilentReporter,
+        plan_parallelism,
+        run_training,
+    )
+
+    store = open_store(settings)
+    claimed = _load(settings, booking.job_id)
+    own = plan_parallelism(settings.worker_gpus_per_job, settings.worker_cpu_processes)
+    wanted = booking.rendezvous.ranks_per_node
+    if own.backend == "nccl" and own.world_size < wanted:
+        raise RuntimeError(
+            f"the job runs {wanted} processes per host but this host has {own.world_size} GPUs"
+        )
+    with tempfile.TemporaryDirectory(prefix=f"dorado-{booking.job_id}-") as tmp_name:
+        tmp = Path(tmp_name)
+        inputs = _fetch_inputs(settings, store, claimed, tmp)
+        run_training(
+            inputs.spec,
+            inputs.base_dir,
+            inputs.data_path,
+            tmp / "adapter",
+            SilentReporter(),
+            plan=ParallelPlan(wanted, own.backend),
+            validation_file=inputs.valid_path,
+            resume_from=inputs.resume_dir,
+            timeout_seconds=settings.worker_dist_timeout_seconds,
+            log_setup=configure_logging,
+            isolate=True,
+            multinode=MultiNode(
+                booking.node_rank,
+                booking.nodes,
+                booking.rendezvous.address,
+                booking.rendezvous.port,
+            ),
+            watchdog=_attempt_watchdog(settings, booking),
+            watch_seconds=settings.worker_heartbeat_seconds,
+        )
+
+
+def _attempt_watchdog(settings: Settings, booking: gangs.Booking) -> Callable[[], str | None]:
+    """A follower's check: why to stop its part (the attempt is over, the leader was lost,
+    this host is shutting down), or None."""
+
+    def check() -> str | None:
+        if shutdown.in_progress():
+            return "this host is shutting down"
+        with session_scope(settings.database_url) as session:
+            return gangs.attempt_problem(
+                session,
+                booking.job_id,
+                booking.attempt,
+                heartbeat_seconds=settings.worker_heartbeat_seconds,
+            )
+
+    return check

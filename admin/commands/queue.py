@@ -21,6 +21,7 @@ COLUMNS = [
     ("status", "STATUS"),
     ("pool", "POOL"),
     ("priority", "PRIO"),
+    ("nodes", "NODES"),
     ("organization", "ORG"),
     ("model", "BASE MODEL"),
     ("adapter", "ADAPTER"),
@@ -46,10 +47,17 @@ def _for_humans(rows: list[dict]) -> list[dict]:
             "position": row["position"]
             if row["position"] is not None
             else ("run" if row["status"] == JobStatus.RUNNING else "held"),
-            "where": row["worker"] if row["status"] == JobStatus.RUNNING else row["held"],
+            "where": _where(row),
         }
         for row in rows
     ]
+
+
+def _where(row: dict) -> str | None:
+    """The worker of a running job (a multi-node job's gang, leader first), else why held."""
+    if row["status"] != JobStatus.RUNNING:
+        return row["held"]
+    return " + ".join(row["hosts"]) if row.get("hosts") else row["worker"]
 
 
 def _render(rows: list[dict]):

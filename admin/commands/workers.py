@@ -18,6 +18,7 @@ COLUMNS = [
     ("gpus", "GPUS"),
     ("gpu_memory", "GPU MEM"),
     ("current_job_id", "JOB"),
+    ("gang_label", "GANG"),
     ("hostname", "HOST"),
     ("heartbeat", "LAST HEARTBEAT"),
 ]
@@ -30,9 +31,19 @@ def _for_humans(rows: list[dict]) -> list[dict]:
             **row,
             "gpu_memory": f"{row['gpu_memory_mb']} MiB" if row["gpu_memory_mb"] else None,
             "heartbeat": human_duration(now - row["last_heartbeat_at"]) + " ago",
+            "gang_label": _gang_label(row["gang"]),
         }
         for row in rows
     ]
+
+
+def _gang_label(gang: dict | None) -> str | None:
+    """Where a worker stands in another worker's multi-node job: "node 1 of job (joined)"."""
+    if not gang:
+        return None
+    return (
+        f"node {gang['node_rank']} of {gang['job_id']} ({'joined' if gang['joined'] else 'booked'})"
+    )
 
 
 @click.group("workers", invoke_without_command=True)

@@ -32,6 +32,7 @@ def estimate():
         max_seq_length=req.max_seq_length,
         pool=req.pool,
         precision=req.precision,
+        nodes=req.nodes or 1,
         declared_pools=dorado().settings.declared_pools,
     )
     return result.as_dict()

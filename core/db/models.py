@@ -161,6 +161,9 @@ class Job(Base):
     # The memory planner's verdict (core.jobs.planner.MemoryPlan.as_dict): GPUs and estimated
     # peak MiB per device; None when the model's architecture is not known.
     resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # A multi-node job's current gang (core.scheduling.gangs): the attempt, its hosts in node
+    # order and where they meet (rendezvous address and port); None for one host.
+    gang: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Worker(Base):
@@ -180,6 +183,12 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # A draining worker finishes its current job and claims no new one.
     draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Booked into a multi-node job's gang by the job's first host (core.scheduling.gangs):
+    # the job, its attempt, this host's node rank, and when it joined (None: not yet).
+    booked_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    booked_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobEvent(Base):

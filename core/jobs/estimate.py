@@ -96,6 +96,7 @@ def estimate_job(
     pool: str | None = None,
     declared_pools: Mapping[str, int | None] | None = None,
     precision: str | None = None,
+    nodes: int = 1,
 ) -> Estimate:
     """Estimate a job from the inputs of ``core.jobs.lifecycle.create_job``; nothing is written.
 
@@ -126,6 +127,7 @@ def estimate_job(
         requested_pool=pool,
         declared_pools=declared_pools,
         precision=precision,
+        nodes=nodes,
     )
     tokens_per_epoch = _tokens_per_epoch(training_row, method)
     total_tokens = tokens_per_epoch * n_epochs

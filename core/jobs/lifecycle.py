@@ -126,6 +126,7 @@ def create_job(
         requested_pool=options.pop("pool", None),
         declared_pools=declared_pools,
         precision=options.get("precision"),
+        nodes=int(options.get("nodes") or 1),
     )
     options.update(planned.training)
     seed = (

@@ -35,7 +35,9 @@ The peak per device (bytes) is the sum of these terms (:class:`MemoryPlan` keeps
     the rest for the allocator's fragmentation and the engine's temporaries.
 
 A job runs on every GPU of one worker (``gpus``: the fewest any registered worker of its pool
-has), in one of two ways (``sharding``, the engine's ``EngineOptions.sharding``):
+has), or of ``nodes`` workers for a multi-node job (core.scheduling.gangs: ``gpus`` is then
+the job's total, every host alike), in one of two ways (``sharding``, the engine's
+``EngineOptions.sharding``):
 
 ``"ddp"``
     Data parallel (``worker.training.parallel``): every GPU holds the whole model, so more
@@ -79,6 +81,8 @@ CUDA_CONTEXT_BYTES = 1024 * MIB
 FRAGMENTATION = 0.10
 DEFAULT_MICRO_BATCH_SIZE = 8  # worker.training.options.EngineOptions.micro_batch_size
 MAX_GPUS = 8
+MAX_NODES = 64
+"""The most worker hosts one job may ask for (its ``nodes``)."""
 Sharding = Literal["ddp", "fsdp"]  # worker.training.options.Sharding
 FSDP_GATHERED_LAYERS = 2  # the running decoder layer and the next one, prefetched
 
@@ -228,6 +232,7 @@ class PlanRequest:
     cuda: bool = True
     sharding: Sharding | None = None
     shardable: bool = True
+    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,7 @@ class MemoryPlan:
     gpus: int
     quantization: str | None
     sharding: str = "ddp"
+    nodes: int = 1
 
     @property
     def peak(self) -> int:
@@ -260,6 +266,7 @@ class MemoryPlan:
         terms = ("weights", "adapter", "activations", "logits", "headroom")
         return {
             "gpus": self.gpus,
+            "nodes": self.nodes,
             "sharding": self.sharding,
             "estimated_peak_mib_per_device": self.peak_mib,
             "gradient_checkpointing": self.gradient_checkpointing,
@@ -362,6 +369,7 @@ def plan(arch: Architecture, request: PlanRequest) -> MemoryPlan:
         gpus=gpus,
         quantization=request.quantization,
         sharding=sharding,
+        nodes=request.nodes,
     )
 
 
@@ -448,6 +456,15 @@ def suggest(arch: Architecture, request: PlanRequest, capacity_mib: int) -> str:
             ):
                 options.append(f"{gpus} such GPUs per worker (sharded with FSDP)")
                 break
+        per_host = max(1, (request.gpus or 1) // request.nodes)
+        for nodes in _powers_of_two(MAX_NODES)[1:]:
+            if nodes > request.nodes and fits(
+                arch,
+                replace(request, nodes=nodes, gpus=per_host * nodes, sharding="fsdp"),
+                capacity_mib,
+            ):
+                options.append(f"nodes {nodes} ({nodes} workers of the pool, sharded with FSDP)")
+                break
     if not options:
         return (
             "Nothing the job can change makes it fit: add a pool with larger GPUs "
@@ -457,8 +474,11 @@ def suggest(arch: Architecture, request: PlanRequest, capacity_mib: int) -> str:
 
 
 def _on(request: PlanRequest, pool: str, gpus: Mapping[str, int] | None) -> PlanRequest:
-    """``request`` with the GPU count of ``pool``'s workers, where known."""
-    count = (gpus or {}).get(pool)
+    """``request`` with the GPUs it gets in ``pool``: its workers' count (where known) on
+    each of its ``nodes`` hosts."""
+    count = (gpus or {}).get(pool) or request.gpus
+    if request.nodes > 1:
+        return replace(request, gpus=(count or 1) * request.nodes)
     return replace(request, gpus=count) if count else request
 
 
@@ -467,7 +487,7 @@ def _settled(request: PlanRequest) -> PlanRequest:
     return replace(
         request,
         gradient_checkpointing=bool(request.gradient_checkpointing),
-        gpus=request.gpus or 1,
+        gpus=(request.gpus or 1) * request.nodes,
     )
 
 

@@ -59,6 +59,7 @@ def plan_job(
     requested_pool: str | None = None,
     declared_pools: Mapping[str, int | None] | None = None,
     precision: str | None = None,
+    nodes: int = 1,
 ) -> JobResources:
     """Resolve the job's training options, plan its memory and choose its pool.
 
@@ -67,7 +68,8 @@ def plan_job(
     ``"fp32"`` (the job's option) doubles every bf16 byte; ``"auto"``/``"bf16"``/``None``
     plan bf16, what a GPU pool trains in. A job too big for one GPU of its pool is planned
     sharded (FSDP) over the pool's GPUs where the engine can shard it (not an int8 base, not
-    fp16); ``resources["sharding"]`` tells the worker.
+    fp16); ``resources["sharding"]`` tells the worker. ``nodes`` > 1: the job runs on that
+    many workers of its pool (a gang), its GPUs those of all of them.
 
     Raises InvalidRequest when the job fits no GPU pool (naming what would fit), or for an
     unknown pool.
@@ -90,6 +92,7 @@ def plan_job(
         weight_bytes=4 if precision == "fp32" else 2,
         # The engine refuses these under FSDP (worker.training.options.FSDP_INT8, FSDP_FP16).
         shardable=adapter.quantization != "int8" and precision != "fp16",
+        nodes=nodes,
     )
     placement = pools.choose_pool(
         session, requested_pool, declared_pools, architecture=arch, request=request

@@ -83,6 +83,13 @@ def publish_job(settings: Settings, job_id: str, pool: str | None = None) -> Non
     log.info("published job %s to %s", job_id, jobs_queue(pool))
 
 
+def publish_to_host(settings: Settings, job_id: str, queue: str) -> None:
+    """Wake one training worker through its own queue (core.scheduling.gangs.host_queue): it
+    was booked into the gang of a multi-node job."""
+    _client(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+    log.info("published job %s to %s", job_id, queue)
+
+
 def publish_validation(settings: Settings, job_id: str) -> None:
     """Send a ``validating_files`` job to the validators. Call only after commit."""
     _client(settings).send_task(VALIDATE_JOB_TASK, args=[job_id], queue=VALIDATE_QUEUE)

@@ -8,11 +8,15 @@ transaction, the best eligible queued job of its pool:
    served least recently (``organizations.last_dispatched_at``);
 3. then the oldest job.
 
-An organization already running ``max_running_jobs`` jobs is skipped. On PostgreSQL the
-candidate row is taken with ``FOR UPDATE SKIP LOCKED`` (concurrent workers never wait on, or
-take, the same job) and the organization row is locked while its running jobs are counted,
-so two workers cannot both take an organization's last slot. On SQLite (one writer at a time)
-the guarded ``status = 'queued'`` update is enough.
+An organization already running ``max_running_jobs`` jobs is skipped. A job with ``nodes`` > 1
+is claimed only together with enough other idle hosts of the pool (core.scheduling.gangs),
+else passed over for now. A worker booked into another's gang joins it instead of claiming.
+
+On PostgreSQL the worker's own row is locked first (a leader booking it and its own claim are
+serialized), the candidate row is taken with ``FOR UPDATE SKIP LOCKED`` (concurrent workers
+never wait on, or take, the same job) and the organization row is locked while its running
+jobs are counted, so two workers cannot both take an organization's last slot. On SQLite
+(one writer at a time) the guarded ``status = 'queued'`` update is enough.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.db.models import Job, Organization
+from core.db.models import Job, Organization, Worker
 from core.jobs import lifecycle as jobs
 from core.jobs.status import JobStatus
-from core.scheduling import quotas, workers
+from core.scheduling import gangs, quotas, workers
 from core.scheduling.order import pool_filter
 from core.timeutil import utcnow
 
@@ -41,9 +45,10 @@ class Dispatched:
     job_id: str
     attempt: int
     organization_id: str
+    gang: dict | None = None
 
 
-def _candidate(pool: str, excluded: set[str]) -> Select:
+def _candidate(pool: str, excluded: set[str], passed: set[str]) -> Select:
     running = (
         select(Job.organization_id.label("org_id"), func.count().label("running"))
         .where(Job.status == JobStatus.RUNNING)
@@ -52,7 +57,7 @@ def _candidate(pool: str, excluded: set[str]) -> Select:
     )
     n_running = func.coalesce(running.c.running, 0)
     stmt = (
-        select(Job.id, Job.organization_id)
+        select(Job.id, Job.organization_id, Job.options)
         .join(Organization, Organization.id == Job.organization_id)
         .outerjoin(running, running.c.org_id == Job.organization_id)
         .where(
@@ -72,22 +77,55 @@ def _candidate(pool: str, excluded: set[str]) -> Select:
     )
     if excluded:
         stmt = stmt.where(Job.organization_id.not_in(excluded))
+    if passed:
+        stmt = stmt.where(Job.id.not_in(passed))
     return stmt
 
 
 def claim_next(
-    session: Session, *, pool: str, worker: str, lease_seconds: int
-) -> Dispatched | None:
+    session: Session,
+    *,
+    pool: str,
+    worker: str,
+    lease_seconds: int,
+    heartbeat_seconds: float = 5.0,
+    rendezvous: gangs.Rendezvous | None = None,
+) -> Dispatched | gangs.Booking | None:
     """Claim the best eligible queued job of ``pool`` for ``worker`` (see the module
-    docstring); None when the worker is draining or nothing is eligible."""
-    if workers.is_draining(session, worker):
-        return None
+    docstring); the worker's gang :class:`~core.scheduling.gangs.Booking` when another host
+    booked it; None when the worker is draining or nothing is eligible.
+
+    ``rendezvous`` is where a gang this worker leads would meet (None: it leads none, and
+    multi-node jobs are passed over); ``heartbeat_seconds`` tells live hosts from lost ones.
+    """
+    me = session.scalars(select(Worker).where(Worker.name == worker).with_for_update()).first()
+    if me is not None:
+        booking = gangs.booking_of(session, me)
+        if booking is not None:
+            return booking
+        if me.draining:
+            return None
     excluded: set[str] = set()
+    passed: set[str] = set()  # gang jobs without enough free hosts now
     for _ in range(MAX_CANDIDATES):
-        row = session.execute(_candidate(pool, excluded)).first()
+        row = session.execute(_candidate(pool, excluded, passed)).first()
         if row is None:
             return None
-        job_id, org_id = row
+        job_id, org_id, options = row
+        nodes = gangs.job_nodes(options)
+        followers: list[str] = []
+        if nodes > 1:
+            if rendezvous is not None:
+                followers = gangs.free_hosts(
+                    session,
+                    pool,
+                    leader=worker,
+                    count=nodes - 1,
+                    heartbeat_seconds=heartbeat_seconds,
+                )
+            if len(followers) < nodes - 1:
+                passed.add(job_id)
+                continue
         # Locking the organization serializes its dispatches: the count below is exact.
         limit = session.scalar(
             select(Organization.max_running_jobs).where(Organization.id == org_id).with_for_update()
@@ -104,7 +142,23 @@ def claim_next(
             .values(last_dispatched_at=utcnow())
         )
         workers.set_current_job(session, worker, job_id)
-        return Dispatched(job_id=job_id, attempt=attempt, organization_id=org_id)
+        gang = None
+        if followers and rendezvous is not None:
+            gang = gangs.book(
+                session,
+                job_id,
+                attempt,
+                leader=worker,
+                followers=followers,
+                rendezvous=rendezvous,
+            )
+            jobs.add_event(
+                session,
+                job_id,
+                f"Running on {nodes} hosts: {', '.join(gang['hosts'])} (the first leads; "
+                f"they meet at {rendezvous.address}:{rendezvous.port})",
+            )
+        return Dispatched(job_id=job_id, attempt=attempt, organization_id=org_id, gang=gang)
     return None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from core.db.models import Job, Organization
 from core.jobs.status import JobStatus
 from core.scheduling.broker import DEFAULT_POOL
+from core.scheduling.gangs import job_nodes
 from core.timeutil import utcnow
 
 
@@ -235,4 +236,8 @@ def queue_entry_dict(entry: QueueEntry, now: datetime | None = None) -> dict:
         "age_seconds": int((now - since).total_seconds()),
         "worker": job.worker,
         "held": entry.held,
+        "nodes": job_nodes(job.options),
+        "hosts": list(job.gang["hosts"])
+        if job.status == JobStatus.RUNNING and job.gang and job.gang.get("attempt") == job.attempt
+        else None,
     }

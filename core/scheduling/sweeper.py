@@ -1,7 +1,8 @@
-"""The periodic scheduler: re-queues jobs whose worker vanished and re-publishes queued jobs
-whose message a broker lost. A ``validating_files`` job is sent again only while no validator
-holds a live lease on it (core.scheduling.validation): a slow validation is not a lost message.
-Every step is an idempotent conditional update, so running two schedulers at once does no harm."""
+"""The periodic scheduler: re-queues jobs whose worker vanished (and frees the hosts booked for
+them), and re-publishes queued jobs whose message a broker lost. A ``validating_files`` job is
+sent again only while no validator holds a live lease on it (core.scheduling.validation): a
+slow validation is not a lost message. Every step is an idempotent conditional update, so
+running two schedulers at once does no harm."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 
 from core.db.engine import session_scope
 from core.jobs import lifecycle as jobs
+from core.scheduling import gangs
 from core.scheduling.wakeups import commit_and_publish
 from core.settings import Settings
 
@@ -20,6 +22,8 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
     """One pass. Returns what it re-queued and re-published."""
     with session_scope(settings.database_url) as session:
         requeued = jobs.requeue_expired_leases(session, settings.max_job_retries)
+        # Hosts booked for an attempt that is over (its leader was lost) are free again.
+        gangs.release_stale(session)
     with session_scope(settings.database_url) as session:
         to_publish = jobs.jobs_to_publish(session, settings.republish_after_seconds)
         published = commit_and_publish(session, settings, to_publish)

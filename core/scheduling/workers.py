@@ -43,6 +43,8 @@ def register(session: Session, info: WorkerInfo) -> Worker:
     row.gpus, row.gpu_memory_mb = info.gpus, info.gpu_memory_mb
     row.current_job_id, row.started_at, row.last_heartbeat_at = None, now, now
     row.stopped_at = None
+    # A (re)started worker is in no gang: the leader of one it was in sees it leave.
+    row.booked_job_id = row.booked_attempt = row.node_rank = row.joined_at = None
     session.flush()
     return row
 
@@ -106,7 +108,8 @@ def set_draining(session: Session, name: str, draining: bool) -> Worker:
 
 def state(row: Worker, heartbeat_seconds: float, now: datetime | None = None) -> str:
     """``stopped``, ``lost`` (heartbeats missed), ``draining`` (still running a job),
-    ``drained`` (draining and idle), ``busy`` or ``idle``."""
+    ``drained`` (draining and idle), ``busy``, ``booked`` (into a multi-node job's gang, not
+    started yet) or ``idle``."""
     now = now or utcnow()
     if row.stopped_at is not None:
         return "stopped"
@@ -114,7 +117,9 @@ def state(row: Worker, heartbeat_seconds: float, now: datetime | None = None) ->
         return "lost"
     if row.draining:
         return "draining" if row.current_job_id else "drained"
-    return "busy" if row.current_job_id else "idle"
+    if row.current_job_id:
+        return "busy"
+    return "booked" if row.booked_job_id else "idle"
 
 
 def forget(session: Session, name: str, heartbeat_seconds: float) -> None:
@@ -152,6 +157,15 @@ def worker_dict(row: Worker, heartbeat_seconds: float) -> dict:
         "gpus": row.gpus,
         "gpu_memory_mb": row.gpu_memory_mb,
         "current_job_id": row.current_job_id,
+        "gang": (
+            {
+                "job_id": row.booked_job_id,
+                "node_rank": row.node_rank,
+                "joined": row.joined_at is not None,
+            }
+            if row.booked_job_id
+            else None
+        ),
         "draining": row.draining,
         "started_at": int(row.started_at.timestamp()),
         "last_heartbeat_at": int(row.last_heartbeat_at.timestamp()),

@@ -158,3 +158,30 @@ def test_bad_training_options_are_clear_400s(api: Api, training, param):
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["param"] and error["param"].startswith(param), error
+
+
+def test_a_multi_node_job_is_planned_over_all_its_hosts(pooled: Api):
+    file_id = pooled.upload(chat_examples()).get_json()["id"]
+    body = {
+        "model": "llama-3.1-8b",
+        "training_file": file_id,
+        "max_seq_length": 2048,
+        "pool": "default",
+        "nodes": 4,
+    }
+    # Four 24 GB workers of one GPU each hold Llama 8B sharded; one alone does not.
+    estimate = pooled.post("/v1/fine_tuning/jobs/estimate", body).get_json()
+    job = pooled.post("/v1/fine_tuning/jobs", body).get_json()
+    for planned in (estimate["resources"], job["resources"]):
+        assert (planned["nodes"], planned["gpus"], planned["sharding"]) == (4, 4, "fsdp")
+        assert planned["estimated_peak_mib_per_device"] <= 23034
+    assert job["options"]["nodes"] == 4
+
+
+@pytest.mark.parametrize("nodes", [0, 65, "two", 1.5])
+def test_a_bad_node_count_is_a_clear_400(api: Api, nodes):
+    file_id = api.upload(chat_examples()).get_json()["id"]
+    body = {"model": "tiny-random-llama", "training_file": file_id, "nodes": nodes}
+    response = api.post("/v1/fine_tuning/jobs", body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["param"] == "nodes"

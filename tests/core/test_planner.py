@@ -243,6 +243,21 @@ def test_fsdp_is_chosen_only_when_no_single_gpu_fits():
         place(arch, request, {"v100-32gb": 32768}, gpus={"v100-32gb": 2})
 
 
+def test_a_multi_node_job_is_planned_over_the_gpus_of_all_its_hosts():
+    arch = Architecture.from_config(LLAMA_8B)
+    request = PlanRequest(max_seq_length=2048)
+    # Two 32 GB GPUs per worker do not hold Llama 8B (see above); two such workers do.
+    placed = place(arch, replace(request, nodes=2), {"v100-32gb": 32768}, {"v100-32gb": 2})
+    assert (placed.plan.sharding, placed.plan.gpus, placed.plan.nodes) == ("fsdp", 4, 2)
+    assert placed.plan.as_dict()["nodes"] == 2
+    assert placed.plan.peak_mib <= 32768
+    # A single-node job there is refused, naming both ways out.
+    with pytest.raises(InvalidRequest) as caught:
+        place(arch, request, {"v100-32gb": 32768}, gpus={"v100-32gb": 2})
+    assert "4 such GPUs per worker" in caught.value.message
+    assert "nodes 2 (2 workers of the pool, sharded with FSDP)" in caught.value.message
+
+
 def test_what_the_engine_cannot_shard_is_never_planned_sharded():
     arch = Architecture.from_config(LLAMA_8B)
     # An int8 base or fp16 (core.jobs.resources sets shardable=False for them).

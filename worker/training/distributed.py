@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import time
@@ -77,6 +78,37 @@ Raising it needs no privilege."""
 REPORTER_METHODS = frozenset(
     {"metrics", "message", "should_stop", "should_pause", "save_checkpoint"}
 )
+
+
+@dataclass(frozen=True)
+class MultiNode:
+    """This host's place in a job that runs on several hosts (a gang, core.scheduling.gangs):
+    ``nodes`` hosts of ``ranks_per_node`` processes each, meeting at rank 0's ``address`` and
+    ``port`` on node 0. Global ranks are numbered host by host."""
+
+    node_rank: int
+    nodes: int
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_rank < self.nodes:
+            raise ValueError(f"node_rank {self.node_rank} outside 0..{self.nodes - 1}")
+
+
+# A rank's collective failing because a process on another host went away reads like one of
+# these (gloo: "Connection closed by peer", NCCL: "remote process exited", a store timeout...).
+_PEER_LOST = re.compile(
+    r"Dist(Backend|Network|Store)Error|Connection (closed|reset) by peer|Broken pipe|"
+    r"remote process|Socket Timeout|timed out|ProcessGroup|gloo|NCCL",
+    re.IGNORECASE,
+)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether a rank's error is a collective that lost its peers (as opposed to an error of
+    the rank's own: bad data, out of memory)."""
+    return isinstance(exc, RuntimeError) and bool(_PEER_LOST.search(f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass(frozen=True)
@@ -186,10 +218,11 @@ class ReporterProxy:
         self._call("save_checkpoint", info)
 
 
-def free_port() -> int:
-    """A TCP port on localhost that is free right now, for the group's rendezvous."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (``""``: on every interface, for a rendezvous
+    other hosts reach), for the group's rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -281,10 +314,13 @@ class _RankConfig:
     timeout_seconds: float
     parent_pid: int
     log_setup: Callable[[], None] | None
+    address: str = "127.0.0.1"
+    rank_offset: int = 0
+    local_world_size: int = 1
 
 
 def _rank_main(
-    rank: int,
+    local_rank: int,
     config: _RankConfig,
     conn: connection.Connection,
     args: tuple[TrainSpec, Path, Path, Path],
@@ -304,14 +340,16 @@ def _rank_main(
 
     from worker.training.recipe import train
 
+    rank = config.rank_offset + local_rank
+    os.environ["LOCAL_RANK"] = str(local_rank)  # which of this host's GPUs (recipe.select_device)
     if config.backend == "gloo":
         # The ranks share the machine's cores; more threads than cores each only thrash.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.local_world_size))
     try:
         if config.world_size > 1:  # one isolated process trains alone, without a group
             dist.init_process_group(
                 config.backend,
-                init_method=f"tcp://127.0.0.1:{config.port}",
+                init_method=f"tcp://{config.address}:{config.port}",
                 rank=rank,
                 world_size=config.world_size,
                 timeout=timedelta(seconds=config.timeout_seconds),
@@ -340,11 +378,20 @@ def train_data_parallel(
     backend: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     log_setup: Callable[[], None] | None = None,
+    multinode: MultiNode | None = None,
+    watchdog: Callable[[], str | None] | None = None,
+    watch_seconds: float = 5.0,
 ) -> TrainResult:
-    """Run :func:`~worker.training.recipe.train` on ``world_size`` processes; rank 0's result.
+    """Run :func:`~worker.training.recipe.train` on ``world_size`` processes of this host;
+    the result of its first.
 
     ``reporter`` is called in this process, on behalf of rank 0. ``log_setup`` (a picklable
-    function) configures logging in each rank process.
+    function) configures logging in each rank process. With ``multinode`` these are this
+    host's share of a group of ``world_size * nodes`` ranks that meets at the node-0 host's
+    address; only there does a rank 0 (and the reporter) run. ``watchdog``, called every
+    ``watch_seconds``, returns why to give the run up (another host of the job was lost), or
+    None; its answer ends the run with ``TrainingProcessLost``, as does a rank whose collective
+    lost its peers on another host.
 
     Raises:
         whatever rank 0's ``train`` raised (``TrainingStopped``, ``TrainingPaused``, ...), the
@@ -354,13 +401,17 @@ def train_data_parallel(
     if world_size < 1:
         raise ValueError("world_size must be >= 1")
     ctx = _rank_context()
+    nodes = multinode.nodes if multinode else 1
     config = _RankConfig(
-        world_size=world_size,
-        port=free_port(),
+        world_size=world_size * nodes,
+        port=multinode.port if multinode else free_port(),
         backend=backend or default_backend(),
         timeout_seconds=timeout_seconds,
         parent_pid=os.getpid(),
         log_setup=log_setup,
+        address=multinode.address if multinode else "127.0.0.1",
+        rank_offset=multinode.node_rank * world_size if multinode else 0,
+        local_world_size=world_size,
     )
     args = (spec, Path(base_model_dir), Path(training_file), Path(output_dir))
     kwargs = {"validation_file": validation_file, "resume_from": resume_from}
@@ -379,7 +430,15 @@ def train_data_parallel(
             theirs.close()
             ranks.append(proc)
             conns.append(ours)
-        return _Supervisor(ranks, conns, reporter).run()
+        supervisor = _Supervisor(
+            ranks,
+            conns,
+            reporter,
+            watchdog=watchdog,
+            watch_seconds=watch_seconds,
+            remote_peers=nodes > 1,
+        )
+        return supervisor.run()
     finally:
         # Ranks that finished exit by themselves; any still blocked (in a collective waiting
         # for a failed peer, say) are killed.
@@ -398,14 +457,26 @@ class _Supervisor:
     """Serves rank 0's reporter calls and watches every rank until all have finished."""
 
     def __init__(
-        self, ranks: list[Any], conns: list[connection.Connection], reporter: Reporter
+        self,
+        ranks: list[Any],
+        conns: list[connection.Connection],
+        reporter: Reporter,
+        *,
+        watchdog: Callable[[], str | None] | None = None,
+        watch_seconds: float = 5.0,
+        remote_peers: bool = False,
     ) -> None:
         self.ranks = ranks
         self.conns = conns
         self.reporter = reporter
+        self.watchdog = watchdog
+        self.watch_seconds = watch_seconds
+        self.remote_peers = remote_peers
+        self.next_watch = time.monotonic() + watch_seconds
         self.outcomes: dict[int, tuple[str, Any]] = {}
         self.first_error: BaseException | None = None
         self.reporter_error: BaseException | None = None
+        self.host_lost: TrainingProcessLost | None = None
         self.gave_up_at: float | None = None
 
     def run(self) -> TrainResult:
@@ -414,6 +485,7 @@ class _Supervisor:
         while len(self.outcomes) < len(self.ranks):
             if self.gave_up_at is not None and time.monotonic() > self.gave_up_at:
                 break
+            self._watch()
             ready = connection.wait([*open_conns.values(), *watching], timeout=1.0)
             for item in ready:
                 if item in watching:
@@ -479,6 +551,27 @@ class _Supervisor:
         logger.error("%s", lost)
         self._failed(lost)
 
+    def _watch(self) -> None:
+        """Ask the watchdog (another host of the job lost?) every ``watch_seconds``."""
+        if self.watchdog is None or self.host_lost is not None:
+            return
+        if time.monotonic() < self.next_watch:
+            return
+        self.next_watch = time.monotonic() + self.watch_seconds
+        try:
+            problem = self.watchdog()
+        except Exception:  # the database briefly down: ask again next time
+            logger.warning("could not check the job's other hosts", exc_info=True)
+            return
+        if problem is None:
+            return
+        self.host_lost = TrainingProcessLost(problem)
+        logger.error("giving the run up: %s", problem)
+        self._failed(self.host_lost)
+        # Ranks may be blocked in a collective with the lost host for as long as the group's
+        # timeout: end them now.
+        self.gave_up_at = time.monotonic()
+
     def _failed(self, exc: BaseException) -> None:
         if self.first_error is None:
             self.first_error = exc
@@ -494,12 +587,18 @@ class _Supervisor:
         # and every rank raises, then the first error that arrived.
         if self.reporter_error is not None:
             raise self.reporter_error
+        if self.host_lost is not None:
+            raise self.host_lost
         for other_kind, other in self.outcomes.values():
             if other_kind == "lost":
                 raise other
         if kind == "raised" and isinstance(value, (TrainingPaused, TrainingStopped)):
             raise value
         if self.first_error is not None:
+            if self.remote_peers and peer_lost(self.first_error):
+                raise TrainingProcessLost(
+                    f"a process on another host of the job went away: {self.first_error}"
+                ) from self.first_error
             raise self.first_error
         raise TrainingProcessLost("rank 0 ended without a result")
 
@@ -517,13 +616,17 @@ def run_training(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     log_setup: Callable[[], None] | None = None,
     isolate: bool = False,
+    multinode: MultiNode | None = None,
+    watchdog: Callable[[], str | None] | None = None,
+    watch_seconds: float = 5.0,
 ) -> TrainResult:
     """Train across ``plan.world_size`` processes when it is above 1; else in one process,
     spawned when ``isolate`` (its death, an OOM kill say, then raises
-    ``TrainingProcessLost`` here) or this one."""
+    ``TrainingProcessLost`` here) or this one. ``multinode``, ``watchdog``: this host's share
+    of a multi-host job (see :func:`train_data_parallel`)."""
     world_size = 1 if plan is None else plan.world_size
     backend = default_backend() if plan is None else plan.backend
-    if world_size == 1 and not isolate:
+    if world_size == 1 and not isolate and multinode is None:
         from worker.training.recipe import train
 
         return train(
@@ -536,11 +639,15 @@ def run_training(
             resume_from=resume_from,
         )
     logger.info(
-        "[job %s] training on %d %s process(es) (%s)",
+        "[job %s] training on %d %s process(es) (%s)%s",
         spec.options.log_label,
         world_size,
         "cuda" if backend == "nccl" else "cpu",
-        backend if world_size > 1 else "isolated",
+        backend if world_size > 1 or multinode else "isolated",
+        f" as node {multinode.node_rank} of {multinode.nodes} (rendezvous "
+        f"{multinode.address}:{multinode.port})"
+        if multinode
+        else "",
     )
     return train_data_parallel(
         world_size,
@@ -554,4 +661,7 @@ def run_training(
         backend=backend,
         timeout_seconds=timeout_seconds,
         log_setup=log_setup,
+        multinode=multinode,
+        watchdog=watchdog,
+        watch_seconds=watch_seconds,
     )

@@ -229,11 +229,14 @@ class JobOptions:
         return cls(**{k: v for k, v in options.items() if k in known and v is not None})
 
 
-PLATFORM_JOB_OPTIONS = frozenset({"keep_checkpoints", "max_run_seconds", "parent", "parent_job_id"})
+PLATFORM_JOB_OPTIONS = frozenset(
+    {"keep_checkpoints", "max_run_seconds", "parent", "parent_job_id", "nodes"}
+)
 """Job options that are not the engine's: ``keep_checkpoints`` (checkpoint retention,
 ``core.jobs.checkpoints``), ``max_run_seconds`` (the task's run-time limit), ``parent`` and
 ``parent_job_id`` (continued fine-tuning: the task fetches that model's adapter for
-``TrainSpec.init_adapter_dir``).
+``TrainSpec.init_adapter_dir``), ``nodes`` (the hosts of a multi-node job, which the task
+sets up).
 :meth:`JobOptions.from_stored` skips them on purpose."""
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -126,12 +127,14 @@ def select_device(
 ) -> tuple[torch.device, torch.dtype]:
     """Return the device and base-model dtype: bf16 on a CUDA GPU that supports it, else fp32.
 
-    Under data parallelism on CUDA each rank takes GPU ``rank % device_count``.
+    Under data parallelism on CUDA each rank takes GPU ``LOCAL_RANK`` (its place among its
+    host's ranks, set by the launcher; else its rank) modulo the host's device count.
     """
     name = preferred or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and device.index is None and parallel and parallel.world_size > 1:
-        device = torch.device("cuda", parallel.rank % torch.cuda.device_count())
+        local = int(os.environ.get("LOCAL_RANK", parallel.rank))
+        device = torch.device("cuda", local % torch.cuda.device_count())
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return device, torch.bfloat16
     return device, torch.float32
