@@ -453,7 +453,8 @@ def _follow(settings: Settings, booking: gangs.Booking) -> None:
     """Train this host's part of another worker's multi-node job (node ``booking.node_rank``).
 
     The leader alone reports, checkpoints and decides the job's status: whatever ends this
-    part is only logged here, and the booking is released."""
+    part is only logged here. A part that failed releases its booking (the leader sees the
+    host leave); a finished one leaves that to the leader, which releases the whole gang."""
     name = worker_name()
     job_id, attempt = booking.job_id, booking.attempt
     with session_scope(settings.database_url) as session:
@@ -468,8 +469,10 @@ def _follow(settings: Settings, booking: gangs.Booking) -> None:
         attempt,
         booking.leader,
     )
+    finished = False
     try:
         _train_part(settings, booking)
+        finished = True
         log.info("job %s: node %d finished its part", job_id, booking.node_rank)
     except (TrainingStopped, TrainingPaused):
         log.info(
@@ -487,7 +490,10 @@ def _follow(settings: Settings, booking: gangs.Booking) -> None:
         registry.set_current_job(None)
         try:
             with session_scope(settings.database_url) as session:
-                gangs.release_member(session, name, job_id, attempt)
+                # A finished part keeps its booking until the leader, still saving the
+                # adapter, releases the gang: leaving now would look like a lost host to it.
+                if not finished:
+                    gangs.release_member(session, name, job_id, attempt)
                 workers.set_current_job(session, name, None)
         except Exception:  # the sweeper releases bookings of attempts that ended
             log.exception("job %s: could not release this host's booking", job_id)

@@ -580,7 +580,9 @@ class _Supervisor:
 
     def _result(self) -> TrainResult:
         kind, value = self.outcomes.get(0, ("missing", None))
-        if kind == "result" and self.first_error is None:
+        # A result means every rank passed the final barrier: a host lost after that (one
+        # that finished and left first, say) no longer matters.
+        if kind == "result" and self.first_error in (None, self.host_lost):
             return value
         # The root cause first: the reporter's own failure, then a rank that died silently
         # (the others then fail in a collective), then pause or stop, which rank 0 decides
