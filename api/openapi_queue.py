@@ -75,6 +75,12 @@ class WorkerDeleted(OpenObject):
     deleted: bool
 
 
+class GangMember(OpenObject):
+    worker: str
+    node_rank: int
+    state: Literal["leader", "joined", "booked"]
+
+
 class AdminJob(OpenObject):
     id: str
     object: Literal["admin.fine_tuning.job"]
@@ -94,6 +100,10 @@ class AdminJob(OpenObject):
     fine_tuned_model: str | None
     error: dict[str, Any] | None
     latest_checkpoint_step: int | None
+    nodes: int = Field(description="Worker hosts the job trains on together (1: one)")
+    gang: list[GangMember] | None = Field(
+        description="A running multi-node job's hosts, leader (node 0) first"
+    )
     recent_events: list[str]
 
 

@@ -20,7 +20,7 @@ from core.errors import Conflict, InvalidRequest, NotFound
 from core.jobs import checkpoints
 from core.jobs import lifecycle as jobs
 from core.jobs.status import NON_FINAL_STATUSES, WAITING_STATUSES, JobStatus
-from core.scheduling import pools
+from core.scheduling import gangs, pools
 from core.scheduling.broker import DEFAULT_POOL
 from core.tenancy import audit
 
@@ -240,5 +240,10 @@ def job_dict(session: Session, job: Job, *, events: int = 5) -> dict:
         "fine_tuned_model": job.fine_tuned_model,
         "error": job.error,
         "latest_checkpoint_step": latest.step_number if latest else None,
+        "nodes": gangs.job_nodes(job.options),
+        # A running multi-node job's hosts: [{"worker", "node_rank", "state"}], leader first.
+        "gang": gangs.gang_members(session, [job.id]).get(job.id)
+        if job.status == JobStatus.RUNNING
+        else None,
         "recent_events": [e.message for e in recent],
     }

@@ -118,6 +118,11 @@ def test_a_two_node_job_waits_for_two_hosts_then_trains_on_both(client, cluster)
     assert shown[follower]["gang"] == {"job_id": job.id, "node_rank": 1, "joined": True}
     assert shown[follower]["current_job_id"] == job.id
     assert shown[leader]["current_job_id"] == job.id and shown[leader]["gang"] is None
+    gang = dorado_admin_json(cluster.env, "jobs", "show", job.id)["gang"]
+    assert [(m["worker"].split("@")[0], m["node_rank"]) for m in gang] == [
+        (leader, 0),
+        (follower, 1),
+    ]
 
     done = _finish(client, cluster, job.id)
     steps = 2 * -(-EXAMPLES // 4)
