@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import websession
-from api.context import db
+from api.context import db, dorado
 from api.openapi import build_openapi
 from core.db.models import Organization
 from core.errors import AuthenticationFailed
@@ -29,6 +29,7 @@ from core.jobs.status import (
     WAITING_STATUSES,
     JobStatus,
 )
+from core.settings import Settings
 from core.tenancy.auth import authenticate
 from core.webhooks.events import EVENT_TYPES
 
@@ -137,6 +138,12 @@ def dashboard_enums() -> dict[str, Any]:
     }
 
 
+def dashboard_limits(settings: Settings) -> dict[str, int]:
+    """The server's limits the dashboard's forms hold to, in the same JSON block as the enums
+    (``limits``): a form offers no value the API would refuse."""
+    return {"chat_max_tokens": settings.chat_max_tokens}
+
+
 def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -160,7 +167,7 @@ def index() -> Response:
         org_name=org.name if org else key.organization_id,
         key_prefix=key.prefix,
         key_scope=key.scope,
-        enums=dashboard_enums(),
+        enums={**dashboard_enums(), "limits": dashboard_limits(dorado().settings)},
     )
     return _no_store(Response(html, mimetype="text/html"))
 

@@ -18,7 +18,8 @@ are the newest checkpoints of failed jobs (a retry resumes from them).
 Nothing younger than ``grace`` is deleted: an upload in flight, or a checkpoint written just
 before its row commits, looks unreferenced for a moment. A run deletes checkpoint rows first
 (committed), then lists the store again and deletes objects that are still unreferenced, so an
-object that gained a row between the two steps is kept.
+object that gained a row between the two steps is kept. Last, every job that lost objects and
+still has its row gets its ``stored_bytes`` counted again, so the storage quota frees up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from core.catalog.registry import MODEL_SOURCES_PREFIX
 from core.db.engine import session_scope
 from core.db.models import Checkpoint, File, Job, Model
 from core.jobs.status import FINAL_STATUSES, JobStatus
+from core.storage import quota
 from core.storage.objects import ObjectStore
 from core.timeutil import utcnow
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACES = ("files", "jobs", MODEL_STORE_PREFIX, MODEL_SOURCES_PREFIX)
 JOB_OUTPUTS = ("adapter.tar.gz", "adapter", "merged.tar.gz")
+NO_JOB_ROW = "no job row"
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def why_garbage(
         return None
     status = refs.jobs.get(parts[1])
     if status is None:
-        return "no job row"
+        return NO_JOB_ROW
     if status not in FINAL_STATUSES:
         return None  # a running job writes checkpoints before their rows: never touch it
     if parts[2] == "checkpoints" and len(parts) >= 5:
@@ -254,6 +257,7 @@ def run(database_url: str, store: ObjectStore, policy: GcPolicy, *, dry_run: boo
             log.warning("gc: could not delete %s: %s", garbage.key, exc)
             final.errors.append(f"{garbage.key}: {exc}")
     final.objects = deleted
+    _refresh_stored_bytes(database_url, store, deleted)
     log.info(
         "gc: deleted %d objects (%d bytes), pruned %d checkpoints",
         len(deleted),
@@ -261,6 +265,23 @@ def run(database_url: str, store: ObjectStore, policy: GcPolicy, *, dry_run: boo
         len(final.checkpoints),
     )
     return final
+
+
+def _refresh_stored_bytes(database_url: str, store: ObjectStore, deleted: list[Garbage]) -> None:
+    """Count again what the jobs that lost objects store (their ``stored_bytes`` is in the
+    organization's storage quota). Jobs without a row have nothing to update."""
+    job_ids = sorted(
+        {
+            g.key.split("/")[1]
+            for g in deleted
+            if g.key.startswith("jobs/") and g.reason != NO_JOB_ROW
+        }
+    )
+    if not job_ids:
+        return
+    with session_scope(database_url) as session:
+        for job_id in job_ids:
+            quota.refresh_job_bytes(session, store, job_id)
 
 
 def audit_details(report: GcReport) -> dict[str, Any]:

@@ -3,10 +3,10 @@
 Counted: its files (uploads and the result files jobs write) and, per job, everything under
 ``jobs/<job id>/`` (checkpoints, the final adapter, the merged export), which the job row
 keeps as ``stored_bytes``, refreshed by whoever writes there (the worker after each
-checkpoint and at the end, the API after a merge). An upload that would pass the quota is
-refused; an organization at or over its quota can neither create nor resume jobs nor build
-merged exports (each would store more). A job already running when the quota is reached
-finishes: the overshoot is bounded by that job's own outputs.
+checkpoint and at the end, the API after a merge) or deletes there (``dorado-admin gc``). An
+upload that would pass the quota is refused; an organization at or over its quota can neither
+create nor resume jobs nor build merged exports (each would store more). A job already running
+when the quota is reached finishes: the overshoot is bounded by that job's own outputs.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from core.db.engine import session_scope
 from core.db.models import AuditEvent, Checkpoint, Job, Model, Organization
 from core.jobs.checkpoints import checkpoint_prefix
 from core.settings import load_settings
-from core.storage import files
+from core.storage import files, quota
 from core.storage.objects import LocalStore, ObjectStore, open_store
 from core.tenancy import auth
 from core.timeutil import utcnow
@@ -312,3 +312,36 @@ def test_grace_period_keeps_recent_objects_on_a_local_store(tmp_path, postgres_u
     assert [o["key"] for o in report["objects"]] == [old]
     assert report["kept_young_objects"] == 1
     assert not store.exists(old) and store.exists(new)
+
+
+def test_gc_frees_the_storage_quota_of_jobs_that_lost_objects(world):
+    """A finished job's retention-pruned checkpoints leave its stored_bytes, and with it the
+    organization's storage usage; a dry run changes neither."""
+    env, settings, store, keep, garbage, outside = world
+    old_job = "ftjob-gcsucceeded300"
+    with session_scope(settings.database_url) as session:
+        job_ids = list(session.scalars(select(Job.id)))
+        for job_id in job_ids:  # as the worker left them
+            quota.refresh_job_bytes(session, store, job_id)
+        org_id = session.get(Job, old_job).organization_id
+        used_before = quota.storage_used(session, org_id)
+        old_before = session.get(Job, old_job).stored_bytes
+    pruned = {k for k in garbage if k.startswith(f"jobs/{old_job}/checkpoints/")}
+    pruned_bytes = sum(o.size for o in store.list_objects(f"jobs/{old_job}/") if o.key in pruned)
+    # Garbage of jobs that have rows (the deleted job's objects were never counted).
+    counted = {k for k in garbage if k.split("/")[1] in job_ids}
+    counted_bytes = sum(o.size for o in store.list_objects("jobs/") if o.key in counted)
+    assert pruned_bytes > 0 and counted_bytes > pruned_bytes
+
+    admin_json(env, "gc", "--dry-run", "--grace", "0s")
+    with session_scope(settings.database_url) as session:
+        assert quota.storage_used(session, org_id) == used_before
+
+    done = admin_json(env, "gc", "--grace", "0s")
+    assert {o["key"] for o in done["objects"]} == garbage
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, old_job).stored_bytes == old_before - pruned_bytes
+        for job_id in job_ids:  # every job's count matches what it still stores
+            stored = sum(o.size for o in store.list_objects(f"jobs/{job_id}/"))
+            assert session.get(Job, job_id).stored_bytes == stored
+        assert quota.storage_used(session, org_id) == used_before - counted_bytes

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 from openai import OpenAI
 from playwright.sync_api import Page, expect
@@ -27,6 +28,7 @@ from tests.web.conftest import open_page
 
 API_KEY = "dor-web-playground-key-000000"
 LEASE_SECONDS = 600
+CHAT_CAP = 200  # DORADO_CHAT_MAX_TOKENS, not the default: the form must learn it from the server
 LEASE_RENEWAL_S = LEASE_SECONDS / 4  # worker/reporting.py renews every quarter lease
 SMOL = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
@@ -39,7 +41,7 @@ pytestmark = pytest.mark.timeout(1800)
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("playground-platform") / "home"
-    env = {"DORADO_LEASE_SECONDS": str(LEASE_SECONDS)}
+    env = {"DORADO_LEASE_SECONDS": str(LEASE_SECONDS), "DORADO_CHAT_MAX_TOKENS": str(CHAT_CAP)}
     running = Platform(home, API_KEY, MODEL_CACHE, env).start()
     try:
         yield running
@@ -188,6 +190,28 @@ def test_playground_reports_errors_in_words(page: Page):
     expect(right).to_have_attribute("data-state", "error", timeout=60_000)
     expect(right).to_have_attribute("data-error-code", "context_length_exceeded")
     expect(right.get_by_role("alert")).to_contain_text("The prompt is too long for this model")
+
+
+def test_playground_max_tokens_is_the_servers_cap(page: Page, client: OpenAI):
+    open_view(page, "#/jobs")  # a fresh playground form
+    expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
+    open_view(page, f"#/playground?model={TINY}")
+    field = page.get_by_label("Max tokens")
+    expect(field).to_have_attribute("max", str(CHAT_CAP))
+    # The server refuses more than its cap (a 400 naming it) ...
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=TINY, messages=[{"role": "user", "content": "Hi"}], max_tokens=CHAT_CAP + 1
+        )
+    assert refused.value.code == "invalid_value" and f"at most {CHAT_CAP}" in str(refused.value)
+    # ... so the form never sends it: the browser holds the run back.
+    field.fill(str(CHAT_CAP + 1))
+    page.get_by_label("Prompt", exact=True).fill("Hi")
+    page.get_by_role("button", name="Run").click()
+    assert field.evaluate("input => input.validity.rangeOverflow")
+    expect(page.locator("#pg-right")).to_have_attribute("data-state", "idle")
+    field.fill(str(CHAT_CAP))
+    assert field.evaluate("input => input.checkValidity()")
 
 
 @pytest.mark.slow

@@ -50,15 +50,19 @@ def examples(n: int) -> bytes:
     ).encode()
 
 
-@pytest.fixture
-def client(tmp_path, monkeypatch) -> Iterator[FlaskClient]:
+def make_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FlaskClient:
     monkeypatch.setenv("DORADO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DORADO_BOOTSTRAP_API_KEY", KEY)
     settings = load_settings()
     prepare_database(settings)
     app = create_app(settings)
     app.config["DATABASE_URL"] = settings.database_url
-    yield app.test_client()
+    return app.test_client()
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch) -> Iterator[FlaskClient]:
+    yield make_client(tmp_path, monkeypatch)
 
 
 def sign_in(client: FlaskClient) -> str:
@@ -143,6 +147,18 @@ def test_page_carries_statuses_and_failure_help_from_core(client: FlaskClient):
     assert enums["groups"]["final"] == [status.value for status in FINAL_STATUSES]
     assert enums["groups"]["non_final"] == [status.value for status in NON_FINAL_STATUSES]
     assert enums["failure_help"] == {code.value: FAILURE_HELP[code] for code in FailureCode}
+
+
+def test_page_carries_the_chat_token_cap_from_settings(tmp_path, monkeypatch):
+    """The playground's "Max tokens" goes up to the cap the API enforces, whatever it is set to."""
+    monkeypatch.setenv("DORADO_CHAT_MAX_TOKENS", "333")
+    client = make_client(tmp_path, monkeypatch)
+    blocks = [
+        json.loads(text)
+        for attrs, text in dashboard_scripts(client)
+        if attrs.get("id") == "dorado-enums"
+    ]
+    assert blocks[0]["limits"] == {"chat_max_tokens": 333}
 
 
 def without_comments(source: str) -> str:

@@ -1,5 +1,6 @@
-/* Job statuses and failure help as the server defines them (core/jobs/status.py), read from
- * the JSON block the dashboard page carries: the scripts keep no copy of their own. */
+/* Job statuses and failure help as the server defines them (core/jobs/status.py), and the
+ * server's limits the forms hold to (its settings), read from the JSON block the dashboard
+ * page carries: the scripts keep no copy of their own. */
 
 const data = JSON.parse(document.getElementById("dorado-enums").textContent);
 
@@ -24,3 +25,6 @@ export function isFinal(status) {
 export function failureHelp(code) {
   return Object.hasOwn(data.failure_help, code) ? data.failure_help[code] : null;
 }
+
+/** The most tokens one chat completion may ask for (DORADO_CHAT_MAX_TOKENS): more is a 400. */
+export const CHAT_MAX_TOKENS = data.limits.chat_max_tokens;

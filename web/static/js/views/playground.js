@@ -6,7 +6,7 @@
 
 import {ApiError, api, postStream, qs} from "../api.js";
 import {append, el, replace} from "../dom.js";
-import {Status} from "../enums.js";
+import {CHAT_MAX_TOKENS, Status} from "../enums.js";
 import {fmtNumber} from "../format.js";
 import {isCurrent} from "../navigation.js";
 import {announce, focusHeading, view} from "../shell.js";
@@ -14,7 +14,7 @@ import {errorBox} from "../widgets.js";
 import {sseData} from "../sse.js";
 
 const BASE_OF_MODEL = "";  // the "Compare with" choice meaning: the model's own base model
-const DEFAULTS = {temperature: "0", maxTokens: "64"};
+const DEFAULTS = {temperature: "0", maxTokens: 64};
 
 /** What a failed answer means for the person looking at it, by the API's error code. */
 const ERROR_WORDS = {
@@ -236,8 +236,9 @@ export async function playgroundPage(gen, params) {
   el("div", {class: "row"},
     numberField("pg-temperature", "Temperature", {min: "0", max: "2", step: "0.1",
       value: DEFAULTS.temperature, required: true}),
-    numberField("pg-max-tokens", "Max tokens", {min: "1", max: "4096", step: "1",
-      value: DEFAULTS.maxTokens, required: true}),
+    numberField("pg-max-tokens", "Max tokens", {min: "1", max: String(CHAT_MAX_TOKENS),
+      step: "1", value: String(Math.min(DEFAULTS.maxTokens, CHAT_MAX_TOKENS)),
+      required: true}),
     run, stop),
   el("p", {class: "muted"}, "The answers are generated one after the other: the inference " +
     "service runs one generation at a time.")),
