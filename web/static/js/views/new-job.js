@@ -61,6 +61,11 @@ const ADVANCED = [
     input: () => el("input", {type: "text", maxlength: "64", spellcheck: "false",
       autocomplete: "off", placeholder: "auto"}),
     hint: "A worker pool by name; empty means the smallest pool whose GPUs fit the job."},
+  {key: "nodes", id: "nodes", label: "Hosts (nodes)", param: "nodes",
+    parse: (v) => parseInt(v, 10),
+    input: () => el("input", {type: "number", min: "1", max: "64", step: "1", placeholder: "1"}),
+    hint: "Worker hosts of the pool that train the job together, 1 to 64; the memory plan " +
+      "spans the GPUs of all of them. Empty means 1."},
 ];
 
 function controls() {
