@@ -1,8 +1,9 @@
 """The new-job form shows the memory planner's answer as it is filled, and reaches the training
 options, in a real browser against a running platform whose one pool has 16 GiB GPUs: base
 quantization and precision are sent as the API takes them (defaults left out), NF4 lowers the
-planned peak, a job that fits no GPU shows the API's refusal and cannot be submitted, and the
-created job has the chosen settings."""
+planned peak, a job that fits no GPU shows the API's refusal and cannot be submitted, hosts
+(nodes) spread the plan over the GPUs of that many workers, and the created job has the chosen
+settings."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_the_plan_follows_the_form_and_a_refusal_blocks_submit(
         page.get_by_label("Training file", exact=True).select_option(file_id)
     body = sent.value.post_data_json
     # Left at their defaults, the new settings are not sent at all.
-    assert "training" not in body and "precision" not in body and "pool" not in body, body
+    assert not {"training", "precision", "pool", "nodes"} & body.keys(), body
     assert "quantization" not in body["adapter"], body
 
     expect(estimate).to_have_attribute("data-quantization", "none")
@@ -89,6 +90,8 @@ def test_the_plan_follows_the_form_and_a_refusal_blocks_submit(
     expect(plan).to_contain_text(f"{full['estimated_peak_mib_per_device']:,} MiB per GPU")
     expect(plan).to_contain_text(f"GPUs of {POOL_MIB:,} MiB")
     expect(plan).to_contain_text("1 in pool default")
+    expect(estimate).to_have_attribute("data-nodes", "1")
+    expect(plan).not_to_contain_text("hosts")
 
     page.get_by_label("Base quantization").select_option("nf4")
     expect(estimate).to_have_attribute("data-quantization", "nf4")
@@ -126,6 +129,50 @@ def test_the_plan_follows_the_form_and_a_refusal_blocks_submit(
     expect(submit).to_be_enabled()
 
 
+def test_hosts_spread_the_plan_and_a_count_out_of_range_is_refused(
+    page: Page, platform: Platform, file_id: str
+):
+    _open_form(page)
+    estimate = page.locator("#estimate")
+    plan = page.locator("#memory-plan")
+    submit = page.get_by_role("button", name="Start fine-tuning")
+    page.get_by_label("Base model").select_option(SMALL_MODEL)
+    page.get_by_label("Training file", exact=True).select_option(file_id)
+    expect(estimate).to_have_attribute("data-gpus", "1")
+    page.get_by_text("Advanced training options").click()
+    hosts = page.get_by_label("Hosts (nodes)")
+
+    with page.expect_request(re.compile(r"/jobs/estimate$")) as sent:
+        hosts.fill("2")
+    body = sent.value.post_data_json
+    assert body["nodes"] == 2, body
+    planned = _api_estimate(platform, body).json()["resources"]
+    assert (planned["nodes"], planned["gpus"]) == (2, 2), planned
+    expect(estimate).to_have_attribute("data-nodes", "2")
+    expect(estimate).to_have_attribute("data-gpus", "2")
+    expect(plan).to_contain_text("2 on 2 hosts in pool default")
+    expect(submit).to_be_enabled()
+
+    # More hosts than a job may ask for: the API's 400 is shown and blocks submit.
+    with page.expect_response(re.compile(r"/jobs/estimate$")) as answered:
+        hosts.fill("65")
+    assert answered.value.request.post_data_json["nodes"] == 65
+    refused = _api_estimate(platform, answered.value.request.post_data_json)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "nodes", refused.text
+    expect(estimate).to_have_attribute("data-refused", "true")
+    expect(estimate.get_by_role("alert")).to_contain_text(refused.json()["error"]["message"])
+    expect(submit).to_be_disabled()
+
+    # Emptied, the field is not sent: one host again.
+    with page.expect_request(re.compile(r"/jobs/estimate$")) as sent:
+        hosts.fill("")
+    assert "nodes" not in sent.value.post_data_json
+    expect(estimate).to_have_attribute("data-nodes", "1")
+    expect(plan).to_contain_text("1 in pool default")
+    expect(submit).to_be_enabled()
+
+
 def test_the_form_creates_a_job_with_the_chosen_options(
     page: Page, platform: Platform, file_id: str
 ):
@@ -144,6 +191,8 @@ def test_the_form_creates_a_job_with_the_chosen_options(
     page.get_by_label("Learning-rate schedule").select_option("cosine")
     page.get_by_label("Gradient checkpointing").select_option("true")
     page.get_by_label("Micro-batch tokens").fill("4096")
+    page.get_by_label("Hosts (nodes)").fill("2")
+    expect(estimate).to_have_attribute("data-nodes", "2")
     expect(estimate).to_have_attribute("data-checkpointing", "true")
     expect(page.locator("#memory-plan")).to_contain_text("on (as asked)")
     expect(estimate).to_contain_text("cosine schedule, warmup 0.1, weight decay 0.01")
@@ -154,11 +203,13 @@ def test_the_form_creates_a_job_with_the_chosen_options(
     job_id = page.url.rsplit("/", 1)[-1]
     url = f"{platform.base_url}/fine_tuning/jobs/{job_id}"
     job = requests.get(url, headers=platform.headers(), timeout=30).json()
-    # What it trains is not this test's concern.
+    # What it trains is not this test's concern (on two hosts, it waits for a second worker).
     requests.post(f"{url}/cancel", headers=platform.headers(), timeout=30)
     assert job["model"] == TINY_MODEL
     assert job["adapter"]["quantization"] == "nf4"
     assert job["options"]["precision"] == "fp32"
+    assert job["options"]["nodes"] == 2, job["options"]
+    assert job["resources"]["nodes"] == 2, job["resources"]
     expected = {
         "warmup_ratio": 0.1,
         "weight_decay": 0.01,
@@ -184,7 +235,7 @@ def test_the_form_fits_a_narrow_screen(page: Page, file_id: str):
 
     page.set_viewport_size({"width": 360, "height": 800})
     try:
-        expect(page.get_by_label("Micro-batch tokens")).to_be_visible()
+        expect(page.get_by_label("Hosts (nodes)")).to_be_visible()
         expect(page.locator("#memory-plan")).to_be_visible()
         overflow = page.evaluate(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"

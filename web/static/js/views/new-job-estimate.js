@@ -7,8 +7,8 @@ import {fmtDuration, fmtNumber} from "../format.js";
 import {definitionList, errorBox} from "../widgets.js";
 
 const QUANTIZATION_LABELS = {nf4: "NF4 (4-bit)", int8: "int8 (8-bit)"};
-const PLAN_KEYS = ["peakMib", "gpus", "pool", "checkpointing", "quantization", "totalSteps",
-  "method", "refused"];
+const PLAN_KEYS = ["peakMib", "gpus", "nodes", "pool", "checkpointing", "quantization",
+  "totalSteps", "method", "refused"];
 
 /** Drops the data attributes a previous answer left on the panel. */
 function clearData(area) {
@@ -24,7 +24,7 @@ export function renderEstimatePrompt(area) {
 
 /**
  * An estimate `e` of the request `body` it answers. The panel's data attributes
- * (data-total-steps, data-peak-mib, data-gpus, data-pool, data-checkpointing, ...) repeat
+ * (data-total-steps, data-peak-mib, data-gpus, data-nodes, data-pool, ...) repeat
  * the figures for scripts and tests.
  */
 export function renderEstimate(area, e, body) {
@@ -46,7 +46,10 @@ export function renderEstimate(area, e, body) {
   area.dataset.method = e.method.type;
 }
 
-/** The planner's verdict: peak MiB per GPU, GPUs and pool, checkpointing, base weights. */
+/**
+ * The planner's verdict: peak MiB per GPU, GPUs (on how many hosts) and pool, sharding,
+ * checkpointing, base weights.
+ */
 function memoryPlan(area, e, body) {
   const r = e.resources;
   area.dataset.pool = e.pool;
@@ -56,19 +59,22 @@ function memoryPlan(area, e, body) {
   }
   area.dataset.peakMib = String(r.estimated_peak_mib_per_device);
   area.dataset.gpus = String(r.gpus);
+  area.dataset.nodes = String(r.nodes);
   area.dataset.checkpointing = String(r.gradient_checkpointing);
   area.dataset.quantization = r.quantization || "none";
   const terms = Object.entries(r.breakdown_mib).map(([k, v]) => k + " " + fmtNumber(v))
     .join(", ");
+  const hosts = r.nodes > 1 ? " on " + r.nodes + " hosts" : "";
   const asked = (body.training || {}).gradient_checkpointing;
   const checkpointing = !r.gradient_checkpointing ? "off"
     : asked === true ? "on (as asked)" : "on: turned on so that the job fits";
   const dl = definitionList([
     ["peak per GPU", "≈ " + fmtNumber(r.estimated_peak_mib_per_device) + " MiB per GPU" +
       (r.pool_gpu_memory_mib ? " (GPUs of " + fmtNumber(r.pool_gpu_memory_mib) + " MiB)" : "")],
-    ["GPUs", r.gpus + " in pool " + r.pool +
+    ["GPUs", r.gpus + hosts + " in pool " + r.pool +
       (r.pool_gpu_memory_mib ? "" : " (its GPU memory is not known)")],
-    ["sharding", r.sharding === "fsdp" ? "FSDP: the model sharded over the " + r.gpus + " GPUs"
+    ["sharding", r.sharding === "fsdp"
+      ? "FSDP: the model sharded over the " + r.gpus + " GPUs" + hosts
       : "none: each GPU holds the whole model"],
     ["gradient checkpointing", checkpointing],
     ["base weights", QUANTIZATION_LABELS[r.quantization] || "not quantized"],

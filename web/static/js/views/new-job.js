@@ -20,6 +20,54 @@ function field(id, label, input, hint) {
     hint ? el("p", {class: "hint", id: id + "-hint"}, hint) : null);
 }
 
+/** An optional number: empty is "auto" (the server's choice). */
+const autoNumber = (min, max, step) => () =>
+  el("input", {type: "number", min, max, step, placeholder: "auto"});
+/** A choice of values shown as they are sent ("auto" is not sent). */
+const autoChoice = (values) => () =>
+  el("select", {}, values.map((v) => el("option", {value: v}, v)));
+
+/**
+ * The advanced training options, one description a field: its control's key in the form's
+ * controls, element id, label, hint and input, and what the request takes: `param` at the
+ * top level or in `training`, its value through `parse`. Left empty or "auto", an option is
+ * not sent: the server's choice for the model.
+ */
+const ADVANCED = [
+  {key: "precision", id: "precision", label: "Precision", param: "precision",
+    input: autoChoice(["auto", "fp32", "bf16", "fp16"]),
+    hint: "auto: bf16 on GPUs that have it, fp16 on older ones; on a CPU bf16 where it has " +
+      "bf16 units, else fp32. fp32 doubles the base weights' memory."},
+  {key: "warmup", id: "warmup-ratio", label: "Warmup ratio", param: "warmup_ratio",
+    training: true, parse: parseFloat, input: autoNumber("0", "0.5", "any"),
+    hint: "Share of the steps with a linear learning-rate warmup, 0 to 0.5. Empty means auto."},
+  {key: "weightDecay", id: "weight-decay", label: "Weight decay", param: "weight_decay",
+    training: true, parse: parseFloat, input: autoNumber("0", "1", "any"),
+    hint: "AdamW weight decay of the adapter, 0 to 1. Empty means auto (0)."},
+  {key: "scheduler", id: "lr-scheduler", label: "Learning-rate schedule", param: "lr_scheduler",
+    training: true, input: autoChoice(["auto", "linear", "cosine", "constant"]),
+    hint: "The decay after the warmup; auto: linear below 1B parameters, cosine from 1B."},
+  {key: "checkpointing", id: "gradient-checkpointing", label: "Gradient checkpointing",
+    param: "gradient_checkpointing", training: true, parse: (v) => v === "true",
+    input: () => el("select", {},
+      el("option", {value: "auto"}, "auto (only when needed to fit)"),
+      el("option", {value: "true"}, "on"), el("option", {value: "false"}, "off")),
+    hint: "Less memory for about a third more compute."},
+  {key: "microBatch", id: "micro-batch-tokens", label: "Micro-batch tokens",
+    param: "micro_batch_tokens", training: true, parse: (v) => parseInt(v, 10),
+    input: autoNumber("256", "262144", "256"),
+    hint: "Padded tokens per forward and backward pass, 256 to 262144. Empty means auto."},
+  {key: "pool", id: "pool", label: "Pool (GPUs)", param: "pool",
+    input: () => el("input", {type: "text", maxlength: "64", spellcheck: "false",
+      autocomplete: "off", placeholder: "auto"}),
+    hint: "A worker pool by name; empty means the smallest pool whose GPUs fit the job."},
+  {key: "nodes", id: "nodes", label: "Hosts (nodes)", param: "nodes",
+    parse: (v) => parseInt(v, 10),
+    input: () => el("input", {type: "number", min: "1", max: "64", step: "1", placeholder: "1"}),
+    hint: "Worker hosts of the pool that train the job together, 1 to 64; the memory plan " +
+      "spans the GPUs of all of them. Empty means 1."},
+];
+
 function controls() {
   return {
     training: el("select", {required: true}),
@@ -48,21 +96,7 @@ function controls() {
     suffix: el("input", {type: "text", maxlength: "64", pattern: "[A-Za-z0-9_\\-]+",
       spellcheck: "false"}),
     maxSeq: el("input", {type: "number", min: "16", max: "131072", placeholder: "auto"}),
-    // Advanced training options: "auto" (or empty) is the server's choice for the model.
-    precision: el("select", {}, ["auto", "fp32", "bf16", "fp16"].map((p) =>
-      el("option", {value: p}, p))),
-    warmup: el("input", {type: "number", min: "0", max: "0.5", step: "any", placeholder: "auto"}),
-    weightDecay: el("input", {type: "number", min: "0", max: "1", step: "any",
-      placeholder: "auto"}),
-    scheduler: el("select", {}, ["auto", "linear", "cosine", "constant"].map((p) =>
-      el("option", {value: p}, p))),
-    checkpointing: el("select", {},
-      el("option", {value: "auto"}, "auto (only when needed to fit)"),
-      el("option", {value: "true"}, "on"), el("option", {value: "false"}, "off")),
-    microBatch: el("input", {type: "number", min: "256", max: "262144", step: "256",
-      placeholder: "auto"}),
-    pool: el("input", {type: "text", maxlength: "64", spellcheck: "false",
-      autocomplete: "off", placeholder: "auto"}),
+    ...Object.fromEntries(ADVANCED.map((f) => [f.key, f.input()])),
   };
 }
 
@@ -94,27 +128,14 @@ function requestBody(c) {
   if (c.validation.value) payload.validation_file = c.validation.value;
   if (c.suffix.value.trim()) payload.suffix = c.suffix.value.trim();
   if (c.maxSeq.value.trim()) payload.max_seq_length = parseInt(c.maxSeq.value, 10);
-  if (c.precision.value !== "auto") payload.precision = c.precision.value;
-  if (c.pool.value.trim()) payload.pool = c.pool.value.trim();
-  const training = trainingOptions(c);
+  const training = {};
+  for (const f of ADVANCED) {
+    const value = c[f.key].value.trim();
+    if (value === "" || value === "auto") continue;
+    (f.training ? training : payload)[f.param] = f.parse ? f.parse(value) : value;
+  }
   if (Object.keys(training).length) payload.training = training;
   return payload;
-}
-
-/** The `training` object: only the options changed from "auto" (an empty number is auto). */
-function trainingOptions(c) {
-  const training = {};
-  const number = (key, input, parse) => {
-    if (input.value.trim() !== "") training[key] = parse(input.value);
-  };
-  number("warmup_ratio", c.warmup, parseFloat);
-  number("weight_decay", c.weightDecay, parseFloat);
-  if (c.scheduler.value !== "auto") training.lr_scheduler = c.scheduler.value;
-  if (c.checkpointing.value !== "auto") {
-    training.gradient_checkpointing = c.checkpointing.value === "true";
-  }
-  number("micro_batch_tokens", c.microBatch, (v) => parseInt(v, 10));
-  return training;
 }
 
 function formLayout(c, estimateArea) {
@@ -157,21 +178,7 @@ function formLayout(c, estimateArea) {
 function advancedOptions(c) {
   return el("details", {class: "advanced", id: "advanced-options"},
     el("summary", {}, "Advanced training options"),
-    field("precision", "Precision", c.precision,
-      "auto: bf16 on GPUs that have it, fp16 on older ones; on a CPU bf16 where it has " +
-      "bf16 units, else fp32. fp32 doubles the base weights' memory."),
-    field("warmup-ratio", "Warmup ratio", c.warmup,
-      "Share of the steps with a linear learning-rate warmup, 0 to 0.5. Empty means auto."),
-    field("weight-decay", "Weight decay", c.weightDecay,
-      "AdamW weight decay of the adapter, 0 to 1. Empty means auto (0)."),
-    field("lr-scheduler", "Learning-rate schedule", c.scheduler,
-      "The decay after the warmup; auto: linear below 1B parameters, cosine from 1B."),
-    field("gradient-checkpointing", "Gradient checkpointing", c.checkpointing,
-      "Less memory for about a third more compute."),
-    field("micro-batch-tokens", "Micro-batch tokens", c.microBatch,
-      "Padded tokens per forward and backward pass, 256 to 262144. Empty means auto."),
-    field("pool", "Pool (GPUs)", c.pool,
-      "A worker pool by name; empty means the smallest pool whose GPUs fit the job."));
+    ADVANCED.map((f) => field(f.id, f.label, c[f.key], f.hint)));
 }
 
 /** Fills the file and base-model choices. */
