@@ -6,9 +6,10 @@ One command on a CUDA machine (about 5-8 minutes on one H100/H200-class GPU)::
 
 For each size (Llama 3.2 1B and Llama 3.1 8B configurations, random weights: speed and memory
 do not depend on the values) and each case it builds the model straight on the GPU, trains a
-few optimizer steps with the engine's own pieces (``attach_adapter``, the fast DoRA and fused
-forwards, ``build_optimizer``, ``forward_backward``, FSDP2 sharding from
-``worker.training.fsdp``) and prints one row:
+few optimizer steps with the engine's own pieces (the case's ``TrainSpec`` and
+``EngineOptions``, from which ``select_device`` and ``resolve_dtype`` pick the device and
+precision; ``adapted`` and ``enable_fast_forwards``, ``build_optimizer``,
+``forward_backward``, FSDP2 sharding from ``worker.training.fsdp``) and prints one row:
 
 * ``lora`` and ``dora``: bf16 base, one GPU;
 * ``qlora``: the decoder's linear layers in bitsandbytes NF4 (double quantization, bf16
@@ -50,10 +51,14 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from worker.model_builders import TINY_LLAMA  # noqa: E402
+from worker.training.options import EngineOptions  # noqa: E402
+from worker.training.spec import AdapterSpec, TrainSpec  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
     # meta-llama/Llama-3.2-1B
@@ -82,18 +87,8 @@ SIZES: dict[str, dict[str, Any]] = {
         max_position_embeddings=131072,
         rope_theta=500000.0,
     ),
-    # --dry-run: the shape of the tests' tiny Llama
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=1024,
-        tie_word_embeddings=True,
-        max_position_embeddings=2048,
-    ),
+    # --dry-run: the tests' tiny Llama, with a small vocabulary
+    "tiny": {**TINY_LLAMA, "head_dim": 16, "vocab_size": 1024},
 }
 CASES = ("lora", "dora", "qlora", "fsdp")
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -115,12 +110,31 @@ class Case:
     dry_run: bool
 
     @property
-    def adapter_type(self) -> str:
-        return "lora" if self.case in ("lora", "qlora") else "dora"
+    def quantization(self) -> Literal["nf4"] | None:
+        """The base's quantization, which this script applies itself (``_quantize_nf4``): the
+        adapter spec names none, so PEFT's k-bit preparation does not run."""
+        return "nf4" if self.case == "qlora" else None
 
-    @property
-    def device_type(self) -> str:
-        return "cpu" if self.dry_run else "cuda"
+    def train_spec(self, rank: int = 0) -> TrainSpec:
+        """The run as the engine would be asked for it on rank ``rank``: the adapter, and the
+        engine's options (precision, sharding, device) for this case."""
+        return TrainSpec(
+            adapter=AdapterSpec(
+                type="lora" if self.case in ("lora", "qlora") else "dora",
+                r=self.rank,
+                alpha=2 * self.rank,
+            ),
+            n_epochs=1,
+            batch_size=self.batch,
+            learning_rate=1e-4,
+            seed=0,
+            gradient_checkpointing=self.gradient_checkpointing,
+            options=EngineOptions(
+                precision="fp32" if self.dry_run else "bf16",
+                sharding="fsdp" if self.case == "fsdp" else "ddp",
+                device="cpu" if self.dry_run else f"cuda:{rank}",
+            ),
+        )
 
 
 # the measurement (runs in a child process, one per case; FSDP's ranks are its children)
@@ -132,37 +146,58 @@ def llama_config(size: str) -> Any:
     return LlamaConfig(**SIZES[size])
 
 
-def random_model(case: Case, device: Any, sharded: bool) -> Any:
+@dataclass(frozen=True)
+class Setup:
+    """One rank's run of a case, ready to step."""
+
+    device: Any
+    model: Any
+    optimizer: Any
+    parallel: Any
+
+
+def setup(case: Case, rank: int = 0, world_size: int = 1) -> Setup:
+    """The case on this rank: device and dtype as the engine picks them from the case's
+    options, the random model (:func:`random_model`) and the engine's optimizer."""
+    import torch
+
+    from worker.training.parallel import DataParallel
+    from worker.training.precision import resolve_dtype
+    from worker.training.recipe import build_optimizer, select_device
+
+    spec = case.train_spec(rank)
+    parallel = DataParallel(rank, world_size, spec.options.sharding == "fsdp")
+    device, _ = select_device(spec.options.device, parallel)
+    dtype = resolve_dtype(spec.options.precision, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(rank)
+    model = random_model(case, spec, device, dtype, parallel.sharded)
+    return Setup(device, model, build_optimizer(model, spec), parallel)
+
+
+def random_model(case: Case, spec: TrainSpec, device: Any, dtype: Any, sharded: bool) -> Any:
     """The case's PEFT model with random weights on ``device`` (sharded with FSDP2 if asked),
     built on the meta device first so no full copy is ever made elsewhere."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from worker.training.adapters import attach_adapter
-    from worker.training.fast_dora import enable_fast_dora
-    from worker.training.fused_adapter import enable_fused_adapters
-    from worker.training.spec import AdapterSpec
+    from worker.training.recipe import adapted, enable_fast_forwards
 
     config = llama_config(case.size)
-    dtype = torch.float32 if case.dry_run else torch.bfloat16
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if case.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if case.case == "qlora":
+    if case.quantization:
         base.to_empty(device=device)
         _randomise(base)
         _quantize_nf4(base, dtype)
-    spec = AdapterSpec(type=case.adapter_type, r=case.rank, alpha=2 * case.rank)
-    model = attach_adapter(base, spec)
-    if case.adapter_type == "dora":
-        enable_fast_dora(model)
-    enable_fused_adapters(model)
+    model = enable_fast_forwards(adapted(base, spec), spec)
     if sharded:
         from worker.training.fsdp import shard
 
         shard(model, device)
-    if case.case != "qlora":
+    if not case.quantization:
         model.to_empty(device=device)
         _randomise(model)
     _reset_rotary(model, config, device)
@@ -242,28 +277,10 @@ def measure(case: Case, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Train ``case`` for its steps on this process's device; the row's figures."""
     import torch
 
-    from worker.training.parallel import DataParallel
-    from worker.training.recipe import build_optimizer, forward_backward
-    from worker.training.spec import AdapterSpec, TrainSpec
+    from worker.training.recipe import forward_backward
 
-    sharded = world_size > 1
-    if case.dry_run:
-        device = torch.device("cpu")
-    else:
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(rank)
-    model = random_model(case, device, sharded)
-    spec = TrainSpec(
-        adapter=AdapterSpec(type=case.adapter_type, r=case.rank, alpha=2 * case.rank),
-        n_epochs=1,
-        batch_size=case.batch,
-        learning_rate=1e-4,
-        seed=0,
-    )
-    optimizer = build_optimizer(model, spec)
-    parallel = DataParallel(rank, world_size, sharded)
+    run = setup(case, rank, world_size)
+    model, optimizer, parallel, device = run.model, run.optimizer, run.parallel, run.device
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = case.batch * case.seq_len  # per rank
     began = 0.0
@@ -377,20 +394,21 @@ def planner_estimate_mib(case: Case, gpus: int) -> str:
     """The memory planner's peak per device for the case, sharded as the case runs."""
     from core.jobs import planner
 
+    spec = case.train_spec()
     try:
         arch = planner.Architecture.from_config({"model_type": "llama", **SIZES[case.size]})
         request = planner.PlanRequest(
-            adapter_type=case.adapter_type,
-            rank=case.rank,
+            adapter_type=spec.adapter.type,
+            rank=spec.adapter.r,
             max_seq_length=case.seq_len,
             micro_batch_tokens=case.batch * case.seq_len,
-            batch_size=case.batch,
-            gradient_checkpointing=case.gradient_checkpointing,
-            quantization="nf4" if case.case == "qlora" else None,
+            batch_size=spec.batch_size,
+            gradient_checkpointing=spec.gradient_checkpointing,
+            quantization=case.quantization,
             gpus=gpus,
-            weight_bytes=4 if case.dry_run else 2,
+            weight_bytes=4 if spec.options.precision == "fp32" else 2,
             cuda=not case.dry_run,
-            sharding="fsdp" if case.case == "fsdp" else "ddp",
+            sharding=spec.options.sharding,
         )
         return f"{planner.plan(arch, request).peak_mib:,}"
     except ValueError as exc:  # a size the planner cannot read: say so, go on

@@ -22,7 +22,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -93,6 +93,19 @@ def build_smollm2(dest: Path) -> None:
     convert_gguf(smollm2_gguf_path(), dest, tokenizer=_gguf_tokenizer())
 
 
+TINY_LLAMA: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+"""The shape of ``tiny-random-llama`` (``LlamaConfig`` arguments; the vocabulary is the
+tokenizer's): also the tiny configuration of ``bench/gpu_check.py --dry-run``."""
+
+
 def build_tiny_random_llama(dest: Path) -> None:
     """Write a deterministic, randomly initialised tiny Llama with SmolLM2's tokenizer to ``dest``.
 
@@ -107,14 +120,8 @@ def build_tiny_random_llama(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = _gguf_tokenizer()
     config = LlamaConfig(
+        **TINY_LLAMA,
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from openai import OpenAI
 
 from tests.conftest import EXAMPLES
+
+if TYPE_CHECKING:
+    from tests.faults.cluster import Cluster
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 def upload_pirate(client: OpenAI):
@@ -21,6 +27,23 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.3):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def finished(client: OpenAI, job_id: str, timeout: float = 300):
+    """The job once it has reached a final status, whichever it is."""
+    return wait_until(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in FINAL_STATUSES and j,
+        timeout,
+        "the job to finish",
+        interval=0.5,
+    )
+
+
+def succeeded(client: OpenAI, cluster: Cluster, job_id: str, timeout: float = 300):
+    """The job once finished, asserting that it succeeded (else its error and the logs)."""
+    job = finished(client, job_id, timeout)
+    assert job.status == "succeeded", (job.error, cluster.logs())
+    return job
 
 
 def messages(client: OpenAI, job_id: str) -> list[str]:

@@ -18,7 +18,14 @@ from openai import OpenAI
 from tests.admin.helpers import dorado_admin_json
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, rank_pids, upload_pirate, wait_until
+from tests.faults.helpers import (
+    csv_steps,
+    messages,
+    rank_pids,
+    succeeded,
+    upload_pirate,
+    wait_until,
+)
 
 EXAMPLES = 52  # examples/pirate.jsonl
 
@@ -70,21 +77,6 @@ def _gang(cluster: Cluster, job_id: str) -> tuple[str, str]:
     return leader, follower
 
 
-def _finish(client: OpenAI, cluster: Cluster, job_id: str):
-    job = wait_until(
-        lambda: (
-            (j := client.fine_tuning.jobs.retrieve(job_id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        300,
-        "the job to finish",
-        interval=0.5,
-    )
-    assert job.status == "succeeded", (job.error, cluster.logs())
-    return job
-
-
 def _create(client: OpenAI, **extra):
     training = upload_pirate(client)
     return client.fine_tuning.jobs.create(
@@ -124,7 +116,7 @@ def test_a_two_node_job_waits_for_two_hosts_then_trains_on_both(client, cluster)
         (follower, 1),
     ]
 
-    done = _finish(client, cluster, job.id)
+    done = succeeded(client, cluster, job.id)
     steps = 2 * -(-EXAMPLES // 4)
     events = messages(client, job.id)
     assert any(m.startswith("Running on 2 hosts: " + leader) for m in events), events
@@ -168,7 +160,7 @@ def test_a_killed_host_resumes_the_job_on_two_hosts(client, cluster, victim):
     # ...and a new host takes the killed one's place.
     cluster.start_worker("node-c")
 
-    done = _finish(client, cluster, job.id)
+    done = succeeded(client, cluster, job.id)
     events = messages(client, job.id)
     resumed = [m for m in events if m.startswith("Resumed from step")]
     assert resumed and int(re.findall(r"\d+", resumed[-1])[0]) >= 6, events

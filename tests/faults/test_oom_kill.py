@@ -24,7 +24,14 @@ from openai import OpenAI
 from cli.main import worker_command
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import messages, rank_pids, upload_pirate, wait_until
+from tests.faults.helpers import (
+    finished,
+    messages,
+    rank_pids,
+    succeeded,
+    upload_pirate,
+    wait_until,
+)
 
 EXAMPLES = 52  # examples/pirate.jsonl
 # Room left above the idle worker: far less than a training process needs (importing torch,
@@ -111,19 +118,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     running.stop()
 
 
-def finished(client: OpenAI, job_id: str, timeout: float = 300):
-    return wait_until(
-        lambda: (
-            (j := client.fine_tuning.jobs.retrieve(job_id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        timeout,
-        "the job to finish",
-        interval=0.5,
-    )
-
-
 def test_an_oom_killed_training_process_fails_the_job_as_out_of_memory(
     memory_cgroup: MemoryCgroup, cluster: Cluster
 ):
@@ -192,8 +186,7 @@ def test_a_sigkill_the_kernel_did_not_count_is_retried(cluster: Cluster):
     assert len(trainers) == 1, trainers  # one isolated training process, not the worker
     os.kill(trainers[0], signal.SIGKILL)
 
-    done = finished(client, job.id)
-    assert done.status == "succeeded", (done.error, cluster.logs())
+    succeeded(client, cluster, job.id)
     events = messages(client, job.id)
     lost = [m for m in events if "training_process_lost" in m]
     assert len(lost) == 1 and "died without a word (killed by signal 9)" in lost[0], events

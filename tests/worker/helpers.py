@@ -11,6 +11,7 @@ from worker.training.spec import CheckpointInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 PIRATE = ROOT / "examples" / "pirate.jsonl"
+PLAIN = "I am not sure, but I think it is something I cannot answer well."
 
 
 def chat(user: str, reply: str, **reply_extra: object) -> dict:
@@ -26,6 +27,38 @@ def chat(user: str, reply: str, **reply_extra: object) -> dict:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def preference_rows(n: int, start: int = 0) -> list[dict]:
+    """Pirate replies preferred over a plain non-answer, prompts from examples/pirate.jsonl."""
+    rows = []
+    for line in PIRATE.read_text(encoding="utf-8").splitlines()[start : start + n]:
+        messages = json.loads(line)["messages"]
+        rows.append(
+            {
+                "input": {"messages": messages[:-1]},
+                "preferred_output": [messages[-1]],
+                "non_preferred_output": [{"role": "assistant", "content": PLAIN}],
+            }
+        )
+    return rows
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    """The adapters saved in directories ``a`` and ``b`` (a result's ``adapter_dir``, a
+    checkpoint) hold the same tensors within float rounding, and training moved them."""
+    # Imported here: most users of these helpers never load an adapter.
+    import torch
+    from safetensors.torch import load_file
+
+    first = load_file(a / "adapter_model.safetensors")
+    second = load_file(b / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    # Float rounding differs (other micro-batches); Adam magnifies it on near-zero gradients.
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=1e-3, atol=1e-4)
+    # The comparison is not between two untouched initialisations.
+    assert any(torch.count_nonzero(first[k]) for k in first if "lora_B" in k)
 
 
 @dataclass

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.worker.helpers import RankKillingReporter, RecordingReporter, chat, write_jsonl
+from tests.worker.helpers import (
+    RankKillingReporter,
+    RecordingReporter,
+    assert_same_adapter,
+    chat,
+    write_jsonl,
+)
 from worker.failures import TRANSIENT_CODES, classify
 from worker.training.distributed import plan_parallelism, run_training, train_data_parallel
 from worker.training.options import EngineOptions
@@ -47,14 +52,7 @@ def test_two_gloo_processes_match_one_process(
     )
     assert (double.steps, double.trained_tokens) == (single.steps, single.trained_tokens)
     assert double.final_train_loss == pytest.approx(single.final_train_loss, rel=1e-5)
-    a = load_file(single.adapter_dir / "adapter_model.safetensors")
-    b = load_file(double.adapter_dir / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    # Float rounding differs (other micro-batches); Adam magnifies it on near-zero gradients.
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
-    # And training moved the adapter: the comparison is not between two untouched inits.
-    assert any(torch.count_nonzero(a[k]) for k in a if "lora_B" in k)
+    assert_same_adapter(single.adapter_dir, double.adapter_dir)
     # The reporter (in this process) heard rank 0 exactly as a single-process run's does.
     assert [m[:2] for m in two.metrics_calls] == [m[:2] for m in one.metrics_calls]
     assert two.losses == pytest.approx(one.losses, rel=1e-5)
@@ -88,10 +86,7 @@ def test_pause_in_a_data_parallel_run_reaches_the_launcher(
     )
     whole = train(spec, tiny_model_dir, small_chat_file, tmp_path / "w", RecordingReporter())
     assert (resumed.steps, resumed.trained_tokens) == (whole.steps, whole.trained_tokens)
-    a = load_file(whole.adapter_dir / "adapter_model.safetensors")
-    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    assert_same_adapter(whole.adapter_dir, resumed.adapter_dir)
 
 
 def test_cancel_in_a_data_parallel_run_stops_every_rank_within_one_step(

@@ -17,7 +17,14 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, rank_pids, upload_pirate, wait_until
+from tests.faults.helpers import (
+    csv_steps,
+    messages,
+    rank_pids,
+    succeeded,
+    upload_pirate,
+    wait_until,
+)
 
 EXAMPLES = 52  # examples/pirate.jsonl
 
@@ -39,21 +46,6 @@ def client(cluster: Cluster) -> OpenAI:
     return OpenAI(base_url=cluster.base_url, api_key=cluster.api_key, max_retries=0)
 
 
-def finish(client: OpenAI, cluster: Cluster, job_id: str):
-    job = wait_until(
-        lambda: (
-            (j := client.fine_tuning.jobs.retrieve(job_id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        300,
-        "the job to finish",
-        interval=0.5,
-    )
-    assert job.status == "succeeded", (job.error, cluster.logs())
-    return job
-
-
 def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_path: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -65,7 +57,7 @@ def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_pat
         hyperparameters={"n_epochs": 2, "batch_size": 8},
         extra_body={"adapter": {"type": "lora"}},
     )
-    done = finish(client, cluster, job.id)
+    done = succeeded(client, cluster, job.id)
 
     steps = 2 * -(-EXAMPLES // 8)
     events = messages(client, job.id)
@@ -111,7 +103,7 @@ def test_a_killed_rank_retries_the_job_from_its_checkpoint(client: OpenAI, clust
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)
 
-    done = finish(client, cluster, job.id)
+    done = succeeded(client, cluster, job.id)
     events = messages(client, job.id)
     lost = [m for m in events if "training_process_lost" in m]
     assert lost and "died without a word (killed by signal 9)" in lost[0], events

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.worker.helpers import PIRATE, RecordingReporter, write_jsonl
+from tests.worker.helpers import PIRATE, PLAIN, RecordingReporter, preference_rows, write_jsonl
 from worker.training.data import IGNORE_INDEX, Batch, DatasetFormatError
 from worker.training.dpo import (
     DPO_METRIC_KEYS,
@@ -29,22 +29,6 @@ from worker.training.recipe import train
 from worker.training.spec import AdapterSpec, DpoSpec, TrainingPaused, TrainSpec
 
 CPU = torch.device("cpu")
-PLAIN = "I am not sure, but I think it is something I cannot answer well."
-
-
-def preference_rows(n: int, start: int = 0) -> list[dict]:
-    """Pirate replies preferred over a plain non-answer, prompts from examples/pirate.jsonl."""
-    rows = []
-    for line in PIRATE.read_text(encoding="utf-8").splitlines()[start : start + n]:
-        messages = json.loads(line)["messages"]
-        rows.append(
-            {
-                "input": {"messages": messages[:-1]},
-                "preferred_output": [messages[-1]],
-                "non_preferred_output": [{"role": "assistant", "content": PLAIN}],
-            }
-        )
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -186,6 +186,30 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=spec.learning_rate)
 
 
+def adapted(base: PreTrainedModel, spec: TrainSpec) -> PeftModel:
+    """``base`` with ``spec``'s fresh adapter attached (its random init seeded from
+    ``spec.seed``) and gradient checkpointing on when ``spec`` asks for it."""
+    if spec.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    seed_everything(spec.seed)  # the adapter's random init must not depend on setup
+    return attach_adapter(base, spec.adapter)
+
+
+def enable_fast_forwards(model: PeftModel, spec: TrainSpec) -> PeftModel:
+    """``model`` with the engine's faster LoRA/DoRA forwards switched on (as ``spec.options``
+    configures them)."""
+    if spec.adapter.type == "dora" and spec.options.fast_dora:
+        from worker.training.fast_dora import enable_fast_dora
+
+        enable_fast_dora(model)
+    if spec.options.fused_adapters:
+        from worker.training.fused_adapter import enable_fused_adapters
+
+        enable_fused_adapters(model)
+    return model
+
+
 def eval_interval(spec: TrainSpec, total_steps: int) -> int:
     """Steps between sampled validations: ``spec.eval_every_n_steps`` or ~10 per run."""
     if spec.eval_every_n_steps is not None:
@@ -523,7 +547,7 @@ class _Run:
 
         if not self.parallel.sharded:
             assert base is not None
-            self.model = self._swapped(self._adapted(base))
+            self.model = enable_fast_forwards(self._adapted(base), self.spec)
         elif base is None:
             self.model = self._sharded_model(base_model_dir, config, resume_from)
         else:
@@ -631,32 +655,14 @@ class _Run:
         if self.valid:
             self.valid_reference = table(self.valid)
 
-    def _adapted(self, base: PreTrainedModel, with_parent: bool = True) -> PeftModel:
+    def _adapted(self, base: PreTrainedModel) -> PeftModel:
         """``base`` with the adapter attached (initialised from the run's seed, then from the
-        parent adapter of a continued fine-tune unless ``with_parent`` is False)."""
+        parent adapter of a continued fine-tune)."""
         spec = self.spec
-        if spec.gradient_checkpointing:
-            # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        seed_everything(spec.seed)  # the adapter's random init must not depend on setup
-        model = attach_adapter(base, spec.adapter)
-        if with_parent and spec.init_adapter_dir is not None:
+        model = adapted(base, spec)
+        if spec.init_adapter_dir is not None:
             loaded = load_adapter_weights(model, spec.init_adapter_dir)
             logger.info("[job %s] adapter starts from its parent (%d tensors)", self.job, loaded)
-        return model
-
-    def _swapped(self, model: PeftModel) -> PeftModel:
-        """``model`` with the engine's faster LoRA/DoRA forwards switched on (as configured)."""
-        if self.spec.adapter.type == "dora" and self.options.fast_dora:
-            from worker.training.fast_dora import enable_fast_dora
-
-            enable_fast_dora(model)
-        if self.options.fused_adapters:
-            from worker.training.fused_adapter import enable_fused_adapters
-
-            enable_fused_adapters(model)
         return model
 
     def _sharded_model(
@@ -670,7 +676,7 @@ class _Run:
 
         def build() -> PeftModel:
             base = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-            return self._swapped(self._adapted(base, with_parent=False))
+            return enable_fast_forwards(adapted(base, self.spec), self.spec)
 
         def load_full() -> PeftModel:
             # Seeded as a single process is, so the initial adapter is the same.
@@ -688,7 +694,7 @@ class _Run:
         Quantizing is deterministic and the adapter seeded, so every rank starts the same."""
         from worker.training.fsdp import shard
 
-        model = self._swapped(self._adapted(base))
+        model = enable_fast_forwards(self._adapted(base), self.spec)
         if resume_from is not None:
             load_checkpoint_adapter(resume_from, model)
         shard(model, self.device)
