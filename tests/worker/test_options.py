@@ -258,6 +258,7 @@ def test_every_option_the_api_stores_is_known_to_the_worker() -> None:
             "max_run_seconds": 60,
             "pool": "default",
             "precision": "bf16",
+            "nodes": 2,
         }
     )
     from core.jobs.hyperparams import resolve_training
