@@ -39,6 +39,11 @@ __all__ = ["MAX_NODES", "Booking", "Rendezvous", "book", "free_hosts", "host_que
 
 HOST_QUEUE_PREFIX = "dorado.host."
 
+UNBOOKED: dict[str, Any] = dict.fromkeys(
+    ("booked_job_id", "booked_attempt", "node_rank", "joined_at")
+)
+"""A worker row's gang columns when it is in no gang."""
+
 
 @dataclass(frozen=True)
 class Rendezvous:
@@ -171,11 +176,7 @@ def release(session: Session, job_id: str, attempt: int | None = None) -> None:
     where = [Worker.booked_job_id == job_id]
     if attempt is not None:
         where.append(Worker.booked_attempt == attempt)
-    session.execute(
-        update(Worker)
-        .where(*where)
-        .values(booked_job_id=None, booked_attempt=None, node_rank=None, joined_at=None)
-    )
+    session.execute(update(Worker).where(*where).values(**UNBOOKED))
 
 
 def release_member(session: Session, worker: str, job_id: str, attempt: int) -> None:
@@ -187,7 +188,7 @@ def release_member(session: Session, worker: str, job_id: str, attempt: int) -> 
             Worker.booked_job_id == job_id,
             Worker.booked_attempt == attempt,
         )
-        .values(booked_job_id=None, booked_attempt=None, node_rank=None, joined_at=None)
+        .values(**UNBOOKED)
     )
 
 
@@ -202,7 +203,7 @@ def release_stale(session: Session) -> int:
     result = session.execute(
         update(Worker)
         .where(Worker.booked_job_id.is_not(None), ~running)
-        .values(booked_job_id=None, booked_attempt=None, node_rank=None, joined_at=None)
+        .values(**UNBOOKED)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

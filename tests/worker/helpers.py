@@ -44,9 +44,11 @@ def preference_rows(n: int, start: int = 0) -> list[dict]:
     return rows
 
 
-def assert_same_adapter(a: Path, b: Path) -> None:
+def assert_same_adapter(a: Path, b: Path, *, rtol: float = 1e-3, atol: float = 1e-4) -> None:
     """The adapters saved in directories ``a`` and ``b`` (a result's ``adapter_dir``, a
-    checkpoint) hold the same tensors within float rounding, and training moved them."""
+    checkpoint) hold the same tensors within float rounding, and training moved them. The
+    default tolerances allow other micro-batches (Adam magnifies their rounding on near-zero
+    gradients); the same ranks on the same data may ask for tighter ones."""
     # Imported here: most users of these helpers never load an adapter.
     import torch
     from safetensors.torch import load_file
@@ -54,9 +56,8 @@ def assert_same_adapter(a: Path, b: Path) -> None:
     first = load_file(a / "adapter_model.safetensors")
     second = load_file(b / "adapter_model.safetensors")
     assert first.keys() == second.keys()
-    # Float rounding differs (other micro-batches); Adam magnifies it on near-zero gradients.
     for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(first[key], second[key], rtol=rtol, atol=atol)
     # The comparison is not between two untouched initialisations.
     assert any(torch.count_nonzero(first[k]) for k in first if "lora_B" in k)
 
