@@ -73,10 +73,6 @@ def mark_stopped(session: Session, name: str) -> None:
     )
 
 
-def is_draining(session: Session, name: str) -> bool:
-    return bool(session.scalar(select(Worker.draining).where(Worker.name == name)))
-
-
 def get_worker(session: Session, name: str) -> Worker:
     row = session.get(Worker, name)
     if row is None:
