@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select, update
 
 from core.db.engine import session_scope
-from core.db.migrate import upgrade
 from core.db.models import Job, Worker
 from core.jobs import lifecycle as jobs
 from core.jobs.status import FailureCode, JobStatus
@@ -22,17 +20,6 @@ from tests.admin.helpers import make_job, make_org
 
 RENDEZVOUS = gangs.Rendezvous(address="10.0.0.1", port=29500, ranks_per_node=2)
 BEAT = 5.0
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def url(request, tmp_path):
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.param == "postgres"
-        else f"sqlite:///{tmp_path / 'db.sqlite'}"
-    )
-    upgrade(url)
-    return url
 
 
 def register(url: str, *names: str) -> None:
@@ -63,6 +50,16 @@ def bookings(url: str) -> dict[str, tuple]:
 def status(url: str, job_id: str) -> str:
     with session_scope(url) as session:
         return session.get(Job, job_id).status
+
+
+def two_node_job_led_by_a(url: str) -> str:
+    """A two-node job that worker "a" claimed, with "b" booked: its id."""
+    register(url, "a", "b")
+    with session_scope(url) as session:
+        org = make_org(session, "o")
+        big = make_job(session, org, options={"nodes": 2})
+    assert claim(url, "a").job_id == big
+    return big
 
 
 def test_never_half_a_gang_then_all_at_once(url):
@@ -143,11 +140,7 @@ def test_a_worker_that_leads_no_gang_passes_multi_node_jobs(url):
 
 
 def test_stale_bookings_are_released_by_the_sweep(url):
-    register(url, "a", "b")
-    with session_scope(url) as session:
-        org = make_org(session, "o")
-        big = make_job(session, org, options={"nodes": 2})
-    assert claim(url, "a").job_id == big
+    big = two_node_job_led_by_a(url)
     assert bookings(url) == {"b": (big, 1, 1)}
     with session_scope(url) as session:
         assert gangs.release_stale(session) == 0  # the attempt still runs
@@ -159,11 +152,7 @@ def test_stale_bookings_are_released_by_the_sweep(url):
 
 
 def test_a_restarted_host_leaves_its_gang(url):
-    register(url, "a", "b")
-    with session_scope(url) as session:
-        org = make_org(session, "o")
-        big = make_job(session, org, options={"nodes": 2})
-    assert claim(url, "a").job_id == big
+    big = two_node_job_led_by_a(url)
     deadline = utcnow() + timedelta(seconds=60)
     with session_scope(url) as session:
         problem = gangs.follower_problem(

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import update
 
 from core.db.engine import session_scope
-from core.db.migrate import upgrade
 from core.db.models import Job
 from core.errors import Conflict, QuotaExceeded
 from core.jobs import admin as job_admin
@@ -22,17 +21,6 @@ from core.scheduling import order as queue_order
 from tests.admin.helpers import make_job, make_org
 
 ACTOR = job_admin.Actor("cli:test")
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def url(request, tmp_path):
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.param == "postgres"
-        else f"sqlite:///{tmp_path / 'db.sqlite'}"
-    )
-    upgrade(url)
-    return url
 
 
 def claim(url: str, worker: str = "w1", pool: str = "default") -> str | None:

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
+PIRATE_EXAMPLES = 52
+"""The examples in examples/pirate.jsonl, the file :func:`upload_pirate` uploads."""
+
+
 def upload_pirate(client: OpenAI):
     with open(EXAMPLES / "pirate.jsonl", "rb") as handle:
         return client.files.create(file=handle, purpose="fine-tune")

@@ -19,6 +19,7 @@ from tests.admin.helpers import dorado_admin_json
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
 from tests.faults.helpers import (
+    PIRATE_EXAMPLES,
     csv_steps,
     messages,
     rank_pids,
@@ -26,8 +27,6 @@ from tests.faults.helpers import (
     upload_pirate,
     wait_until,
 )
-
-EXAMPLES = 52  # examples/pirate.jsonl
 
 
 @pytest.fixture
@@ -117,7 +116,7 @@ def test_a_two_node_job_waits_for_two_hosts_then_trains_on_both(client, cluster)
     ]
 
     done = succeeded(client, cluster, job.id)
-    steps = 2 * -(-EXAMPLES // 4)
+    steps = 2 * -(-PIRATE_EXAMPLES // 4)
     events = messages(client, job.id)
     assert any(m.startswith("Running on 2 hosts: " + leader) for m in events), events
     assert any(m.startswith("Training a lora adapter") and "cpu x 2" in m for m in events), events
@@ -143,7 +142,7 @@ def test_a_killed_host_resumes_the_job_on_two_hosts(client, cluster, victim):
     cluster.start_worker("node-b")
     wait_until(lambda: len(_workers(cluster)) == 2, 60, "two hosts registered")
     job = _create(client, checkpoint_every_n_steps=6)
-    total = 2 * -(-EXAMPLES // 4)
+    total = 2 * -(-PIRATE_EXAMPLES // 4)
     wait_until(
         lambda: any(c.step_number >= 6 for c in client.fine_tuning.jobs.checkpoints.list(job.id)),
         180,

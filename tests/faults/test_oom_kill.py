@@ -33,7 +33,6 @@ from tests.faults.helpers import (
     wait_until,
 )
 
-EXAMPLES = 52  # examples/pirate.jsonl
 # Room left above the idle worker: far less than a training process needs (importing torch,
 # transformers and peft alone takes about 450 MiB).
 HEADROOM = 128 * 2**20

@@ -11,10 +11,17 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import csv_steps, messages, metrics_steps, upload_pirate, wait_until
+from tests.faults.helpers import (
+    PIRATE_EXAMPLES,
+    csv_steps,
+    messages,
+    metrics_steps,
+    upload_pirate,
+    wait_until,
+)
 
-EPOCHS, EXAMPLES = 3, 52
-TOTAL = EPOCHS * EXAMPLES
+EPOCHS = 3
+TOTAL = EPOCHS * PIRATE_EXAMPLES
 
 
 @pytest.fixture

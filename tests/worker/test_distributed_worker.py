@@ -18,6 +18,7 @@ from openai import OpenAI
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
 from tests.faults.helpers import (
+    PIRATE_EXAMPLES,
     csv_steps,
     messages,
     rank_pids,
@@ -25,8 +26,6 @@ from tests.faults.helpers import (
     upload_pirate,
     wait_until,
 )
-
-EXAMPLES = 52  # examples/pirate.jsonl
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_a_job_trains_on_two_processes(client: OpenAI, cluster: Cluster, tmp_pat
     )
     done = succeeded(client, cluster, job.id)
 
-    steps = 2 * -(-EXAMPLES // 8)
+    steps = 2 * -(-PIRATE_EXAMPLES // 8)
     events = messages(client, job.id)
     assert any(
         m.startswith("Training a lora adapter") and m.endswith("on cpu x 2") for m in events
@@ -93,7 +92,7 @@ def test_a_killed_rank_retries_the_job_from_its_checkpoint(client: OpenAI, clust
         hyperparameters={"n_epochs": 2, "batch_size": 2},
         extra_body={"adapter": {"type": "lora"}, "checkpoint_every_n_steps": 6},
     )
-    total = 2 * EXAMPLES // 2
+    total = 2 * PIRATE_EXAMPLES // 2
     wait_until(
         lambda: any(c.step_number >= 6 for c in client.fine_tuning.jobs.checkpoints.list(job.id)),
         120,
