@@ -32,7 +32,7 @@ chromium:
 	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 test: setup chromium
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=30
 
 # The unit layer: no browser, no spawned platform, no model training (seconds, not minutes).
 FAST_TESTS ?= tests/core tests/api tests/test_migrations.py tests/test_lint_contracts.py \

@@ -220,6 +220,19 @@ def wait_for_status(client: OpenAI, job_id: str, wanted: str, timeout: float = 1
     raise TimeoutError(f"{job_id} is {job.status}, not {wanted}")
 
 
+def wait_for_event(client: OpenAI, job_id: str, prefix: str, timeout: float = 120) -> str:
+    """The first event message of the job that starts with ``prefix``. A job is ``running`` as
+    soon as a worker claims it, before that worker has loaded the model and the checkpoint."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = client.fine_tuning.jobs.list_events(job_id, limit=100)
+        found = [e.message for e in events if e.message.startswith(prefix)]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"{job_id} has no event starting {prefix!r}")
+
+
 def test_pause_resume_then_cancel_a_running_job(client: OpenAI, platform: Platform):
     training = upload(client)
     job = client.fine_tuning.jobs.create(
@@ -239,7 +252,7 @@ def test_pause_resume_then_cancel_a_running_job(client: OpenAI, platform: Platfo
     resumed = client.fine_tuning.jobs.resume(job.id)
     assert resumed.status == "queued"
     wait_for_status(client, job.id, "running")
-    time.sleep(1.0)
+    wait_for_event(client, job.id, "Resumed from step")
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     time.sleep(2.0)
