@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.models import Job, Worker
@@ -102,6 +102,35 @@ def free_hosts(
         .with_for_update(skip_locked=True)
     )
     return list(session.scalars(stmt))
+
+
+def pool_hosts(session: Session, heartbeat_seconds: float) -> dict[str, tuple[int, int]]:
+    """Per pool: (live undrained workers, those of them idle and unbooked), the hosts a
+    multi-node job of the pool could ever have and could have now."""
+    live = (
+        select(
+            Worker.pool,
+            func.count(),
+            func.count().filter(Worker.current_job_id.is_(None), Worker.booked_job_id.is_(None)),
+        )
+        .where(
+            Worker.stopped_at.is_(None),
+            Worker.draining.is_(False),
+            Worker.last_heartbeat_at >= _live_since(heartbeat_seconds),
+        )
+        .group_by(Worker.pool)
+    )
+    return {pool: (total, idle) for pool, total, idle in session.execute(live).tuples()}
+
+
+def waiting_for_hosts(nodes: int, pool: str, hosts: tuple[int, int]) -> str | None:
+    """Why a queued job of ``nodes`` hosts cannot start now for want of hosts, or None."""
+    live, idle = hosts
+    if nodes <= 1 or idle >= nodes:
+        return None
+    if live < nodes:
+        return f"needs {nodes} hosts; pool {pool} has {live} live worker{'s' * (live != 1)}"
+    return f"waiting for {nodes} free hosts ({idle} free now)"
 
 
 def book(

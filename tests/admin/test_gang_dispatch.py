@@ -15,6 +15,7 @@ from core.jobs import lifecycle as jobs
 from core.jobs.status import FailureCode, JobStatus
 from core.scheduling import dispatch as scheduling
 from core.scheduling import gangs, workers
+from core.scheduling import order as queue_order
 from core.timeutil import utcnow
 from tests.admin.helpers import make_job, make_org
 
@@ -52,6 +53,13 @@ def status(url: str, job_id: str) -> str:
         return session.get(Job, job_id).status
 
 
+def waiting(url: str) -> dict[str, str | None]:
+    """What `dorado-admin queue` says each job waits for."""
+    with session_scope(url) as session:
+        entries = queue_order.dispatch_order(session, heartbeat_seconds=BEAT)
+        return {e.job.id: e.waiting for e in entries}
+
+
 def two_node_job_led_by_a(url: str) -> str:
     """A two-node job that worker "a" claimed, with "b" booked: its id."""
     register(url, "a", "b")
@@ -76,8 +84,11 @@ def test_never_half_a_gang_then_all_at_once(url):
     assert bookings(url) == {}
     assert claim(url, "b") is None  # b alone (a is busy) is not enough either
     assert bookings(url) == {}
+    assert waiting(url) == {big: "needs 3 hosts; pool default has 2 live workers", small: None}
+    register(url, "c")
+    assert waiting(url)[big] == "waiting for 3 free hosts (2 free now)"
 
-    register(url, "c", "d")
+    register(url, "d")
     # a is still busy with the small job: b claims the big one with c and d.
     got = claim(url, "b")
     assert got.job_id == big and got.gang["hosts"] == ["b", "c", "d"]

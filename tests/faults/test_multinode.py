@@ -97,6 +97,7 @@ def test_a_two_node_job_waits_for_two_hosts_then_trains_on_both(client, cluster)
     assert _workers(cluster)["node-a"]["gang"] is None
     [entry] = dorado_admin_json(cluster.env, "queue")
     assert (entry["id"], entry["nodes"], entry["hosts"]) == (job.id, 2, None)
+    assert entry["waiting"] == "needs 2 hosts; pool default has 1 live worker"
 
     cluster.start_worker("node-b")
     wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running", 60, "running")
