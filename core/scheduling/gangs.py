@@ -15,7 +15,9 @@ checkpoints and changes the job's status. Every host watches the others: the lea
 attempt up when a follower does not join in time, stops beating or leaves the gang; a follower
 stops when the attempt it joined is over. A lost host therefore fails the attempt on every host,
 and the job is re-queued from its last checkpoint (the leader's transient-failure retry, or the
-sweeper when the leader itself was lost). Bookings end together: :func:`release` when the
+sweeper when the leader itself was lost). A follower that shuts down gracefully does not
+vanish: it asks to :func:`leave`, keeps training until the leader has checkpointed and
+re-queued the job (no retry counted), then stops. Bookings end together: :func:`release` when the
 leader is done, :func:`release_stale` in the sweeper for a leader that vanished.
 """
 
@@ -200,11 +202,35 @@ def mark_joined(session: Session, worker: str, job_id: str, attempt: int) -> boo
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def leave(session: Session, worker: str, job_id: str, attempt: int) -> bool:
+    """A follower shutting down asks its leader to checkpoint the attempt and re-queue the job
+    (no retry counted), instead of vanishing mid-step. False when the attempt is over."""
+    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+    gang = job.gang if job is not None else None
+    if (
+        job is None
+        or not gang
+        or job.status != JobStatus.RUNNING
+        or job.attempt != attempt
+        or gang.get("attempt") != attempt
+    ):
+        return False
+    leaving = list(gang.get("leaving", []))
+    if worker not in leaving:
+        job.gang = {**gang, "leaving": [*leaving, worker]}  # a new dict: JSON is not tracked
+    return True
+
+
 def release(session: Session, job_id: str, attempt: int | None = None) -> None:
-    """End the bookings of a job's gang (of one attempt, or all) together."""
+    """End the bookings of a job's gang (of one attempt, or all) together. Hosts that left
+    the attempt because they are shutting down keep theirs until they stop (or the sweeper
+    ends it): the re-queued job must not book them again meanwhile."""
     where = [Worker.booked_job_id == job_id]
     if attempt is not None:
         where.append(Worker.booked_attempt == attempt)
+        gang = session.scalar(select(Job.gang).where(Job.id == job_id)) or {}
+        if gang.get("attempt") == attempt and gang.get("leaving"):
+            where.append(Worker.name.not_in(gang["leaving"]))
     session.execute(update(Worker).where(*where).values(**UNBOOKED))
 
 

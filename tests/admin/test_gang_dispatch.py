@@ -177,3 +177,38 @@ def test_a_restarted_host_leaves_its_gang(url):
             session, big, 1, heartbeat_seconds=BEAT, join_deadline=deadline
         )
     assert problem == "host b left the job's gang (restarted or released)"
+
+
+def test_a_follower_shutting_down_has_the_leader_requeue_the_job(url):
+    big = two_node_job_led_by_a(url)
+    with session_scope(url) as session:
+        assert gangs.mark_joined(session, "b", big, 1)
+        assert jobs.job_control(session, big, 1) == "run"
+        assert gangs.leave(session, "b", big, 1)
+        assert gangs.leave(session, "b", big, 1)  # asked twice: listed once
+        assert not gangs.leave(session, "b", big, 2)  # not the running attempt
+    with session_scope(url) as session:
+        assert session.get(Job, big).gang["leaving"] == ["b"]
+        assert jobs.job_control(session, big, 1) == "requeue"
+        # Still in the gang, training until the leader has checkpointed: not a lost host.
+        problem = gangs.follower_problem(
+            session, big, 1, heartbeat_seconds=BEAT, join_deadline=utcnow()
+        )
+        assert problem is None
+        assert jobs.requeue_for_shutdown(session, big, 1, 6, for_gang=True)
+        gangs.release(session, big, 1)
+    with session_scope(url) as session:
+        job = session.get(Job, big)
+        assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+        listed, _ = jobs.list_events(session, job, limit=10, after=None)
+    assert (
+        "Host b of the job's gang is shutting down; the job was re-queued after a checkpoint "
+        "at step 6" in [e.message for e in listed]
+    )
+    # b keeps its booking until it stops, so the re-queued job cannot book it meanwhile.
+    assert bookings(url) == {"b": (big, 1, 1)}
+    assert claim(url, "a") is None
+    with session_scope(url) as session:
+        assert gangs.release_stale(session) == 1
+        workers.set_current_job(session, "b", None)  # b came back as a new host
+    assert claim(url, "a").gang["hosts"] == ["a", "b"]
