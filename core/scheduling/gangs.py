@@ -249,7 +249,24 @@ def release_member(session: Session, worker: str, job_id: str, attempt: int) -> 
 
 def release_stale(session: Session) -> int:
     """End bookings whose attempt no longer runs (its leader was lost and the sweeper
-    re-queued the job, or it ended while a follower was away); how many ended."""
+    re-queued the job, or it ended while a follower was away); how many ended. A host that
+    left its attempt because it is shutting down keeps its booking until it has stopped, so
+    that the re-queued job cannot book it in the meantime."""
+    booked = session.execute(
+        select(
+            Worker.name, Worker.booked_attempt, Worker.stopped_at, Job.status, Job.attempt, Job.gang
+        )
+        .join(Job, Job.id == Worker.booked_job_id, isouter=True)
+        .where(Worker.booked_job_id.is_not(None))
+    ).all()
+    ending = [
+        row.name
+        for row in booked
+        if (row.status != JobStatus.RUNNING or row.attempt != row.booked_attempt)
+        and not _left_gracefully(row.name, row.booked_attempt, row.stopped_at, row.gang)
+    ]
+    if not ending:
+        return 0
     running = exists().where(
         Job.id == Worker.booked_job_id,
         Job.status == JobStatus.RUNNING,
@@ -257,11 +274,20 @@ def release_stale(session: Session) -> int:
     )
     result = session.execute(
         update(Worker)
-        .where(Worker.booked_job_id.is_not(None), ~running)
+        .where(Worker.name.in_(ending), Worker.booked_job_id.is_not(None), ~running)
         .values(**UNBOOKED)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _left_gracefully(
+    name: str, attempt: int | None, stopped_at: datetime | None, gang: dict[str, Any] | None
+) -> bool:
+    """Whether a host left ``attempt`` of its gang to shut down and has not stopped yet."""
+    if stopped_at is not None or not gang or gang.get("attempt") != attempt:
+        return False
+    return name in gang.get("leaving", [])
 
 
 def follower_problem(

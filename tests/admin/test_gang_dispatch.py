@@ -206,9 +206,13 @@ def test_a_follower_shutting_down_has_the_leader_requeue_the_job(url):
         "at step 6" in [e.message for e in listed]
     )
     # b keeps its booking until it stops, so the re-queued job cannot book it meanwhile.
+    with session_scope(url) as session:
+        assert gangs.release_stale(session) == 0
     assert bookings(url) == {"b": (big, 1, 1)}
     assert claim(url, "a") is None
     with session_scope(url) as session:
+        workers.mark_stopped(session, "b")
+    with session_scope(url) as session:
         assert gangs.release_stale(session) == 1
-        workers.set_current_job(session, "b", None)  # b came back as a new host
+    register(url, "b")  # b comes back: a host like any other
     assert claim(url, "a").gang["hosts"] == ["a", "b"]

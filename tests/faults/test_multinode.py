@@ -177,8 +177,8 @@ def test_a_follower_stopped_gracefully_requeues_the_job_after_a_checkpoint(clien
     cluster.start_worker("node-a")
     cluster.start_worker("node-b")
     wait_until(lambda: len(_workers(cluster)) == 2, 60, "two hosts registered")
-    job = _create(client, epochs=6)
-    total = 6 * -(-PIRATE_EXAMPLES // 4)
+    job = _create(client, epochs=3)
+    total = 3 * -(-PIRATE_EXAMPLES // 4)
     leader, follower = _gang(cluster, job.id)
     wait_until(
         lambda: any(m.startswith("Step ") for m in messages(client, job.id)), 120, "training steps"
