@@ -26,6 +26,10 @@ class QueueEntry(OpenObject):
     age_seconds: int
     worker: str | None
     held: str | None = Field(description="Why a queued job cannot be dispatched now")
+    waiting: str | None = Field(
+        description="Why a multi-node job next in line cannot start yet: the free hosts it "
+        "waits for (smaller jobs may pass it meanwhile)"
+    )
     nodes: int = Field(description="Worker hosts the job trains on together (1: one)")
     hosts: list[str] | None = Field(
         description="A running multi-node job's gang: its hosts in node order, the first leads"

@@ -119,10 +119,16 @@ class JobReporter:
         return self._lost.is_set() or self._poll() == "stop"
 
     def should_pause(self) -> bool:
-        """A pause the user asked for, or the worker shutting down (checkpoint, re-queue)."""
+        """A pause the user asked for, or the worker (or a host of its multi-node gang)
+        shutting down: checkpoint, then pause or re-queue (:attr:`requeue_wanted`)."""
         if self._lost.is_set():
             return False
-        return shutdown.in_progress() or self._poll() == "pause"
+        return shutdown.in_progress() or self._poll() in ("pause", "requeue")
+
+    @property
+    def requeue_wanted(self) -> bool:
+        """Whether a pause at this point means "back to the queue" rather than "paused"."""
+        return shutdown.in_progress() or self._control == "requeue"
 
     # --- events --------------------------------------------------------------------------
     def message(self, text: str, level: str = "info") -> None:

@@ -290,16 +290,15 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int, gang: dict | Non
         )
     except TrainingPaused as paused:
         step = getattr(paused, "step", 0)
+        requeue = reporter.requeue_wanted
         with session_scope(settings.database_url) as session:
-            if shutdown.in_progress():
-                jobs.requeue_for_shutdown(session, job_id, attempt, step)
+            if requeue:
+                own = shutdown.in_progress()
+                jobs.requeue_for_shutdown(session, job_id, attempt, step, for_gang=not own)
             else:
                 jobs.mark_paused(session, job_id, attempt, step)
         log.info(
-            "job %s: %s at step %s",
-            job_id,
-            "re-queued for shutdown" if shutdown.in_progress() else "paused",
-            step,
+            "job %s: %s at step %s", job_id, "re-queued for shutdown" if requeue else "paused", step
         )
     except Exception as exc:
         log.exception("job %s: failed", job_id)
@@ -492,7 +491,9 @@ def _follow(settings: Settings, booking: gangs.Booking) -> None:
             with session_scope(settings.database_url) as session:
                 # A finished part keeps its booking until the leader, still saving the
                 # adapter, releases the gang: leaving now would look like a lost host to it.
-                if not finished:
+                # So does a host shutting down, so that the re-queued job cannot book it
+                # again in the moment before it stops (the sweeper ends the stale booking).
+                if not finished and not shutdown.in_progress():
                     gangs.release_member(session, name, job_id, attempt)
                 workers.set_current_job(session, name, None)
         except Exception:  # the sweeper releases bookings of attempts that ended
@@ -544,18 +545,28 @@ def _train_part(settings: Settings, booking: gangs.Booking) -> None:
 
 
 def _attempt_watchdog(settings: Settings, booking: gangs.Booking) -> Callable[[], str | None]:
-    """A follower's check: why to stop its part (the attempt is over, the leader was lost,
-    this host is shutting down), or None."""
+    """A follower's check: why to stop its part (the attempt is over, the leader was lost),
+    or None. A shutdown of this host asks the leader to checkpoint and re-queue the job, and
+    the part goes on until the leader has done so (the attempt is then over)."""
+    asked = False
 
     def check() -> str | None:
-        if shutdown.in_progress():
-            return "this host is shutting down"
+        nonlocal asked
         with session_scope(settings.database_url) as session:
-            return gangs.attempt_problem(
+            problem = gangs.attempt_problem(
                 session,
                 booking.job_id,
                 booking.attempt,
                 heartbeat_seconds=settings.worker_heartbeat_seconds,
             )
+            if problem is None and shutdown.in_progress() and not asked:
+                asked = True
+                if gangs.leave(session, worker_name(), booking.job_id, booking.attempt):
+                    log.info(
+                        "job %s: this host is shutting down; asked the leader to checkpoint "
+                        "and re-queue the job",
+                        booking.job_id,
+                    )
+            return problem
 
     return check

@@ -34,9 +34,10 @@ def queue_rows(admin: AdminContext, pool: str | None) -> list[dict]:
     """Running jobs first, then queued jobs by position in their pool's dispatch order."""
     with admin.session() as session:
         now = utcnow()
-        return [
-            queue_order.queue_entry_dict(e, now) for e in queue_order.dispatch_order(session, pool)
-        ]
+        entries = queue_order.dispatch_order(
+            session, pool, heartbeat_seconds=admin.settings.worker_heartbeat_seconds
+        )
+        return [queue_order.queue_entry_dict(e, now) for e in entries]
 
 
 def _for_humans(rows: list[dict]) -> list[dict]:
@@ -54,9 +55,10 @@ def _for_humans(rows: list[dict]) -> list[dict]:
 
 
 def _where(row: dict) -> str | None:
-    """The worker of a running job (a multi-node job's gang, leader first), else why held."""
+    """The worker of a running job (a multi-node job's gang, leader first), else why held
+    or, for a multi-node job, which hosts it waits for."""
     if row["status"] != JobStatus.RUNNING:
-        return row["held"]
+        return row["held"] or row["waiting"]
     return " + ".join(row["hosts"]) if row.get("hosts") else row["worker"]
 
 
@@ -91,7 +93,8 @@ def queue_command(
 
     The position (#) is per pool: highest priority first; within a priority the organization
     with the fewest running jobs, then the one served least recently; then the oldest job.
-    A queued job whose organization is at its max_running_jobs quota is shown as held.
+    A queued job whose organization is at its max_running_jobs quota is shown as held; a
+    multi-node job that its pool's free hosts cannot start yet says how many it waits for.
     """
     if watch and as_json:
         raise click.UsageError("--watch is for people; use --json without it in scripts")

@@ -39,7 +39,11 @@ def _job_response(job: Job, *, requeued: bool = False):
 @bp.get("/queue")
 def queue():
     now = utcnow()
-    entries = queue_order.dispatch_order(db(), request.args.get("pool") or None)
+    entries = queue_order.dispatch_order(
+        db(),
+        request.args.get("pool") or None,
+        heartbeat_seconds=dorado().settings.worker_heartbeat_seconds,
+    )
     return page([queue_order.queue_entry_dict(e, now) for e in entries], False)
 
 

@@ -476,17 +476,33 @@ def still_ours(session: Session, job_id: str, attempt: int) -> bool:
 
 
 def job_control(session: Session, job_id: str, attempt: int) -> str:
-    """What the worker holding ``attempt`` should do: "run", "pause" or "stop"."""
+    """What the worker holding ``attempt`` should do: "run", "pause", "requeue" (a host of
+    its multi-node gang is shutting down: checkpoint and go back to the queue) or "stop"."""
     row = session.execute(
-        select(Job.status, Job.attempt, Job.pause_requested).where(Job.id == job_id)
+        select(Job.status, Job.attempt, Job.pause_requested, Job.gang).where(Job.id == job_id)
     ).one_or_none()
     if row is None or row.status != JobStatus.RUNNING or row.attempt != attempt:
         return "stop"
-    return "pause" if row.pause_requested else "run"
+    if row.pause_requested:
+        return "pause"
+    return "requeue" if leaving_hosts(row.gang, attempt) else "run"
 
 
-def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int) -> bool:
-    """The worker is stopping: the job (checkpointed at ``step``) goes back to the queue."""
+def leaving_hosts(gang: dict[str, Any] | None, attempt: int) -> list[str]:
+    """The hosts of a multi-node job's gang (of ``attempt``) that asked to leave because they
+    are shutting down (:func:`core.scheduling.gangs.leave`)."""
+    if not gang or gang.get("attempt") != attempt:
+        return []
+    return list(gang.get("leaving", []))
+
+
+def requeue_for_shutdown(
+    session: Session, job_id: str, attempt: int, step: int, *, for_gang: bool = False
+) -> bool:
+    """The worker is stopping or, ``for_gang``, hosts of its multi-node gang are (they asked
+    to leave): the job (checkpointed at ``step``) goes back to the queue, no retry counted."""
+    gang = session.scalar(select(Job.gang).where(Job.id == job_id)) if for_gang else None
+    leaving = leaving_hosts(gang, attempt)
     result = execute_dml(
         session,
         update(Job)
@@ -502,7 +518,13 @@ def requeue_for_shutdown(session: Session, job_id: str, attempt: int, step: int)
     if result.rowcount != 1:
         return False
     where = f"after a checkpoint at step {step}" if step else "before training started"
-    add_event(session, job_id, f"The worker is shutting down; the job was re-queued {where}")
+    who = (
+        f"Host{'s' * (len(leaving) > 1)} {', '.join(leaving)} of the job's gang "
+        f"{'are' if len(leaving) > 1 else 'is'}"
+        if leaving
+        else "The worker is"
+    )
+    add_event(session, job_id, f"{who} shutting down; the job was re-queued {where}")
     return True
 
 

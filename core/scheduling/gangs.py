@@ -15,7 +15,9 @@ checkpoints and changes the job's status. Every host watches the others: the lea
 attempt up when a follower does not join in time, stops beating or leaves the gang; a follower
 stops when the attempt it joined is over. A lost host therefore fails the attempt on every host,
 and the job is re-queued from its last checkpoint (the leader's transient-failure retry, or the
-sweeper when the leader itself was lost). Bookings end together: :func:`release` when the
+sweeper when the leader itself was lost). A follower that shuts down gracefully does not
+vanish: it asks to :func:`leave`, keeps training until the leader has checkpointed and
+re-queued the job (no retry counted), then stops. Bookings end together: :func:`release` when the
 leader is done, :func:`release_stale` in the sweeper for a leader that vanished.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.models import Job, Worker
@@ -104,6 +106,35 @@ def free_hosts(
     return list(session.scalars(stmt))
 
 
+def pool_hosts(session: Session, heartbeat_seconds: float) -> dict[str, tuple[int, int]]:
+    """Per pool: (live undrained workers, those of them idle and unbooked), the hosts a
+    multi-node job of the pool could ever have and could have now."""
+    live = (
+        select(
+            Worker.pool,
+            func.count(),
+            func.count().filter(Worker.current_job_id.is_(None), Worker.booked_job_id.is_(None)),
+        )
+        .where(
+            Worker.stopped_at.is_(None),
+            Worker.draining.is_(False),
+            Worker.last_heartbeat_at >= _live_since(heartbeat_seconds),
+        )
+        .group_by(Worker.pool)
+    )
+    return {pool: (total, idle) for pool, total, idle in session.execute(live).tuples()}
+
+
+def waiting_for_hosts(nodes: int, pool: str, hosts: tuple[int, int]) -> str | None:
+    """Why a queued job of ``nodes`` hosts cannot start now for want of hosts, or None."""
+    live, idle = hosts
+    if nodes <= 1 or idle >= nodes:
+        return None
+    if live < nodes:
+        return f"needs {nodes} hosts; pool {pool} has {live} live worker{'s' * (live != 1)}"
+    return f"waiting for {nodes} free hosts ({idle} free now)"
+
+
 def book(
     session: Session,
     job_id: str,
@@ -171,11 +202,35 @@ def mark_joined(session: Session, worker: str, job_id: str, attempt: int) -> boo
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def leave(session: Session, worker: str, job_id: str, attempt: int) -> bool:
+    """A follower shutting down asks its leader to checkpoint the attempt and re-queue the job
+    (no retry counted), instead of vanishing mid-step. False when the attempt is over."""
+    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+    gang = job.gang if job is not None else None
+    if (
+        job is None
+        or not gang
+        or job.status != JobStatus.RUNNING
+        or job.attempt != attempt
+        or gang.get("attempt") != attempt
+    ):
+        return False
+    leaving = list(gang.get("leaving", []))
+    if worker not in leaving:
+        job.gang = {**gang, "leaving": [*leaving, worker]}  # a new dict: JSON is not tracked
+    return True
+
+
 def release(session: Session, job_id: str, attempt: int | None = None) -> None:
-    """End the bookings of a job's gang (of one attempt, or all) together."""
+    """End the bookings of a job's gang (of one attempt, or all) together. Hosts that left
+    the attempt because they are shutting down keep theirs until they stop (or the sweeper
+    ends it): the re-queued job must not book them again meanwhile."""
     where = [Worker.booked_job_id == job_id]
     if attempt is not None:
         where.append(Worker.booked_attempt == attempt)
+        gang = session.scalar(select(Job.gang).where(Job.id == job_id)) or {}
+        if gang.get("attempt") == attempt and gang.get("leaving"):
+            where.append(Worker.name.not_in(gang["leaving"]))
     session.execute(update(Worker).where(*where).values(**UNBOOKED))
 
 
@@ -194,7 +249,24 @@ def release_member(session: Session, worker: str, job_id: str, attempt: int) -> 
 
 def release_stale(session: Session) -> int:
     """End bookings whose attempt no longer runs (its leader was lost and the sweeper
-    re-queued the job, or it ended while a follower was away); how many ended."""
+    re-queued the job, or it ended while a follower was away); how many ended. A host that
+    left its attempt because it is shutting down keeps its booking until it has stopped, so
+    that the re-queued job cannot book it in the meantime."""
+    booked = session.execute(
+        select(
+            Worker.name, Worker.booked_attempt, Worker.stopped_at, Job.status, Job.attempt, Job.gang
+        )
+        .join(Job, Job.id == Worker.booked_job_id, isouter=True)
+        .where(Worker.booked_job_id.is_not(None))
+    ).all()
+    ending = [
+        row.name
+        for row in booked
+        if (row.status != JobStatus.RUNNING or row.attempt != row.booked_attempt)
+        and not _left_gracefully(row.name, row.booked_attempt, row.stopped_at, row.gang)
+    ]
+    if not ending:
+        return 0
     running = exists().where(
         Job.id == Worker.booked_job_id,
         Job.status == JobStatus.RUNNING,
@@ -202,11 +274,20 @@ def release_stale(session: Session) -> int:
     )
     result = session.execute(
         update(Worker)
-        .where(Worker.booked_job_id.is_not(None), ~running)
+        .where(Worker.name.in_(ending), Worker.booked_job_id.is_not(None), ~running)
         .values(**UNBOOKED)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _left_gracefully(
+    name: str, attempt: int | None, stopped_at: datetime | None, gang: dict[str, Any] | None
+) -> bool:
+    """Whether a host left ``attempt`` of its gang to shut down and has not stopped yet."""
+    if stopped_at is not None or not gang or gang.get("attempt") != attempt:
+        return False
+    return name in gang.get("leaving", [])
 
 
 def follower_problem(

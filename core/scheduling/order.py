@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from core.db.models import Job, Organization
 from core.jobs.status import JobStatus
 from core.scheduling.broker import DEFAULT_POOL
-from core.scheduling.gangs import job_nodes
+from core.scheduling.gangs import job_nodes, pool_hosts, waiting_for_hosts
 from core.timeutil import utcnow
 
 
@@ -39,6 +39,7 @@ class QueueEntry:
     organization_name: str
     position: int | None = None  # 1 = next to run in its pool; None: running or held
     held: str | None = None  # why a queued job cannot be dispatched now
+    waiting: str | None = None  # why a dispatchable multi-node job cannot start yet
 
 
 @dataclass
@@ -48,11 +49,15 @@ class _OrgState:
     served: float  # last dispatch as a timestamp; -inf = never
 
 
-def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry]:
+def dispatch_order(
+    session: Session, pool: str | None = None, *, heartbeat_seconds: float | None = None
+) -> list[QueueEntry]:
     """Running jobs, then queued jobs in the order workers will claim them, per pool.
 
     Positions are simulated with the dispatch rule, assuming no running job ends meanwhile:
-    each simulated dispatch counts as a running job of its organization."""
+    each simulated dispatch counts as a running job of its organization. With
+    ``heartbeat_seconds`` (what tells a live worker), a multi-node job that its pool's free
+    hosts cannot start now says so (``waiting``); smaller jobs may pass it meanwhile."""
     stmt = (
         select(Job, Organization)
         .join(Organization, Organization.id == Job.organization_id)
@@ -76,6 +81,7 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
     for job, _ in rows:
         if job.status == JobStatus.QUEUED:
             queued_by_pool.setdefault(job.pool or DEFAULT_POOL, []).append(job)
+    hosts = pool_hosts(session, heartbeat_seconds) if heartbeat_seconds is not None else None
     for pool_name in sorted(queued_by_pool):
         queued = queued_by_pool[pool_name]
         state = _org_states(queued, orgs, running_by_org)
@@ -85,8 +91,19 @@ def dispatch_order(session: Session, pool: str | None = None) -> list[QueueEntry
                 if position is not None
                 else (f"organization at max_running_jobs ({state[job.organization_id].limit})")
             )
+            waiting = (
+                waiting_for_hosts(job_nodes(job.options), pool_name, hosts.get(pool_name, (0, 0)))
+                if hosts is not None and position is not None
+                else None
+            )
             entries.append(
-                QueueEntry(job, orgs[job.organization_id].name, position=position, held=held)
+                QueueEntry(
+                    job,
+                    orgs[job.organization_id].name,
+                    position=position,
+                    held=held,
+                    waiting=waiting,
+                )
             )
     return entries
 
@@ -236,6 +253,7 @@ def queue_entry_dict(entry: QueueEntry, now: datetime | None = None) -> dict:
         "age_seconds": int((now - since).total_seconds()),
         "worker": job.worker,
         "held": entry.held,
+        "waiting": entry.waiting,
         "nodes": job_nodes(job.options),
         "hosts": list(job.gang["hosts"])
         if job.status == JobStatus.RUNNING and job.gang and job.gang.get("attempt") == job.attempt

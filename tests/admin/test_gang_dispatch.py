@@ -15,6 +15,7 @@ from core.jobs import lifecycle as jobs
 from core.jobs.status import FailureCode, JobStatus
 from core.scheduling import dispatch as scheduling
 from core.scheduling import gangs, workers
+from core.scheduling import order as queue_order
 from core.timeutil import utcnow
 from tests.admin.helpers import make_job, make_org
 
@@ -52,6 +53,13 @@ def status(url: str, job_id: str) -> str:
         return session.get(Job, job_id).status
 
 
+def waiting(url: str) -> dict[str, str | None]:
+    """What `dorado-admin queue` says each job waits for."""
+    with session_scope(url) as session:
+        entries = queue_order.dispatch_order(session, heartbeat_seconds=BEAT)
+        return {e.job.id: e.waiting for e in entries}
+
+
 def two_node_job_led_by_a(url: str) -> str:
     """A two-node job that worker "a" claimed, with "b" booked: its id."""
     register(url, "a", "b")
@@ -76,8 +84,11 @@ def test_never_half_a_gang_then_all_at_once(url):
     assert bookings(url) == {}
     assert claim(url, "b") is None  # b alone (a is busy) is not enough either
     assert bookings(url) == {}
+    assert waiting(url) == {big: "needs 3 hosts; pool default has 2 live workers", small: None}
+    register(url, "c")
+    assert waiting(url)[big] == "waiting for 3 free hosts (2 free now)"
 
-    register(url, "c", "d")
+    register(url, "d")
     # a is still busy with the small job: b claims the big one with c and d.
     got = claim(url, "b")
     assert got.job_id == big and got.gang["hosts"] == ["b", "c", "d"]
@@ -166,3 +177,42 @@ def test_a_restarted_host_leaves_its_gang(url):
             session, big, 1, heartbeat_seconds=BEAT, join_deadline=deadline
         )
     assert problem == "host b left the job's gang (restarted or released)"
+
+
+def test_a_follower_shutting_down_has_the_leader_requeue_the_job(url):
+    big = two_node_job_led_by_a(url)
+    with session_scope(url) as session:
+        assert gangs.mark_joined(session, "b", big, 1)
+        assert jobs.job_control(session, big, 1) == "run"
+        assert gangs.leave(session, "b", big, 1)
+        assert gangs.leave(session, "b", big, 1)  # asked twice: listed once
+        assert not gangs.leave(session, "b", big, 2)  # not the running attempt
+    with session_scope(url) as session:
+        assert session.get(Job, big).gang["leaving"] == ["b"]
+        assert jobs.job_control(session, big, 1) == "requeue"
+        # Still in the gang, training until the leader has checkpointed: not a lost host.
+        problem = gangs.follower_problem(
+            session, big, 1, heartbeat_seconds=BEAT, join_deadline=utcnow()
+        )
+        assert problem is None
+        assert jobs.requeue_for_shutdown(session, big, 1, 6, for_gang=True)
+        gangs.release(session, big, 1)
+    with session_scope(url) as session:
+        job = session.get(Job, big)
+        assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+        listed, _ = jobs.list_events(session, job, limit=10, after=None)
+    assert (
+        "Host b of the job's gang is shutting down; the job was re-queued after a checkpoint "
+        "at step 6" in [e.message for e in listed]
+    )
+    # b keeps its booking until it stops, so the re-queued job cannot book it meanwhile.
+    with session_scope(url) as session:
+        assert gangs.release_stale(session) == 0
+    assert bookings(url) == {"b": (big, 1, 1)}
+    assert claim(url, "a") is None
+    with session_scope(url) as session:
+        workers.mark_stopped(session, "b")
+    with session_scope(url) as session:
+        assert gangs.release_stale(session) == 1
+    register(url, "b")  # b comes back: a host like any other
+    assert claim(url, "a").gang["hosts"] == ["a", "b"]

@@ -3,7 +3,8 @@ here all on localhost, one gloo rank each) on PostgreSQL and Redis. A two-node j
 only one host is free (nobody booked), then runs on both: the operators see the gang in
 `dorado-admin queue` and `workers`, and the job succeeds with exact counts. A host SIGKILLed
 mid-training fails the attempt on the other host too, and the job resumes from its checkpoint
-on two hosts, every step exactly once in its metrics."""
+on two hosts, every step exactly once in its metrics. A host stopped gracefully (SIGTERM) has
+the leader checkpoint and re-queue the job instead, with no retry counted."""
 
 from __future__ import annotations
 
@@ -76,12 +77,12 @@ def _gang(cluster: Cluster, job_id: str) -> tuple[str, str]:
     return leader, follower
 
 
-def _create(client: OpenAI, **extra):
+def _create(client: OpenAI, epochs: int = 2, **extra):
     training = upload_pirate(client)
     return client.fine_tuning.jobs.create(
         model="tiny-random-llama",
         training_file=training.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        hyperparameters={"n_epochs": epochs, "batch_size": 4},
         extra_body={"adapter": {"type": "lora"}, "nodes": 2, **extra},
     )
 
@@ -97,6 +98,7 @@ def test_a_two_node_job_waits_for_two_hosts_then_trains_on_both(client, cluster)
     assert _workers(cluster)["node-a"]["gang"] is None
     [entry] = dorado_admin_json(cluster.env, "queue")
     assert (entry["id"], entry["nodes"], entry["hosts"]) == (job.id, 2, None)
+    assert entry["waiting"] == "needs 2 hosts; pool default has 1 live worker"
 
     cluster.start_worker("node-b")
     wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running", 60, "running")
@@ -169,3 +171,32 @@ def test_a_killed_host_resumes_the_job_on_two_hosts(client, cluster, victim):
     # Every step exactly once in the results, whatever was trained before the crash.
     assert csv_steps(client, done.result_files[0]) == list(range(1, total + 1))
     assert done.model_extra["validation"]["tokens"] * 2 == done.trained_tokens
+
+
+def test_a_follower_stopped_gracefully_requeues_the_job_after_a_checkpoint(client, cluster):
+    cluster.start_worker("node-a")
+    cluster.start_worker("node-b")
+    wait_until(lambda: len(_workers(cluster)) == 2, 60, "two hosts registered")
+    job = _create(client, epochs=3)
+    total = 3 * -(-PIRATE_EXAMPLES // 4)
+    leader, follower = _gang(cluster, job.id)
+    wait_until(
+        lambda: any(m.startswith("Step ") for m in messages(client, job.id)), 120, "training steps"
+    )
+    cluster.signal(follower, signal.SIGTERM)
+    # The follower waits for the leader's checkpoint, then stops cleanly.
+    assert cluster.wait(follower, timeout=120) == 0, cluster.log(follower, 200)
+    events = messages(client, job.id)
+    requeued = [m for m in events if m.startswith(f"Host {follower}@")]
+    assert requeued and "re-queued after a checkpoint at step" in requeued[0], events
+    saved = int(requeued[0].rsplit(" ", 1)[1])
+    assert 0 < saved < total
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    wait_until(lambda: not rank_pids(cluster.procs[leader].pid), 60, "the leader's ranks to end")
+
+    cluster.start_worker("node-c")
+    done = succeeded(client, cluster, job.id)
+    events = messages(client, job.id)
+    assert f"Resumed from step {saved}" in events, events
+    assert not any(m.startswith("Transient error") for m in events), events  # not a lost host
+    assert csv_steps(client, done.result_files[0]) == list(range(1, total + 1))
