@@ -24,6 +24,7 @@ real tokens (below, :func:`train_flops`) per second, divided by the matrix-produ
 machine measured in the same run at the training dtype (:func:`matmul_peak`)::
 
     .venv/bin/python bench/train_throughput.py --precisions fp32 bf16 nf4 --examples 16
+    .venv/bin/python bench/train_throughput.py --precisions bf16 nf4 --examples 48 --repeats 3
 
 The held-out loss is always taken over the float32 base (an NF4 adapter's is then a little
 pessimistic: it was trained against the quantized weights).
@@ -32,6 +33,7 @@ pessimistic: it was trained against the quantized weights).
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -283,6 +285,17 @@ def verdict(method: str, ours: dict, base: dict) -> str:
     )
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One configuration's runs as one: the median seconds (the runs train the same tokens in
+    the same steps) and MFU, with the first run's losses (the runs are identical otherwise)."""
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {
+        **runs[0],
+        "seconds": seconds,
+        "mfu": statistics.median(r["mfu"] for r in runs),
+    }
+
+
 def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> None:
     """The engine alone in each of ``args.precisions``: tokens/s, MFU, held-out loss."""
     import platform
@@ -309,30 +322,41 @@ def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> 
     )
     train_file = root / "train.jsonl"
     print(f"{'run':14s} {'real tok/s':>10s} {'s/step':>7s} {'MFU':>6s} {'held-out loss':>13s}")
-    results: dict[tuple[str, str], dict] = {}
-    for name in args.precisions:
-        precision, quantization = PRECISION_RUNS[name]
-        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        for method in args.methods:
-            r = run_ours(
-                method,
-                model_dir,
-                train_file,
-                examples,
-                valid_examples,
-                pad_id,
-                root / f"{name}-{method}",
-                args.seed,
-                precision,
-                quantization,
-            )
-            flops = train_flops(config, examples, 16)
-            r["mfu"] = flops / r["seconds"] / peaks[dtype]
-            results[(name, method)] = r
+    runs: dict[tuple[str, str], list[dict]] = {}
+    # Repeats go round all the configurations in turn, so that a slow spell of a noisy machine
+    # falls on every configuration alike; each figure below is the median of its runs.
+    for _ in range(args.repeats):
+        for name in args.precisions:
+            precision, quantization = PRECISION_RUNS[name]
+            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+            for method in args.methods:
+                r = run_ours(
+                    method,
+                    model_dir,
+                    train_file,
+                    examples,
+                    valid_examples,
+                    pad_id,
+                    root / f"{name}-{method}",
+                    args.seed,
+                    precision,
+                    quantization,
+                )
+                flops = train_flops(config, examples, 16)
+                r["mfu"] = flops / r["seconds"] / peaks[dtype]
+                runs.setdefault((name, method), []).append(r)
+                print(
+                    f"{name + ' ' + method:14s} {r['real'] / r['seconds']:10.1f}"
+                    f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}",
+                    flush=True,
+                )
+    results = {key: median_run(rs) for key, rs in runs.items()}
+    if args.repeats > 1:
+        print(f"\nmedians of {args.repeats} runs each:")
+        for (name, method), r in results.items():
             print(
                 f"{name + ' ' + method:14s} {r['real'] / r['seconds']:10.1f}"
-                f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}",
-                flush=True,
+                f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}"
             )
     print()
 
@@ -377,6 +401,13 @@ def main() -> None:
         nargs="+",
         choices=sorted(PRECISION_RUNS),
         help="run the engine alone in these precisions and report MFU (no Trainer baseline)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --precisions: run every configuration this many times, interleaved, and "
+        "compare medians (a 2-core machine's step times vary by +-20%% between runs)",
     )
     args = parser.parse_args()
     from transformers import AutoTokenizer
