@@ -8,7 +8,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import upload_pirate, wait_until
+from tests.faults.helpers import finished, upload_pirate
 from tests.faults.s3proxy import FlakyS3Proxy
 
 
@@ -32,19 +32,6 @@ def flaky_cluster(tmp_path, s3_server):
     yield cluster, proxy
     cluster.stop()
     proxy.close()
-
-
-def finished(client: OpenAI, job_id: str):
-    return wait_until(
-        lambda: (
-            (j := client.fine_tuning.jobs.retrieve(job_id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        300,
-        "the job to finish",
-        interval=0.5,
-    )
 
 
 def test_transient_failures_are_retried_and_permanent_ones_classified(flaky_cluster):

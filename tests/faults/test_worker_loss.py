@@ -16,6 +16,7 @@ from tests.faults.helpers import (
     csv_steps,
     messages,
     metrics_steps,
+    succeeded,
     upload_pirate,
     wait_until,
 )
@@ -48,17 +49,7 @@ def checkpointed_step(client: OpenAI, job_id: str) -> int:
 
 
 def finish(client: OpenAI, cluster: Cluster, job_id: str):
-    job = wait_until(
-        lambda: (
-            (j := client.fine_tuning.jobs.retrieve(job_id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        600,
-        "the job to finish",
-        interval=0.5,
-    )
-    assert job.status == "succeeded", (job.error, cluster.logs())
+    job = succeeded(client, cluster, job_id, timeout=600)
     assert csv_steps(client, job.result_files[0]) == list(range(1, TOTAL + 1))
     # Steps replayed from the last checkpoint are reported once, not once per attempt.
     assert metrics_steps(client, job_id) == list(range(1, TOTAL + 1))
