@@ -296,6 +296,14 @@ def median_run(runs: list[dict]) -> dict:
     }
 
 
+def precision_row(label: str, r: dict) -> str:
+    """One run (or the median of several) as a row of the precision table."""
+    return (
+        f"{label:14s} {r['real'] / r['seconds']:10.1f} {r['seconds'] / r['steps']:7.2f}"
+        f" {r['mfu']:6.1%} {r['heldout_loss']:13.4f}"
+    )
+
+
 def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> None:
     """The engine alone in each of ``args.precisions``: tokens/s, MFU, held-out loss."""
     import platform
@@ -322,6 +330,7 @@ def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> 
     )
     train_file = root / "train.jsonl"
     print(f"{'run':14s} {'real tok/s':>10s} {'s/step':>7s} {'MFU':>6s} {'held-out loss':>13s}")
+    flops = train_flops(config, examples, 16)  # the same tokens in every run
     runs: dict[tuple[str, str], list[dict]] = {}
     # Repeats go round all the configurations in turn, so that a slow spell of a noisy machine
     # falls on every configuration alike; each figure below is the median of its runs.
@@ -342,22 +351,14 @@ def precision_table(args, model_dir, root, examples, valid_examples, pad_id) -> 
                     precision,
                     quantization,
                 )
-                flops = train_flops(config, examples, 16)
                 r["mfu"] = flops / r["seconds"] / peaks[dtype]
                 runs.setdefault((name, method), []).append(r)
-                print(
-                    f"{name + ' ' + method:14s} {r['real'] / r['seconds']:10.1f}"
-                    f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}",
-                    flush=True,
-                )
+                print(precision_row(f"{name} {method}", r), flush=True)
     results = {key: median_run(rs) for key, rs in runs.items()}
     if args.repeats > 1:
         print(f"\nmedians of {args.repeats} runs each:")
         for (name, method), r in results.items():
-            print(
-                f"{name + ' ' + method:14s} {r['real'] / r['seconds']:10.1f}"
-                f" {r['seconds'] / r['steps']:7.2f} {r['mfu']:6.1%} {r['heldout_loss']:13.4f}"
-            )
+            print(precision_row(f"{name} {method}", r))
     print()
 
     def step(name: str, method: str) -> float | None:
