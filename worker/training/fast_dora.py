@@ -129,6 +129,27 @@ class FastDoraLinearLayer(DoraLinearLayer):
             self._fast_norm = cached
         return cached[1]
 
+    def adapted_norm(
+        self,
+        base_layer: torch.nn.Module,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
+        """The detached float32 row norms of ``base_layer``'s weight plus ``s B A``, reused
+        until a weight changes; a quantized base is de-quantized only when they must be taken
+        again."""
+        if is_quantized(base_layer):
+            from peft.utils.integrations import dequantize_module_weight
+
+            def dequantized() -> torch.Tensor:
+                with torch.no_grad():
+                    return dequantize_module_weight(base_layer)
+
+            stored = cast("torch.Tensor", base_layer.weight)
+            return self._adapted_norm(dequantized, lora_a, lora_b, scaling, stored)
+        return self._adapted_norm(cast(torch.Tensor, base_layer.weight), lora_a, lora_b, scaling)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -150,7 +171,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
             and not self.fan_in_fan_out
             and type(base_layer) is torch.nn.Linear
         )
-        if not plain and _is_quantized(base_layer) and isinstance(magnitude, torch.Tensor):
+        if not plain and is_quantized(base_layer) and isinstance(magnitude, torch.Tensor):
             return self._quantized_forward(
                 x, lora_A, lora_B, scaling, base_layer, base_result, magnitude
             )
@@ -187,14 +208,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
     ) -> torch.Tensor:
         """:meth:`forward` over a bitsandbytes layer: the weight is de-quantized for the norm
         only, when A, B (or the weight) changed; the base output is the quantized layer's."""
-        from peft.utils.integrations import dequantize_module_weight
-
-        def dequantized() -> torch.Tensor:
-            with torch.no_grad():
-                return dequantize_module_weight(base_layer)
-
-        stored = cast("torch.Tensor", base_layer.weight)
-        norm = self._adapted_norm(dequantized, lora_A.weight, lora_B.weight, scaling, stored)
+        norm = self.adapted_norm(base_layer, lora_A.weight, lora_B.weight, scaling)
         mag_norm_scale = (magnitude / norm.to(x.dtype)).view(1, -1)
         lora_result = lora_B(lora_A(x))
         if base_result is None:  # PEFT passes none when the adapter's dropout is active
@@ -205,7 +219,7 @@ class FastDoraLinearLayer(DoraLinearLayer):
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 
-def _is_quantized(layer: torch.nn.Module) -> bool:
+def is_quantized(layer: torch.nn.Module) -> bool:
     """A bitsandbytes 4-bit or 8-bit linear layer (bitsandbytes not imported to find out)."""
     return type(layer).__name__ in ("Linear4bit", "Linear8bitLt") and type(
         layer

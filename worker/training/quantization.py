@@ -3,9 +3,9 @@
 ``"nf4"`` stores each base linear layer in 4-bit NormalFloat with double quantization (the
 QLoRA recipe) and computes in the run's precision (bf16 where the hardware has it); ``"int8"``
 uses LLM.int8(). Embeddings, norms and the output head stay unquantized; the adapter, its
-optimizer state and the loss stay in float32, as PEFT does. The engine's fused forward and fast
-DoRA norm do not apply to quantized layers (they step aside to PEFT's own forward, which
-de-quantizes the weight for DoRA's norm).
+optimizer state and the loss stay in float32, as PEFT does. The engine's fused forward
+(``worker.training.fused_adapter``) adds the adapter into the quantized layer's own output, and
+its fast DoRA norm de-quantizes each weight once per optimizer step, not on every pass.
 
 An adapter trained on a quantized base learned to correct the *quantized* weights, so its
 directory records how the base was quantized (:data:`QUANTIZATION_FILE`). Serving loads the
