@@ -1,14 +1,20 @@
 """DoRA's step-time overhead over LoRA: the engine's fused forward next to PEFT's paths.
 
-Same model (SmolLM2-135M-Instruct, float32, CPU), r=16 alpha=32 all-linear, the same fixed
-optimizer steps (the engine's micro-batches of the skewed chat set, batch 8) for five
-configurations: LoRA and DoRA with the engine's fused forward (``worker.training.fused_adapter``;
-DoRA with the factored, cached weight norm), LoRA with PEFT's forward, DoRA with PEFT's forward
-and the factored norm, and DoRA with PEFT's default path; the steps are interleaved across the
-five. Also times the weight-norm computation alone for SmolLM2's layer shapes. ::
+Same model (SmolLM2-135M-Instruct, CPU; float32 unless ``--precision``), r=16 alpha=32
+all-linear, the same fixed optimizer steps (the engine's micro-batches of the skewed chat set,
+batch 8) for five configurations: LoRA and DoRA with the engine's fused forward
+(``worker.training.fused_adapter``; DoRA with the factored, cached weight norm), LoRA with PEFT's
+forward, DoRA with PEFT's forward and the factored norm, and DoRA with PEFT's default path; the
+steps are interleaved across the five. Also times the weight-norm computation alone for
+SmolLM2's layer shapes. ::
 
     .venv/bin/python bench/dora_overhead.py              # ~2-4 minutes on 2 CPU cores
     .venv/bin/python bench/dora_overhead.py --steps 2 --repeats 1
+    .venv/bin/python bench/dora_overhead.py --precision bf16   # or nf4: NF4 base, bf16 compute
+
+``--precision`` loads the base as the engine does for that precision (``bf16``: bf16 weights,
+float32 adapter; ``nf4``: bitsandbytes NF4 computing in bf16, prepared by PEFT for k-bit
+training, so its activations stay float32).
 """
 
 from __future__ import annotations
@@ -27,18 +33,25 @@ from worker.training.fast_dora import disable_fast_dora, dora_row_norm, enable_f
 from worker.training.fused_adapter import enable_fused_adapters
 from worker.training.recipe import forward_backward
 
+PRECISIONS = {
+    "fp32": (torch.float32, None),
+    "bf16": (torch.bfloat16, None),
+    "nf4": (torch.bfloat16, "nf4"),
+}
+"""``--precision`` -> (the base's dtype, its quantization)."""
 
-def make_stepper(config: str, model_dir):
+
+def make_stepper(config: str, model_dir, precision: str = "fp32"):
     """A function running one optimizer step of ``config`` on given micro-batches; seconds."""
-    from transformers import AutoModelForCausalLM
-
+    from worker.training.recipe import _load_model
     from worker.training.spec import AdapterSpec
 
+    dtype, quantization = PRECISIONS[precision]
+    base, _ = _load_model(model_dir, torch.device("cpu"), dtype, quantization)
     torch.manual_seed(0)
     method = "lora" if config.startswith("lora") else "dora"
-    model = attach_adapter(
-        AutoModelForCausalLM.from_pretrained(model_dir), AdapterSpec(type=method, r=16, alpha=32)
-    )
+    spec = AdapterSpec(type=method, r=16, alpha=32, quantization=quantization)  # type: ignore[arg-type]
+    model = attach_adapter(base, spec)
     if config in ("dora-fast", "dora-fused"):
         enable_fast_dora(model)
     else:
@@ -105,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="distinct optimizer steps")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -120,7 +134,7 @@ def main() -> None:
     print(f"{len(steps)} steps x {args.repeats} repeats, {tokens} real tokens per pass", flush=True)
     norm_times()
     configs = ("lora-fused", "dora-fused", "lora", "dora-fast", "dora-peft")
-    steppers = {c: make_stepper(c, model_dir) for c in configs}
+    steppers = {c: make_stepper(c, model_dir, args.precision) for c in configs}
     for c in configs:
         steppers[c](steps[0])  # warm-up: allocator, first-call overheads
     # Interleaved, so that a slow spell of a shared machine hits every configuration alike.
