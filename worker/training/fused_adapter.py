@@ -30,15 +30,18 @@ float32 and rounds the sum: the two agree within bf16 rounding. Under ``torch.au
 products run in the autocast dtype as PEFT's do.
 
 Quantized bases (bitsandbytes NF4 or int8, PEFT's ``lora.bnb`` layers) take the same path: the
-base output is the quantized layer's own (it de-quantizes and multiplies), and the adapter is
-accumulated into it in its compute dtype; PEFT instead casts the input to float32, computes the
-adapter there, casts back and adds (four passes more, with a defensive copy of the base output).
+base output is the quantized layer's own (it de-quantizes and multiplies in its compute dtype,
+and returns the input's), and the adapter is accumulated into it in the activations' dtype:
+float32 on a QLoRA model as PEFT prepares it (norms, embeddings and head in float32), as PEFT
+computes it. PEFT's bitsandbytes forward copies the base output defensively and adds the
+adapter term in separate passes (DoRA's ``(g - 1) * base + g * lora * s``: five).
 
 Only the plain case is taken over: one active adapter without ``lora_bias``, no dropout in
-training, an unmerged ``nn.Linear`` (or bitsandbytes) base computing in the input's floating
-dtype, and a floating adapter. Anything else runs PEFT's own forward: dropout, mixed adapter
-batches, merged layers, ``fan_in_fan_out``. Saving, loading and merging are untouched: the
-layers keep their class's state dict and only their forward changes.
+training, an unmerged ``nn.Linear`` base whose weight and input share a floating dtype (or a
+bitsandbytes base and a floating input), and a floating adapter. Anything else runs PEFT's
+own forward: dropout, mixed adapter batches, merged layers, ``fan_in_fan_out``. Saving, loading
+and merging are untouched: the layers keep their class's state dict and only their forward
+changes.
 """
 
 from __future__ import annotations
