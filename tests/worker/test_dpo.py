@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.worker.helpers import PIRATE, PLAIN, RecordingReporter, preference_rows, write_jsonl
+from tests.worker.helpers import (
+    PIRATE,
+    PLAIN,
+    RecordingReporter,
+    assert_same_adapter,
+    preference_rows,
+    write_jsonl,
+)
 from worker.training.data import IGNORE_INDEX, Batch, DatasetFormatError
 from worker.training.dpo import (
     DPO_METRIC_KEYS,
@@ -324,11 +330,7 @@ def test_dpo_resume_ends_like_the_uninterrupted_run(
     for got, want in zip(resumed.metrics_calls, reporter.metrics_calls[done:], strict=True):
         assert got[:2] == want[:2]
         assert got[2:] == pytest.approx(want[2:], rel=1e-5, abs=1e-6)
-    a = load_file(again.adapter_dir / "adapter_model.safetensors")
-    b = load_file(result.adapter_dir / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert_same_adapter(again.adapter_dir, result.adapter_dir, rtol=1e-5, atol=1e-6)
 
 
 def test_dpo_pause_checkpoints_then_resumes(
@@ -496,11 +498,7 @@ def test_a_resumed_continued_run_ends_like_the_uninterrupted_one(
             assert figures[key] == (value if value is None else pytest.approx(value, rel=1e-5))
     for got, want in zip(resumed.metrics_calls, reporter.metrics_calls[done:], strict=True):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
-    a = load_file(again.adapter_dir / "adapter_model.safetensors")
-    b = load_file(result.adapter_dir / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert_same_adapter(again.adapter_dir, result.adapter_dir, rtol=1e-5, atol=1e-6)
 
 
 def test_a_continued_run_on_two_processes_matches_one_process(
@@ -586,10 +584,7 @@ def test_a_continued_run_resumed_under_fsdp_keeps_the_parents_reference(
             assert got["extra"][key] == (
                 value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)
             )
-    a = load_file(sharded.adapter_dir / "adapter_model.safetensors")
-    b = load_file(single.adapter_dir / "adapter_model.safetensors")
-    for key in b:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    assert_same_adapter(sharded.adapter_dir, single.adapter_dir, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["lora", "dora"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.worker.helpers import RecordingReporter, chat
+from tests.worker.helpers import RecordingReporter, assert_same_adapter, chat
 from worker.training.data import collate, load_dataset, parse_line, tokenize_conversation
 from worker.training.options import EngineOptions
 from worker.training.recipe import forward_backward, lr_factor, resolve_max_seq_length, train
@@ -88,9 +88,7 @@ def test_same_seed_gives_identical_losses_and_weights(
     data, first, first_reporter = dora_run
     again, reporter = run(BASE, tiny_model_dir, data, tmp_path / "again")
     assert reporter.metrics_calls == first_reporter.metrics_calls
-    a = load_file(first.adapter_dir / "adapter_model.safetensors")
-    b = load_file(again.adapter_dir / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_adapter(first.adapter_dir, again.adapter_dir, rtol=0, atol=0)
     assert (first.adapter_dir / "adapter_config.json").read_bytes() == (
         again.adapter_dir / "adapter_config.json"
     ).read_bytes()
