@@ -8,7 +8,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.faults.cluster import Cluster
-from tests.faults.helpers import messages, upload_pirate, wait_until
+from tests.faults.helpers import messages, succeeded, upload_pirate, wait_until
 
 
 def test_flushed_broker_loses_no_job(tmp_path, redis_url):
@@ -48,17 +48,7 @@ def test_flushed_broker_loses_no_job(tmp_path, redis_url):
 
         cluster.start_scheduler()  # re-publishes queued jobs whose message is gone
         for job in [running, *queued]:
-            done = wait_until(
-                lambda job=job: (
-                    (j := client.fine_tuning.jobs.retrieve(job.id)).status
-                    in ("succeeded", "failed", "cancelled")
-                    and j
-                ),
-                600,
-                f"{job.id} to finish",
-                interval=0.5,
-            )
-            assert done.status == "succeeded", (done.error, cluster.logs())
+            succeeded(client, cluster, job.id, 600)
             events = messages(client, job.id)
             assert events.count("Fine-tuning job started") == 1  # ran once, not twice
     finally:

@@ -14,7 +14,7 @@ from openai import OpenAI
 
 from tests.conftest import MODEL_CACHE
 from tests.e2e.platform import Platform
-from tests.faults.helpers import csv_steps, messages, wait_until
+from tests.faults.helpers import csv_steps, finished, messages, wait_until
 from tests.faults.test_worker_loss import TOTAL, checkpointed_step, start_long_job
 
 # Short lease and sweeps, as in tests/faults/cluster.py: the lost lease is noticed in seconds.
@@ -61,16 +61,7 @@ def test_a_killed_worker_is_restarted_and_its_job_resumes(tmp_path):
         assert api_answers(platform)
         saved = checkpointed_step(client, job.id)
 
-        done = wait_until(
-            lambda: (
-                (j := client.fine_tuning.jobs.retrieve(job.id)).status
-                in ("succeeded", "failed", "cancelled")
-                and j
-            ),
-            600,
-            "the job to finish",
-            interval=0.5,
-        )
+        done = finished(client, job.id, 600)
         assert done.status == "succeeded", (done.error, platform.log_tail())
         assert csv_steps(client, done.result_files[0]) == list(range(1, TOTAL + 1))
         events = messages(client, job.id)
