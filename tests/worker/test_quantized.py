@@ -314,8 +314,8 @@ def test_the_fused_forward_runs_on_quantized_layers(kind: str, tiny_model_dir: P
     fused = copy.deepcopy(peft_model)
     if kind == "dora":
         enable_fast_dora(fused)
-    n = enable_fused_adapters(fused)
-    assert n > 0
+    switched = enable_fused_adapters(fused)
+    assert switched > 0
     layer = fused.base_model.model.model.layers[0].mlp.up_proj
     assert type(layer).__name__ == "FusedLinear4bit"
     peft_model.train()
@@ -333,4 +333,4 @@ def test_the_fused_forward_runs_on_quantized_layers(kind: str, tiny_model_dir: P
     assert grads.keys() == expected.keys() and expected
     for name, grad in expected.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
-    assert disable_fused_adapters(fused) == n and type(layer).__name__ == "Linear4bit"
+    assert disable_fused_adapters(fused) == switched and type(layer).__name__ == "Linear4bit"

@@ -46,6 +46,7 @@ changes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 import torch
@@ -151,22 +152,20 @@ class FusedLoraLinear(_FusedForward, LoraLinear):
     """A PEFT ``lora.Linear`` (LoRA or DoRA) whose plain-case forward is fused; see module doc."""
 
 
-def _bnb_layer_classes() -> list[tuple[type[torch.nn.Module], type[torch.nn.Module]]]:
+@functools.cache
+def _bnb_layer_classes() -> tuple[tuple[type[torch.nn.Module], type[torch.nn.Module]], ...]:
     """(PEFT's bitsandbytes LoRA layer class, its fused subclass) for those PEFT defines
-    (only where bitsandbytes is installed)."""
+    (only where bitsandbytes is installed); the subclasses are made once."""
     try:
         from peft.tuners.lora import bnb
     except ImportError:
-        return []
+        return ()
     attrs = {"__module__": __name__, "__doc__": "A PEFT bitsandbytes LoRA layer, fused forward."}
-    return [
-        (cls, _FUSED_BNB.setdefault(cls, type(f"Fused{cls.__name__}", (_FusedForward, cls), attrs)))
+    return tuple(
+        (cls, type(f"Fused{cls.__name__}", (_FusedForward, cls), attrs))
         for cls in (getattr(bnb, "Linear4bit", None), getattr(bnb, "Linear8bitLt", None))
         if cls is not None
-    ]
-
-
-_FUSED_BNB: dict[type, type] = {}
+    )
 
 
 def enable_fused_adapters(model: Any) -> int:
